@@ -1,0 +1,41 @@
+"""syncer: keep warehouse segments in step with CRMs, email platforms and ad audiences.
+
+The public surface for connector authors and embedders is re-exported here.
+"""
+
+__version__ = "0.1.0"
+
+from syncer.connector import (  # noqa: E402
+    BatchResult,
+    Capabilities,
+    Connector,
+    ConnectorConfig,
+    Outcome,
+    Record,
+    SyncContext,
+)
+from syncer.errors import (  # noqa: E402
+    AuthError,
+    BatchRejected,
+    ConfigError,
+    ExitCode,
+    SyncerError,
+    TransientError,
+)
+
+__all__ = [
+    "AuthError",
+    "BatchRejected",
+    "BatchResult",
+    "Capabilities",
+    "ConfigError",
+    "Connector",
+    "ConnectorConfig",
+    "ExitCode",
+    "Outcome",
+    "Record",
+    "SyncContext",
+    "SyncerError",
+    "TransientError",
+    "__version__",
+]

@@ -1,0 +1,333 @@
+"""The ``syncer`` command line.
+
+Results go to stdout (one JSON document with ``--json``), progress and errors to stderr.
+Exit codes: 0 all acknowledged, 1 something rejected/invalid/blocked/failed, 2 usage,
+75 temporary failure (retry later), 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from syncer import __version__
+from syncer.errors import ConfigError, ExitCode, SyncerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JSON_SCHEMA_VERSION = 1
+
+
+class Ctx:
+    """Options shared by every command, resolved lazily so ``--help`` stays fast."""
+
+    def __init__(self, env_file: Path | None, log_level: str | None, log_format: str | None):
+        self.env_file = env_file
+        self.log_level = log_level
+        self.log_format = log_format
+        self._settings: Any = None
+
+    @property
+    def settings(self) -> Any:
+        if self._settings is None:
+            from syncer.log import configure
+            from syncer.settings import load_settings
+
+            settings = load_settings(self.env_file)
+            if self.log_level:
+                settings.log_level = self.log_level
+            if self.log_format:
+                settings.log_format = self.log_format
+            configure(settings.log_level, settings.log_format)
+            self._settings = settings
+        return self._settings
+
+    def engine(self) -> Any:
+        from syncer.engine import SyncEngine
+
+        return SyncEngine(self.settings)
+
+
+def _emit_json(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document, indent=2, default=str))
+
+
+def _fail(exc: SyncerError, as_json: bool) -> None:
+    if as_json:
+        _emit_json(
+            {
+                "schema_version": JSON_SCHEMA_VERSION,
+                "status": "error",
+                "exit_code": int(exc.exit_code),
+                "error": str(exc),
+            }
+        )
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(int(exc.exit_code))
+
+
+def handles_errors(func: F) -> F:
+    """Turn SyncerError into its message on stderr and its documented exit code."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SyncerError as exc:
+            _fail(exc, bool(kwargs.get("as_json")))
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="syncer")
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read settings from this file instead of ./.env.",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]))
+@click.pass_context
+def cli(
+    ctx: click.Context, env_file: Path | None, log_level: str | None, log_format: str | None
+) -> None:
+    """syncer keeps warehouse segments in step with the tools that act on them."""
+    ctx.obj = Ctx(env_file, log_level, log_format)
+
+
+# -- sync ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def sync() -> None:
+    """Run syncs."""
+
+
+def _load(ctx: Ctx, names: Iterable[str], everything: bool) -> list[Any]:
+    from syncer.mapping import load_all, load_named
+
+    directory = ctx.settings.mappings_dir
+    if everything:
+        return load_all(directory)
+    return load_named(directory, list(names))
+
+
+def _combined_exit(codes: Iterable[int]) -> int:
+    codes = set(codes)
+    for code in (ExitCode.CONFIG, ExitCode.PROBLEMS, ExitCode.TEMPFAIL, ExitCode.USAGE):
+        if code in codes:
+            return int(code)
+    return int(ExitCode.OK)
+
+
+_STATUS_WORD = {0: "ok", 1: "problems", 75: "tempfail", 78: "config_error"}
+
+
+@sync.command("now")
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Run every sync in the mappings directory.")
+@click.option(
+    "--full-resync",
+    "--full-refresh",
+    "full_resync",
+    is_flag=True,
+    help="Ignore what was synced before and send every member again.",
+)
+@click.option("--force", is_flag=True, help="Run even if a guard would block the run.")
+@json_option
+@click.pass_obj
+@handles_errors
+def sync_now(
+    ctx: Ctx, names: tuple[str, ...], everything: bool, full_resync: bool, force: bool,
+    as_json: bool,
+) -> None:
+    """Run the named syncs (or --all) now and print a summary."""
+    if not names and not everything:
+        raise click.UsageError("name one or more syncs, or pass --all")
+    if names and everything:
+        raise click.UsageError("pass sync names or --all, not both")
+    syncs = _load(ctx, names, everything)
+    engine = ctx.engine()
+    from syncer.output import ProgressReporter, runs_summary_table
+
+    results = []
+    with ProgressReporter(enabled=not as_json and sys.stderr.isatty()) as reporter:
+        for item in syncs:
+            results.append(
+                engine.run(
+                    item,
+                    trigger="cli",
+                    full_resync=full_resync,
+                    force=force,
+                    progress=reporter.callback(item.name),
+                )
+            )
+    code = _combined_exit(r.exit_code for r in results)
+    if as_json:
+        _emit_json(
+            {
+                "schema_version": JSON_SCHEMA_VERSION,
+                "status": _STATUS_WORD.get(code, "error"),
+                "exit_code": code,
+                "runs": [r.as_dict() for r in results],
+            }
+        )
+    else:
+        runs_summary_table(results)
+        for result in results:
+            if result.message:
+                click.echo(f"{result.sync}: {result.status}: {result.message}", err=True)
+    sys.exit(code)
+
+
+# -- plan ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--full-resync", "--full-refresh", "full_resync", is_flag=True)
+@json_option
+@click.pass_obj
+@handles_errors
+def plan(ctx: Ctx, name: str, full_resync: bool, as_json: bool) -> None:
+    """Show exactly what `sync now NAME` would send, without sending or saving anything."""
+    (item,) = _load(ctx, [name], False)
+    result = ctx.engine().plan(item, full_resync=full_resync)
+    if as_json:
+        _emit_json({"schema_version": JSON_SCHEMA_VERSION, **result.as_dict()})
+    else:
+        from syncer.output import plan_table
+
+        plan_table(result)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--sync", "sync_name", help="Only runs of this sync.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+@click.pass_obj
+@handles_errors
+def runs(ctx: Ctx, sync_name: str | None, limit: int, as_json: bool) -> None:
+    """List recent runs with status and counts."""
+    rows = ctx.engine().runs(sync_name, limit)
+    if as_json:
+        _emit_json({"schema_version": JSON_SCHEMA_VERSION, "runs": rows})
+    else:
+        from syncer.output import runs_table
+
+        runs_table(rows)
+
+
+@cli.group("run")
+def run_group() -> None:
+    """Inspect one run."""
+
+
+@run_group.command("show")
+@click.argument("run_id")
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(1, 100_000),
+    help="How many rejected/invalid/failed records to list.",
+)
+@json_option
+@click.pass_obj
+@handles_errors
+def run_show(ctx: Ctx, run_id: str, limit: int, as_json: bool) -> None:
+    """Show one run and its per-record outcomes (rejected records with reasons)."""
+    detail = ctx.engine().run_detail(run_id, limit)
+    if detail is None:
+        raise click.UsageError(f"no run with id {run_id!r} (see `syncer runs`)")
+    if as_json:
+        _emit_json({"schema_version": JSON_SCHEMA_VERSION, "run": detail})
+    else:
+        from syncer.output import run_detail
+
+        run_detail(detail)
+
+
+# -- connectors, check, schema -------------------------------------------------------------------
+
+
+@cli.command()
+@json_option
+def connectors(as_json: bool) -> None:
+    """List installed connectors (built-in and plugins) and what each supports."""
+    from syncer.connector import discover
+
+    rows = []
+    for info in discover():
+        row: dict[str, Any] = {
+            "name": info.name,
+            "target": info.target,
+            "distribution": info.distribution,
+            "error": info.error,
+        }
+        if info.cls is not None:
+            row["description"] = info.cls.description
+            row.update(info.cls.capabilities.describe())
+            row["settings"] = sorted(info.cls.config_model.model_fields)
+        rows.append(row)
+    if as_json:
+        _emit_json({"schema_version": JSON_SCHEMA_VERSION, "connectors": rows})
+    else:
+        from syncer.output import connectors_table
+
+        connectors_table(rows)
+    if any(row["error"] for row in rows):
+        sys.exit(int(ExitCode.PROBLEMS))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@json_option
+@click.pass_obj
+@handles_errors
+def check(ctx: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    """Validate config, probe each query (LIMIT 10), its columns, and the destination."""
+    from syncer.checks import run_checks
+
+    results = run_checks(ctx.settings, list(names))
+    code = _combined_exit(r["exit_code"] for r in results)
+    if as_json:
+        _emit_json(
+            {
+                "schema_version": JSON_SCHEMA_VERSION,
+                "status": _STATUS_WORD.get(code, "error"),
+                "exit_code": code,
+                "checks": results,
+            }
+        )
+    else:
+        from syncer.output import checks_table
+
+        checks_table(results)
+    sys.exit(code)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of mapping files (for editor completion)."""
+    from syncer.mapping import json_schema
+
+    _emit_json(json_schema())
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as exc:  # raised while resolving settings outside a command
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(int(ExitCode.CONFIG))

@@ -1,0 +1,201 @@
+"""The connector contract and plugin discovery.
+
+A connector turns a batch of records into one vendor request and the vendor's answer into one
+outcome per record. It never sleeps, retries, batches or touches state: the engine owns those.
+Built-in and third-party connectors register the same way, in the entry-point group
+``syncer.connectors`` (``name = "package.module:ConnectorClass"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from syncer.errors import ConfigError
+
+ENTRY_POINT_GROUP = "syncer.connectors"
+
+Operation = Literal["add", "remove", "update"]
+OutcomeStatus = Literal["accepted", "rejected", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One member as the destination sees it: identity key plus mapped fields."""
+
+    key: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    destination_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one record of a batch.
+
+    ``accepted`` advances state; ``rejected`` is the destination refusing this record (kept
+    with its reason, tried again next run); ``failed`` means the request itself failed.
+    """
+
+    key: str
+    status: OutcomeStatus
+    reason: str | None = None
+    destination_id: str | None = None
+
+
+class BatchResult:
+    """Per-record outcomes of one batch; records not mentioned count as accepted."""
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self._records = records
+        self._by_key: dict[str, Outcome] = {}
+
+    def reject(self, key: str, reason: str) -> None:
+        self._by_key[key] = Outcome(key, "rejected", reason)
+
+    def fail(self, key: str, reason: str) -> None:
+        self._by_key[key] = Outcome(key, "failed", reason)
+
+    def accept(self, key: str, destination_id: str | None = None) -> None:
+        self._by_key[key] = Outcome(key, "accepted", None, destination_id)
+
+    def outcomes(self) -> list[Outcome]:
+        keys = {r.key for r in self._records}
+        extra = [k for k in self._by_key if k not in keys]
+        if extra:
+            # A vendor answering about records we never sent is a connector bug, not data.
+            raise ValueError(f"outcome for {len(extra)} key(s) not in the batch")
+        return [self._by_key.get(r.key) or Outcome(r.key, "accepted") for r in self._records]
+
+    @classmethod
+    def all_accepted(cls, records: Sequence[Record]) -> BatchResult:
+        return cls(records)
+
+
+class ConnectorConfig(BaseModel):
+    """Base for a connector's settings (the ``destination:`` block of a mapping).
+
+    Unknown keys are errors so a typo never silently changes behaviour. Fields typed
+    ``SecretStr`` must be given as ``${ENV_VAR}`` references in YAML, never literally.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a connector can do; the engine refuses a mapping that asks for more."""
+
+    operations: frozenset[Operation] = frozenset({"add", "remove", "update"})
+    modes: frozenset[str] = frozenset({"membership", "upsert", "mirror", "update_only"})
+    max_batch_size: int = 500
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "operations": sorted(self.operations),
+            "modes": sorted(self.modes),
+            "max_batch_size": self.max_batch_size,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SyncContext:
+    """What a connector may know about the sync it serves."""
+
+    sync_name: str
+    mode: str
+    field_names: tuple[str, ...]
+    run_id: str | None = None
+
+
+class Connector:
+    """Base class for destinations. Subclasses set ``name``, ``config_model``, ``capabilities``.
+
+    Lifecycle for one run: ``open()``, then any number of ``add``/``remove``/``update`` calls
+    with at most ``batch_size`` records each, then ``close(success)``. A method returning
+    normally means the destination answered; per-record problems go in the ``BatchResult``.
+    Raise ``TransientError`` when the request failed (the batch stays unsynced),
+    ``AuthError``/``ConfigError`` when retrying cannot help, ``BatchRejected`` when the vendor
+    refused the batch as a whole because of its content.
+    """
+
+    name: ClassVar[str] = ""
+    config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        self.config = config
+        self.context = context
+        self.http = http
+
+    @property
+    def batch_size(self) -> int:
+        wanted = self.config.batch_size or self.capabilities.max_batch_size
+        return max(1, min(wanted, self.capabilities.max_batch_size))
+
+    def check(self) -> None:
+        """Verify the destination is reachable and the credentials work; raise if not."""
+
+    def open(self) -> None:
+        """Prepare for a run (create the audience, open files...)."""
+
+    def close(self, success: bool) -> None:
+        """Finish a run; ``success`` is False when the run stopped early."""
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        raise NotImplementedError(f"{self.name} does not support add")
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        raise NotImplementedError(f"{self.name} does not support remove")
+
+    def update(self, records: Sequence[Record]) -> BatchResult:
+        raise NotImplementedError(f"{self.name} does not support update")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorInfo:
+    """An installed connector as found in the entry points, loaded or not."""
+
+    name: str
+    target: str
+    distribution: str | None
+    cls: type[Connector] | None
+    error: str | None
+
+
+def discover() -> list[ConnectorInfo]:
+    """Every connector registered in ``syncer.connectors``, with load errors instead of raising."""
+    found: list[ConnectorInfo] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else None
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken plugin must not hide the others
+            found.append(ConnectorInfo(ep.name, ep.value, dist, None, f"{type(exc).__name__}: {exc}"))
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Connector)):
+            found.append(ConnectorInfo(ep.name, ep.value, dist, None, "not a syncer Connector class"))
+            continue
+        found.append(ConnectorInfo(ep.name, ep.value, dist, cls, None))
+    return found
+
+
+def load_connector(name: str) -> type[Connector]:
+    """The connector class registered under ``name``; ConfigError if missing or broken."""
+    infos = {info.name: info for info in discover()}
+    info = infos.get(name)
+    if info is None:
+        known = ", ".join(sorted(infos)) or "none"
+        raise ConfigError(f"unknown connector {name!r} (installed: {known})")
+    if info.cls is None:
+        raise ConfigError(f"connector {name!r} failed to load: {info.error}")
+    return info.cls
+
+

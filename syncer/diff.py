@@ -1,0 +1,245 @@
+"""The diff, computed in SQL inside the state database.
+
+The new snapshot is bulk-loaded into a temporary staging table; anti-joins against the
+acknowledged records and a payload-hash comparison give the change set, which is read back
+page by page (keyset on row number or key), so memory never grows with the segment.
+Pages are plain queries, not open cursors, so state can be committed between them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import Connection, text
+
+from syncer.connector import Operation, Record
+from syncer.normalize import StagedRow
+
+STAGE = "syncer_stage"
+LOAD_CHUNK = 5_000
+
+Mode = Literal["membership", "upsert", "mirror", "update_only"]
+
+# Row classes of the staging table, as SQL over `s` (stage) LEFT JOIN `r` (records).
+_NEW = "r.key IS NULL"
+_CHANGED = "r.key IS NOT NULL AND r.hash <> s.hash"
+_SAME = "r.key IS NOT NULL AND r.hash = s.hash"
+
+
+def _selection(mode: str, full_resync: bool) -> dict[Operation, str | None]:
+    """For each operation, which staged rows it sends (None: the mode never sends it)."""
+    everything = "1 = 1"
+    if mode == "membership":
+        return {"add": everything if full_resync else _NEW, "update": None, "remove": "gone"}
+    if mode == "update_only":
+        update = everything if full_resync else f"({_NEW}) OR ({_CHANGED})"
+        return {"add": None, "update": update, "remove": None}
+    update = f"({_CHANGED}) OR ({_SAME})" if full_resync else _CHANGED
+    return {"add": _NEW, "update": update, "remove": "gone" if mode == "mirror" else None}
+
+
+@dataclass(slots=True)
+class DiffCounts:
+    """How many records each operation will send, and what will be left alone."""
+
+    source_rows: int = 0
+    add: int = 0
+    update: int = 0
+    remove: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+    members_before: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "source_rows": self.source_rows,
+            "add": self.add,
+            "update": self.update,
+            "remove": self.remove,
+            "unchanged": self.unchanged,
+            "invalid": self.invalid,
+            "members_before": self.members_before,
+        }
+
+
+@dataclass(slots=True)
+class ChangeBatch:
+    """One page of the change set: records to send with the hashes state will record."""
+
+    operation: Operation
+    records: list[Record]
+    hashes: dict[str, str | None] = field(default_factory=dict)
+
+
+class Staging:
+    """The staging table of one run, living on one state-database connection."""
+
+    def __init__(self, conn: Connection, sync: str, mode: str, full_resync: bool = False) -> None:
+        self.conn = conn
+        self.sync = sync
+        self.dialect = conn.dialect.name
+        self.selection = _selection(mode, full_resync)
+
+    def create(self) -> None:
+        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {STAGE}")
+        number = "INTEGER" if self.dialect == "sqlite" else "BIGINT"
+        self.conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {STAGE} (rownum {number} PRIMARY KEY,"
+            " key TEXT, payload TEXT, hash TEXT, reason TEXT)"
+        )
+
+    def load(self, rows: Iterable[StagedRow]) -> int:
+        """Bulk-insert staged rows (COPY on Postgres); returns how many."""
+        count = 0
+        if self.dialect == "postgresql":
+            raw: Any = self.conn.connection.driver_connection
+            with raw.cursor() as cur, cur.copy(f"COPY {STAGE} FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+            return count
+        marks = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
+        sql = f"INSERT INTO {STAGE} VALUES ({', '.join([marks] * 5)})"
+        iterator = iter(rows)
+        while chunk := list(itertools.islice(iterator, LOAD_CHUNK)):
+            self.conn.exec_driver_sql(sql, chunk)  # type: ignore[arg-type]
+            count += len(chunk)
+        return count
+
+    def finalize(self, key_column: str) -> None:
+        """Index the snapshot and mark every row of a duplicated key invalid."""
+        self.conn.exec_driver_sql(f"CREATE INDEX {STAGE}_key ON {STAGE} (key)")
+        if self.dialect == "postgresql":
+            self.conn.exec_driver_sql(f"ANALYZE {STAGE}")
+        self.conn.execute(
+            text(
+                f"UPDATE {STAGE} SET payload = NULL, hash = NULL,"
+                " reason = 'row ' || CAST(rownum AS TEXT) || ': duplicate key (' || :col || ')'"
+                f" WHERE key IN (SELECT key FROM {STAGE} WHERE key IS NOT NULL"
+                " GROUP BY key HAVING COUNT(*) > 1)"
+            ),
+            {"col": key_column},
+        )
+
+    def counts(self) -> DiffCounts:
+        sel = self.selection
+        add_cond = sel["add"] or "1 = 0"
+        update_cond = sel["update"] or "1 = 0"
+        row = self.conn.execute(
+            text(
+                "SELECT COUNT(*),"
+                " COALESCE(SUM(CASE WHEN s.reason IS NOT NULL THEN 1 ELSE 0 END), 0),"
+                f" COALESCE(SUM(CASE WHEN s.reason IS NULL AND ({add_cond}) THEN 1 ELSE 0 END), 0),"
+                " COALESCE(SUM(CASE WHEN s.reason IS NULL AND NOT"
+                f" ({add_cond}) AND ({update_cond}) THEN 1 ELSE 0 END), 0)"
+                f" FROM {STAGE} s LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = s.key"
+            ),
+            {"sync": self.sync},
+        ).one()
+        total, invalid, add, update = (int(v) for v in row)
+        members = int(
+            self.conn.execute(
+                text("SELECT COUNT(*) FROM syncer_records WHERE sync = :sync"), {"sync": self.sync}
+            ).scalar_one()
+        )
+        remove = 0
+        if sel["remove"]:
+            remove = int(
+                self.conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM syncer_records r WHERE r.sync = :sync AND NOT EXISTS"
+                        f" (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)"
+                    ),
+                    {"sync": self.sync},
+                ).scalar_one()
+            )
+        return DiffCounts(
+            source_rows=total,
+            add=add,
+            update=update,
+            remove=remove,
+            unchanged=total - invalid - add - update,
+            invalid=invalid,
+            members_before=members,
+        )
+
+    def _upsert_page(self, operation: Operation, after: int, limit: int) -> list[Any]:
+        cond = self.selection[operation]
+        assert cond is not None
+        if operation == "update" and self.selection["add"]:
+            cond = f"({cond}) AND NOT ({self.selection['add']})"
+        return list(
+            self.conn.execute(
+                text(
+                    "SELECT s.rownum, s.key, s.payload, s.hash, r.destination_id"
+                    f" FROM {STAGE} s LEFT JOIN syncer_records r"
+                    " ON r.sync = :sync AND r.key = s.key"
+                    f" WHERE s.rownum > :after AND s.reason IS NULL AND ({cond})"
+                    " ORDER BY s.rownum LIMIT :limit"
+                ),
+                {"sync": self.sync, "after": after, "limit": limit},
+            )
+        )
+
+    def _remove_page(self, after: str | None, limit: int) -> list[Any]:
+        keyset = "AND r.key > :after" if after is not None else ""
+        return list(
+            self.conn.execute(
+                text(
+                    "SELECT r.key, r.destination_id FROM syncer_records r"
+                    f" WHERE r.sync = :sync {keyset} AND NOT EXISTS"
+                    f" (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)"
+                    " ORDER BY r.key LIMIT :limit"
+                ),
+                {"sync": self.sync, "after": after, "limit": limit},
+            )
+        )
+
+    def batches(self, operation: Operation, batch_size: int) -> Iterator[ChangeBatch]:
+        """Pages of the change set for one operation; safe to commit state between pages."""
+        if self.selection[operation] is None:
+            return
+        loads = orjson.loads
+        if operation == "remove":
+            after_key: str | None = None
+            while rows := self._remove_page(after_key, batch_size):
+                after_key = rows[-1][0]
+                records = [Record(key, {}, dest) for key, dest in rows]
+                yield ChangeBatch("remove", records, dict.fromkeys((r.key for r in records)))
+            return
+        after = 0
+        while rows := self._upsert_page(operation, after, batch_size):
+            after = rows[-1][0]
+            records = [Record(key, loads(payload), dest) for _, key, payload, _, dest in rows]
+            yield ChangeBatch(operation, records, {row[1]: row[3] for row in rows})
+
+    def sample_keys(self, operation: Operation, limit: int = 5) -> list[str]:
+        if self.selection[operation] is None:
+            return []
+        if operation == "remove":
+            return [row[0] for row in self._remove_page(None, limit)]
+        return [row[1] for row in self._upsert_page(operation, 0, limit)]
+
+    def invalid_rows(self, page: int = 5_000) -> Iterator[list[tuple[str | None, str]]]:
+        after = 0
+        while True:
+            rows = list(
+                self.conn.execute(
+                    text(
+                        f"SELECT rownum, key, reason FROM {STAGE} WHERE reason IS NOT NULL"
+                        " AND rownum > :after ORDER BY rownum LIMIT :limit"
+                    ),
+                    {"after": after, "limit": page},
+                )
+            )
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [(key, reason) for _, key, reason in rows]
+
+    def drop(self) -> None:
+        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {STAGE}")

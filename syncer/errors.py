@@ -1,0 +1,54 @@
+"""Error tree and the exit codes the CLI maps them to.
+
+    SyncerError
+    ├── ConfigError          exit 78: bad settings, mapping, connector config or credentials
+    │   └── AuthError        the destination refused our credentials (401/403)
+    ├── TransientError       exit 75: worth retrying later (destination or database unreachable)
+    └── BatchRejected        the destination refused a whole batch because of its content
+
+Connectors raise these; the engine decides what they mean for a run.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Documented process exit codes (see README)."""
+
+    OK = 0
+    PROBLEMS = 1  # finished, but something was rejected, invalid, blocked or failed
+    USAGE = 2
+    TEMPFAIL = 75  # temporary failure: retry later
+    CONFIG = 78  # configuration error: fix config, retrying will not help
+
+
+class SyncerError(Exception):
+    """Root of every error syncer raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.PROBLEMS
+
+
+class ConfigError(SyncerError):
+    """Settings, a mapping file or a connector's configuration is wrong."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class AuthError(ConfigError):
+    """The destination refused the credentials; retrying will not help."""
+
+
+class TransientError(SyncerError):
+    """A failure that may go away by itself (timeouts, 5xx, unreachable hosts)."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BatchRejected(SyncerError):
+    """The destination refused a whole batch because of what is in it (e.g. a 400)."""

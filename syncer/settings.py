@@ -1,0 +1,83 @@
+"""Process settings from the environment and ``.env`` (prefix ``SYNCER_``).
+
+Secrets live here or in the environment, never in mapping YAML. Database URLs are ``SecretStr``
+because they often carry passwords.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from syncer.errors import ConfigError
+
+DEFAULT_STATE_URL = "sqlite:///.syncer/state.db"
+
+
+class Settings(BaseSettings):
+    """Every ``SYNCER_*`` variable; ``.env.example`` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SYNCER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    warehouse_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL of the 'default' warehouse."
+    )
+    warehouses: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Named extra warehouses: SYNCER_WAREHOUSES__<NAME>=<SQLAlchemy URL>.",
+    )
+    state_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_STATE_URL),
+        description="SQLAlchemy URL of the state database (sync state, runs, audit log).",
+    )
+    mappings_dir: Path = Field(default=Path("mappings"), description="Where sync YAML files live.")
+    audit_plain_keys: bool = Field(
+        default=False,
+        description="Store record keys in audit events as given instead of as SHA-256.",
+    )
+    read_batch_size: int = Field(
+        default=10_000, ge=100, description="Rows fetched from the warehouse per round trip."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    http_timeout: float = Field(default=30.0, gt=0, description="Seconds per HTTP request.")
+
+    def warehouse(self, name: str) -> str:
+        """The URL of the named warehouse, or a ConfigError that says how to set it."""
+        if name == "default":
+            if self.warehouse_url is None:
+                raise ConfigError(
+                    "no warehouse configured: set SYNCER_WAREHOUSE_URL (a SQLAlchemy URL)"
+                )
+            return self.warehouse_url.get_secret_value()
+        url = self.warehouses.get(name.lower())
+        if url is None:
+            raise ConfigError(
+                f"unknown warehouse {name!r}: set SYNCER_WAREHOUSES__{name.upper()}"
+                " to its SQLAlchemy URL"
+            )
+        return url.get_secret_value()
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    """Settings from the environment (and ``env_file`` / ``.env``), as a ConfigError if invalid."""
+    try:
+        if env_file is not None:
+            return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SYNCER_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,184 @@
+"""The state database: what each destination has acknowledged, runs, and the audit log.
+
+SQLite by default (one file, zero set-up), Postgres for teams. The schema is versioned in
+``syncer_meta``; ``open_state`` upgrades an older database in place, step by step, and refuses
+one written by a newer syncer rather than guess.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    select,
+    text,
+)
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from syncer.errors import ConfigError, TransientError
+
+SCHEMA_VERSION = 2
+
+metadata = MetaData()
+
+meta_table = Table(
+    "syncer_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+runs_table = Table(
+    "syncer_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("sync", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("trigger", String(20), nullable=False),
+    Column("mode", String(20), nullable=False),
+    Column("full_resync", Integer, nullable=False, default=0),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("source_rows", Integer, nullable=False, default=0),
+    Column("added", Integer, nullable=False, default=0),
+    Column("removed", Integer, nullable=False, default=0),
+    Column("updated", Integer, nullable=False, default=0),
+    Column("unchanged", Integer, nullable=False, default=0),
+    Column("rejected", Integer, nullable=False, default=0),
+    Column("invalid", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("message", Text),
+    Index("ix_syncer_runs_sync_started", "sync", "started_at"),
+)
+
+records_table = Table(
+    "syncer_records",
+    metadata,
+    Column("sync", String(200), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("hash", String(64), nullable=False),
+    Column("destination_id", Text),
+    Column("synced_at", DateTime(timezone=True), nullable=False),
+)
+
+events_table = Table(
+    "syncer_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), nullable=False),
+    Column("key", Text),
+    Column("operation", String(16), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("reason", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _migrate_1(conn: Connection) -> None:
+    """Version 1: runs, acknowledged records and per-record events."""
+    for table in (runs_table, records_table, events_table):
+        table.create(conn, checkfirst=True)
+
+
+def _migrate_2(conn: Connection) -> None:
+    """Version 2: look up a run's events without scanning the whole audit log."""
+    Index("ix_syncer_events_run", events_table.c.run_id, events_table.c.outcome).create(
+        conn, checkfirst=True
+    )
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1, 2: _migrate_2}
+
+
+def schema_version(conn: Connection) -> int:
+    if not inspect(conn).has_table("syncer_meta"):
+        return 0
+    value = conn.execute(
+        select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+    ).scalar()
+    return int(value) if value is not None else 0
+
+
+def upgrade(engine: Engine, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema to ``target``, one committed step at a time; returns the old version."""
+    with engine.begin() as conn:
+        meta_table.create(conn, checkfirst=True)
+        current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise ConfigError(
+            f"the state database has schema version {current}, newer than this syncer"
+            f" understands ({SCHEMA_VERSION}); upgrade syncer"
+        )
+    for version in range(current + 1, target + 1):
+        with engine.begin() as conn:
+            MIGRATIONS[version](conn)
+            _set_version(conn, version)
+    return current
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    updated = conn.execute(
+        meta_table.update()
+        .where(meta_table.c.key == "schema_version")
+        .values(value=str(version))
+    ).rowcount
+    if not updated:
+        conn.execute(meta_table.insert().values(key="schema_version", value=str(version)))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@functools.cache
+def state_engine(url: str) -> Engine:
+    """Engine for the state database, created (file, schema) and upgraded on first use."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("SYNCER_STATE_URL is not a valid SQLAlchemy URL") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"SYNCER_STATE_URL: state store {backend!r} is not supported (use sqlite or postgresql)"
+        )
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, pool_pre_ping=True)
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        upgrade(engine)
+    except OperationalError as exc:
+        raise TransientError(f"cannot open the state database: {str(exc.orig)[:200]}") from None
+    except DBAPIError as exc:
+        raise ConfigError(f"cannot prepare the state database: {str(exc.orig)[:200]}") from None
+    return engine

@@ -1,0 +1,90 @@
+"""Streaming reads from the warehouse: never the whole result in memory.
+
+Errors are sorted by what the user should do: a query the database refuses is a configuration
+error (fix the mapping); a database that cannot be reached or drops mid-stream is transient.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from syncer.errors import ConfigError, TransientError
+
+
+@functools.cache
+def warehouse_engine(url: str) -> Engine:
+    """One engine per URL and process; SQLite files must exist (no silent empty database)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("warehouse URL is not a valid SQLAlchemy URL") from None
+    if parsed.get_backend_name() in ("sqlite", "duckdb") and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        path = Path(parsed.database or "")
+        if not path.exists():
+            raise ConfigError(f"warehouse database file {path} does not exist")
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"warehouse driver not installed: {exc}") from None
+
+
+def _clean(query: str) -> str:
+    return query.strip().rstrip(";").strip()
+
+
+def _short(exc: DBAPIError) -> str:
+    # The driver's own message, without SQLAlchemy's echo of the statement and parameters.
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+
+
+@contextmanager
+def stream(
+    url: str, query: str, batch_size: int, origin: str, limit: int | None = None
+) -> Iterator[tuple[list[str], Iterator[Sequence[Sequence[Any]]]]]:
+    """Run ``query`` and yield (column names, iterator of row partitions).
+
+    ``origin`` (the mapping file) prefixes error messages so users know which query failed.
+    """
+    engine = warehouse_engine(url)
+    sql = _clean(query)
+    if limit is not None:
+        sql = f"SELECT * FROM ({sql}) AS syncer_probe LIMIT {int(limit)}"
+    try:
+        conn = engine.connect()
+    except DBAPIError as exc:
+        raise TransientError(f"{origin}: cannot connect to the warehouse: {_short(exc)}") from None
+    try:
+        try:
+            result = conn.execution_options(yield_per=batch_size).execute(text(sql))
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise TransientError(
+                    f"{origin}: warehouse connection lost: {_short(exc)}"
+                ) from None
+            raise ConfigError(f"{origin}: source.query failed: {_short(exc)}") from None
+        columns = list(result.keys())
+
+        def partitions() -> Iterator[Sequence[Sequence[Any]]]:
+            try:
+                yield from result.partitions()
+            except SQLAlchemyError as exc:
+                detail = _short(exc) if isinstance(exc, DBAPIError) else str(exc)
+                raise TransientError(
+                    f"{origin}: reading from the warehouse failed mid-stream: {detail}"
+                ) from None
+
+        with result:
+            yield columns, partitions()
+    finally:
+        conn.close()
