@@ -78,9 +78,17 @@ class ChangeBatch:
 class Staging:
     """The staging table of one run, living on one state-database connection."""
 
-    def __init__(self, conn: Connection, sync: str, mode: str, full_resync: bool = False) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        sync: str,
+        mode: str,
+        field_names: tuple[str, ...],
+        full_resync: bool = False,
+    ) -> None:
         self.conn = conn
         self.sync = sync
+        self.field_names = field_names
         self.dialect = conn.dialect.name
         self.selection = _selection(mode, full_resync)
 
@@ -199,22 +207,33 @@ class Staging:
             )
         )
 
-    def batches(self, operation: Operation, batch_size: int) -> Iterator[ChangeBatch]:
-        """Pages of the change set for one operation; safe to commit state between pages."""
-        if self.selection[operation] is None:
+    def batches(
+        self, operation: Operation, batch_size: int, expected: int | None = None
+    ) -> Iterator[ChangeBatch]:
+        """Pages of the change set for one operation; safe to commit state between pages.
+
+        ``expected`` (from ``counts()``) lets the scan stop once every change was read.
+        """
+        if self.selection[operation] is None or expected == 0:
             return
-        loads = orjson.loads
+        remaining = expected if expected is not None else -1
         if operation == "remove":
             after_key: str | None = None
-            while rows := self._remove_page(after_key, batch_size):
+            while remaining and (rows := self._remove_page(after_key, batch_size)):
                 after_key = rows[-1][0]
+                remaining -= len(rows)
                 records = [Record(key, {}, dest) for key, dest in rows]
-                yield ChangeBatch("remove", records, dict.fromkeys((r.key for r in records)))
+                yield ChangeBatch("remove", records, dict.fromkeys(r.key for r in records))
             return
+        loads, names = orjson.loads, self.field_names
         after = 0
-        while rows := self._upsert_page(operation, after, batch_size):
+        while remaining and (rows := self._upsert_page(operation, after, batch_size)):
             after = rows[-1][0]
-            records = [Record(key, loads(payload), dest) for _, key, payload, _, dest in rows]
+            remaining -= len(rows)
+            records = [
+                Record(key, dict(zip(names, loads(payload), strict=True)), dest)
+                for _, key, payload, _, dest in rows
+            ]
             yield ChangeBatch(operation, records, {row[1]: row[3] for row in rows})
 
     def sample_keys(self, operation: Operation, limit: int = 5) -> list[str]:

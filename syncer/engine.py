@@ -175,7 +175,9 @@ class SyncEngine:
 
     def _stage(self, conn: Connection, sync: LoadedSync, full_resync: bool) -> Staging:
         definition = sync.definition
-        staging = Staging(conn, definition.name, definition.mode, full_resync)
+        staging = Staging(
+            conn, definition.name, definition.mode, tuple(sorted(definition.fields)), full_resync
+        )
         staging.create()
         url = self.settings.warehouse(definition.source.warehouse)
         with stream(
@@ -336,7 +338,8 @@ class SyncEngine:
             try:
                 for operation in OPERATIONS:
                     done = 0
-                    for batch in staging.batches(operation, connector.batch_size):
+                    expected = planned[operation]
+                    for batch in staging.batches(operation, connector.batch_size, expected):
                         outcomes = self._send(connector, batch, tally)
                         self._commit(conn, run_id, definition.name, batch, outcomes, tally)
                         done += len(batch.records)

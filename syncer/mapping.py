@@ -170,11 +170,16 @@ def _refuse_literal_secrets(raw: dict[str, Any], model: type[ConnectorConfig], p
     for name, info in model.model_fields.items():
         if name not in raw or not _is_secret(info.annotation):
             continue
-        values = raw[name].values() if isinstance(raw[name], dict) else [raw[name]]
-        for value in values:
+        value = raw[name]
+        items = (
+            [(f"{name}.{key}", v) for key, v in value.items()]
+            if isinstance(value, dict)
+            else [(name, value)]
+        )
+        for where, value in items:
             if value is not None and not (isinstance(value, str) and _VAR.search(value)):
                 raise ConfigError(
-                    f"{path}: destination.{name}: secrets must come from the environment;"
+                    f"{path}: destination.{where}: secrets must come from the environment;"
                     f" write ${{SOME_VARIABLE}} and set it in the environment or .env"
                 )
 
@@ -210,11 +215,11 @@ def load_file(path: Path) -> LoadedSync:
         connector_config = model.model_validate(definition.destination.settings())
     except ValidationError as exc:
         raise ConfigError(_errors_text(path, exc, prefix="destination.")) from None
-    unsupported = definition.mode not in connector_cls.capabilities.modes
-    if unsupported:
+    modes = connector_cls.capabilities.modes
+    if definition.mode not in modes:
         raise ConfigError(
             f"{path}: mode: connector {connector_cls.name!r} does not support mode"
-            f" {definition.mode!r} (supports: {', '.join(sorted(connector_cls.capabilities.modes))})"
+            f" {definition.mode!r} (supports: {', '.join(sorted(modes))})"
         )
     return LoadedSync(definition, path, connector_cls, connector_config)
 
@@ -274,4 +279,7 @@ def json_schema() -> dict[str, Any]:
     """JSON Schema of a mapping file, for editors (``syncer schema``)."""
     schema = SyncDefinition.model_json_schema()
     schema["title"] = "syncer sync definition"
+    # load_file defaults the name to the file's stem, so a file may leave it out.
+    schema["required"] = [field for field in schema.get("required", []) if field != "name"]
+    schema["properties"]["name"]["description"] = "Defaults to the file name without .yaml."
     return schema

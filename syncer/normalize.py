@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
@@ -16,13 +17,15 @@ from typing import Any
 
 import orjson
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from syncer.errors import ConfigError
 from syncer.mapping import FieldSpec, SyncDefinition
 
 StagedRow = tuple[int, str | None, str | None, str | None, str | None]
-"""(row number, key, payload JSON, payload hash, invalid reason) as written to staging."""
+"""(row number, key, payload, payload hash, invalid reason) as written to staging.
+
+The payload is a JSON array of field values in ``RowEncoder.field_names`` order."""
 
 
 class InvalidValue(ValueError):
@@ -32,6 +35,9 @@ class InvalidValue(ValueError):
 _SIMPLE_EMAIL = re.compile(
     r"^[a-z0-9_%+-]+(?:\.[a-z0-9_%+-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 )
+# Domains the regex lets through but email_validator refuses (or must check as IDNA): reserved
+# names like ``.test``/``.local``, and labels with "--" (Punycode "xn--" or invalid R-LDH).
+_SPECIAL_DOMAINS = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalize_email(value: Any) -> str:
@@ -39,8 +45,10 @@ def normalize_email(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidValue("not a valid email address")
     text = value.strip().lower()
-    if len(text) <= 254 and _SIMPLE_EMAIL.match(text) and len(text.partition("@")[0]) <= 64:
-        return text
+    if len(text) <= 254 and _SIMPLE_EMAIL.match(text):
+        local, _, domain = text.partition("@")
+        if len(local) <= 64 and "--" not in domain and not domain.endswith(_SPECIAL_DOMAINS):
+            return text
     try:
         return validate_email(text, check_deliverability=False).normalized.lower()
     except EmailNotValidError:
@@ -109,8 +117,13 @@ def _date(value: Any) -> str:
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, str):
+        text = value.strip()
         try:
-            return dt.date.fromisoformat(value.strip()[:10]).isoformat()
+            return dt.date.fromisoformat(text).isoformat()
+        except ValueError:
+            pass
+        try:  # a timestamp: its date as written (no time zone conversion)
+            return dt.datetime.fromisoformat(text).date().isoformat()
         except ValueError:
             raise InvalidValue("not a date (YYYY-MM-DD)") from None
     raise InvalidValue("not a date")
@@ -123,9 +136,8 @@ def _datetime(value: Any) -> str:
         except ValueError:
             raise InvalidValue("not an ISO 8601 timestamp") from None
     if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
-        return value.isoformat()
+        moment: dt.datetime = value if value.tzinfo is None else value.astimezone(dt.UTC)
+        return moment.isoformat()
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day).isoformat()
     raise InvalidValue("not a timestamp")
@@ -212,11 +224,20 @@ class RowEncoder:
             for name, spec in sorted(specs.items())
         ]
         self._plain = all(conv is None for _, _, conv in self._fields)
+        self.field_names = tuple(name for name, _, _ in self._fields)
+        positions = [i for _, i, _ in self._fields]
+        # The payload is a JSON array in field_names order: no dict per row on the hot path.
+        self._pick: Callable[[Sequence[Any]], tuple[Any, ...]] = (
+            (lambda row: ()) if not positions
+            else (lambda row, i=positions[0]: (row[i],)) if len(positions) == 1
+            else operator.itemgetter(*positions)  # type: ignore[assignment]
+        )
 
     def encode(self, rows: Iterable[Sequence[Any]], start: int = 0) -> Iterator[StagedRow]:
         """Yield one staging row per source row; bad rows carry their reason and no payload."""
         key_index, key_conv = self._key_index, self._key
         fields, plain = self._fields, self._plain
+        pick = self._pick
         dumps, digest, default = orjson.dumps, payload_hash, _auto
         for rownum, row in enumerate(rows, start + 1):
             raw_key = row[key_index]
@@ -233,12 +254,12 @@ class RowEncoder:
                 continue
             try:
                 if plain:
-                    values = {name: row[i] for name, i, _ in fields}
+                    values = pick(row)
                 else:
-                    values = {
-                        name: (row[i] if conv is None or row[i] is None else conv(row[i]))
-                        for name, i, conv in fields
-                    }
+                    values = tuple(
+                        row[i] if conv is None or row[i] is None else conv(row[i])
+                        for _, i, conv in fields
+                    )
                 payload = dumps(values, default=default)
             except (InvalidValue, TypeError, orjson.JSONEncodeError):
                 yield (rownum, key, None, None, f"row {rownum}: {self._explain(row)}")

@@ -6,11 +6,12 @@ because they often carry passwords.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from syncer.errors import ConfigError
 
@@ -81,3 +82,11 @@ def load_settings(env_file: Path | None = None) -> Settings:
             for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:  # e.g. SYNCER_WAREHOUSES=... that is not JSON
+        match = re.search(r'field "([^"]+)"', str(exc))
+        name = f"SYNCER_{match.group(1).upper()}" if match else "a SYNCER_ variable"
+        hint = " (set one per warehouse: SYNCER_WAREHOUSES__<NAME>=<URL>)"
+        raise ConfigError(
+            f"invalid settings: {name}: cannot parse its value"
+            + (hint if name == "SYNCER_WAREHOUSES" else "")
+        ) from None

@@ -29,7 +29,6 @@ from sqlalchemy import (
     inspect,
     make_url,
     select,
-    text,
 )
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
@@ -106,9 +105,12 @@ def _migrate_1(conn: Connection) -> None:
 
 def _migrate_2(conn: Connection) -> None:
     """Version 2: look up a run's events without scanning the whole audit log."""
-    Index("ix_syncer_events_run", events_table.c.run_id, events_table.c.outcome).create(
-        conn, checkfirst=True
+    # Built on a throwaway Table: an Index on ``events_table`` would attach itself to the shared
+    # metadata, so version 1 would create it too and a second call would add a duplicate.
+    events = Table(
+        "syncer_events", MetaData(), Column("run_id", String(32)), Column("outcome", String(16))
     )
+    Index("ix_syncer_events_run", events.c.run_id, events.c.outcome).create(conn, checkfirst=True)
 
 
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1, 2: _migrate_2}
@@ -142,9 +144,7 @@ def upgrade(engine: Engine, target: int = SCHEMA_VERSION) -> int:
 
 def _set_version(conn: Connection, version: int) -> None:
     updated = conn.execute(
-        meta_table.update()
-        .where(meta_table.c.key == "schema_version")
-        .values(value=str(version))
+        meta_table.update().where(meta_table.c.key == "schema_version").values(value=str(version))
     ).rowcount
     if not updated:
         conn.execute(meta_table.insert().values(key="schema_version", value=str(version)))

@@ -56,7 +56,10 @@ def stream(
 
     ``origin`` (the mapping file) prefixes error messages so users know which query failed.
     """
-    engine = warehouse_engine(url)
+    try:
+        engine = warehouse_engine(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: source.warehouse: {exc}") from None
     sql = _clean(query)
     if limit is not None:
         sql = f"SELECT * FROM ({sql}) AS syncer_probe LIMIT {int(limit)}"
@@ -66,7 +69,10 @@ def stream(
         raise TransientError(f"{origin}: cannot connect to the warehouse: {_short(exc)}") from None
     try:
         try:
-            result = conn.execution_options(yield_per=batch_size).execute(text(sql))
+            # stream_results + Result.yield_per: buffered in fixed partitions on every dialect
+            # (execution_options(yield_per=) alone hands SQLite rows back one at a time).
+            result = conn.execution_options(stream_results=True).execute(text(sql))
+            result = result.yield_per(batch_size)
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise TransientError(

@@ -1,0 +1,164 @@
+"""Benchmark of the sync engine on a synthetic segment (SQLite warehouse and state).
+
+For each size it runs, each phase in a fresh process so peak RSS is per phase:
+  first run (everything added), no-change run, 1% churn run (adds, removes, field updates).
+Each phase also times a plain streamed read of the same query in the same process: the floor.
+The destination accepts everything and does no I/O, so the numbers are the engine's own.
+
+    .venv/bin/python bench/sync_bench.py               # 100k and 1M
+    .venv/bin/python bench/sync_bench.py --sizes 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_warehouse(path: Path, size: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE members (email TEXT, first_name TEXT, ltv REAL)")
+    rng = random.Random(7)
+    conn.executemany(
+        "INSERT INTO members VALUES (?, ?, ?)",
+        ((f"user{i}@example.com", f"name{i % 5000}", round(rng.random() * 1000, 2))
+         for i in range(size)),
+    )
+    conn.commit()
+    conn.close()
+
+
+def churn(path: Path, size: int, pct: float = 1.0) -> dict[str, int]:
+    """Change pct% of the segment: half field updates, a quarter adds, a quarter removes."""
+    n = int(size * pct / 100)
+    rng = random.Random(11)
+    conn = sqlite3.connect(path)
+    picks = rng.sample(range(size), n)
+    updates, removes = picks[: n // 2], picks[n // 2 : n // 2 + n // 4]
+    conn.executemany(
+        "UPDATE members SET first_name = first_name || '!' WHERE email = ?",
+        ((f"user{i}@example.com",) for i in updates),
+    )
+    conn.executemany("DELETE FROM members WHERE email = ?", ((f"user{i}@example.com",) for i in removes))
+    adds = n - len(updates) - len(removes)
+    conn.executemany(
+        "INSERT INTO members VALUES (?, ?, 1.0)",
+        ((f"new{i}@example.com", "new") for i in range(adds)),
+    )
+    conn.commit()
+    conn.close()
+    return {"update": len(updates), "remove": len(removes), "add": adds}
+
+
+QUERY = "select email, first_name, ltv from members"
+
+
+def phase(warehouse: Path, state: Path, mappings: Path) -> dict[str, float | int]:
+    """Runs in a child process: the read floor, then one sync run."""
+    from sqlalchemy import create_engine, text
+
+    from connectors.file import FileConnector  # noqa: F401  (entry points import connectors)
+    from syncer.connector import BatchResult, Capabilities, Connector, ConnectorConfig, Record
+    from syncer.engine import SyncEngine
+    from syncer.mapping import LoadedSync, SyncDefinition
+    from syncer.settings import Settings
+
+    class AcceptAll(Connector):
+        name = "accept-all"
+        capabilities = Capabilities(max_batch_size=1000)
+        sent = 0
+
+        def _ok(self, records: Sequence[Record]) -> BatchResult:
+            AcceptAll.sent += len(records)
+            return BatchResult.all_accepted(records)
+
+        add = remove = update = _ok
+
+    url = f"sqlite:///{warehouse}"
+    engine = create_engine(url)
+    t0 = time.perf_counter()
+    rows = 0
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True).execute(text(QUERY)).yield_per(10_000)
+        for part in result.partitions():
+            rows += len(part)
+    floor = time.perf_counter() - t0
+    engine.dispose()
+
+    definition = SyncDefinition.model_validate(
+        {
+            "name": "bench",
+            "source": {"query": QUERY, "key": "email"},
+            "mode": "mirror",
+            "fields": {"email": "email", "first_name": "first_name", "ltv": "ltv"},
+            "destination": {"connector": "accept-all"},
+            "guards": {"max_remove_pct": 100},
+        }
+    )
+    sync = LoadedSync(definition, mappings / "bench.yaml", AcceptAll, ConnectorConfig())
+    settings = Settings(warehouse_url=url, state_url=f"sqlite:///{state}")
+    t0 = time.perf_counter()
+    result = SyncEngine(settings).run(sync)
+    wall = time.perf_counter() - t0
+    return {
+        "rows": rows,
+        "floor_s": round(floor, 3),
+        "wall_s": round(wall, 3),
+        "ratio": round(wall / floor, 2),
+        "sent": AcceptAll.sent,
+        "status": result.status,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **{k: result.counts.get(k, 0) for k in ("added", "removed", "updated", "unchanged")},
+    }
+
+
+def run_phase(warehouse: Path, state: Path, tmp: Path) -> dict[str, float | int]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(warehouse), str(state), str(tmp)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--child", nargs=3)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(phase(*(Path(p) for p in args.child))))
+        return
+    print(f"{'size':>9} {'phase':<10} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
+          f"{'peak MB':>8} {'sent':>8}  counts")
+    for size in (int(s) for s in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
+            warehouse, state = tmp / "warehouse.db", tmp / "state.db"
+            build_warehouse(warehouse, size)
+            for name in ("first", "no-change", "churn-1%"):
+                if name == "churn-1%":
+                    churn(warehouse, size)
+                r = run_phase(warehouse, state, tmp)
+                counts = f"+{r['added']} -{r['removed']} ~{r['updated']} ={r['unchanged']}"
+                print(f"{size:>9} {name:<10} {r['wall_s']:>8} {r['floor_s']:>8} {r['ratio']:>6} "
+                      f"{r['peak_rss_mb']:>8} {r['sent']:>8}  {counts}", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("SYNCER_LOG_LEVEL", "warning")
+    main()

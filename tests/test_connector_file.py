@@ -1,0 +1,320 @@
+"""The file connector as a user sees it: the members file, the change log, crash safety."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from connectors.file import FileConnector
+from syncer.connector import Record, SyncContext
+from syncer.errors import ConfigError, TransientError
+
+FIELDS = ("email", "first_name")
+ADA = Record("ada", {"email": "ada@example.com", "first_name": "Ada"})
+BOB = Record("bob", {"email": "bob@example.com", "first_name": "Bob"})
+CAROL = Record("carol", {"email": "carol@example.com", "first_name": "Carol"})
+HTTP = httpx.Client()  # the file connector never uses it; the contract hands one over anyway
+
+
+def make(
+    path: Path, run_id: str = "r1", fields: tuple[str, ...] = FIELDS, **options: Any
+) -> FileConnector:
+    context = SyncContext(sync_name="vip", mode="membership", field_names=fields, run_id=run_id)
+    return FileConnector(FileConnector.config_model(path=str(path), **options), context, HTTP)
+
+
+def members(path: Path) -> dict[str, dict[str, Any]]:
+    """Key -> fields as stored in the members file (CSV cells are text)."""
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return {row.pop("key"): row for row in csv.DictReader(f)}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {row["key"]: row["fields"] for row in rows}
+
+
+def changes(path: Path) -> list[dict[str, Any]]:
+    log = path.with_name(path.name + ".changes.jsonl")
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+def expected(path: Path, *records: Record) -> dict[str, dict[str, Any]]:
+    return {
+        r.key: {k: str(v) for k, v in r.fields.items()} if path.suffix == ".csv" else dict(r.fields)
+        for r in records
+    }
+
+
+def first_run(path: Path) -> None:
+    conn = make(path, "r1")
+    conn.open()
+    conn.add([ADA, BOB])
+    conn.close(True)
+
+
+@pytest.fixture(params=["members.csv", "members.jsonl"])
+def path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return tmp_path / "out" / "nested" / request.param
+
+
+def test_first_run_writes_the_added_members(path: Path) -> None:
+    first_run(path)
+    assert members(path) == expected(path, ADA, BOB)
+
+
+def test_csv_has_key_and_field_columns(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    first_run(path)
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "key,email,first_name"
+
+
+def test_second_run_applies_removes_updates_and_adds(path: Path) -> None:
+    first_run(path)
+    conn = make(path, "r2")
+    conn.open()
+    conn.remove([Record(BOB.key)])
+    augusta = Record(ADA.key, {"email": "ada@example.com", "first_name": "Augusta"})
+    conn.update([augusta])
+    conn.add([CAROL])
+    conn.remove([Record("never-there")])  # idempotent: accepted, nothing to delete
+    conn.close(True)
+
+    assert members(path) == expected(path, augusta, CAROL)
+
+
+def test_change_log_has_one_line_per_change(path: Path) -> None:
+    first_run(path)
+    conn = make(path, "r2")
+    conn.open()
+    result = conn.remove([Record(BOB.key)])
+    conn.add([CAROL])
+    conn.close(True)
+
+    log = changes(path)
+    assert [(c["run_id"], c["operation"], c["key"]) for c in log] == [
+        ("r1", "add", "ada"),
+        ("r1", "add", "bob"),
+        ("r2", "remove", "bob"),
+        ("r2", "add", "carol"),
+    ]
+    assert log[3]["fields"] == dict(CAROL.fields)
+    assert datetime.fromisoformat(log[0]["at"]).utcoffset() is not None
+    assert [o.status for o in result.outcomes()] == ["accepted"]
+
+
+def test_batch_is_in_the_log_before_the_method_returns(path: Path) -> None:
+    conn = make(path)
+    conn.open()
+    conn.add([ADA])
+    assert [c["key"] for c in changes(path)] == ["ada"]
+    conn.close(True)
+
+
+def test_csv_cell_values(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    conn = make(path, fields=("a", "b", "c", "d"))
+    conn.open()
+    conn.add([Record("k", {"a": None, "b": {"x": [1, 2]}, "c": 3, "d": "text, with comma"})])
+    conn.close(True)
+    assert members(path) == {"k": {"a": "", "b": '{"x":[1,2]}', "c": "3", "d": "text, with comma"}}
+
+
+def test_changed_fields_reshape_existing_rows(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    first_run(path)
+    conn = make(path, "r2", fields=("first_name", "country"))
+    conn.open()
+    conn.add([Record("dan", {"first_name": "Dan", "country": "NL"})])
+    conn.close(True)
+    assert members(path) == {
+        "ada": {"first_name": "Ada", "country": ""},
+        "bob": {"first_name": "Bob", "country": ""},
+        "dan": {"first_name": "Dan", "country": "NL"},
+    }
+
+
+def test_failed_run_still_materialises_acknowledged_batches(path: Path) -> None:
+    conn = make(path)
+    conn.open()
+    conn.add([ADA])
+    conn.close(False)
+    assert members(path) == expected(path, ADA)
+
+
+def test_kill_after_acknowledged_batch_keeps_it(path: Path) -> None:
+    """A real SIGKILL right after add() returned: the next run's open() recovers the batch."""
+    first_run(path)
+    script = textwrap.dedent(
+        f"""
+        import os, signal, httpx
+        from connectors.file import FileConnector
+        from syncer.connector import Record, SyncContext
+        ctx = SyncContext("vip", "membership", {FIELDS!r}, run_id="r2")
+        conn = FileConnector(FileConnector.config_model(path={str(path)!r}), ctx, httpx.Client())
+        conn.open()
+        conn.remove([Record("bob")])
+        conn.add([Record("carol", {dict(CAROL.fields)!r})])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert members(path) == expected(path, ADA, BOB)  # died before close()
+
+    conn = make(path, "r3")
+    conn.open()
+    assert members(path) == expected(path, ADA, CAROL)
+    conn.close(True)
+    assert members(path) == expected(path, ADA, CAROL)
+
+
+def test_torn_unacknowledged_batch_is_dropped(path: Path) -> None:
+    """A batch cut short by a crash was never acknowledged: not applied, cut from the log."""
+    first_run(path)
+    log = path.with_name(path.name + ".changes.jsonl")
+    line = {
+        "run_id": "r2",
+        "at": "2024-01-01T00:00:00+00:00",
+        "operation": "remove",
+        "key": "ada",
+        "fields": {},
+        "batch": "torn",
+        "batch_records": 3,
+    }
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n" + '{"run_id": "r2", "at": "20')
+
+    conn = make(path, "r3")
+    conn.open()
+    conn.add([CAROL])
+    conn.close(True)
+
+    assert members(path) == expected(path, ADA, BOB, CAROL)
+    assert [(c["operation"], c["key"]) for c in changes(path)] == [
+        ("add", "ada"),
+        ("add", "bob"),
+        ("add", "carol"),
+    ]
+
+
+def test_replay_after_losing_the_applied_offset_is_harmless(path: Path) -> None:
+    first_run(path)
+    conn = make(path, "r2")
+    conn.open()
+    conn.remove([Record(BOB.key)])
+    conn.add([CAROL])
+    conn.close(True)
+    want = expected(path, ADA, CAROL)
+    applied = path.with_name(path.name + ".applied")
+
+    snapshots = []
+    for run in ("r3", "r4"):
+        applied.unlink()
+        conn = make(path, run)
+        conn.open()
+        conn.close(True)
+        assert members(path) == want
+        snapshots.append(path.read_bytes())
+    assert snapshots[0] == snapshots[1]
+
+
+def test_deleted_members_file_is_rebuilt_from_the_log(path: Path) -> None:
+    first_run(path)
+    path.unlink()
+    conn = make(path, "r2")
+    conn.open()
+    conn.close(True)
+    assert members(path) == expected(path, ADA, BOB)
+
+
+def test_two_runs_on_one_file_are_refused(path: Path) -> None:
+    running = make(path)
+    running.open()
+    with pytest.raises(TransientError, match="another run"):
+        make(path, "r2").open()
+    running.close(True)
+
+
+def test_format_from_extension_or_option(tmp_path: Path) -> None:
+    conn = make(tmp_path / "m.ndjson")
+    conn.open()
+    conn.add([ADA])
+    conn.close(True)
+    assert json.loads((tmp_path / "m.ndjson").read_text()) == {
+        "key": "ada",
+        "fields": dict(ADA.fields),
+    }
+
+    explicit = tmp_path / "members.txt"
+    conn = make(explicit, format="csv")
+    conn.open()
+    conn.add([ADA])
+    conn.close(True)
+    assert explicit.read_text().startswith("key,email,first_name\n")
+
+
+def test_unknown_extension_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"members\.xlsx"):
+        make(tmp_path / "members.xlsx")
+
+
+def test_check_accepts_a_creatable_path_without_creating_it(tmp_path: Path) -> None:
+    make(tmp_path / "a" / "b" / "m.csv").check()
+    assert not (tmp_path / "a").exists()
+
+
+def test_check_refuses_a_path_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("not a directory")
+    with pytest.raises(ConfigError, match="blocker"):
+        make(tmp_path / "blocker" / "m.csv").check()
+
+
+def test_default_batch_size(tmp_path: Path) -> None:
+    assert make(tmp_path / "m.csv").batch_size == 5000
+    assert make(tmp_path / "m.csv", batch_size=100).batch_size == 100
+
+
+def test_log_is_valid_jsonl_even_with_awkward_values(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    weird = Record("line\nbreak", {"email": "x@example.com", "first_name": 'Zoë\t"quoted"'})
+    conn = make(path)
+    conn.open()
+    conn.add([weird])
+    conn.close(True)
+    assert members(path) == {weird.key: dict(weird.fields)}
+    assert len(changes(path)) == 1
+    assert os.path.getsize(path) > 0
+
+
+def test_disk_error_is_transient_and_the_retry_is_logged_once(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = make(path)
+    conn.open()
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def failing_once(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    with pytest.raises(TransientError, match="Input/output error"):
+        conn.add([ADA, BOB])
+    conn.add([ADA, BOB])  # the engine retrying the unacknowledged batch
+    conn.close(True)
+
+    assert members(path) == expected(path, ADA, BOB)
+    assert [c["key"] for c in changes(path)] == ["ada", "bob"]
