@@ -9,12 +9,11 @@ diff next time, so a crash or a failed batch loses nothing.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,7 @@ from syncer.errors import (
 from syncer.http import make_client
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
-from syncer.normalize import RowEncoder
+from syncer.normalize import RowEncoder, StagedRow
 from syncer.settings import Settings
 from syncer.state import events_table, records_table, runs_table, state_engine, utcnow
 from syncer.warehouse import stream
@@ -184,7 +183,14 @@ class SyncEngine:
             url, definition.source.query, self.settings.read_batch_size, str(sync.path)
         ) as (columns, partitions):
             encoder = RowEncoder(definition, columns, str(sync.path))
-            staging.load(encoder.encode(itertools.chain.from_iterable(partitions)))
+
+            def encoded() -> Iterator[list[StagedRow]]:
+                start = 0
+                for part in partitions:
+                    yield list(encoder.encode(part, start))
+                    start += len(part)
+
+            staging.load(encoded())
         staging.finalize(definition.source.key)
         return staging
 
@@ -205,7 +211,7 @@ class SyncEngine:
                 invalid = [reason for _, reason in next(staging.invalid_rows(samples), [])]
                 guard = check_guards(definition.guards, counts)
             finally:
-                conn.rollback()
+                conn.invalidate()  # discards the staging table and the open transaction
         return PlanResult(definition.name, definition.mode, counts, sample, invalid[:samples], guard)
 
     # -- run ---------------------------------------------------------------------------------
@@ -267,11 +273,9 @@ class SyncEngine:
                 conn.rollback()
                 self._finish(conn, run_id, "interrupted", tally, "stopped by signal or error")
                 raise
-            finally:
-                if staging is not None:
-                    staging.drop()
-                    conn.commit()
             self._finish(conn, run_id, status, tally, message)
+            if staging is not None:
+                conn.invalidate()  # closing the connection drops staging in one go
         duration = time.monotonic() - started
         bound.info("run.finished", status=status, duration_s=round(duration, 3), **tally.values)
         return RunResult(
@@ -291,7 +295,7 @@ class SyncEngine:
         self, conn: Connection, run_id: str, staging: Staging, tally: _Tally, counts: DiffCounts
     ) -> None:
         plain = self.settings.audit_plain_keys
-        for page in staging.invalid_rows():
+        for page in staging.invalid_rows() if counts.invalid else ():
             now = utcnow()
             conn.execute(
                 events_table.insert(),

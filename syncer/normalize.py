@@ -22,7 +22,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from syncer.errors import ConfigError
 from syncer.mapping import FieldSpec, SyncDefinition
 
-StagedRow = tuple[int, str | None, str | None, str | None, str | None]
+StagedRow = tuple[int, str | None, str | None, int | None, str | None]
 """(row number, key, payload, payload hash, invalid reason) as written to staging.
 
 The payload is a JSON array of field values in ``RowEncoder.field_names`` order."""
@@ -192,9 +192,13 @@ def key_converter(definition: SyncDefinition) -> Callable[[Any], str]:
     return lambda v: (v if isinstance(v, str) else _string(v)).strip()
 
 
-def payload_hash(payload: bytes) -> str:
-    """Short, stable digest of a payload: 128 bits, plenty to tell versions of one record apart."""
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+def payload_hash(payload: bytes) -> int:
+    """Stable 64-bit digest of a payload, as a signed integer (fits SQLite and BIGINT).
+
+    It only has to tell two versions of the same record apart: a missed update needs a
+    2**-64 coincidence. Integers keep staging narrow and comparisons cheap.
+    """
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big", signed=True)
 
 
 class RowEncoder:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     DateTime,
@@ -75,9 +76,11 @@ records_table = Table(
     metadata,
     Column("sync", String(200), primary_key=True),
     Column("key", Text, primary_key=True),
-    Column("hash", String(64), nullable=False),
+    Column("hash", BigInteger, nullable=False),
     Column("destination_id", Text),
     Column("synced_at", DateTime(timezone=True), nullable=False),
+    # SQLite: cluster rows on (sync, key) so a diff probe is one B-tree descent, in key order.
+    sqlite_with_rowid=False,
 )
 
 events_table = Table(

@@ -64,7 +64,7 @@ def test_version_1_database_is_upgraded_keeping_its_records(state_url: str) -> N
             records_table.insert().values(
                 sync="vip",
                 key="ada@example.com",
-                hash="h1",
+                hash=1,
                 destination_id="d-1",
                 synced_at=synced_at,
             )
@@ -84,7 +84,7 @@ def test_version_1_database_is_upgraded_keeping_its_records(state_url: str) -> N
                 records_table.c.destination_id,
             )
         ).all()
-    assert [tuple(r) for r in rows] == [("vip", "ada@example.com", "h1", "d-1")]
+    assert [tuple(r) for r in rows] == [("vip", "ada@example.com", 1, "d-1")]
     indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("syncer_events")}
     assert "ix_syncer_events_run" in indexes
 
