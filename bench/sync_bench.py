@@ -34,8 +34,10 @@ def build_warehouse(path: Path, size: int) -> None:
     rng = random.Random(7)
     conn.executemany(
         "INSERT INTO members VALUES (?, ?, ?)",
-        ((f"user{i}@example.com", f"name{i % 5000}", round(rng.random() * 1000, 2))
-         for i in range(size)),
+        (
+            (f"user{i}@example.com", f"name{i % 5000}", round(rng.random() * 1000, 2))
+            for i in range(size)
+        ),
     )
     conn.commit()
     conn.close()
@@ -52,7 +54,9 @@ def churn(path: Path, size: int, pct: float = 1.0) -> dict[str, int]:
         "UPDATE members SET first_name = first_name || '!' WHERE email = ?",
         ((f"user{i}@example.com",) for i in updates),
     )
-    conn.executemany("DELETE FROM members WHERE email = ?", ((f"user{i}@example.com",) for i in removes))
+    conn.executemany(
+        "DELETE FROM members WHERE email = ?", ((f"user{i}@example.com",) for i in removes)
+    )
     adds = n - len(updates) - len(removes)
     conn.executemany(
         "INSERT INTO members VALUES (?, ?, 1.0)",
@@ -143,8 +147,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(phase(*(Path(p) for p in args.child))))
         return
-    print(f"{'size':>9} {'phase':<10} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
-          f"{'peak MB':>8} {'sent':>8}  counts")
+    print(
+        f"{'size':>9} {'phase':<10} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
+        f"{'peak MB':>8} {'sent':>8}  counts"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmpdir:
             tmp = Path(tmpdir)
@@ -155,8 +161,11 @@ def main() -> None:
                     churn(warehouse, size)
                 r = run_phase(warehouse, state, tmp)
                 counts = f"+{r['added']} -{r['removed']} ~{r['updated']} ={r['unchanged']}"
-                print(f"{size:>9} {name:<10} {r['wall_s']:>8} {r['floor_s']:>8} {r['ratio']:>6} "
-                      f"{r['peak_rss_mb']:>8} {r['sent']:>8}  {counts}", flush=True)
+                print(
+                    f"{size:>9} {name:<10} {r['wall_s']:>8} {r['floor_s']:>8} {r['ratio']:>6} "
+                    f"{r['peak_rss_mb']:>8} {r['sent']:>8}  {counts}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

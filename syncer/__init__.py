@@ -5,7 +5,7 @@ The public surface for connector authors and embedders is re-exported here.
 
 __version__ = "0.1.0"
 
-from syncer.connector import (  # noqa: E402
+from syncer.connector import (
     BatchResult,
     Capabilities,
     Connector,
@@ -14,7 +14,7 @@ from syncer.connector import (  # noqa: E402
     Record,
     SyncContext,
 )
-from syncer.errors import (  # noqa: E402
+from syncer.errors import (
     AuthError,
     BatchRejected,
     ConfigError,

@@ -57,13 +57,21 @@ def run_checks(
     try:
         state_engine(settings.state_url.get_secret_value())
         results.append(
-            {"sync": "(state database)", "ok": True, "exit_code": 0,
-             "steps": [{"step": "connect", "result": "ok"}]}
+            {
+                "sync": "(state database)",
+                "ok": True,
+                "exit_code": 0,
+                "steps": [{"step": "connect", "result": "ok"}],
+            }
         )
     except SyncerError as exc:
         results.append(
-            {"sync": "(state database)", "ok": False, "exit_code": int(exc.exit_code),
-             "steps": [{"step": "connect", "result": str(exc)}]}
+            {
+                "sync": "(state database)",
+                "ok": False,
+                "exit_code": int(exc.exit_code),
+                "steps": [{"step": "connect", "result": str(exc)}],
+            }
         )
     loaded: list[LoadedSync] = []
     if names:

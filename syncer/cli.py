@@ -26,7 +26,7 @@ JSON_SCHEMA_VERSION = 1
 class Ctx:
     """Options shared by every command, resolved lazily so ``--help`` stays fast."""
 
-    def __init__(self, env_file: Path | None, log_level: str | None, log_format: str | None):
+    def __init__(self, env_file: Path | None, log_level: Any, log_format: Any) -> None:
         self.env_file = env_file
         self.log_level = log_level
         self.log_format = log_format
@@ -148,7 +148,11 @@ _STATUS_WORD = {0: "ok", 1: "problems", 75: "tempfail", 78: "config_error"}
 @click.pass_obj
 @handles_errors
 def sync_now(
-    ctx: Ctx, names: tuple[str, ...], everything: bool, full_resync: bool, force: bool,
+    ctx: Ctx,
+    names: tuple[str, ...],
+    everything: bool,
+    full_resync: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Run the named syncs (or --all) now and print a summary."""
@@ -239,7 +243,10 @@ def run_group() -> None:
 @run_group.command("show")
 @click.argument("run_id")
 @click.option(
-    "--limit", default=100, show_default=True, type=click.IntRange(1, 100_000),
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
     help="How many rejected/invalid/failed records to list.",
 )
 @json_option

@@ -8,7 +8,7 @@ Built-in and third-party connectors register the same way, in the entry-point gr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
@@ -178,10 +178,14 @@ def discover() -> list[ConnectorInfo]:
         try:
             cls = ep.load()
         except Exception as exc:  # a broken plugin must not hide the others
-            found.append(ConnectorInfo(ep.name, ep.value, dist, None, f"{type(exc).__name__}: {exc}"))
+            found.append(
+                ConnectorInfo(ep.name, ep.value, dist, None, f"{type(exc).__name__}: {exc}")
+            )
             continue
         if not (isinstance(cls, type) and issubclass(cls, Connector)):
-            found.append(ConnectorInfo(ep.name, ep.value, dist, None, "not a syncer Connector class"))
+            found.append(
+                ConnectorInfo(ep.name, ep.value, dist, None, "not a syncer Connector class")
+            )
             continue
         found.append(ConnectorInfo(ep.name, ep.value, dist, cls, None))
     return found
@@ -197,5 +201,3 @@ def load_connector(name: str) -> type[Connector]:
     if info.cls is None:
         raise ConfigError(f"connector {name!r} failed to load: {info.error}")
     return info.cls
-
-

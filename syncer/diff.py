@@ -121,7 +121,7 @@ class Staging:
         sql = f"INSERT INTO {STAGE} VALUES ({', '.join([marks] * 5)})"
         for chunk in chunks:
             if chunk:
-                self.conn.exec_driver_sql(sql, list(chunk))  # type: ignore[arg-type]
+                self.conn.exec_driver_sql(sql, list(chunk))
 
     def finalize(self, key_column: str) -> None:
         """Index the snapshot (covering the diff) and mark every row of a duplicated key invalid."""

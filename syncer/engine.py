@@ -125,7 +125,7 @@ class PlanResult:
     sync: str
     mode: str
     counts: DiffCounts
-    samples: dict[str, list[str]]
+    samples: dict[Operation, list[str]]
     invalid_samples: list[str]
     guard: Guard
 
@@ -146,11 +146,18 @@ class _Tally:
 
     def __init__(self) -> None:
         self.values = dict.fromkeys(
-            ("source_rows", "added", "removed", "updated", "unchanged", "rejected", "invalid",
-             "failed"),
+            (
+                "source_rows",
+                "added",
+                "removed",
+                "updated",
+                "unchanged",
+                "rejected",
+                "invalid",
+                "failed",
+            ),
             0,
         )
-        self.transient_only = True
 
     def __getitem__(self, name: str) -> int:
         return self.values[name]
@@ -212,7 +219,9 @@ class SyncEngine:
                 guard = check_guards(definition.guards, counts)
             finally:
                 conn.invalidate()  # discards the staging table and the open transaction
-        return PlanResult(definition.name, definition.mode, counts, sample, invalid[:samples], guard)
+        return PlanResult(
+            definition.name, definition.mode, counts, sample, invalid[:samples], guard
+        )
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -286,9 +295,9 @@ class SyncEngine:
     def _exit_code(status: str, tally: _Tally) -> ExitCode:
         if status == "succeeded":
             return ExitCode.OK
-        if status == "partial" and tally["failed"] and tally.transient_only:
-            if not tally["rejected"] and not tally["invalid"]:
-                return ExitCode.TEMPFAIL
+        only_failures = not (tally["rejected"] or tally["invalid"])
+        if status == "partial" and tally["failed"] and only_failures:
+            return ExitCode.TEMPFAIL  # nothing wrong with the data: worth retrying later
         return ExitCode.PROBLEMS
 
     def _record_invalid(
@@ -364,7 +373,6 @@ class SyncEngine:
         except TransientError as exc:
             reason = f"destination unavailable: {exc}"
         except BatchRejected as exc:
-            tally.transient_only = False
             return [Outcome(k, "rejected", f"batch refused: {exc}") for k in keys]
         except ConfigError:
             raise
@@ -389,7 +397,8 @@ class SyncEngine:
         if accepted and batch.operation == "remove":
             conn.execute(
                 delete(records_table).where(
-                    records_table.c.sync == sync_name, records_table.c.key.in_([o.key for o in accepted])
+                    records_table.c.sync == sync_name,
+                    records_table.c.key.in_([o.key for o in accepted]),
                 )
             )
         elif accepted:

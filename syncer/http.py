@@ -9,7 +9,9 @@ from syncer import __version__
 USER_AGENT = f"syncer/{__version__}"
 
 
-def make_client(timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+def make_client(
+    timeout: float = 30.0, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
     """An httpx client with TLS verification on (always) and syncer's user agent."""
     return httpx.Client(
         timeout=httpx.Timeout(timeout),

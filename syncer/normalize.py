@@ -41,7 +41,7 @@ _SPECIAL_DOMAINS = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalize_email(value: Any) -> str:
-    """Lowercased, trimmed, syntax-checked email (no DNS). Plain ASCII addresses skip the slow path."""
+    """Lowercased, trimmed, syntax-checked email (no DNS); plain ASCII skips the slow path."""
     if not isinstance(value, str):
         raise InvalidValue("not a valid email address")
     text = value.strip().lower()
@@ -201,6 +201,17 @@ def payload_hash(payload: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big", signed=True)
 
 
+def _picker(positions: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """A C-speed getter of the mapped columns of a row, always returning a tuple."""
+    if not positions:
+        return lambda row: ()
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda row: (row[only],)
+    getter: Callable[[Sequence[Any]], tuple[Any, ...]] = operator.itemgetter(*positions)
+    return getter
+
+
 class RowEncoder:
     """Encodes the rows of one sync's query; built once per run from the result's columns."""
 
@@ -231,11 +242,7 @@ class RowEncoder:
         self.field_names = tuple(name for name, _, _ in self._fields)
         positions = [i for _, i, _ in self._fields]
         # The payload is a JSON array in field_names order: no dict per row on the hot path.
-        self._pick: Callable[[Sequence[Any]], tuple[Any, ...]] = (
-            (lambda row: ()) if not positions
-            else (lambda row, i=positions[0]: (row[i],)) if len(positions) == 1
-            else operator.itemgetter(*positions)  # type: ignore[assignment]
-        )
+        self._pick = _picker(positions)
 
     def encode(self, rows: Iterable[Sequence[Any]], start: int = 0) -> Iterator[StagedRow]:
         """Yield one staging row per source row; bad rows carry their reason and no payload."""

@@ -64,16 +64,39 @@ class ProgressReporter:
 
 def runs_summary_table(results: Iterable[RunResult]) -> None:
     table = Table(title="sync summary", title_justify="left")
-    for column in ("sync", "status", "added", "removed", "updated", "unchanged", "invalid",
-                   "rejected", "failed", "seconds", "run id"):
-        table.add_column(column, justify="left" if column in ("sync", "status", "run id") else "right")
+    for column in (
+        "sync",
+        "status",
+        "added",
+        "removed",
+        "updated",
+        "unchanged",
+        "invalid",
+        "rejected",
+        "failed",
+        "seconds",
+        "run id",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("sync", "status", "run id") else "right"
+        )
     for r in results:
         c = r.counts
         table.add_row(
             r.sync,
             r.status,
-            *(str(c.get(k, 0)) for k in ("added", "removed", "updated", "unchanged", "invalid",
-                                         "rejected", "failed")),
+            *(
+                str(c.get(k, 0))
+                for k in (
+                    "added",
+                    "removed",
+                    "updated",
+                    "unchanged",
+                    "invalid",
+                    "rejected",
+                    "failed",
+                )
+            ),
             f"{r.duration_s:.2f}",
             r.run_id or "-",
         )
@@ -100,8 +123,20 @@ def plan_table(result: PlanResult) -> None:
     stdout.print("nothing was sent and no state was changed.")
 
 
-_RUN_COLUMNS = ("id", "sync", "status", "trigger", "started_at", "added", "removed", "updated",
-                "unchanged", "invalid", "rejected", "failed")
+_RUN_COLUMNS = (
+    "id",
+    "sync",
+    "status",
+    "trigger",
+    "started_at",
+    "added",
+    "removed",
+    "updated",
+    "unchanged",
+    "invalid",
+    "rejected",
+    "failed",
+)
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
@@ -114,9 +149,26 @@ def runs_table(rows: list[dict[str, Any]]) -> None:
 
 
 def run_detail(detail: dict[str, Any]) -> None:
-    for key in ("id", "sync", "status", "mode", "trigger", "started_at", "finished_at", "host",
-                "pid", "source_rows", "added", "removed", "updated", "unchanged", "invalid",
-                "rejected", "failed", "message"):
+    for key in (
+        "id",
+        "sync",
+        "status",
+        "mode",
+        "trigger",
+        "started_at",
+        "finished_at",
+        "host",
+        "pid",
+        "source_rows",
+        "added",
+        "removed",
+        "updated",
+        "unchanged",
+        "invalid",
+        "rejected",
+        "failed",
+        "message",
+    ):
         if detail.get(key) is not None:
             stdout.print(f"{key:>12}: {detail[key]}")
     outcomes = Table(title="outcomes", title_justify="left")

@@ -14,7 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
-PG_BASE = os.environ.get("SYNCER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_BASE = os.environ.get(
+    "SYNCER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def _postgres_reason() -> str | None:
@@ -63,7 +65,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def write_table(url: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def write_table(
+    url: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
     """(Re)create ``table`` in any SQLAlchemy warehouse, every column as text."""
     engine = sa.create_engine(url)
     meta = sa.MetaData()

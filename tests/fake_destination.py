@@ -27,9 +27,7 @@ class DestinationState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def records_sent(self, operation: str | None = None) -> int:
-        return sum(
-            len(r["records"]) for r in self.requests if operation in (None, r["operation"])
-        )
+        return sum(len(r["records"]) for r in self.requests if operation in (None, r["operation"]))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -49,8 +47,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             doc = json.loads(body)
             state.requests.append(
-                {"operation": doc["operation"], "records": doc["records"],
-                 "idempotency_key": self.headers.get("Idempotency-Key")}
+                {
+                    "operation": doc["operation"],
+                    "records": doc["records"],
+                    "idempotency_key": self.headers.get("Idempotency-Key"),
+                }
             )
             rejected = []
             for record in doc["records"]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fake_destination import DestinationState, fake_destination
 
 from tests.conftest import run_cli, write_table
+from tests.fake_destination import DestinationState, fake_destination
 
 COLUMNS = ("email", "first_name", "ltv")
 SECRET = "s3cret-signing-key"
@@ -98,8 +98,7 @@ def story(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Story]:
 
 def members_of(rows: list[tuple[str, str, str]]) -> dict[str, dict[str, Any]]:
     return {
-        email: {"email": email, "first_name": name, "ltv": float(ltv)}
-        for email, name, ltv in rows
+        email: {"email": email, "first_name": name, "ltv": float(ltv)} for email, name, ltv in rows
     }
 
 
@@ -286,7 +285,7 @@ def test_unknown_table_is_a_config_error(story: Story) -> None:
 def test_secret_never_printed(story: Story) -> None:
     story.segment(people(3))
     story.destination.secret = "another-secret"  # our signature is now wrong: 401
-    code, doc, out = story.cli("sync", "now", "vip", "--json")
+    code, _, out = story.cli("sync", "now", "vip", "--json")
     assert code == 78, out
     assert SECRET not in out
     assert "person0@example.com" not in out
