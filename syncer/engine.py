@@ -194,7 +194,7 @@ class SyncEngine:
             def encoded() -> Iterator[list[StagedRow]]:
                 start = 0
                 for part in partitions:
-                    yield list(encoder.encode(part, start))
+                    yield encoder.encode(part, start)
                     start += len(part)
 
             staging.load(encoded())
