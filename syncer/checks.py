@@ -50,7 +50,10 @@ def _check_sync(
 
 
 def run_checks(
-    settings: Settings, names: list[str], transport: httpx.BaseTransport | None = None
+    settings: Settings,
+    names: list[str],
+    transport: httpx.BaseTransport | None = None,
+    env_file: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One result per sync (or per broken file), each with its steps and exit code."""
     results: list[dict[str, Any]] = []
@@ -76,7 +79,7 @@ def run_checks(
     loaded: list[LoadedSync] = []
     if names:
         try:
-            loaded = load_named(settings.mappings_dir, names)
+            loaded = load_named(settings.mappings_dir, names, env_file)
         except SyncerError as exc:
             return [*results, _broken(", ".join(names), exc)]
     else:
@@ -86,7 +89,7 @@ def run_checks(
             return [*results, _broken(str(settings.mappings_dir), exc)]
         for path in files:
             try:
-                loaded.append(load_file(path))
+                loaded.append(load_file(path, env_file))
             except SyncerError as exc:
                 results.append(_broken(Path(path).name, exc))
     results.extend(_check_sync(settings, sync, transport) for sync in loaded)

@@ -118,8 +118,8 @@ def _load(ctx: Ctx, names: Iterable[str], everything: bool) -> list[Any]:
 
     directory = ctx.settings.mappings_dir
     if everything:
-        return load_all(directory)
-    return load_named(directory, list(names))
+        return load_all(directory, ctx.env_file)
+    return load_named(directory, list(names), ctx.env_file)
 
 
 def _combined_exit(codes: Iterable[int]) -> int:
@@ -306,7 +306,7 @@ def check(ctx: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     """Validate config, probe each query (LIMIT 10), its columns, and the destination."""
     from syncer.checks import run_checks
 
-    results = run_checks(ctx.settings, list(names))
+    results = run_checks(ctx.settings, list(names), env_file=ctx.env_file)
     code = _combined_exit(r["exit_code"] for r in results)
     if as_json:
         _emit_json(

@@ -8,6 +8,7 @@ diff next time, so a crash or a failed batch loses nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import socket
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Connection, Engine, delete, func, select, update
@@ -27,9 +28,11 @@ from syncer.errors import (
     AuthError,
     BatchRejected,
     ConfigError,
+    ConnectorCrashed,
     ExitCode,
     SyncerError,
     TransientError,
+    where,
 )
 from syncer.http import make_client
 from syncer.log import get_logger
@@ -278,6 +281,10 @@ class SyncEngine:
             except SyncerError as exc:
                 conn.rollback()
                 message, exit_code = str(exc), exc.exit_code
+            except Exception as exc:  # a bug: record it, keep other syncs of --all running
+                conn.rollback()
+                message, exit_code = f"internal error ({where(exc)})", ExitCode.PROBLEMS
+                bound.error("run.crashed", where=where(exc))
             except BaseException:
                 conn.rollback()
                 self._finish(conn, run_id, "interrupted", tally, "stopped by signal or error")
@@ -346,28 +353,28 @@ class SyncEngine:
         )
         with make_client(self.settings.http_timeout, self.transport) as http:
             connector = sync.connector_cls(sync.connector_config, context, http)
-            connector.open()
+            _guarded(connector, "open", connector.open)
             finished = False
             try:
                 for operation in OPERATIONS:
                     done = 0
                     expected = planned[operation]
                     for batch in staging.batches(operation, connector.batch_size, expected):
-                        outcomes = self._send(connector, batch, tally)
+                        outcomes = self._send(connector, batch)
                         self._commit(conn, run_id, definition.name, batch, outcomes, tally)
                         done += len(batch.records)
                         if progress is not None:
                             progress(operation, done, planned[operation])
                 finished = True
             finally:
-                connector.close(finished)
+                _guarded(connector, "close", lambda: connector.close(finished))
 
     @staticmethod
-    def _send(connector: Connector, batch: ChangeBatch, tally: _Tally) -> list[Outcome]:
+    def _send(connector: Connector, batch: ChangeBatch) -> list[Outcome]:
         method: Callable[[Any], BatchResult] = getattr(connector, batch.operation)
         keys = [r.key for r in batch.records]
         try:
-            return method(batch.records).outcomes()
+            return _guarded(connector, batch.operation, lambda: method(batch.records).outcomes())
         except AuthError:
             raise
         except TransientError as exc:
@@ -502,8 +509,25 @@ class SyncEngine:
         return detail
 
 
+T = TypeVar("T")
+
+
+def _guarded(connector: Connector, step: str, call: Callable[[], T]) -> T:
+    """Run a connector call; anything outside the error contract becomes ConnectorCrashed."""
+    try:
+        return call()
+    except (SyncerError, httpx.HTTPError):
+        raise
+    except Exception as exc:
+        raise ConnectorCrashed(
+            f"connector {connector.name!r} crashed in {step} ({where(exc)})"
+        ) from exc
+
+
 def _row_dict(mapping: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in mapping.items():
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)  # SQLite drops the offset; we store UTC
         out[key] = value.isoformat() if hasattr(value, "isoformat") else value
     return out

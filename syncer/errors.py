@@ -4,7 +4,8 @@
     ├── ConfigError          exit 78: bad settings, mapping, connector config or credentials
     │   └── AuthError        the destination refused our credentials (401/403)
     ├── TransientError       exit 75: worth retrying later (destination or database unreachable)
-    └── BatchRejected        the destination refused a whole batch because of its content
+    ├── BatchRejected        the destination refused a whole batch because of its content
+    └── ConnectorCrashed     a connector raised something outside this contract (a bug)
 
 Connectors raise these; the engine decides what they mean for a run.
 """
@@ -52,3 +53,22 @@ class TransientError(SyncerError):
 
 class BatchRejected(SyncerError):
     """The destination refused a whole batch because of what is in it (e.g. a 400)."""
+
+
+class ConnectorCrashed(SyncerError):
+    """A connector raised an unexpected exception; the run stops, nothing unacknowledged is saved.
+
+    The message names the exception type and where it was raised, never its text, which may
+    quote record data.
+    """
+
+
+def where(exc: BaseException) -> str:
+    """``TypeError at module.py:42``: enough to find a bug without echoing data in messages."""
+    import traceback
+    from pathlib import Path
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    return f"{type(exc).__name__} at {Path(frames[-1].filename).name}:{frames[-1].lineno}"

@@ -19,7 +19,7 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from syncer.connector import Connector, ConnectorConfig, load_connector
+from syncer.connector import Connector, ConnectorConfig, Operation, load_connector
 from syncer.errors import ConfigError
 
 Mode = Literal["membership", "upsert", "mirror", "update_only"]
@@ -132,8 +132,9 @@ def _errors_text(path: Path, exc: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _environment() -> dict[str, str]:
-    env = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+def _environment(env_file: Path | None = None) -> dict[str, str]:
+    """The variables ``${NAME}`` may use: the process environment over the env file."""
+    env = {k: v for k, v in dotenv_values(env_file or ".env").items() if v is not None}
     env.update(os.environ)
     return env
 
@@ -184,8 +185,19 @@ def _refuse_literal_secrets(raw: dict[str, Any], model: type[ConnectorConfig], p
                 )
 
 
-def load_file(path: Path) -> LoadedSync:
-    """Parse and validate one mapping file; every problem is a ConfigError naming the file."""
+_MODE_OPERATIONS: dict[str, frozenset[Operation]] = {
+    "membership": frozenset({"add", "remove"}),
+    "upsert": frozenset({"add", "update"}),
+    "mirror": frozenset({"add", "update", "remove"}),
+    "update_only": frozenset({"update"}),
+}
+
+
+def load_file(path: Path, env_file: Path | None = None) -> LoadedSync:
+    """Parse and validate one mapping file; every problem is a ConfigError naming the file.
+
+    ``env_file`` is read (under the process environment) to resolve ``${NAME}``; default .env.
+    """
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -199,7 +211,7 @@ def load_file(path: Path) -> LoadedSync:
         raise ConfigError(f"{path}: expected a mapping of keys (name, source, destination...)")
     raw.setdefault("name", path.stem)
     raw_destination = raw.get("destination") if isinstance(raw.get("destination"), dict) else None
-    env = _environment()
+    env = _environment(env_file)
     try:
         definition = SyncDefinition.model_validate(_interpolate(raw, env, path, ""))
     except ValidationError as exc:
@@ -221,6 +233,12 @@ def load_file(path: Path) -> LoadedSync:
             f"{path}: mode: connector {connector_cls.name!r} does not support mode"
             f" {definition.mode!r} (supports: {', '.join(sorted(modes))})"
         )
+    lacking = _MODE_OPERATIONS[definition.mode] - connector_cls.capabilities.operations
+    if lacking:
+        raise ConfigError(
+            f"{path}: mode: mode {definition.mode!r} needs {', '.join(sorted(lacking))},"
+            f" which connector {connector_cls.name!r} does not support"
+        )
     return LoadedSync(definition, path, connector_cls, connector_config)
 
 
@@ -230,13 +248,12 @@ def mapping_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def load_all(directory: Path) -> list[LoadedSync]:
-    """Every sync in ``directory``; all problems reported together, then raised."""
+def _load_each(directory: Path, env_file: Path | None) -> tuple[list[LoadedSync], list[str]]:
     loaded: list[LoadedSync] = []
     problems: list[str] = []
     for path in mapping_files(directory):
         try:
-            loaded.append(load_file(path))
+            loaded.append(load_file(path, env_file))
         except ConfigError as exc:
             problems.append(str(exc))
     seen: dict[str, Path] = {}
@@ -246,12 +263,18 @@ def load_all(directory: Path) -> list[LoadedSync]:
                 f"{sync.path}: name: sync {sync.name!r} is already defined in {seen[sync.name]}"
             )
         seen[sync.name] = sync.path
+    return loaded, problems
+
+
+def load_all(directory: Path, env_file: Path | None = None) -> list[LoadedSync]:
+    """Every sync in ``directory``; all problems reported together, then raised."""
+    loaded, problems = _load_each(directory, env_file)
     if problems:
         raise ConfigError("\n".join(problems))
     return loaded
 
 
-def load_named(directory: Path, names: list[str]) -> list[LoadedSync]:
+def load_named(directory: Path, names: list[str], env_file: Path | None = None) -> list[LoadedSync]:
     """The named syncs. A file named after the sync is read alone, so others cannot break it."""
     found: dict[str, LoadedSync] = {}
     missing: list[str] = []
@@ -259,19 +282,25 @@ def load_named(directory: Path, names: list[str]) -> list[LoadedSync]:
         for suffix in (".yaml", ".yml"):
             candidate = directory / f"{name}{suffix}"
             if candidate.is_file():
-                sync = load_file(candidate)
+                sync = load_file(candidate, env_file)
                 if sync.name == name:
                     found[name] = sync
                 break
         if name not in found:
             missing.append(name)
     if missing:
-        everything = {s.name: s for s in load_all(directory)}
+        loaded, problems = _load_each(directory, env_file)
+        everything = {s.name: s for s in loaded}
         for name in missing:
-            if name not in everything:
-                known = ", ".join(sorted(everything)) or "none"
-                raise ConfigError(f"no sync named {name!r} in {directory} (defined: {known})")
-            found[name] = everything[name]
+            if name in everything:
+                found[name] = everything[name]
+                continue
+            known = ", ".join(sorted(everything)) or "none"
+            detail = f"; {len(problems)} file(s) could not be read:\n" + "\n".join(problems)
+            raise ConfigError(
+                f"no sync named {name!r} in {directory} (defined: {known})"
+                + (detail if problems else "")
+            )
     return [found[name] for name in names]
 
 

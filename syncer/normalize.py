@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from xxhash import xxh3_64_intdigest
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from xxhash import xxh3_64_intdigest
 
 from syncer.errors import ConfigError
 from syncer.mapping import FieldSpec, SyncDefinition
@@ -271,7 +271,8 @@ class RowEncoder:
                 try:
                     key = key_conv(raw_key)
                 except InvalidValue as exc:
-                    append((rownum, None, None, None, f"row {rownum}: key {self.key_column}: {exc}"))
+                    reason = f"row {rownum}: key {self.key_column}: {exc}"
+                    append((rownum, None, None, None, reason))
                     continue
             if not key:
                 append((rownum, None, None, None, f"row {rownum}: empty key ({self.key_column})"))
