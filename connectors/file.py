@@ -116,6 +116,8 @@ class FileConnector(Connector):
     description: ClassVar[str] = "Write members to a CSV/JSONL file and log every change"
     config_model: ClassVar[type[ConnectorConfig]] = FileConfig
     capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_BATCH)
+    # One writer per file: the change log is appended under an exclusive lock.
+    max_concurrency: ClassVar[int] = 1
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
         super().__init__(config, context, http)
@@ -143,6 +145,10 @@ class FileConnector(Connector):
         return fmt
 
     # -- contract -----------------------------------------------------------------------
+
+    def account_key(self) -> str:
+        """The resolved members file: two syncs writing one file share its limiter."""
+        return f"{self.name}:{self.path.resolve()}"
 
     def check(self) -> None:
         """Verify the members file's directory exists or can be created, and is writable."""

@@ -5,8 +5,9 @@ with sorted keys, so the same batch always yields the same bytes. That makes the
 ``Idempotency-Key`` (sha256 of the body) stable when the engine re-sends a batch after a crash,
 and lets receivers verify ``X-Syncer-Signature: sha256=<HMAC-SHA256(secret, body)>``.
 
-Error messages name the URL without credentials, query or fragment and never carry the
-secret, header values or record data: they end up in logs and run reports.
+The HTTP layer (:mod:`syncer.http`) classifies answers and builds error messages (host and
+status only, never the secret, header values, the URL's path or query, or record data); this
+module builds the request and reads per-record refusals from a successful answer.
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
-import re
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, NoReturn
+from collections.abc import Sequence
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -34,20 +31,14 @@ from syncer.connector import (
     Operation,
     Record,
 )
-from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
+from syncer.errors import BatchRejected, ConfigError
+from syncer.http import DestinationClient, raise_for_action, scrub, transport_error
 
 MAX_BATCH = 10_000
 DEFAULT_BATCH = 500
 # Headers the connector sets itself; letting config override them would break signing.
 RESERVED_HEADERS = frozenset({"content-type", "x-syncer-signature", "idempotency-key"})
-_EMAIL = re.compile(r"[^\s@\"'<>,;:]+@[^\s@\"'<>,;:]+\.[A-Za-z]{2,}")
 _TEXT_LIMIT = 200
-_SCRUB_LIMIT = 64 * 1024
-# Request headers httpx or this connector set that carry no credentials.
-_PLAIN_HEADERS = frozenset(
-    {"host", "accept", "accept-encoding", "connection", "user-agent", "content-length"}
-    | RESERVED_HEADERS
-)
 
 
 def safe_url(url: str) -> str:
@@ -132,26 +123,6 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), else None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 class WebhookConnector(Connector):
     """POST batches of records as signed JSON to an HTTP endpoint."""
 
@@ -168,6 +139,22 @@ class WebhookConnector(Connector):
 
     # -- contract -----------------------------------------------------------------------
 
+    def account_key(self) -> str:
+        """Scheme, host and port of the URL: endpoints on one server share its limits."""
+        parts = urlsplit(self.settings.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{self.name}:{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Configured secrets plus credentials the URLs may carry (password, query values)."""
+        found = list(super().secret_values())
+        for url in (self.settings.url, self.settings.check_url):
+            if url:
+                parts = urlsplit(url)
+                found += [parts.password or "", parts.query]
+                found += [v for _, v in parse_qsl(parts.query)]
+        return tuple(dict.fromkeys(s for s in found if s))
+
     def check(self) -> None:
         """Validate the URL; touch the network only when ``check_url`` is configured."""
         cfg = self.settings
@@ -180,10 +167,10 @@ class WebhookConnector(Connector):
                 raise ConfigError(f"webhook: {exc}") from None
         if cfg.check_url is None:
             return
-        target = safe_url(cfg.check_url)
-        response = self._send("GET", cfg.check_url, target, headers=self._base_headers())
-        if not response.is_success:
-            self._raise_for_status(response, target, check=True)
+        try:
+            self._send("GET", cfg.check_url, headers=self._base_headers())
+        except BatchRejected as exc:  # a 4xx on the probe is a setup problem, not data
+            raise ConfigError(f"webhook check failed: {exc}") from None
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._post("add", records)
@@ -207,54 +194,25 @@ class WebhookConnector(Connector):
         headers["Idempotency-Key"] = hashlib.sha256(body).hexdigest()
         if cfg.secret is not None:
             headers["X-Syncer-Signature"] = sign(cfg.secret.get_secret_value(), body)
-        target = safe_url(cfg.url)
-        response = self._send("POST", cfg.url, target, headers=headers, content=body)
-        if not response.is_success:
-            self._raise_for_status(response, target, check=False, records=records)
+        response = self._send("POST", cfg.url, headers=headers, content=body)
         return self._parse_rejections(response, records)
 
-    def _send(self, method: str, url: str, target: str, **kwargs: Any) -> httpx.Response:
-        """One request; transport failures become TransientError without leaking details."""
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request; returns only an acknowledged answer, raises syncer errors otherwise.
+
+        A DestinationClient (what the engine hands us) classifies and raises by itself; a
+        plain ``httpx.Client`` gets the same treatment here.
+        """
+        request = self.http.build_request(method, url, timeout=self.settings.timeout, **kwargs)
         try:
             # Never follow redirects: httpx would turn a redirected POST into a GET and
             # a 2xx from that would look like an acknowledged batch.
-            return self.http.request(
-                method, url, timeout=self.settings.timeout, follow_redirects=False, **kwargs
-            )
-        except httpx.TimeoutException:
-            raise TransientError(
-                f"webhook {target} timed out after {self.settings.timeout:g}s"
-            ) from None
-        except httpx.RequestError as exc:
-            raise TransientError(
-                f"webhook {target} unreachable ({type(exc).__name__}: {self._scrub(str(exc))})"
-            ) from None
-
-    def _raise_for_status(
-        self,
-        response: httpx.Response,
-        target: str,
-        *,
-        check: bool,
-        records: Sequence[Record] = (),
-    ) -> NoReturn:
-        status = response.status_code
-        if status in (401, 403):
-            raise AuthError(f"webhook {target} refused the credentials (HTTP {status})")
-        if status in (408, 429) or status >= 500:
-            raise TransientError(
-                f"webhook {target} is unavailable (HTTP {status})",
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        if 300 <= status < 400:
-            raise ConfigError(
-                f"webhook {target} redirected (HTTP {status}); configure the final URL"
-            )
-        detail = self._short_text(response, records)
-        suffix = f": {detail}" if detail else ""
-        if check:
-            raise ConfigError(f"webhook check {target} failed (HTTP {status}){suffix}")
-        raise BatchRejected(f"webhook {target} rejected the batch (HTTP {status}){suffix}")
+            response = self.http.send(request, follow_redirects=False)
+        except httpx.RequestError as exc:  # only a plain client lets these through
+            raise transport_error(exc, request) from None
+        if not isinstance(self.http, DestinationClient):
+            raise_for_action(response, secrets=self.secret_values(), action=self.classify(response))
+        return response
 
     def _parse_rejections(self, response: httpx.Response, records: Sequence[Record]) -> BatchResult:
         """Per-record refusals from ``{"rejected": [{"key", "reason"}]}``; anything else = ok."""
@@ -267,6 +225,7 @@ class WebhookConnector(Connector):
         if not isinstance(rejected, list):
             return result
         by_key = {r.key: r for r in records}
+        secrets = self.secret_values()
         for item in rejected:
             key, reason = (
                 (item.get("key"), item.get("reason")) if isinstance(item, dict) else (item, None)
@@ -276,53 +235,10 @@ class WebhookConnector(Connector):
             record = by_key.get(str(key))
             if record is None:  # the vendor talking about records we never sent
                 continue
-            text = _clip(self._scrub(_cap(str(reason)), _record_text([record]))) if reason else ""
+            hidden = (*secrets, *_record_text([record]))
+            text = scrub(str(reason), secrets=hidden, limit=_TEXT_LIMIT) if reason else ""
             result.reject(record.key, text or "rejected by webhook")
         return result
-
-    def _short_text(self, response: httpx.Response, records: Sequence[Record]) -> str:
-        """Start of the response body for an error message, scrubbed and on one line."""
-        try:
-            text = response.text
-        except (UnicodeDecodeError, LookupError):
-            return ""
-        extra = _record_text(records) + _header_secrets(response.request.headers)
-        return _clip(self._scrub(_cap(text), extra))
-
-    def _scrub(self, text: str, extra: Sequence[str] = ()) -> str:
-        """Remove configured secrets, ``extra`` strings and e-mail addresses from ``text``."""
-        cfg = self.settings
-        secrets = [*extra, *_header_secrets(self._base_headers(), every=True)]
-        if cfg.secret is not None:
-            secrets.append(cfg.secret.get_secret_value())
-        for url in (cfg.url, cfg.check_url):
-            if url:
-                parts = urlsplit(url)
-                secrets += [parts.password or "", parts.query]
-                secrets += [v for _, v in parse_qsl(parts.query)]
-        for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return _EMAIL.sub("<email>", text)
-
-
-def _cap(text: str) -> str:
-    """Bound the text we scrub; the cut-off last word is dropped as it may be half a secret."""
-    return text if len(text) <= _SCRUB_LIMIT else text[:_SCRUB_LIMIT].rsplit(None, 1)[0]
-
-
-def _clip(text: str) -> str:
-    """One line of at most ``_TEXT_LIMIT`` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 1] + "…"
-
-
-def _header_secrets(headers: Mapping[str, str], every: bool = False) -> list[str]:
-    """Values of credential-bearing headers (all if ``every``), whole and word by word."""
-    found: list[str] = []
-    for name, value in headers.items():
-        if every or name.lower() not in _PLAIN_HEADERS:
-            found += [value, *value.split()]
-    return found
 
 
 def _record_text(records: Sequence[Record]) -> list[str]:

@@ -8,7 +8,10 @@ Exit codes: 0 all acknowledged, 1 something rejected/invalid/blocked/failed, 2 u
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,6 +133,23 @@ def _combined_exit(codes: Iterable[int]) -> int:
     return int(ExitCode.OK)
 
 
+def _stop_on_signals(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: finish in-flight batches, start no more. Second: stop at once."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(
+            f"{signal.Signals(signum).name}: finishing in-flight batches, starting no more"
+            " (send it again to stop at once)",
+            err=True,
+        )
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
 _STATUS_WORD = {0: "ok", 1: "problems", 75: "tempfail", 78: "config_error"}
 
 
@@ -165,17 +185,31 @@ def sync_now(
     from syncer.output import ProgressReporter, runs_summary_table
 
     results = []
-    with ProgressReporter(enabled=not as_json and sys.stderr.isatty()) as reporter:
-        for item in syncs:
-            results.append(
-                engine.run(
-                    item,
-                    trigger="cli",
-                    full_resync=full_resync,
-                    force=force,
-                    progress=reporter.callback(item.name),
+    _stop_on_signals(engine.stop)
+    try:
+        with ProgressReporter(enabled=not as_json and sys.stderr.isatty()) as reporter:
+            for item in syncs:
+                if engine.stop.is_set():
+                    break
+                results.append(
+                    engine.run(
+                        item,
+                        trigger="cli",
+                        full_resync=full_resync,
+                        force=force,
+                        progress=reporter.callback(item.name),
+                    )
                 )
-            )
+    except KeyboardInterrupt:
+        # Second signal: the run was recorded as interrupted; leave without waiting on
+        # in-flight requests. Nothing unacknowledged was saved, so the next run resends it.
+        click.echo("stopped at once", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(ExitCode.TEMPFAIL))
+    if engine.stop.is_set() and len(results) < len(syncs):
+        skipped = ", ".join(s.name for s in syncs[len(results) :])
+        click.echo(f"not started because of the stop request: {skipped}", err=True)
     code = _combined_exit(r.exit_code for r in results)
     if as_json:
         _emit_json(

@@ -8,15 +8,19 @@ Built-in and third-party connectors register the same way, in the entry-point gr
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from syncer.errors import ConfigError
+from syncer.http import Action
+from syncer.ratelimit import RateLimit
 
 ENTRY_POINT_GROUP = "syncer.connectors"
 
@@ -86,6 +90,10 @@ class ConnectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int | None = None
+    # Extra limits for this sync, on top of the connector's published ones: YAML can only
+    # make sending stricter (see ``effective_limits``).
+    rate_limits: list[RateLimit] | None = None
+    max_concurrency: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,10 @@ class Connector:
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     capabilities: ClassVar[Capabilities] = Capabilities()
     description: ClassVar[str] = ""
+    #: The vendor's published limits per account; all windows apply at once.
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+    #: Most requests in flight per account.
+    max_concurrency: ClassVar[int] = 4
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
         self.config = config
@@ -157,6 +169,74 @@ class Connector:
 
     def update(self, records: Sequence[Record]) -> BatchResult:
         raise NotImplementedError(f"{self.name} does not support update")
+
+    # -- HTTP layer hooks ---------------------------------------------------------------
+
+    def account_key(self) -> str:
+        """Which vendor account this sync talks to: syncs with the same key share one rate
+        limiter. Override with something readable (a host, an account id); the default is a
+        digest of the settings that are not tuning knobs, so it never shows a secret."""
+        tuning = {"batch_size", "rate_limits", "max_concurrency", "timeout"}
+        identity = {
+            name: _reveal(getattr(self.config, name))
+            for name in type(self.config).model_fields
+            if name not in tuning
+        }
+        text = json.dumps(identity, sort_keys=True, default=str)
+        return f"{self.name}:{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """How to treat ``response``; None means the HTTP layer's default status table."""
+        return None
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every ``SecretStr`` value in the config (also inside dicts, lists and nested
+        models), for the HTTP layer to keep out of messages."""
+        found: list[str] = []
+        _collect_secrets(self.config, found)
+        return tuple(dict.fromkeys(s for s in found if s))
+
+
+def effective_limits(connector: Connector | type[Connector]) -> tuple[list[RateLimit], int]:
+    """Windows and concurrency for a sync: the connector's published limits plus the sync's
+    ``rate_limits`` (every window applies, so YAML can only add restrictions) and the lower
+    of the two concurrency caps. A class (no config) gives the connector's defaults."""
+    rates = list(connector.rate_limits)
+    concurrency = connector.max_concurrency
+    config = getattr(connector, "config", None) if not isinstance(connector, type) else None
+    if isinstance(config, ConnectorConfig):
+        for rate in config.rate_limits or ():
+            if rate not in rates:
+                rates.append(rate)
+        if config.max_concurrency is not None:
+            concurrency = min(concurrency, config.max_concurrency)
+    return rates, max(1, concurrency)
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {k: _reveal(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, Mapping):
+        return {str(k): _reveal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_reveal(v) for v in value]
+    return value
+
+
+def _collect_secrets(value: Any, into: list[str]) -> None:
+    if isinstance(value, SecretStr):
+        into.append(value.get_secret_value())
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _collect_secrets(getattr(value, name), into)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_secrets(item, into)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _collect_secrets(item, into)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,32 +12,46 @@ import datetime as dt
 import hashlib
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from syncer.connector import BatchResult, Connector, Operation, Outcome, SyncContext
+from syncer.connector import (
+    BatchResult,
+    Connector,
+    Operation,
+    Outcome,
+    Record,
+    SyncContext,
+    effective_limits,
+)
 from syncer.diff import ChangeBatch, DiffCounts, Staging
 from syncer.errors import (
-    AuthError,
     BatchRejected,
-    ConfigError,
     ConnectorCrashed,
     ExitCode,
+    Interrupted,
+    LeaseHeld,
+    RateLimited,
     SyncerError,
     TransientError,
     where,
 )
 from syncer.http import make_client
+from syncer.lease import Lease
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
 from syncer.normalize import RowEncoder, StagedRow
+from syncer.ratelimit import AccountLimiter, RateLimit, limiter_for
 from syncer.settings import Settings
 from syncer.state import events_table, records_table, runs_table, state_engine, utcnow
 from syncer.warehouse import stream
@@ -172,9 +186,29 @@ class SyncEngine:
     ``transport`` replaces the network for every connector (tests pass a respx router here).
     """
 
-    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        sleep: Callable[[float], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.transport = transport
+        self.stop = threading.Event()
+        # Set (the CLI does on SIGTERM/SIGINT) to stop starting batches; in-flight ones finish.
+        self.clock = clock
+        # Retry waits end early when a stop is asked for, so shutdown is never held up by a backoff.
+        self.sleep: Callable[[float], Any] = sleep or self.stop.wait
+        # One limiter per destination account for every sync this engine runs (the daemon runs
+        # them all in one engine), on the engine's clock so tests can drive time.
+        self._limiters: dict[str, AccountLimiter] = {}
+
+    def _limiter(self, account: str, rates: list[RateLimit], concurrency: int) -> AccountLimiter:
+        return limiter_for(
+            account, rates, concurrency, registry=self._limiters, clock=self.clock, sleep=self.sleep
+        )
 
     @property
     def state(self) -> Engine:
@@ -245,9 +279,55 @@ class SyncEngine:
         bound = log.bind(run_id=run_id, sync=definition.name, connector=sync.connector_cls.name)
         try:
             engine = self.state
+            lease = Lease(engine, definition.name, ttl=self.settings.lease_ttl)
+            lease.__enter__()
         except SyncerError as exc:
-            return RunResult(None, definition.name, "failed", {}, str(exc), int(exc.exit_code))
+            status = "locked" if isinstance(exc, LeaseHeld) else "failed"
+            return RunResult(None, definition.name, status, {}, str(exc), int(exc.exit_code))
+        try:
+            return self._run_leased(
+                engine,
+                lease,
+                sync,
+                run_id,
+                tally,
+                bound,
+                started,
+                trigger=trigger,
+                full_resync=full_resync,
+                force=force,
+                progress=progress,
+            )
+        finally:
+            lease.__exit__(None, None, None)
+
+    def _run_leased(
+        self,
+        engine: Engine,
+        lease: Lease,
+        sync: LoadedSync,
+        run_id: str,
+        tally: _Tally,
+        bound: Any,
+        started: float,
+        *,
+        trigger: str,
+        full_resync: bool,
+        force: bool,
+        progress: ProgressFn | None,
+    ) -> RunResult:
+        definition = sync.definition
         with engine.connect() as conn:
+            # We hold the lease, so any run still marked running belongs to a dead process.
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.sync == definition.name, runs_table.c.status == "running")
+                .values(
+                    status="interrupted",
+                    finished_at=utcnow(),
+                    message="its process stopped before finishing (killed or crashed)",
+                )
+            )
             conn.execute(
                 runs_table.insert().values(
                     id=run_id,
@@ -273,11 +353,14 @@ class SyncEngine:
                 if guard.blocked and not force:
                     status, message = "blocked", guard.reason
                 else:
-                    self._send_all(conn, run_id, sync, staging, counts, tally, progress)
+                    self._send_all(conn, run_id, sync, staging, counts, tally, progress, lease)
                     status = "succeeded"
                     if tally["rejected"] or tally["invalid"] or tally["failed"]:
                         status = "partial"
                 exit_code = self._exit_code(status, tally)
+            except Interrupted as exc:
+                conn.rollback()
+                status, message, exit_code = "interrupted", str(exc), exc.exit_code
             except SyncerError as exc:
                 conn.rollback()
                 message, exit_code = str(exc), exc.exit_code
@@ -342,7 +425,13 @@ class SyncEngine:
         counts: DiffCounts,
         tally: _Tally,
         progress: ProgressFn | None,
+        lease: Lease,
     ) -> None:
+        """Send every change, several batches in flight, committing each as it is answered.
+
+        Pages are read and state is committed on this thread (one database connection);
+        worker threads only talk to the destination, paced by the account's rate limiter.
+        """
         definition = sync.definition
         planned = {"add": counts.add, "update": counts.update, "remove": counts.remove}
         context = SyncContext(
@@ -353,39 +442,133 @@ class SyncEngine:
         )
         with make_client(self.settings.http_timeout, self.transport) as http:
             connector = sync.connector_cls(sync.connector_config, context, http)
+            rates, concurrency = effective_limits(connector)
+            http.limiter = self._limiter(connector.account_key(), rates, concurrency)
+            http.secrets = connector.secret_values()
+            http.stop = self.stop
             _guarded(connector, "open", connector.open)
             finished = False
+            pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="syncer-send")
+            inflight: dict[Future[list[Outcome]], ChangeBatch] = {}
+            done = dict.fromkeys(OPERATIONS, 0)
+            failure: BaseException | None = None
+
+            def collect() -> None:
+                nonlocal failure
+                ready, _ = wait(list(inflight), timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    batch = inflight.pop(future)
+                    try:
+                        outcomes = future.result()
+                    except SyncerError as exc:  # auth/config/crash: no more batches after this
+                        failure = failure or exc
+                        continue
+                    self._commit(conn, run_id, definition.name, batch, outcomes, tally)
+                    done[batch.operation] += len(batch.records)
+                    if progress is not None:
+                        progress(batch.operation, done[batch.operation], planned[batch.operation])
+
             try:
                 for operation in OPERATIONS:
-                    done = 0
-                    expected = planned[operation]
-                    for batch in staging.batches(operation, connector.batch_size, expected):
-                        outcomes = self._send(connector, batch)
-                        self._commit(conn, run_id, definition.name, batch, outcomes, tally)
-                        done += len(batch.records)
-                        if progress is not None:
-                            progress(operation, done, planned[operation])
-                finished = True
+                    pages = staging.batches(operation, connector.batch_size, planned[operation])
+                    for batch in pages:
+                        if self.stop.is_set() or lease.lost.is_set() or failure is not None:
+                            break
+                        while len(inflight) >= concurrency:
+                            collect()
+                        if failure is not None:
+                            break
+                        submitted = pool.submit(
+                            self._deliver, connector, batch.operation, batch.records
+                        )
+                        inflight[submitted] = batch
+                    while inflight:
+                        collect()
+                    if self.stop.is_set() or lease.lost.is_set() or failure is not None:
+                        break
+                else:
+                    finished = True
+            except BaseException:
+                # A second signal or a bug: stop now; whatever was not committed is resent later.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             finally:
+                pool.shutdown(wait=True)
                 _guarded(connector, "close", lambda: connector.close(finished))
+            if failure is not None:
+                raise failure
+            if lease.lost.is_set():
+                raise Interrupted("another process took over this sync's lease; stopped early")
+            if not finished:
+                raise Interrupted("stopped on request; acknowledged changes are saved")
 
-    @staticmethod
-    def _send(connector: Connector, batch: ChangeBatch) -> list[Outcome]:
-        method: Callable[[Any], BatchResult] = getattr(connector, batch.operation)
-        keys = [r.key for r in batch.records]
+    def _deliver(
+        self, connector: Connector, operation: Operation, records: list[Record]
+    ) -> list[Outcome]:
+        """One batch to the destination with retries; a refused batch is halved to find the bad
+        records, so the good ones still land. Runs on a worker thread."""
+        call: Callable[[list[Record]], BatchResult] = getattr(connector, operation)
         try:
-            return _guarded(connector, batch.operation, lambda: method(batch.records).outcomes())
-        except AuthError:
-            raise
-        except TransientError as exc:
-            reason = f"destination unavailable: {exc}"
+            return self._retrying(
+                lambda: _guarded(connector, operation, lambda: call(records).outcomes())
+            )
         except BatchRejected as exc:
-            return [Outcome(k, "rejected", f"batch refused: {exc}") for k in keys]
-        except ConfigError:
-            raise
+            if len(records) == 1:
+                return [Outcome(records[0].key, "rejected", f"refused: {exc}")]
+            middle = len(records) // 2
+            return self._deliver(connector, operation, records[:middle]) + self._deliver(
+                connector, operation, records[middle:]
+            )
+        except TransientError as exc:
+            return [Outcome(r.key, "failed", f"not delivered: {exc}") for r in records]
         except httpx.HTTPError as exc:
-            reason = f"request failed: {type(exc).__name__}"
-        return [Outcome(k, "failed", reason) for k in keys]
+            return [
+                Outcome(r.key, "failed", f"request failed: {type(exc).__name__}") for r in records
+            ]
+
+    def _retrying(self, attempt: Callable[[], list[Outcome]]) -> list[Outcome]:
+        """Retry transient failures with backoff or Retry-After within the batch's time budget.
+
+        Waiting out a 429 does not use up an attempt; the budget bounds the total either way.
+        """
+        settings = self.settings
+        begun = self.clock()
+        failures = 0
+        backoff = wait_exponential_jitter(initial=1, max=60)
+
+        def pause(state: RetryCallState) -> float:
+            """Retry-After when the destination gave one (clamped), else jittered backoff."""
+            exc = state.outcome.exception() if state.outcome else None
+            asked = getattr(exc, "retry_after", None)
+            if asked is not None:
+                return min(float(asked), settings.max_retry_after)
+            return float(backoff(state))
+
+        def give_up(state: RetryCallState) -> bool:
+            """Stop on request, when attempts run out, or when the next wait would overrun.
+
+            tenacity computes the wait first, so ``upcoming_sleep`` is the wait ahead.
+            """
+            nonlocal failures
+            if self.stop.is_set():
+                return True
+            exc = state.outcome.exception() if state.outcome else None
+            if not isinstance(exc, RateLimited):
+                failures += 1
+            spent = self.clock() - begun
+            return (
+                failures >= settings.retry_attempts
+                or spent + state.upcoming_sleep > settings.batch_time_budget
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=give_up,
+            wait=pause,
+            sleep=self.sleep,
+            reraise=True,
+        )
+        return retrying(attempt)
 
     def _commit(
         self,

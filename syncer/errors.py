@@ -4,6 +4,9 @@
     ├── ConfigError          exit 78: bad settings, mapping, connector config or credentials
     │   └── AuthError        the destination refused our credentials (401/403)
     ├── TransientError       exit 75: worth retrying later (destination or database unreachable)
+    │   ├── RateLimited      the destination said slow down (429); cools the whole account
+    │   ├── LeaseHeld        another process is running this sync right now
+    │   └── Interrupted      a stop was asked for (SIGTERM/SIGINT) or the lease was lost
     ├── BatchRejected        the destination refused a whole batch because of its content
     └── ConnectorCrashed     a connector raised something outside this contract (a bug)
 
@@ -49,6 +52,18 @@ class TransientError(SyncerError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(TransientError):
+    """HTTP 429 (or a vendor's equivalent): wait, but this does not count as a failed attempt."""
+
+
+class LeaseHeld(TransientError):
+    """Another process holds this sync's lease; the message says who, where and since when."""
+
+
+class Interrupted(TransientError):
+    """The run stopped early on request; what was acknowledged is saved, the rest is not."""
 
 
 class BatchRejected(SyncerError):

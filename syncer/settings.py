@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     log_format: Literal["auto", "json", "console"] = "auto"
     http_timeout: float = Field(default=30.0, gt=0, description="Seconds per HTTP request.")
+    retry_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Tries per batch before it is left for the next run (429s do not count).",
+    )
+    batch_time_budget: float = Field(
+        default=300.0, gt=0, description="Seconds one batch may spend in retries and waits."
+    )
+    max_retry_after: float = Field(
+        default=300.0, gt=0, description="Longest Retry-After honoured, in seconds."
+    )
+    lease_ttl: float = Field(
+        default=60.0, gt=0, description="Seconds a run's lease lives without a heartbeat."
+    )
 
     def warehouse(self, name: str) -> str:
         """The URL of the named warehouse, or a ConfigError that says how to set it."""

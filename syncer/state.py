@@ -18,6 +18,7 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
+    Float,
     Engine,
     Index,
     Integer,
@@ -35,7 +36,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from syncer.errors import ConfigError, TransientError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -96,13 +97,27 @@ events_table = Table(
 )
 
 
+leases_table = Table(
+    "syncer_leases",
+    metadata,
+    Column("sync", String(200), primary_key=True),
+    Column("holder", String(32), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    # Epoch seconds: compared across processes and dialects without timezone surprises.
+    Column("acquired_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
 def _migrate_1(conn: Connection) -> None:
     """Version 1: runs, acknowledged records and per-record events."""
-    for table in (runs_table, records_table, events_table):
+    for table in (runs_table, records_table, events_table):  # leases come in version 3
         table.create(conn, checkfirst=True)
 
 
@@ -116,7 +131,16 @@ def _migrate_2(conn: Connection) -> None:
     Index("ix_syncer_events_run", events.c.run_id, events.c.outcome).create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1, 2: _migrate_2}
+def _migrate_3(conn: Connection) -> None:
+    """Version 3: one lease row per running sync, so runs never overlap across processes."""
+    leases_table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _migrate_1,
+    2: _migrate_2,
+    3: _migrate_3,
+}
 
 
 def schema_version(conn: Connection) -> int:

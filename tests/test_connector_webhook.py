@@ -17,7 +17,15 @@ from pydantic import ValidationError
 
 from connectors.webhook import WebhookConnector
 from syncer.connector import Record, SyncContext
-from syncer.errors import AuthError, BatchRejected, ConfigError, SyncerError, TransientError
+from syncer.errors import (
+    AuthError,
+    BatchRejected,
+    ConfigError,
+    RateLimited,
+    SyncerError,
+    TransientError,
+)
+from syncer.http import make_client
 
 URL = "https://hooks.example.com/syncer"
 SECRET = "s3cr3t-hmac-key"
@@ -40,10 +48,17 @@ def router() -> respx.Router:
     return respx.Router(assert_all_called=False)
 
 
-@pytest.fixture
-def http(router: respx.Router) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=httpx.MockTransport(router.handler)) as client:
-        yield client
+@pytest.fixture(params=["engine-client", "plain-client"])
+def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """The engine's client (the HTTP layer raises) and a plain httpx client (the connector
+    applies the same rules itself, as in ``check()`` or embedding): same behaviour."""
+    transport = httpx.MockTransport(router.handler)
+    if request.param == "engine-client":
+        with make_client(transport=transport) as client:
+            yield client
+    else:
+        with httpx.Client(transport=transport) as client:
+            yield client
 
 
 def sent(router: respx.Router, index: int = -1) -> httpx.Request:
@@ -147,8 +162,9 @@ def test_refused_credentials_raise_auth_error(
     router: respx.Router, http: httpx.Client, status: int
 ) -> None:
     router.post(URL).respond(status, text=f"bad token {TOKEN}")
-    with pytest.raises(AuthError, match=rf"https://hooks.example.com/syncer .*HTTP {status}"):
+    with pytest.raises(AuthError, match=rf"hooks\.example\.com .*HTTP {status}") as caught:
         make(http).add([ADA])
+    assert "tok-123456" not in str(caught.value)
 
 
 @pytest.mark.parametrize("status", [408, 500, 502, 503])
@@ -160,7 +176,7 @@ def test_server_errors_are_transient(router: respx.Router, http: httpx.Client, s
 
 def test_rate_limit_passes_retry_after(router: respx.Router, http: httpx.Client) -> None:
     router.post(URL).respond(429, headers={"Retry-After": "17"})
-    with pytest.raises(TransientError) as caught:
+    with pytest.raises(RateLimited) as caught:
         make(http).add([ADA])
     assert caught.value.retry_after == 17
 
@@ -186,7 +202,7 @@ def test_bad_request_rejects_the_batch(router: respx.Router, http: httpx.Client)
 
 def test_redirect_is_not_followed(router: respx.Router, http: httpx.Client) -> None:
     router.post(URL).respond(301, headers={"Location": "https://elsewhere.example.com/"})
-    with pytest.raises(ConfigError, match="redirect"):
+    with pytest.raises(BatchRejected, match="redirect"):
         make(http).add([ADA])
     assert len(router.calls) == 1
 
@@ -209,9 +225,10 @@ def test_messages_never_contain_secrets_or_record_data(
     with pytest.raises(SyncerError) as caught:
         make(http, url=url).add([ADA])
     message = str(caught.value)
-    leaks = (SECRET, TOKEN, "tok-123456", "pw-in-url", "query-secret", ADA.key, "Ada")
+    leaks = (SECRET, TOKEN, "tok-123456", "pw-in-url", "query-secret", ADA.key, "Ada", "@")
     assert [leak for leak in leaks if leak in message] == []
-    assert "https://hooks.example.com/syncer " in message
+    assert "hooks.example.com" in message
+    assert "/syncer" not in message  # paths can carry tokens too (think Slack hook URLs)
 
 
 def test_invalid_url_is_a_config_error_without_echoing_it() -> None:
@@ -233,6 +250,10 @@ def test_check_url_is_probed(router: respx.Router, http: httpx.Client) -> None:
 
     router.get("https://hooks.example.com/health").respond(401)
     with pytest.raises(AuthError):
+        make(http, check_url="https://hooks.example.com/health").check()
+
+    router.get("https://hooks.example.com/health").respond(404)
+    with pytest.raises(ConfigError, match=r"check failed.*HTTP 404"):
         make(http, check_url="https://hooks.example.com/health").check()
 
 
@@ -301,10 +322,11 @@ def server() -> Iterator[MemberServer]:
         thread.join()
 
 
-def test_sync_against_a_real_server(server: MemberServer) -> None:
+@pytest.mark.parametrize("engine_client", [True, False])
+def test_sync_against_a_real_server(server: MemberServer, engine_client: bool) -> None:
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     carol = Record("carol@example.com", {"email": "carol@example.com", "first_name": "Carol"})
-    with httpx.Client() as client:
+    with make_client(5.0) if engine_client else httpx.Client() as client:
         webhook = WebhookConnector(
             WebhookConnector.config_model(url=url, secret=SECRET), CONTEXT, client
         )

@@ -28,6 +28,7 @@ class Crashes(Connector):
 
     name = "crashes"
     capabilities = Capabilities(max_batch_size=2)
+    max_concurrency = 1  # one batch at a time, so "the second call" is well defined
     calls = 0
 
     def add(self, records: Sequence[Record]) -> BatchResult:

@@ -1,0 +1,257 @@
+"""Client-side rate limiting per destination account, shared by every sync in the process.
+
+A vendor publishes limits per *account* (per API key, per workspace), not per sync, so two
+syncs to the same account must draw from one budget: :func:`limiter_for` hands out one
+:class:`AccountLimiter` per account key. A limiter enforces, all at once:
+
+* every :class:`RateLimit` window ("100 requests per 10 s" *and* "250,000 per day"), counted
+  in a sliding window, so no interval of ``per_seconds`` ever sees more than ``requests``
+  grants, whether the vendor counts in fixed or sliding windows;
+* pacing: grants are spaced ``per_seconds / requests`` apart for the strictest window of at
+  most :data:`PACING_HORIZON` seconds, so a destination is driven *at* its limit instead of
+  getting 100 requests in the first millisecond and then nothing for ten seconds. Longer
+  windows (hourly/daily quotas) are only counted: pacing to a daily average would make a
+  short sync crawl, and once a quota is spent the vendor would refuse us anyway;
+* at most ``max_concurrency`` permits out at a time (requests in flight);
+* a cool-down: after a 429 the HTTP layer calls :meth:`AccountLimiter.cool_down` and every
+  thread sending to that account waits, not just the one that was told off.
+
+Why not pyrate-limiter (4.5)? It covers the first point only, and in the bursty way: its
+buckets are sliding-window logs that grant a whole window's worth at once. It has no
+concurrency cap, no cool-down, no stop event to abandon a wait on shutdown, and its sleeping
+happens inside the library against its own clocks, so tests could not drive it with a fake
+clock and a fake sleep. Wrapping it would mean a semaphore, a cool-down and a pacing layer
+around it plus a second lock: more code than the ~100 lines below, and another dependency.
+
+Memory: a window of up to 1024 requests keeps one timestamp per grant (exact). A bigger
+quota keeps its grants in time buckets of ``per_seconds / 1024``; a bucket expires with its
+newest grant, which can only make us wait up to 1/1024 of the window longer, never send more,
+so even a daily quota of millions holds about a thousand entries.
+
+:class:`RateLimit` is a frozen stdlib dataclass that pydantic also validates, so the same type
+serves connector code (``RateLimit(100, 10)``) and YAML (``{requests: 100, per_seconds: 10}``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
+
+#: Windows no longer than this (seconds) set the pacing; longer ones are only counted.
+PACING_HORIZON = 60.0
+# Longest single sleep while a stop event may need noticing, and the longest condition wait.
+_NAP = 0.1
+_GRAIN = 1024
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` grants in any ``per_seconds`` interval."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    requests: Annotated[int, Field(gt=0)]
+    per_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.requests, bool) or not isinstance(self.requests, int):
+            raise ValueError("requests must be a whole number")
+        if self.requests <= 0:
+            raise ValueError("requests must be greater than 0")
+        seconds = float(self.per_seconds)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError("per_seconds must be a finite number greater than 0")
+        object.__setattr__(self, "per_seconds", seconds)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between grants when paced exactly at this rate."""
+        return self.per_seconds / self.requests
+
+
+class _Window:
+    """Grants of the last ``per_seconds``, in coarse time buckets ``[first, last, count]``."""
+
+    def __init__(self, rate: RateLimit) -> None:
+        self.rate = rate
+        # Exact (one entry per grant) up to _GRAIN requests, coarse buckets for big quotas.
+        self.grain = rate.per_seconds / _GRAIN if rate.requests > _GRAIN else 0.0
+        self.buckets: deque[list[float]] = deque()
+        self.count = 0
+
+    def wait(self, now: float) -> float:
+        """Seconds until this window has room (0 if it has room now)."""
+        span = self.rate.per_seconds
+        while self.buckets and self.buckets[0][1] + span <= now:
+            self.count -= int(self.buckets.popleft()[2])
+        if self.count < self.rate.requests:
+            return 0.0
+        return self.buckets[0][1] + span - now
+
+    def record(self, now: float) -> None:
+        tail = self.buckets[-1] if self.buckets else None
+        if tail is not None and now - tail[0] < self.grain:
+            tail[1] = max(tail[1], now)
+            tail[2] += 1
+        else:
+            self.buckets.append([now, now, 1])
+        self.count += 1
+
+
+class AccountLimiter:
+    """Blocking, thread-safe permits for one destination account (see module docstring).
+
+    ``clock`` and ``sleep`` are injectable: time-based waits are computed under the lock and
+    slept outside it with ``sleep(seconds)``, then re-checked, so a fake clock that the fake
+    sleep advances makes tests instant. Waiting for a free concurrency slot uses the
+    condition variable (woken by :meth:`release`), which needs no clock.
+    """
+
+    def __init__(
+        self,
+        rates: Sequence[RateLimit],
+        max_concurrency: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self._clock = clock
+        self._sleep = sleep
+        self._cond = threading.Condition()
+        self._windows: list[_Window] = []
+        self._spacing = 0.0
+        self._next_at = -math.inf
+        self._cool_until = -math.inf
+        self._in_flight = 0
+        self.max_concurrency = max_concurrency
+        # Counters for benchmarks and logs; written under the lock, read freely.
+        self.acquired = 0
+        self.waited_s = 0.0
+        self.cooldowns = 0
+        self._add_rates(rates)
+
+    @property
+    def rates(self) -> tuple[RateLimit, ...]:
+        return tuple(w.rate for w in self._windows)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def tighten(self, rates: Sequence[RateLimit], max_concurrency: int) -> None:
+        """Add windows this limiter lacks and lower the concurrency; never loosens anything."""
+        with self._cond:
+            self._add_rates(rates)
+            self.max_concurrency = max(1, min(self.max_concurrency, max_concurrency))
+            self._cond.notify_all()
+
+    def _add_rates(self, rates: Sequence[RateLimit]) -> None:
+        have = {w.rate for w in self._windows}
+        for rate in rates:
+            if rate not in have:
+                self._windows.append(_Window(rate))
+                have.add(rate)
+        paced = [w.rate.interval for w in self._windows if w.rate.per_seconds <= PACING_HORIZON]
+        self._spacing = max(paced, default=0.0)
+
+    def _time_to_wait(self, now: float) -> float:
+        waits = [self._cool_until - now, self._next_at - now]
+        waits += [w.wait(now) for w in self._windows]
+        return max(0.0, *waits)
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Block until a request may be sent and take a permit; False if ``stop`` got set."""
+        start = self._clock()
+        while True:
+            if stop is not None and stop.is_set():
+                return False
+            with self._cond:
+                now = self._clock()
+                wait = self._time_to_wait(now)
+                if wait <= 0 and self._in_flight < self.max_concurrency:
+                    self._grant(now)
+                    self.waited_s += max(0.0, now - start)
+                    return True
+                if wait <= 0:  # only the concurrency cap is in the way: release() wakes us
+                    self._cond.wait(_NAP)
+                    continue
+            self._sleep(min(wait, _NAP) if stop is not None else wait)
+
+    def _grant(self, now: float) -> None:
+        for window in self._windows:
+            window.record(now)
+        if self._spacing:
+            # A sleep that overshot by up to half an interval is made up on the next grant;
+            # after a longer idle the schedule restarts from now (no saved-up burst).
+            on_time = now - self._next_at <= self._spacing / 2
+            self._next_at = (self._next_at if on_time else now) + self._spacing
+        self._in_flight += 1
+        self.acquired += 1
+
+    def release(self) -> None:
+        """Give back a permit taken by :meth:`acquire`."""
+        with self._cond:
+            if self._in_flight <= 0:
+                raise RuntimeError("release() without a matching acquire()")
+            self._in_flight -= 1
+            self._cond.notify()
+
+    @contextmanager
+    def permit(self, stop: threading.Event | None = None) -> Iterator[bool]:
+        """``with limiter.permit() as granted:``; ``granted`` is False only if ``stop`` was set
+        (then nothing is held and the block should not send)."""
+        granted = self.acquire(stop)
+        try:
+            yield granted
+        finally:
+            if granted:
+                self.release()
+
+    def cool_down(self, seconds: float) -> None:
+        """Hold every acquirer of this account until ``seconds`` from now (never shortens)."""
+        if not math.isfinite(seconds) or seconds <= 0:
+            return
+        with self._cond:
+            self._cool_until = max(self._cool_until, self._clock() + seconds)
+            self.cooldowns += 1
+
+
+_registry: dict[str, AccountLimiter] = {}
+_registry_lock = threading.Lock()
+
+
+def limiter_for(
+    account: str,
+    rates: Sequence[RateLimit],
+    max_concurrency: int,
+    *,
+    registry: dict[str, AccountLimiter] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> AccountLimiter:
+    """The limiter of ``account`` in ``registry`` (default: process-wide), made on first use.
+
+    Syncs to the same account share it. A later call with other limits can only tighten it
+    (its windows are added, the concurrency becomes the lower of the two); nothing ever
+    loosens a limiter during the life of the registry. ``clock``/``sleep`` apply to a new one.
+    """
+    table = _registry if registry is None else registry
+    with _registry_lock:
+        limiter = table.get(account)
+        if limiter is None:
+            limiter = table[account] = AccountLimiter(
+                rates, max_concurrency, clock=clock, sleep=sleep
+            )
+        else:
+            limiter.tighten(rates, max_concurrency)
+        return limiter
