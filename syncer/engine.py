@@ -440,8 +440,11 @@ class SyncEngine:
             field_names=tuple(sorted(definition.fields)),
             run_id=run_id,
         )
-        with make_client(self.settings.http_timeout, self.transport) as http:
+        with make_client(
+            self.settings.http_timeout, self.transport, max_wait=self.settings.max_retry_after
+        ) as http:
             connector = sync.connector_cls(sync.connector_config, context, http)
+            http.classifier = connector.classify
             rates, concurrency = effective_limits(connector)
             http.limiter = self._limiter(connector.account_key(), rates, concurrency)
             http.secrets = connector.secret_values()
@@ -489,12 +492,12 @@ class SyncEngine:
                 else:
                     finished = True
             except BaseException:
-                # A second signal or a bug: stop now; whatever was not committed is resent later.
+                # A second signal: leave now, without waiting for requests in flight or closing
+                # the connector; nothing uncommitted was marked synced, so it is resent later.
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-            finally:
-                pool.shutdown(wait=True)
-                _guarded(connector, "close", lambda: connector.close(finished))
+            pool.shutdown(wait=True)
+            _guarded(connector, "close", lambda: connector.close(finished))
             if failure is not None:
                 raise failure
             if lease.lost.is_set():

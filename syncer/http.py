@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from syncer import __version__
-from syncer.errors import AuthError, BatchRejected, RateLimited, TransientError
+from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.ratelimit import AccountLimiter
 
 if TYPE_CHECKING:
@@ -241,10 +241,12 @@ def raise_for_action(
     secrets: Iterable[str] = (),
     action: Action | None = None,
     rate_limit_wait: float = DEFAULT_COOL_DOWN,
+    max_wait: float = MAX_RETRY_AFTER,
 ) -> httpx.Response:
     """Return ``response`` if ``action`` (default: :func:`classify_status`) is SUCCESS or
     IGNORE, else raise the matching error. ``rate_limit_wait`` is the ``retry_after`` of a
-    429 that has no usable Retry-After header. The body must have been read."""
+    429 that has no usable Retry-After header; any ``retry_after`` is at most ``max_wait``.
+    The body must have been read."""
     if action is None:
         action = classify_status(response.status_code)
     if action in (Action.SUCCESS, Action.IGNORE):
@@ -253,17 +255,18 @@ def raise_for_action(
     host = describe_host(response.request)
     if action is Action.AUTH:
         raise AuthError(f"{host} refused the credentials (HTTP {status})")
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), max_wait=max_wait)
     if action is Action.RATE_LIMITED:
-        wait = rate_limit_wait if retry_after is None else retry_after
+        wait = min(rate_limit_wait, max_wait) if retry_after is None else retry_after
         raise RateLimited(f"HTTP {status} from {host}", retry_after=wait)
     if action is Action.RETRY:
         raise TransientError(f"HTTP {status} from {host}", retry_after=retry_after)
-    detail = _short_body(response, [*secrets, *request_secrets(response.request)])
     if 300 <= status < 400:
-        detail = "redirect not followed; configure the final URL" + (
-            f" ({detail})" if detail else ""
+        # The address is wrong, not the records: splitting the batch would not help.
+        raise ConfigError(
+            f"HTTP {status} from {host}: redirect not followed; configure the final URL"
         )
+    detail = _short_body(response, [*secrets, *request_secrets(response.request)])
     raise BatchRejected(f"HTTP {status} from {host}" + (f": {detail}" if detail else ""))
 
 
@@ -288,6 +291,9 @@ class DestinationClient(httpx.Client):
     * ``secrets``: configured credentials to keep out of messages.
     * ``stop``: an event; a request still waiting for the limiter when it is set raises
       ``TransientError`` instead of being sent.
+    * ``max_wait``: the longest Retry-After honoured (seconds), for ``retry_after`` on the
+      errors and for the account cool-down after a 429 (set it to the engine's
+      ``max_retry_after`` so the two agree).
 
     Thread-safe like ``httpx.Client``: set the attributes before sharing it between threads.
     Streaming is not supported: the body is always read before the permit is released.
@@ -300,6 +306,7 @@ class DestinationClient(httpx.Client):
         classifier: Classifier | None = None,
         secrets: Iterable[str] = (),
         stop: threading.Event | None = None,
+        max_wait: float = MAX_RETRY_AFTER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -307,6 +314,7 @@ class DestinationClient(httpx.Client):
         self.classifier = classifier
         self.secrets: tuple[str, ...] = tuple(secrets)
         self.stop = stop
+        self.max_wait = max_wait
         self._strikes = 0  # 429s in a row, for the growing default cool-down
         self._strikes_lock = threading.Lock()
 
@@ -349,11 +357,17 @@ class DestinationClient(httpx.Client):
             elif action is Action.SUCCESS:
                 self._strikes = 0
         if action is Action.RATE_LIMITED:
-            header = parse_retry_after(response.headers.get("Retry-After"))
-            wait = wait if header is None else header
+            header = parse_retry_after(response.headers.get("Retry-After"), max_wait=self.max_wait)
+            wait = min(wait, self.max_wait) if header is None else header
             if self.limiter is not None:
                 self.limiter.cool_down(wait)
-        raise_for_action(response, secrets=self.secrets, action=action, rate_limit_wait=wait)
+        raise_for_action(
+            response,
+            secrets=self.secrets,
+            action=action,
+            rate_limit_wait=wait,
+            max_wait=self.max_wait,
+        )
 
 
 def make_client(
@@ -361,11 +375,13 @@ def make_client(
     transport: httpx.BaseTransport | None = None,
     *,
     limiter: AccountLimiter | None = None,
+    max_wait: float = MAX_RETRY_AFTER,
 ) -> DestinationClient:
     """A :class:`DestinationClient`: TLS verification always on, syncer's user agent, no
     redirects followed; ``transport`` lets tests hand in a respx router."""
     return DestinationClient(
         limiter=limiter,
+        max_wait=max_wait,
         timeout=httpx.Timeout(timeout),
         transport=transport,
         headers={"User-Agent": USER_AGENT},

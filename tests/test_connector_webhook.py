@@ -202,7 +202,7 @@ def test_bad_request_rejects_the_batch(router: respx.Router, http: httpx.Client)
 
 def test_redirect_is_not_followed(router: respx.Router, http: httpx.Client) -> None:
     router.post(URL).respond(301, headers={"Location": "https://elsewhere.example.com/"})
-    with pytest.raises(BatchRejected, match="redirect"):
+    with pytest.raises(ConfigError, match="redirect"):
         make(http).add([ADA])
     assert len(router.calls) == 1
 

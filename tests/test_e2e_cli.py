@@ -228,10 +228,11 @@ def test_failed_batch_stays_unsynced_and_exits_75(story: Story) -> None:
     code, doc, out = story.cli("sync", "now", "vip", "--json")
     assert code == 75, out
     run = doc["runs"][0]
-    assert (run["added"], run["failed"]) == (13, 7)
+    # Batches of 7, 7 and 6 go out concurrently: whichever met the 503 is left over.
+    assert run["failed"] in (6, 7) and run["added"] + run["failed"] == 20
     code, doc, out = story.cli("sync", "now", "vip", "--json")
     assert code == 0, out
-    assert doc["runs"][0]["added"] == 7
+    assert doc["runs"][0]["added"] == run["failed"]
     assert story.destination.members == members_of(rows)
 
 

@@ -13,7 +13,14 @@ import pytest
 import respx
 
 from syncer import __version__
-from syncer.errors import AuthError, BatchRejected, RateLimited, SyncerError, TransientError
+from syncer.errors import (
+    AuthError,
+    BatchRejected,
+    ConfigError,
+    RateLimited,
+    SyncerError,
+    TransientError,
+)
 from syncer.http import (
     Action,
     DestinationClient,
@@ -45,7 +52,7 @@ OUTCOMES: list[tuple[int, type[SyncerError] | None]] = [
     (200, None),
     (201, None),
     (204, None),
-    (301, BatchRejected),
+    (301, ConfigError),  # a redirect means the address is wrong, not the records
     (400, BatchRejected),
     (401, AuthError),
     (403, AuthError),
@@ -97,7 +104,7 @@ def test_a_redirect_never_looks_acknowledged(
 ) -> None:
     router.post(URL).respond(307, headers={"Location": "https://api.vendor.example/v2/members"})
     router.post("https://api.vendor.example/v2/members").respond(200)
-    with pytest.raises(BatchRejected, match="redirect"):
+    with pytest.raises(ConfigError, match="redirect"):
         client.post(URL, follow_redirects=True)  # even when a caller asks for it
     assert len(router.calls) == 1
 
@@ -259,6 +266,20 @@ def test_429_cools_down_the_whole_account(router: respx.Router) -> None:
         other.join(3)
     assert arrived["/second"] - arrived["/first"] >= 0.25
     assert limiter.cooldowns == 1
+
+
+def test_cool_down_never_exceeds_the_configured_longest_wait(router: respx.Router) -> None:
+    limiter = AccountLimiter([], 4)
+    router.post(URL).respond(429, headers={"Retry-After": "40"})
+    transport = httpx.MockTransport(router.handler)
+    with make_client(transport=transport, limiter=limiter, max_wait=0.2) as client:
+        with pytest.raises(RateLimited) as caught:
+            client.post(URL)
+        assert caught.value.retry_after == 0.2
+        router.post(URL).respond(200)
+        started = time.monotonic()
+        client.post(URL)  # the account waits the clamped 0.2 s, not 40 s
+    assert 0.15 <= time.monotonic() - started < 2
 
 
 def test_stop_while_waiting_sends_nothing(router: respx.Router) -> None:

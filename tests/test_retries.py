@@ -36,9 +36,9 @@ class FakeTime:
         return self.now
 
 
-def setup(tmp_path: Path, rows: int, answers: list[Any], **settings: Any) -> tuple[
-    SyncEngine, Any, respx.Router, FakeTime
-]:
+def setup(
+    tmp_path: Path, rows: int, answers: list[Any], **settings: Any
+) -> tuple[SyncEngine, Any, respx.Router, FakeTime]:
     warehouse = tmp_path / "w.db"
     with sqlite3.connect(warehouse) as conn:
         conn.execute("CREATE TABLE s (id TEXT, name TEXT)")
@@ -70,7 +70,7 @@ def ok() -> httpx.Response:
 
 
 def test_5xx_is_retried_with_growing_jittered_backoff(tmp_path: Path) -> None:
-    engine, sync, router, fake = setup(
+    engine, sync, _router, fake = setup(
         tmp_path, 3, [httpx.Response(503), httpx.Response(502), httpx.Response(500), ok()]
     )
     result = engine.run(sync)
@@ -81,7 +81,7 @@ def test_5xx_is_retried_with_growing_jittered_backoff(tmp_path: Path) -> None:
 
 def test_retry_after_is_honoured_and_429_does_not_use_up_attempts(tmp_path: Path) -> None:
     limited = [httpx.Response(429, headers={"Retry-After": "7"}) for _ in range(4)]
-    engine, sync, router, fake = setup(tmp_path, 3, [*limited, ok()], retry_attempts=2)
+    engine, sync, _router, fake = setup(tmp_path, 3, [*limited, ok()], retry_attempts=2)
     result = engine.run(sync)
     assert result.status == "succeeded", result.message
     assert fake.sleeps == [7, 7, 7, 7]
@@ -89,13 +89,13 @@ def test_retry_after_is_honoured_and_429_does_not_use_up_attempts(tmp_path: Path
 
 def test_retry_after_is_clamped(tmp_path: Path) -> None:
     answers = [httpx.Response(503, headers={"Retry-After": "86400"}), ok()]
-    engine, sync, router, fake = setup(tmp_path, 1, answers, max_retry_after=30)
+    engine, sync, _router, fake = setup(tmp_path, 1, answers, max_retry_after=30)
     assert engine.run(sync).status == "succeeded"
     assert fake.sleeps == [30]
 
 
 def test_attempts_run_out_and_the_batch_waits_for_the_next_run(tmp_path: Path) -> None:
-    engine, sync, router, fake = setup(
+    engine, sync, _router, fake = setup(
         tmp_path, 5, [httpx.Response(500)] * 3 + [ok()], retry_attempts=3
     )
     result = engine.run(sync)
@@ -133,7 +133,7 @@ def test_whole_batch_400_is_split_until_bad_records_are_isolated(
             return httpx.Response(400, json={"error": "invalid record"})
         return ok()
 
-    engine, sync, router, fake = setup(tmp_path, 100, [])
+    engine, sync, router, _fake = setup(tmp_path, 100, [])
     router.routes[0].side_effect = answer
     result = engine.run(sync)
     assert result.counts["added"] == 100 - len(bad)
