@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from syncer.connector import (
@@ -284,6 +285,9 @@ class SyncEngine:
         except SyncerError as exc:
             status = "locked" if isinstance(exc, LeaseHeld) else "failed"
             return RunResult(None, definition.name, status, {}, str(exc), int(exc.exit_code))
+        except SQLAlchemyError as exc:
+            message = f"state database unavailable ({type(exc).__name__})"
+            return RunResult(None, definition.name, "failed", {}, message, ExitCode.TEMPFAIL)
         try:
             return self._run_leased(
                 engine,
@@ -298,8 +302,18 @@ class SyncEngine:
                 force=force,
                 progress=progress,
             )
+        except SQLAlchemyError as exc:
+            # The state database went away mid-run: nothing unacknowledged was committed, and
+            # the run row may still say running; the next run marks it interrupted.
+            message = f"state database error ({type(exc).__name__}); run again later"
+            bound.error("run.state_db_failed", error=type(exc).__name__)
+            counts = dict(tally.values)
+            return RunResult(run_id, definition.name, "failed", counts, message, ExitCode.TEMPFAIL)
         finally:
-            lease.__exit__(None, None, None)
+            try:
+                lease.__exit__(None, None, None)
+            except SQLAlchemyError:  # it expires by itself
+                bound.warning("lease.release_failed")
 
     def _run_leased(
         self,
@@ -364,6 +378,10 @@ class SyncEngine:
             except SyncerError as exc:
                 conn.rollback()
                 message, exit_code = str(exc), exc.exit_code
+            except DBAPIError as exc:
+                conn.rollback()
+                message = f"state database error ({type(exc).__name__}); run again later"
+                exit_code = ExitCode.TEMPFAIL
             except Exception as exc:  # a bug: record it, keep other syncs of --all running
                 conn.rollback()
                 message, exit_code = f"internal error ({where(exc)})", ExitCode.PROBLEMS

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Seconds one batch may spend in retries and waits."
     )
     max_retry_after: float = Field(
-        default=300.0, gt=0, description="Longest Retry-After honoured, in seconds."
+        default=120.0, gt=0, description="Longest Retry-After honoured, in seconds."
     )
     lease_ttl: float = Field(
         default=60.0, gt=0, description="Seconds a run's lease lives without a heartbeat."
