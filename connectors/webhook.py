@@ -78,7 +78,8 @@ class WebhookConfig(ConnectorConfig):
     url: str
     secret: SecretStr | None = None
     headers: dict[str, SecretStr] = Field(default_factory=dict)
-    timeout: float = Field(default=30.0, gt=0)
+    # None: the engine's SYNCER_HTTP_TIMEOUT, set on the client it hands over.
+    timeout: float | None = Field(default=None, gt=0)
     check_url: str | None = None
     batch_size: int | None = Field(default=DEFAULT_BATCH, ge=1, le=MAX_BATCH)
 
@@ -203,7 +204,9 @@ class WebhookConnector(Connector):
         A DestinationClient (what the engine hands us) classifies and raises by itself; a
         plain ``httpx.Client`` gets the same treatment here.
         """
-        request = self.http.build_request(method, url, timeout=self.settings.timeout, **kwargs)
+        if self.settings.timeout is not None:
+            kwargs["timeout"] = self.settings.timeout
+        request = self.http.build_request(method, url, **kwargs)
         try:
             # Never follow redirects: httpx would turn a redirected POST into a GET and
             # a 2xx from that would look like an acknowledged batch.

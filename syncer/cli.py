@@ -222,9 +222,9 @@ def sync_now(
         )
     else:
         runs_summary_table(results)
-        for result in results:
-            if result.message:
-                click.echo(f"{result.sync}: {result.status}: {result.message}", err=True)
+    for result in results:  # on stderr in both forms, so pipelines' logs show why
+        if result.message:
+            click.echo(f"{result.sync}: {result.status}: {result.message}", err=True)
     sys.exit(code)
 
 

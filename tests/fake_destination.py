@@ -24,6 +24,7 @@ warehouse, a state database and this server, run through the real CLI.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -105,6 +106,11 @@ class DestinationState:
         """Queue faults for the next requests, in arrival order."""
         with self.lock:
             self.faults.extend(faults)
+
+    def members_now(self) -> dict[str, dict[str, Any]]:
+        """A copy of the members, safe while requests are still being handled."""
+        with self.lock:
+            return dict(self.members)
 
     def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until no request is being handled (delayed answers included)."""
@@ -234,10 +240,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(state, hit, 200, {"rejected": rejected})
 
     def _echo(self, body: bytes) -> dict[str, Any]:
+        """A careless vendor's error: it quotes credentials and record data, up front."""
+        text = body.decode("utf-8", "replace")
+        try:
+            first = json.loads(text)["records"][0]["key"]
+        except (ValueError, LookupError, TypeError):
+            first = ""
+        auth = self.headers.get("Authorization", "")
         return {
-            "error": "bad request",
+            "error": f"bad request from {auth} {first}".strip(),
+            "you_sent": text,
             "you_sent_headers": dict(self.headers.items()),
-            "you_sent": body.decode("utf-8", "replace"),
         }
 
     def _client_gone(self) -> bool:
@@ -287,10 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
             hit.status, hit.answered = status, time.monotonic()
 
     def finish(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # reset on purpose, or the client vanished
             super().finish()
-        except OSError:  # the socket was reset on purpose or the client vanished
-            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
@@ -329,7 +340,6 @@ def fake_destination(
 
 # -- harness: one sync through the real CLI --------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("email", "first_name", "ltv")
 SECRET = "whsec-7Qm2-reliability-signing-key"
 

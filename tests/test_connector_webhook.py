@@ -351,3 +351,13 @@ def test_sync_against_a_real_server(server: MemberServer, engine_client: bool) -
         with pytest.raises(AuthError, match="HTTP 401"):
             wrong.add([ADA])
     assert len(set(server.seen_idempotency_keys)) == 4
+
+
+@pytest.mark.parametrize(("option", "expected"), [({}, 2.5), ({"timeout": 0.5}, 0.5)])
+def test_timeout_is_the_engine_setting_unless_the_mapping_sets_one(
+    router: respx.Router, option: dict[str, Any], expected: float
+) -> None:
+    route = router.post(URL).respond(200, json={"rejected": []})
+    with make_client(timeout=2.5, transport=httpx.MockTransport(router.handler)) as client:
+        make(client, **option).add([Record("a@example.com", {"n": 1})])
+    assert route.calls.last.request.extensions["timeout"]["read"] == expected
