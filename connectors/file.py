@@ -183,14 +183,8 @@ class FileConnector(Connector):
         finally:
             self._close_log()
 
-    def add(self, records: Sequence[Record]) -> BatchResult:
-        return self._append("add", records)
-
-    def remove(self, records: Sequence[Record]) -> BatchResult:
-        return self._append("remove", records)
-
-    def update(self, records: Sequence[Record]) -> BatchResult:
-        return self._append("update", records)
+    def write(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
+        return self._append(operation, records)
 
     # -- change log ---------------------------------------------------------------------
 

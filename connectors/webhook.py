@@ -173,14 +173,8 @@ class WebhookConnector(Connector):
         except BatchRejected as exc:  # a 4xx on the probe is a setup problem, not data
             raise ConfigError(f"webhook check failed: {exc}") from None
 
-    def add(self, records: Sequence[Record]) -> BatchResult:
-        return self._post("add", records)
-
-    def remove(self, records: Sequence[Record]) -> BatchResult:
-        return self._post("remove", records)
-
-    def update(self, records: Sequence[Record]) -> BatchResult:
-        return self._post("update", records)
+    def write(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
+        return self._post(operation, records)
 
     # -- internals ----------------------------------------------------------------------
 

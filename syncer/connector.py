@@ -161,14 +161,21 @@ class Connector:
     def close(self, success: bool) -> None:
         """Finish a run; ``success`` is False when the run stopped early."""
 
+    def write(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
+        """One hook for every operation, for destinations where they differ only in a word.
+
+        Override this, or ``add``/``remove``/``update`` one by one.
+        """
+        raise NotImplementedError(f"{self.name} does not support {operation}")
+
     def add(self, records: Sequence[Record]) -> BatchResult:
-        raise NotImplementedError(f"{self.name} does not support add")
+        return self.write("add", records)
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
-        raise NotImplementedError(f"{self.name} does not support remove")
+        return self.write("remove", records)
 
     def update(self, records: Sequence[Record]) -> BatchResult:
-        raise NotImplementedError(f"{self.name} does not support update")
+        return self.write("update", records)
 
     # -- HTTP layer hooks ---------------------------------------------------------------
 

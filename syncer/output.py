@@ -62,44 +62,19 @@ class ProgressReporter:
         return report
 
 
+_COUNTS = ("added", "removed", "updated", "unchanged", "invalid", "rejected", "failed")
+
+
 def runs_summary_table(results: Iterable[RunResult]) -> None:
     table = Table(title="sync summary", title_justify="left")
-    for column in (
-        "sync",
-        "status",
-        "added",
-        "removed",
-        "updated",
-        "unchanged",
-        "invalid",
-        "rejected",
-        "failed",
-        "seconds",
-        "run id",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("sync", "status", "run id") else "right"
-        )
+    table.add_column("sync")
+    table.add_column("status")
+    for column in (*_COUNTS, "seconds"):
+        table.add_column(column, justify="right")
+    table.add_column("run id")
     for r in results:
-        c = r.counts
-        table.add_row(
-            r.sync,
-            r.status,
-            *(
-                str(c.get(k, 0))
-                for k in (
-                    "added",
-                    "removed",
-                    "updated",
-                    "unchanged",
-                    "invalid",
-                    "rejected",
-                    "failed",
-                )
-            ),
-            f"{r.duration_s:.2f}",
-            r.run_id or "-",
-        )
+        counts = (str(r.counts.get(k, 0)) for k in _COUNTS)
+        table.add_row(r.sync, r.status, *counts, f"{r.duration_s:.2f}", r.run_id or "-")
     stdout.print(table)
 
 
