@@ -20,23 +20,26 @@ from syncer.connector import Operation, Record
 from syncer.normalize import StagedRow
 
 STAGE = "syncer_stage"
+CHANGES = "syncer_changes"
 
-# Row classes of the staging table, as SQL over `s` (stage) LEFT JOIN `r` (records).
-_NEW = "r.key IS NULL"
-_CHANGED = "r.key IS NOT NULL AND r.hash <> s.hash"
-_SAME = "r.key IS NOT NULL AND r.hash = s.hash"
+Kind = str
+"""A staged row's relation to state: ``new`` (not synced), ``changed`` (synced, other hash)
+or ``same`` (synced, same hash; only materialised for a full resync)."""
 
 
-def _selection(mode: str, full_resync: bool) -> dict[Operation, str | None]:
-    """For each operation, which staged rows it sends (None: the mode never sends it)."""
-    everything = "1 = 1"
+def _selection(mode: str, full_resync: bool) -> dict[Operation, tuple[Kind, ...] | None]:
+    """For each operation, which kinds of staged rows it sends (None: never sent)."""
+    same: tuple[Kind, ...] = ("same",) if full_resync else ()
     if mode == "membership":
-        return {"add": everything if full_resync else _NEW, "update": None, "remove": "gone"}
+        add = ("new", "changed", "same") if full_resync else ("new",)
+        return {"add": add, "update": None, "remove": ()}
     if mode == "update_only":
-        update = everything if full_resync else f"({_NEW}) OR ({_CHANGED})"
-        return {"add": None, "update": update, "remove": None}
-    update = f"({_CHANGED}) OR ({_SAME})" if full_resync else _CHANGED
-    return {"add": _NEW, "update": update, "remove": "gone" if mode == "mirror" else None}
+        return {"add": None, "update": ("new", "changed", *same), "remove": None}
+    return {
+        "add": ("new",),
+        "update": ("changed", *same),
+        "remove": () if mode == "mirror" else None,
+    }
 
 
 @dataclass(slots=True)
@@ -92,7 +95,11 @@ class Staging:
         self.field_names = field_names
         self.dialect = conn.dialect.name
         self.selection = _selection(mode, full_resync)
+        self.full_resync = full_resync
         self.has_duplicates = False
+        self.loaded = 0
+        self.invalid_loaded = 0
+        self._materialised = False
 
     def create(self) -> None:
         self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {STAGE}")
@@ -110,18 +117,33 @@ class Staging:
         json_each(?) per chunk, and a reader thread overlapping the inserts (the GIL is
         handed back and forth once per row).
         """
-        if self.dialect == "postgresql":
-            raw: Any = self.conn.connection.driver_connection
-            with raw.cursor() as cur, cur.copy(f"COPY {STAGE} FROM STDIN") as copy:
-                for chunk in chunks:
-                    for row in chunk:
-                        copy.write_row(row)
-            return
+        raw: Any = self.conn.connection.driver_connection
         marks = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
         sql = f"INSERT INTO {STAGE} VALUES ({', '.join([marks] * 5)})"
-        for chunk in chunks:
-            if chunk:
-                self.conn.exec_driver_sql(sql, list(chunk))
+        copy_cm = None
+        copy: Any = None
+        cursor: Any = None
+        if self.dialect == "postgresql":
+            cursor = raw.cursor()
+            copy_cm = cursor.copy(f"COPY {STAGE} FROM STDIN")
+            copy = copy_cm.__enter__()
+        try:
+            for chunk in chunks:
+                self.loaded += len(chunk)
+                self.invalid_loaded += sum(1 for row in chunk if row[4] is not None)
+                if copy is not None:
+                    for row in chunk:
+                        copy.write_row(row)
+                elif chunk:
+                    self.conn.exec_driver_sql(sql, list(chunk))
+        except BaseException as exc:
+            if copy_cm is not None:
+                copy_cm.__exit__(type(exc), exc, exc.__traceback__)
+                cursor.close()
+            raise
+        if copy_cm is not None:
+            copy_cm.__exit__(None, None, None)
+            cursor.close()
 
     def finalize(self, key_column: str) -> None:
         """Index the snapshot (covering the diff) and mark every row of a duplicated key invalid."""
@@ -147,41 +169,52 @@ class Staging:
             )
 
     def counts(self) -> DiffCounts:
-        sel = self.selection
-        add_cond = sel["add"] or "1 = 0"
-        update_cond = sel["update"] or "1 = 0"
-        row = self.conn.execute(
+        """Materialise the change set (one pass of staging against state) and count it.
+
+        Later pages read only ``syncer_changes``, so a 1% churn does not scan the whole
+        snapshot once per operation.
+        """
+        kinds = ["'new'", "'changed'"] + (["'same'"] if self.full_resync else [])
+        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES}")
+        self.conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {CHANGES} (key TEXT PRIMARY KEY, kind TEXT NOT NULL)"
+        )
+        self.conn.execute(
             text(
-                "SELECT COUNT(*),"
-                " COALESCE(SUM(CASE WHEN s.reason IS NOT NULL THEN 1 ELSE 0 END), 0),"
-                f" COALESCE(SUM(CASE WHEN s.reason IS NULL AND ({add_cond}) THEN 1 ELSE 0 END), 0),"
-                " COALESCE(SUM(CASE WHEN s.reason IS NULL AND NOT"
-                f" ({add_cond}) AND ({update_cond}) THEN 1 ELSE 0 END), 0),"
-                " COALESCE(SUM(CASE WHEN r.key IS NOT NULL THEN 1 ELSE 0 END), 0)"
+                f"INSERT INTO {CHANGES} (key, kind) SELECT key, kind FROM ("
+                " SELECT s.key AS key, CASE WHEN r.key IS NULL THEN 'new'"
+                " WHEN r.hash <> s.hash THEN 'changed' ELSE 'same' END AS kind"
                 f" FROM {STAGE} s LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = s.key"
+                " WHERE s.reason IS NULL AND s.key IS NOT NULL) AS classified"
+                f" WHERE kind IN ({', '.join(kinds)})"
             ),
             {"sync": self.sync},
-        ).one()
-        total, invalid, add, update, matched = (int(v) for v in row)
+        )
+        if self.dialect == "postgresql":
+            self.conn.exec_driver_sql(f"ANALYZE {CHANGES}")
+        found: dict[str, int] = dict(
+            self.conn.execute(text(f"SELECT kind, COUNT(*) FROM {CHANGES} GROUP BY kind")).all()
+        )
         members = int(
             self.conn.execute(
                 text("SELECT COUNT(*) FROM syncer_records WHERE sync = :sync"), {"sync": self.sync}
             ).scalar_one()
         )
-        remove = 0
-        if sel["remove"] and not self.has_duplicates:
-            # Keys are unique in staging, so every synced key found there was matched once.
-            remove = members - matched
-        elif sel["remove"]:
-            remove = int(
-                self.conn.execute(
-                    text(
-                        "SELECT COUNT(*) FROM syncer_records r WHERE r.sync = :sync AND NOT EXISTS"
-                        f" (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)"
-                    ),
-                    {"sync": self.sync},
+        total = self.loaded
+        invalid = self.invalid_loaded
+        if self.has_duplicates:
+            invalid = int(
+                self.conn.exec_driver_sql(
+                    f"SELECT COUNT(*) FROM {STAGE} WHERE reason IS NOT NULL"
                 ).scalar_one()
             )
+        sel = self.selection
+        add = sum(int(found.get(k, 0)) for k in sel["add"] or ())
+        update = sum(int(found.get(k, 0)) for k in sel["update"] or ())
+        remove = 0
+        if sel["remove"] is not None and members:
+            remove = self._count_gone(members, total - invalid - int(found.get("new", 0)), invalid)
+        self._materialised = True
         return DiffCounts(
             source_rows=total,
             add=add,
@@ -192,20 +225,43 @@ class Staging:
             members_before=members,
         )
 
+    def _count_gone(self, members: int, valid_synced: int, invalid: int) -> int:
+        """Synced keys absent from the snapshot (valid or not): what a removing mode removes."""
+        sql = (
+            "SELECT COUNT(*) FROM syncer_records r WHERE r.sync = :sync AND NOT EXISTS"
+            f" (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)"
+        )
+        if not self.has_duplicates:
+            # Keys are unique in staging, so every synced key that is present was matched once:
+            # by a valid row (counted while materialising) or by an invalid one (few; counted).
+            invalid_synced = 0
+            if invalid:
+                invalid_synced = int(
+                    self.conn.execute(
+                        text(
+                            f"SELECT COUNT(*) FROM {STAGE} s JOIN syncer_records r"
+                            " ON r.sync = :sync AND r.key = s.key WHERE s.reason IS NOT NULL"
+                        ),
+                        {"sync": self.sync},
+                    ).scalar_one()
+                )
+            return members - valid_synced - invalid_synced
+        return int(self.conn.execute(text(sql), {"sync": self.sync}).scalar_one())
+
     def _upsert_page(self, operation: Operation, after: str | None, limit: int) -> list[Any]:
-        cond = self.selection[operation]
-        assert cond is not None
-        if operation == "update" and self.selection["add"]:
-            cond = f"({cond}) AND NOT ({self.selection['add']})"
-        keyset = "s.key > :after AND" if after is not None else "s.key IS NOT NULL AND"
+        kinds = self.selection[operation]
+        assert kinds, operation
+        assert self._materialised, "counts() materialises the change set first"
+        keyset = "c.key > :after AND" if after is not None else ""
+        wanted = ", ".join(f"'{k}'" for k in kinds)
         return list(
             self.conn.execute(
                 text(
-                    "SELECT s.key, s.payload, s.hash, r.destination_id"
-                    f" FROM {STAGE} s LEFT JOIN syncer_records r"
-                    " ON r.sync = :sync AND r.key = s.key"
-                    f" WHERE {keyset} s.reason IS NULL AND ({cond})"
-                    " ORDER BY s.key LIMIT :limit"
+                    "SELECT c.key, s.payload, s.hash, r.destination_id"
+                    f" FROM {CHANGES} c JOIN {STAGE} s ON s.key = c.key AND s.reason IS NULL"
+                    " LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = c.key"
+                    f" WHERE {keyset} c.kind IN ({wanted})"
+                    " ORDER BY c.key LIMIT :limit"
                 ),
                 {"sync": self.sync, "after": after, "limit": limit},
             )
