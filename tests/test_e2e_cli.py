@@ -15,14 +15,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_cli, write_table
-from tests.fake_destination import DestinationState, fake_destination
+from tests.fake_destination import DestinationState, fake_destination, members_of, people
 
 COLUMNS = ("email", "first_name", "ltv")
 SECRET = "s3cret-signing-key"
-
-
-def people(n: int, start: int = 0) -> list[tuple[str, str, str]]:
-    return [(f"person{i}@example.com", f"Name{i}", f"{i * 10}.50") for i in range(start, start + n)]
 
 
 @dataclass
@@ -94,12 +90,6 @@ def story(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Story]:
         else f"duckdb:///{tmp_path / 'shop.duckdb'}"
     )
     yield from _story(tmp_path, warehouse, f"sqlite:///{tmp_path / 'state.db'}")
-
-
-def members_of(rows: list[tuple[str, str, str]]) -> dict[str, dict[str, Any]]:
-    return {
-        email: {"email": email, "first_name": name, "ltv": float(ltv)} for email, name, ltv in rows
-    }
 
 
 def test_first_no_change_and_churn_runs(story: Story) -> None:
