@@ -9,7 +9,8 @@ queries, not open cursors, so state can be committed between them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,33 +118,32 @@ class Staging:
         json_each(?) per chunk, and a reader thread overlapping the inserts (the GIL is
         handed back and forth once per row).
         """
-        raw: Any = self.conn.connection.driver_connection
-        marks = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
-        sql = f"INSERT INTO {STAGE} VALUES ({', '.join([marks] * 5)})"
-        copy_cm = None
-        copy: Any = None
-        cursor: Any = None
-        if self.dialect == "postgresql":
-            cursor = raw.cursor()
-            copy_cm = cursor.copy(f"COPY {STAGE} FROM STDIN")
-            copy = copy_cm.__enter__()
-        try:
+        with ExitStack() as stack:
+            write = self._writer(stack)
             for chunk in chunks:
                 self.loaded += len(chunk)
                 self.invalid_loaded += sum(1 for row in chunk if row[4] is not None)
-                if copy is not None:
-                    for row in chunk:
-                        copy.write_row(row)
-                elif chunk:
-                    self.conn.exec_driver_sql(sql, list(chunk))
-        except BaseException as exc:
-            if copy_cm is not None:
-                copy_cm.__exit__(type(exc), exc, exc.__traceback__)
-                cursor.close()
-            raise
-        if copy_cm is not None:
-            copy_cm.__exit__(None, None, None)
-            cursor.close()
+                if chunk:
+                    write(chunk)
+
+    def _writer(self, stack: ExitStack) -> Callable[[Sequence[StagedRow]], None]:
+        if self.dialect == "postgresql":
+            raw: Any = self.conn.connection.driver_connection
+            cursor = stack.enter_context(raw.cursor())
+            copy = stack.enter_context(cursor.copy(f"COPY {STAGE} FROM STDIN"))
+
+            def copy_rows(chunk: Sequence[StagedRow]) -> None:
+                for row in chunk:
+                    copy.write_row(row)
+
+            return copy_rows
+        marks = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
+        sql = f"INSERT INTO {STAGE} VALUES ({', '.join([marks] * 5)})"
+
+        def insert_rows(chunk: Sequence[StagedRow]) -> None:
+            self.conn.exec_driver_sql(sql, list(chunk))
+
+        return insert_rows
 
     def finalize(self, key_column: str) -> None:
         """Index the snapshot (covering the diff) and mark every row of a duplicated key invalid."""
