@@ -98,20 +98,7 @@ def plan_table(result: PlanResult) -> None:
     stdout.print("nothing was sent and no state was changed.")
 
 
-_RUN_COLUMNS = (
-    "id",
-    "sync",
-    "status",
-    "trigger",
-    "started_at",
-    "added",
-    "removed",
-    "updated",
-    "unchanged",
-    "invalid",
-    "rejected",
-    "failed",
-)
+_RUN_COLUMNS = ("id", "sync", "status", "trigger", "started_at", *_COUNTS)
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
@@ -124,26 +111,8 @@ def runs_table(rows: list[dict[str, Any]]) -> None:
 
 
 def run_detail(detail: dict[str, Any]) -> None:
-    for key in (
-        "id",
-        "sync",
-        "status",
-        "mode",
-        "trigger",
-        "started_at",
-        "finished_at",
-        "host",
-        "pid",
-        "source_rows",
-        "added",
-        "removed",
-        "updated",
-        "unchanged",
-        "invalid",
-        "rejected",
-        "failed",
-        "message",
-    ):
+    head = ("id", "sync", "status", "mode", "trigger", "started_at", "finished_at", "host", "pid")
+    for key in (*head, "source_rows", *_COUNTS, "message"):
         if detail.get(key) is not None:
             stdout.print(f"{key:>12}: {detail[key]}")
     outcomes = Table(title="outcomes", title_justify="left")
