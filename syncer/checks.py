@@ -41,7 +41,10 @@ def _check_sync(
         _step(steps, "query", f"ok: {len(staged)} sample rows, {invalid} invalid")
         context = SyncContext(definition.name, definition.mode, tuple(sorted(definition.fields)))
         with make_client(settings.http_timeout, transport) as http:
-            sync.connector_cls(sync.connector_config, context, http).check()
+            connector = sync.connector_cls(sync.connector_config, context, http)
+            http.classifier = connector.classify
+            http.secrets = connector.secret_values()
+            connector.check()
         _step(steps, "destination", "ok")
     except SyncerError as exc:
         _step(steps, "error", str(exc))

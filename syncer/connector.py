@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
@@ -146,6 +147,11 @@ class Connector:
         self.config = config
         self.context = context
         self.http = http
+        self.pause: Callable[[float], bool] = _plain_pause
+        """Wait ``seconds`` between polls of a vendor's async job; False means stop now.
+
+        The engine replaces it with its own clock and stop event, so a connector polling a job
+        never sleeps behind the engine's back and tests never wait in real time."""
 
     @property
     def batch_size(self) -> int:
@@ -202,6 +208,11 @@ class Connector:
         found: list[str] = []
         _collect_secrets(self.config, found)
         return tuple(dict.fromkeys(s for s in found if s))
+
+
+def _plain_pause(seconds: float) -> bool:
+    threading.Event().wait(max(0.0, seconds))
+    return True
 
 
 def effective_limits(connector: Connector | type[Connector]) -> tuple[list[RateLimit], int]:

@@ -211,6 +211,13 @@ class SyncEngine:
             account, rates, concurrency, registry=self._limiters, clock=self.clock, sleep=self.sleep
         )
 
+    def _pause(self, seconds: float) -> bool:
+        """A connector's wait between job polls, on the engine's clock; False once stopping."""
+        if self.stop.is_set():
+            return False
+        self.sleep(max(0.0, seconds))
+        return not self.stop.is_set()
+
     @property
     def state(self) -> Engine:
         return state_engine(self.settings.state_url.get_secret_value())
@@ -462,6 +469,7 @@ class SyncEngine:
             self.settings.http_timeout, self.transport, max_wait=self.settings.max_retry_after
         ) as http:
             connector = sync.connector_cls(sync.connector_config, context, http)
+            connector.pause = self._pause
             http.classifier = connector.classify
             rates, concurrency = effective_limits(connector)
             http.limiter = self._limiter(connector.account_key(), rates, concurrency)

@@ -1,0 +1,167 @@
+"""A base for connectors that speak a vendor's JSON-over-HTTPS API.
+
+It owns what every such connector repeats: the overridable ``base_url`` (sandboxes, EU data
+centres, proxies, tests), auth headers, one ``request`` call that goes through the engine's
+:class:`~syncer.http.DestinationClient` (rate limiter, classification, secret scrubbing), a
+tolerant JSON reader, vendor reasons made safe for the audit log, and the hook for a vendor's
+rate-limit headers. Subclasses keep only payload shapes and response parsing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import ConfigDict, Field, field_validator
+
+from syncer.connector import Connector, ConnectorConfig, Record
+from syncer.errors import BatchRejected, ConfigError, TransientError
+from syncer.http import DestinationClient, describe_host, raise_for_action, scrub, transport_error
+
+REASON_LIMIT = 200
+
+
+class RestConfig(ConnectorConfig):
+    """Settings every vendor connector has; subclasses add account, list and token fields."""
+
+    # Tokens may be pasted by mistake: keep raw input out of pydantic's error text.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    #: None: the connector's ``default_base_url``.
+    base_url: str | None = None
+    #: Seconds per request; None: the engine's SYNCER_HTTP_TIMEOUT.
+    timeout: float | None = Field(default=None, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("base_url must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+
+class RestConnector(Connector):
+    """Connector over a JSON HTTP API. Set ``default_base_url``; override ``auth_headers``."""
+
+    default_base_url: ClassVar[str] = ""
+
+    @property
+    def base_url(self) -> str:
+        configured = getattr(self.config, "base_url", None)
+        return str(configured or self.default_base_url).rstrip("/")
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers carrying the credentials (values are kept out of every message)."""
+        return {}
+
+    def default_headers(self) -> dict[str, str]:
+        """Headers every request carries besides auth (API version headers and the like)."""
+        return {}
+
+    def account_key(self) -> str:
+        """Connector name, API host and the account-identifying settings (never a secret)."""
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        return f"{self.name}:{host}:{self.account_id()}"
+
+    def account_id(self) -> str:
+        """What tells two accounts on one API host apart for rate limiting; override it when
+        the config names the account (a Braze instance, a Salesforce org). The default is a
+        digest of the token, so syncs with the same credentials share one limiter."""
+        return super().account_key().rsplit(":", 1)[-1]
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """One request; returns only an answer the HTTP layer accepted, raises syncer errors
+        (AuthError, RateLimited, TransientError, BatchRejected, ConfigError) otherwise."""
+        all_headers = {**self.default_headers(), **self.auth_headers(), **(headers or {})}
+        kwargs: dict[str, Any] = {"headers": all_headers}
+        if json_body is not None:
+            kwargs["content"] = json.dumps(json_body, separators=(",", ":"), default=str).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        elif content is not None:
+            kwargs["content"] = content
+        if params:
+            kwargs["params"] = {k: v for k, v in params.items() if v is not None}
+        timeout = getattr(self.config, "timeout", None)
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        request = self.http.build_request(method, self.url(path), **kwargs)
+        try:
+            response = self.http.send(request, follow_redirects=False)
+        except httpx.RequestError as exc:  # only a plain client lets these through
+            raise transport_error(exc, request) from None
+        if not isinstance(self.http, DestinationClient):
+            raise_for_action(response, secrets=self.secret_values(), action=self.classify(response))
+        self.read_rate_limit_headers(response)
+        return response
+
+    def read_rate_limit_headers(self, response: httpx.Response) -> None:
+        """Look at the vendor's rate-limit headers on an accepted answer; call ``slow_down``
+        when they say the window is spent. Default: nothing to read."""
+
+    def slow_down(self, seconds: float) -> None:
+        """Hold every request to this account for ``seconds`` (the vendor said so without
+        a 429). Works through the engine's limiter; a plain client has none."""
+        limiter = getattr(self.http, "limiter", None)
+        if limiter is not None and seconds > 0:
+            limiter.cool_down(min(seconds, float(getattr(self.http, "max_wait", 300.0))))
+
+    def json(self, response: httpx.Response) -> Any:
+        """The body as JSON; an empty body is None. A 2xx with a body we cannot read is a
+        transient failure: we cannot tell what the vendor accepted, so nothing advances."""
+        if not response.content.strip():
+            return None
+        try:
+            return json.loads(response.content)
+        except (ValueError, UnicodeDecodeError):
+            host = describe_host(response.request)
+            raise TransientError(
+                f"HTTP {response.status_code} from {host}: unreadable JSON body"
+            ) from None
+
+    def probe(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """A ``check()`` call: a 4xx (other than auth, which is AuthError) means the setting
+        named ``what`` is wrong, so it becomes a ConfigError that names it."""
+        try:
+            return self.request(method, path, **kwargs)
+        except BatchRejected as exc:
+            raise ConfigError(f"{self.name}: {what}: {exc}") from None
+
+    def reason(self, text: Any, records: Iterable[Record] = ()) -> str:
+        """A vendor's reason, fit for the audit log: no secrets, no record keys or values,
+        no emails or phone numbers, one line of at most 200 characters."""
+        hidden = [*self.secret_values(), *record_text(records)]
+        return scrub(str(text), secrets=hidden, limit=REASON_LIMIT) or "rejected"
+
+
+def record_text(records: Iterable[Record]) -> list[str]:
+    """Keys and string field values of ``records``: record data never goes into messages."""
+    found: list[str] = []
+    for record in records:
+        found.append(record.key)
+        found += [v for v in record.fields.values() if isinstance(v, str)]
+    return found
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` cut into pieces of at most ``size`` (for vendors with a smaller sub-limit)."""
+    return [items[i : i + size] for i in range(0, len(items), max(1, size))]

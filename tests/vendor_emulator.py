@@ -1,0 +1,204 @@
+"""A base for local servers that emulate a vendor API and keep its state, for end-to-end tests.
+
+A subclass declares routes and keeps whatever the vendor keeps (contacts, lists, ids, jobs):
+
+    class FakeHubSpot(VendorEmulator):
+        routes = [("POST", r"/crm/v3/objects/contacts/batch/upsert", "upsert")]
+
+        def upsert(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+            ...
+            return Reply(207, {"results": [...], "errors": [...]})
+
+``with FakeHubSpot() as vendor:`` serves it on 127.0.0.1 (``vendor.url`` is the base_url for the
+mapping). Every request is kept in ``vendor.requests`` (as :class:`CapturedRequest`, for contract
+checks) and handled under one lock, so handlers need no locking of their own.
+``vendor.fail_next(r"/batch/upsert", Reply(429, ..., headers={"Retry-After": "1"}))`` answers the
+next matching request with that reply instead of handling it (a 429, a 500, a timeout-like delay).
+
+``SyncRun`` wires one mapping, a SQLite warehouse table and a state database to the real CLI.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tests.contract import CapturedRequest
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None  # JSON-encoded unless bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering
+
+    def encoded(self) -> bytes:
+        if self.body is None:
+            return b""
+        if isinstance(self.body, bytes):
+            return self.body
+        return json.dumps(self.body).encode()
+
+
+class VendorEmulator:
+    """Subclass it: set ``routes`` to (method, path regex, handler method name) triples."""
+
+    routes: ClassVar[list[tuple[str, str, str]]] = []
+
+    def __init__(self) -> None:
+        self.requests: list[CapturedRequest] = []
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.lock = threading.RLock()
+        self._faults: list[tuple[re.Pattern[str], str | None, Reply]] = []
+        self._compiled = [(m, re.compile(p + r"$"), h) for m, p, h in self.routes]
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- scripting ----------------------------------------------------------------------
+
+    def fail_next(
+        self, path: str, reply: Reply, *, method: str | None = None, times: int = 1
+    ) -> None:
+        """Answer the next ``times`` requests whose path matches ``path`` with ``reply``."""
+        with self.lock:
+            for _ in range(times):
+                self._faults.append((re.compile(path), method, reply))
+
+    def pending_faults(self) -> int:
+        with self.lock:
+            return len(self._faults)
+
+    def requests_to(self, path: str, method: str | None = None) -> list[CapturedRequest]:
+        pattern = re.compile(path)
+        with self.lock:
+            return [
+                r
+                for r in self.requests
+                if pattern.search(r.url.split("?", 1)[0]) and (method is None or r.method == method)
+            ]
+
+    # -- serving ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "use the emulator as a context manager"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> VendorEmulator:
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                captured = CapturedRequest(
+                    self.command, self.path, {k: v for k, v in self.headers.items()}, body
+                )
+                reply = emulator.dispatch(captured)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                data = reply.encoded()
+                self.send_response(reply.status)
+                headers = {"Content-Type": "application/json", **reply.headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def dispatch(self, req: CapturedRequest) -> Reply:
+        path = req.url.split("?", 1)[0]
+        with self.lock:
+            self.requests.append(req)
+            for i, (pattern, method, reply) in enumerate(self._faults):
+                if pattern.search(path) and (method is None or method == req.method):
+                    del self._faults[i]
+                    self.statuses[reply.status] += 1
+                    return reply
+            for method, pattern, handler in self._compiled:
+                match = pattern.match(path)
+                if match and method == req.method:
+                    reply = getattr(self, handler)(req, match)
+                    self.statuses[reply.status] += 1
+                    return reply
+            self.statuses[404] += 1
+            return Reply(404, {"message": f"no route for {req.method} {path}"})
+
+
+@dataclass
+class SyncRun:
+    """One sync through the real CLI: a mapping file, a SQLite warehouse table, a state db.
+
+    ``mapping`` is the whole YAML text; it should read ``select ... from segment``.
+    """
+
+    root: Path
+    mapping: str
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    table: str = "segment"
+
+    def __post_init__(self) -> None:
+        self.mappings = self.root / "mappings"
+        self.mappings.mkdir(parents=True, exist_ok=True)
+        (self.mappings / f"{self.name}.yaml").write_text(self.mapping, encoding="utf-8")
+        self.warehouse = f"sqlite:///{self.root / 'warehouse.db'}"
+        self.env = {
+            "SYNCER_WAREHOUSE_URL": self.warehouse,
+            "SYNCER_STATE_URL": f"sqlite:///{self.root / 'state.db'}",
+            "SYNCER_MAPPINGS_DIR": str(self.mappings),
+            **self.env,
+        }
+
+    def segment(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        from tests.conftest import write_table
+
+        write_table(self.warehouse, self.table, columns, rows)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCER_")}
+        env.update(self.env)
+        return subprocess.run(
+            [sys.executable, "-m", "syncer", *args],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def sync(self, *args: str) -> tuple[int, dict[str, Any]]:
+        """``sync now NAME --json``: (exit code, the run's JSON document)."""
+        proc = self.cli("sync", "now", self.name, "--json", *args)
+        assert proc.stdout.strip(), proc.stderr
+        doc = json.loads(proc.stdout)
+        return proc.returncode, doc
