@@ -1,0 +1,352 @@
+"""HubSpot CRM: contacts batch upsert and static-list (lists v3) membership.
+
+Contacts are upserted by a unique property (``email`` by default) through
+``POST /crm/v3/objects/contacts/batch/upsert``, 100 inputs a call. HubSpot lists take record
+ids, not emails, so the upsert's ``results[].id`` is kept as the record's ``destination_id``;
+list adds use it straight away and a later removal sends the stored id, never a search.
+
+Per-record outcomes come from the 207 multi-status body (``errors[].context.ids`` names the
+inputs that failed) and from ``recordIdsMissing`` of the membership answer. List membership
+calls ignore records that are already members (or, on removal, already gone), which is the
+idempotence the engine needs when it re-sends a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record, SyncContext
+from syncer.errors import BatchRejected, ConfigError
+from syncer.http import Action
+from syncer.ratelimit import RateLimit
+from syncer.rest import RestConfig, RestConnector, chunks
+
+MAX_BATCH = 100  # HubSpot's v3 batch limit (reference: standard, not in the spec)
+DEFAULT_INTERVAL = 10.0  # seconds; the documented window when the header is absent
+DAILY_COOL_DOWN = 300.0  # the daily quota resets at the account's midnight: wait long
+Tier = Literal["starter", "professional", "enterprise", "limit_increase", "public_app"]
+#: Published limits per tier: requests per 10 s (per app) and per day (per account).
+TIER_LIMITS: Mapping[str, tuple[RateLimit, ...]] = {
+    "starter": (RateLimit(100, 10), RateLimit(250_000, 86_400)),
+    "professional": (RateLimit(190, 10), RateLimit(625_000, 86_400)),
+    "enterprise": (RateLimit(190, 10), RateLimit(1_000_000, 86_400)),
+    "limit_increase": (RateLimit(250, 10), RateLimit(2_000_000, 86_400)),
+    "public_app": (RateLimit(110, 10),),
+}
+
+
+class HubSpotConfig(RestConfig):
+    """Settings of the ``hubspot`` destination."""
+
+    #: Private-app (or OAuth) access token, sent as ``Authorization: Bearer``.
+    token: SecretStr
+    #: ILS list id of a MANUAL or SNAPSHOT contact list; needed for membership and mirror.
+    list_id: str | None = None
+    #: Unique contact property the upsert matches on.
+    id_property: str = "email"
+    #: Mapping field holding the id property's value; None: the sync key.
+    id_field: str | None = None
+    #: ``v3`` for ``/crm/v3/...`` or a date version such as ``2026-03``.
+    api_version: str = "v3"
+    #: Account tier: picks the published request limits.
+    tier: Tier = "starter"
+    #: Record ids per membership call (HubSpot publishes no maximum).
+    membership_chunk_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+    batch_size: int | None = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+
+    @field_validator("api_version")
+    @classmethod
+    def _version_shape(cls, value: str) -> str:
+        if not value.replace("-", "").isalnum():
+            raise ValueError("api_version must look like v3 or 2026-03")
+        return value
+
+    @field_validator("id_property")
+    @classmethod
+    def _not_object_id(cls, value: str) -> str:
+        if value == "hs_object_id":  # HubSpot refuses it as idProperty (non-unique 0-2)
+            raise ValueError("hs_object_id cannot be an id_property; use email or a unique one")
+        return value
+
+
+class HubSpotConnector(RestConnector):
+    """HubSpot contacts upsert plus lists v3 membership by record id."""
+
+    name: ClassVar[str] = "hubspot"
+    description: ClassVar[str] = "HubSpot CRM: contacts batch upsert, static list membership"
+    config_model: ClassVar[type[ConnectorConfig]] = HubSpotConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        modes=frozenset({"membership", "upsert", "mirror"}), max_batch_size=MAX_BATCH
+    )
+    default_base_url: ClassVar[str] = "https://api.hubapi.com"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = TIER_LIMITS["starter"]
+    max_concurrency: ClassVar[int] = 4
+
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        # The limits depend on the account's tier; the engine reads them from the instance.
+        setattr(self, "rate_limits", TIER_LIMITS[self.settings.tier])  # noqa: B010
+
+    @property
+    def settings(self) -> HubSpotConfig:
+        if not isinstance(self.config, HubSpotConfig):
+            raise ConfigError("hubspot connector needs a HubSpotConfig")
+        return self.config
+
+    # -- paths and headers --------------------------------------------------------------
+
+    def _crm(self, group: str, tail: str) -> str:
+        """``/crm/v3/{group}{tail}`` or the date-versioned ``/crm/{group}/{version}{tail}``."""
+        version = self.settings.api_version
+        if version == "v3":
+            return f"/crm/v3/{group}{tail}"
+        return f"/crm/{group}/{version}{tail}"
+
+    @property
+    def contacts_path(self) -> str:
+        return self._crm("objects", "/contacts")
+
+    def list_path(self, rest: str = "") -> str:
+        return self._crm("lists", f"/{self.settings.list_id}{rest}")
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.token.get_secret_value()}"}
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Accept": "application/json"}
+
+    def account_id(self) -> str:
+        """A digest of the token: HubSpot counts per app and account, not per list, so
+        syncs to several lists with one token share one limiter."""
+        token = self.settings.token.get_secret_value().encode("utf-8")
+        return hashlib.sha256(token).hexdigest()[:16]
+
+    # -- contract -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self.context.mode in ("membership", "mirror") and not self.settings.list_id:
+            raise ConfigError(f"hubspot: list_id is required in {self.context.mode} mode")
+
+    def check(self) -> None:
+        """Read the list (or one contact without a list): a 401 is AuthError, a 404 a
+        ConfigError naming list_id, a network problem TransientError."""
+        self.open()
+        if not self.settings.list_id:
+            self.probe("GET", self.contacts_path, "token", params={"limit": 1})
+            return
+        response = self.probe("GET", self.list_path(), "list_id")
+        body = self.json(response)
+        info = body.get("list", body) if isinstance(body, dict) else {}
+        kind = info.get("processingType") if isinstance(info, dict) else None
+        if kind not in (None, "MANUAL", "SNAPSHOT"):
+            raise ConfigError(
+                f"hubspot: list_id: list is {kind}; only MANUAL or SNAPSHOT lists take members"
+            )
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        result, ids = self._upsert(records)
+        if self.settings.list_id:
+            self._membership("add", ids, records, result)
+        return result
+
+    def update(self, records: Sequence[Record]) -> BatchResult:
+        return self._upsert(records)[0]
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        result = BatchResult(records)
+        if not self.settings.list_id:
+            raise ConfigError("hubspot: removing needs list_id")
+        ids: dict[str, str] = {}
+        for record in records:
+            if record.destination_id:
+                ids[record.key] = record.destination_id
+            else:
+                result.reject(record.key, "no HubSpot record id stored for this member")
+        self._membership("remove", ids, records, result)
+        return result
+
+    # -- rate limits --------------------------------------------------------------------
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """A 429 without Retry-After holds the account for the window HubSpot reports."""
+        if response.status_code == 429 and "Retry-After" not in response.headers:
+            self.slow_down(self._interval(response))
+        return None
+
+    def read_rate_limit_headers(self, response: httpx.Response) -> None:
+        """``X-HubSpot-RateLimit-Remaining: 0`` spends the 10 s window; a spent daily quota
+        holds the account for the longest wait the engine allows."""
+        headers = response.headers
+        if _int(headers.get("X-HubSpot-RateLimit-Daily-Remaining")) == 0:
+            self.slow_down(DAILY_COOL_DOWN)
+        if _int(headers.get("X-HubSpot-RateLimit-Remaining")) == 0:
+            self.slow_down(self._interval(response))
+
+    @staticmethod
+    def _interval(response: httpx.Response) -> float:
+        millis = _int(response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
+        return millis / 1000.0 if millis and millis > 0 else DEFAULT_INTERVAL
+
+    # -- upsert -------------------------------------------------------------------------
+
+    def _id_value(self, record: Record) -> str:
+        field = self.settings.id_field
+        raw = record.fields.get(field) if field else record.key
+        value = "" if raw is None else str(raw).strip()
+        return value.lower() if self.settings.id_property == "email" else value
+
+    def _upsert(self, records: Sequence[Record]) -> tuple[BatchResult, dict[str, str]]:
+        """Upsert ``records``; returns the outcomes and key -> HubSpot record id of those
+        that were accepted. Inputs resolving to one id value go once (HubSpot refuses the
+        whole batch otherwise) and all of them get its record id."""
+        result = BatchResult(records)
+        by_value: dict[str, list[Record]] = {}
+        for record in records:
+            value = self._id_value(record)
+            if not value:
+                result.reject(record.key, f"no value for {self.settings.id_property}")
+                continue
+            by_value.setdefault(value, []).append(record)
+        if not by_value:
+            return result, {}
+        values = list(by_value)
+        inputs = [
+            {
+                "idProperty": self.settings.id_property,
+                "id": value,
+                "properties": _properties(by_value[value][0].fields),
+                "objectWriteTraceId": str(index),
+            }
+            for index, value in enumerate(values)
+        ]
+        response = self.request(
+            "POST", f"{self.contacts_path}/batch/upsert", json_body={"inputs": inputs}
+        )
+        body = self.json(response)
+        body = body if isinstance(body, dict) else {}
+        found: dict[str, str] = {}
+        for item in _dicts(body.get("results")):
+            answered = _result_value(item, values, self.settings.id_property)
+            if answered is not None and item.get("id") is not None:
+                found[answered] = str(item["id"])
+        failed: dict[str, str] = {}
+        for error in _dicts(body.get("errors")):
+            for value in _error_values(error, values):
+                failed.setdefault(value, _error_text(error))
+        ids: dict[str, str] = {}
+        for value, group in by_value.items():
+            for record in group:
+                if value in found:
+                    ids[record.key] = found[value]
+                    result.accept(record.key, found[value])
+                elif value in failed:
+                    result.reject(record.key, self.reason(failed[value], group))
+                else:
+                    result.fail(record.key, "HubSpot answered without a result for this record")
+        return result, ids
+
+    # -- lists --------------------------------------------------------------------------
+
+    def _membership(
+        self,
+        action: Literal["add", "remove"],
+        ids: Mapping[str, str],
+        records: Sequence[Record],
+        result: BatchResult,
+    ) -> None:
+        """PUT the record ids to ``memberships/add|remove``. Already-members (add) and absent
+        records (remove) are ignored by HubSpot: both count as done. A record id HubSpot
+        reports missing on add cannot become a member and is rejected."""
+        keys_by_id: dict[str, list[str]] = {}
+        for key, record_id in ids.items():
+            keys_by_id.setdefault(record_id, []).append(key)
+        by_key = {r.key: r for r in records}
+        for chunk in chunks(list(keys_by_id), self.settings.membership_chunk_size):
+            try:
+                response = self.request(
+                    "PUT", self.list_path(f"/memberships/{action}"), json_body=list(chunk)
+                )
+            except BatchRejected as exc:
+                # The ids came from HubSpot itself: a refusal means the list is wrong (a
+                # DYNAMIC list, another object type), which no halving of the batch fixes.
+                raise ConfigError(f"hubspot: list_id: membership {action} refused: {exc}") from None
+            body = self.json(response)
+            missing = body.get("recordIdsMissing") if isinstance(body, dict) else None
+            if action == "remove" or not isinstance(missing, list):
+                continue
+            for record_id in map(str, missing):
+                for key in keys_by_id.get(record_id, []):
+                    result.reject(
+                        key,
+                        self.reason(
+                            "HubSpot list: record id not found (recordIdsMissing)", [by_key[key]]
+                        ),
+                    )
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _properties(fields: Mapping[str, Any]) -> dict[str, str]:
+    """HubSpot properties are strings; None clears a property (an empty string)."""
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        if value is None:
+            out[name] = ""
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _result_value(item: Mapping[str, Any], values: Sequence[str], id_property: str) -> str | None:
+    """Which input a result answers: our trace id first, else the id property's value."""
+    trace = item.get("objectWriteTraceId")
+    if isinstance(trace, str) and trace.isdigit() and int(trace) < len(values):
+        return values[int(trace)]
+    props = item.get("properties")
+    if isinstance(props, dict) and props.get(id_property) is not None:
+        wanted = str(props[id_property]).strip()
+        for value in values:
+            if value == wanted or value.lower() == wanted.lower():
+                return value
+    return None
+
+
+def _error_values(error: Mapping[str, Any], values: Sequence[str]) -> list[str]:
+    """Inputs an ``errors[]`` item is about: ``context.ids`` (id values) or our trace id."""
+    context = error.get("context")
+    context = context if isinstance(context, dict) else {}
+    lowered = {v.lower(): v for v in values}
+    hits: list[str] = []
+    for raw in context.get("ids") or []:
+        value = lowered.get(str(raw).strip().lower())
+        if value is not None:
+            hits.append(value)
+    for raw in [error.get("objectWriteTraceId"), *(context.get("objectWriteTraceId") or [])]:
+        if isinstance(raw, str) and raw.isdigit() and int(raw) < len(values):
+            hits.append(values[int(raw)])
+    return hits
+
+
+def _error_text(error: Mapping[str, Any]) -> str:
+    """``CATEGORY: message`` plus the first detail's property name, as HubSpot gave them."""
+    parts = [str(error.get("category") or "error"), str(error.get("message") or "")]
+    details = _dicts(error.get("errors"))
+    if details and details[0].get("in"):
+        parts.append(f"(property {details[0]['in']})")
+    return " ".join(p for p in (f"{parts[0]}:", *parts[1:]) if p)

@@ -1,0 +1,386 @@
+"""Salesforce: Contact or Lead upsert by external id, and CampaignMember membership.
+
+Records are upserted through sObject Collections
+(``PATCH /services/data/vXX.X/composite/sobjects/{SObject}/{ExternalIdField}``, ``allOrNone``
+false, up to 200 records, answered in order with one ``{id, success, errors, created}`` each).
+Membership is a CampaignMember per record: inserted with the id the upsert returned, and
+deleted by its own id, so ``destination_id`` is ``"<contact or lead id>:<CampaignMember id>"``
+once the record is a member (just the contact or lead id while it is not). Removal therefore
+never queries. A ``DUPLICATE_VALUE`` on insert means "already a member": success; its member id
+is resolved with one SOQL query for those duplicates only.
+
+Core REST signals a spent daily allocation as HTTP 403 ``REQUEST_LIMIT_EXCEEDED``, which is
+rate limiting rather than bad credentials (see ``classify``); ``Sforce-Limit-Info`` is read on
+every answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record
+from syncer.errors import ConfigError
+from syncer.http import Action
+from syncer.ratelimit import RateLimit
+from syncer.rest import RestConfig, RestConnector
+
+MAX_BATCH = 200  # sObject Collections limit per request
+QUOTA_COOL_DOWN = 300.0  # the allocation is a rolling 24 h: hold for the longest allowed wait
+#: Delete errors that mean the CampaignMember is already gone: the goal is met.
+GONE = frozenset({"ENTITY_IS_DELETED"})
+_SFID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+
+
+class SalesforceConfig(RestConfig):
+    """Settings of the ``salesforce`` destination."""
+
+    #: The org's instance URL (``https://yourorg.my.salesforce.com``).
+    base_url: str
+    #: OAuth 2.0 access token, sent as ``Authorization: Bearer``.
+    access_token: SecretStr
+    #: REST API version without the ``v``; sObject Collections upsert needs 46.0 or later.
+    api_version: str = "53.0"
+    sobject: Literal["Contact", "Lead"] = "Contact"
+    #: External-ID field the upsert matches on (e.g. ``Warehouse_Id__c``).
+    external_id_field: str
+    #: Mapping field holding the external id value; None: the sync key.
+    external_id_source: str | None = None
+    #: Campaign whose members this sync manages; needed for membership and mirror.
+    campaign_id: str | None = None
+    #: CampaignMember ``Status`` for new members; None: the campaign's default status.
+    member_status: str | None = None
+    batch_size: int | None = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+
+    @field_validator("api_version")
+    @classmethod
+    def _version_shape(cls, value: str) -> str:
+        value = value.removeprefix("v")
+        if not re.fullmatch(r"\d{2,3}\.\d", value) or float(value) < 46:
+            raise ValueError("api_version must look like 53.0 and be at least 46.0")
+        return value
+
+    @field_validator("external_id_field")
+    @classmethod
+    def _field_name(cls, value: str) -> str:
+        if not _API_NAME.fullmatch(value) or value == "Id":
+            raise ValueError("external_id_field must be an external-ID field's API name, not Id")
+        return value
+
+    @field_validator("campaign_id")
+    @classmethod
+    def _campaign_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _SFID.fullmatch(value):
+            raise ValueError("campaign_id must be a 15 or 18 character Salesforce id")
+        return value
+
+
+class SalesforceConnector(RestConnector):
+    """Salesforce Contact/Lead upsert plus CampaignMember insert/delete."""
+
+    name: ClassVar[str] = "salesforce"
+    description: ClassVar[str] = (
+        "Salesforce: Contact/Lead upsert by external id, campaign membership"
+    )
+    config_model: ClassVar[type[ConnectorConfig]] = SalesforceConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        modes=frozenset({"membership", "upsert", "mirror"}), max_batch_size=MAX_BATCH
+    )
+    # No per-second limit; the daily allocation is per org and read from Sforce-Limit-Info.
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+    # Long-running requests (20 s or more) are capped at 5 per Developer/Trial org, 25 else.
+    max_concurrency: ClassVar[int] = 5
+
+    @property
+    def settings(self) -> SalesforceConfig:
+        if not isinstance(self.config, SalesforceConfig):
+            raise ConfigError("salesforce connector needs a SalesforceConfig")
+        return self.config
+
+    @property
+    def api(self) -> str:
+        return f"/services/data/v{self.settings.api_version}"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Accept": "application/json"}
+
+    def account_id(self) -> str:
+        """The instance host names the org; a refreshed token must not get a new limiter."""
+        return "org"
+
+    # -- contract -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self.context.mode in ("membership", "mirror") and not self.settings.campaign_id:
+            raise ConfigError(f"salesforce: campaign_id is required in {self.context.mode} mode")
+        if "Id" in self.context.field_names:
+            raise ConfigError("salesforce: do not map a field called Id (upsert by external id)")
+
+    def check(self) -> None:
+        """Describe the sObject (the token, version and external-ID field) and read the
+        campaign: 401 is AuthError, a wrong setting a ConfigError naming it, a network
+        failure TransientError."""
+        self.open()
+        cfg = self.settings
+        response = self.probe(
+            "GET", f"{self.api}/sobjects/{cfg.sobject}/describe", "api_version/sobject"
+        )
+        body = self.json(response)
+        fields = body.get("fields") if isinstance(body, dict) else None
+        if isinstance(fields, list):
+            named = {f.get("name"): f for f in fields if isinstance(f, dict)}
+            found = named.get(cfg.external_id_field)
+            if found is None or not (found.get("externalId") or found.get("idLookup")):
+                raise ConfigError(
+                    f"salesforce: external_id_field: {cfg.sobject} has no external-ID field "
+                    f"{cfg.external_id_field}"
+                )
+        if cfg.campaign_id:
+            self.probe(
+                "GET",
+                f"{self.api}/sobjects/Campaign/{cfg.campaign_id}",
+                "campaign_id",
+                params={"fields": "Id"},
+            )
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        result, ids = self._upsert(records)
+        if self.settings.campaign_id and ids:
+            self._add_members(ids, records, result)
+        return result
+
+    def update(self, records: Sequence[Record]) -> BatchResult:
+        return self._upsert(records)[0]
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        """DELETE the stored CampaignMember ids; the contact or lead itself stays."""
+        result = BatchResult(records)
+        members: dict[str, Record] = {}
+        for record in records:
+            member = _member_id(record.destination_id)
+            if member is None:
+                result.reject(record.key, "no CampaignMember id stored for this member")
+            else:
+                members[member] = record
+        if not members:
+            return result
+        response = self.request(
+            "DELETE",
+            f"{self.api}/composite/sobjects",
+            params={"ids": ",".join(members), "allOrNone": "false"},
+        )
+        items = _items(self.json(response))
+        by_id = {str(i.get("id")): i for i in items if i.get("id")}
+        for index, (member, record) in enumerate(members.items()):
+            item = by_id.get(member) or (items[index] if index < len(items) else None)
+            if item is None:
+                result.fail(record.key, "Salesforce answered without a result for this member")
+            elif not item.get("success") and not (_codes(item) & GONE):
+                result.reject(record.key, self.reason(_errors_text(item), [record]))
+        return result
+
+    # -- rate limits --------------------------------------------------------------------
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """403 ``REQUEST_LIMIT_EXCEEDED`` is the org's allocation, not the credentials."""
+        if response.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in _error_codes(response):
+            return Action.RATE_LIMITED
+        return None
+
+    def read_rate_limit_headers(self, response: httpx.Response) -> None:
+        """``Sforce-Limit-Info: api-usage=used/allowed``: a spent allocation holds the org."""
+        match = _USAGE.search(response.headers.get("Sforce-Limit-Info", ""))
+        if match and int(match[1]) >= int(match[2]) > 0:
+            self.slow_down(QUOTA_COOL_DOWN)
+
+    # -- upsert -------------------------------------------------------------------------
+
+    def _external_id(self, record: Record) -> str:
+        source = self.settings.external_id_source
+        raw = record.fields.get(source) if source else record.key
+        return "" if raw is None else str(raw).strip()
+
+    def _upsert(self, records: Sequence[Record]) -> tuple[BatchResult, dict[str, str]]:
+        """Upsert by external id; returns outcomes and key -> contact/lead id of those
+        accepted. Records sharing an external id go once (one record in Salesforce)."""
+        cfg = self.settings
+        result = BatchResult(records)
+        groups: dict[str, list[Record]] = {}
+        for record in records:
+            value = self._external_id(record)
+            if not value:
+                result.reject(record.key, f"no value for {cfg.external_id_field}")
+            else:
+                groups.setdefault(value, []).append(record)
+        if not groups:
+            return result, {}
+        body = {
+            "allOrNone": False,
+            "records": [
+                {
+                    "attributes": {"type": cfg.sobject},
+                    **{k: v for k, v in group[0].fields.items() if k != "Id"},
+                    cfg.external_id_field: value,
+                }
+                for value, group in groups.items()
+            ],
+        }
+        response = self.request(
+            "PATCH",
+            f"{self.api}/composite/sobjects/{cfg.sobject}/{cfg.external_id_field}",
+            json_body=body,
+        )
+        items = _items(self.json(response))
+        ids: dict[str, str] = {}
+        for index, group in enumerate(groups.values()):
+            item = items[index] if index < len(items) else None  # answered in order
+            for record in group:
+                if item is None:
+                    result.fail(record.key, "Salesforce answered without a result for this record")
+                elif item.get("success") and item.get("id"):
+                    ids[record.key] = str(item["id"])
+                    # Keep a known CampaignMember id: removal needs it later.
+                    result.accept(record.key, _join(str(item["id"]), record.destination_id))
+                else:
+                    result.reject(record.key, self.reason(_errors_text(item), group))
+        return result, ids
+
+    # -- campaign members ---------------------------------------------------------------
+
+    def _add_members(
+        self, ids: Mapping[str, str], records: Sequence[Record], result: BatchResult
+    ) -> None:
+        """Insert a CampaignMember per upserted record; ``DUPLICATE_VALUE`` is success."""
+        cfg = self.settings
+        lookup = "LeadId" if cfg.sobject == "Lead" else "ContactId"
+        by_key = {r.key: r for r in records}
+        keys_by_parent: dict[str, list[str]] = {}
+        for key, parent in ids.items():
+            keys_by_parent.setdefault(parent, []).append(key)
+        parents = list(keys_by_parent)
+        member: dict[str, Any] = {"attributes": {"type": "CampaignMember"}}
+        member["CampaignId"] = cfg.campaign_id
+        if cfg.member_status is not None:
+            member["Status"] = cfg.member_status
+        response = self.request(
+            "POST",
+            f"{self.api}/composite/sobjects",
+            json_body={"allOrNone": False, "records": [{**member, lookup: p} for p in parents]},
+        )
+        items = _items(self.json(response))
+        member_ids: dict[str, str] = {}
+        duplicates: list[str] = []
+        for index, parent in enumerate(parents):
+            item = items[index] if index < len(items) else None
+            keys = keys_by_parent[parent]
+            if item is None:
+                for key in keys:
+                    result.fail(key, "Salesforce answered without a result for this member")
+            elif item.get("success") and item.get("id"):
+                member_ids[parent] = str(item["id"])
+            elif "DUPLICATE_VALUE" in _codes(item):
+                known = _known_member(parent, [by_key[k] for k in keys])
+                if known:
+                    member_ids[parent] = known
+                else:
+                    duplicates.append(parent)
+            else:
+                group = [by_key[k] for k in keys]
+                for key in keys:
+                    result.reject(key, self.reason(_errors_text(item), group))
+        member_ids.update(self._existing_members(lookup, duplicates))
+        for parent in parents:
+            for key in keys_by_parent[parent]:
+                if parent in member_ids:
+                    result.accept(key, f"{parent}:{member_ids[parent]}")
+                elif parent in duplicates:
+                    result.fail(
+                        key, "already a campaign member, but its CampaignMember id was not found"
+                    )
+
+    def _existing_members(self, lookup: str, parents: Sequence[str]) -> dict[str, str]:
+        """One SOQL query for the CampaignMember ids of records that already were members.
+        Only Salesforce ids (checked) go into the query text."""
+        safe = [p for p in parents if _SFID.fullmatch(p)]
+        if not safe:
+            return {}
+        quoted = ",".join(f"'{p}'" for p in safe)
+        soql = (
+            f"SELECT Id, {lookup} FROM CampaignMember WHERE CampaignId = "
+            f"'{self.settings.campaign_id}' AND {lookup} IN ({quoted})"
+        )
+        response = self.request("GET", f"{self.api}/query", params={"q": soql})
+        body = self.json(response)
+        rows = body.get("records") if isinstance(body, dict) else None
+        found: dict[str, str] = {}
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and row.get("Id") and row.get(lookup):
+                found[str(row[lookup])] = str(row["Id"])
+        return found
+
+
+def _join(parent: str, previous: str | None) -> str:
+    """``parent`` plus the CampaignMember id ``previous`` already held, if any."""
+    member = _member_id(previous)
+    return f"{parent}:{member}" if member else parent
+
+
+def _member_id(destination_id: str | None) -> str | None:
+    if not destination_id or ":" not in destination_id:
+        return None
+    return destination_id.split(":", 1)[1] or None
+
+
+def _known_member(parent: str, records: Sequence[Record]) -> str | None:
+    """The member id state already holds for ``parent`` (no query needed for it)."""
+    for record in records:
+        stored = record.destination_id or ""
+        if stored.split(":", 1)[0] == parent and _member_id(stored):
+            return _member_id(stored)
+    return None
+
+
+def _items(body: Any) -> list[dict[str, Any]]:
+    return [i if isinstance(i, dict) else {} for i in body] if isinstance(body, list) else []
+
+
+def _codes(item: Mapping[str, Any]) -> set[str]:
+    errors = item.get("errors")
+    return {
+        str(e.get("statusCode") or e.get("errorCode"))
+        for e in (errors if isinstance(errors, list) else [])
+        if isinstance(e, dict)
+    }
+
+
+def _errors_text(item: Mapping[str, Any]) -> str:
+    """``STATUS_CODE: message (fields)`` of the first error, as Salesforce gave it."""
+    errors = item.get("errors")
+    first = errors[0] if isinstance(errors, list) and errors else None
+    if not isinstance(first, dict):
+        return "rejected by Salesforce"
+    text = f"{first.get('statusCode') or first.get('errorCode')}: {first.get('message') or ''}"
+    fields = first.get("fields")
+    if isinstance(fields, list) and fields:
+        text += f" (fields {', '.join(map(str, fields))})"
+    return text.strip()
+
+
+def _error_codes(response: httpx.Response) -> set[str]:
+    """``errorCode`` values of a top-level ``[{message, errorCode}]`` error answer."""
+    try:
+        body = json.loads(response.content) if response.content.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        return set()
+    items = body if isinstance(body, list) else [body]
+    return {str(i.get("errorCode")) for i in items if isinstance(i, dict) and i.get("errorCode")}

@@ -1,0 +1,195 @@
+"""A local Salesforce org that keeps Contacts (by external id) and CampaignMembers.
+
+It follows ../shared/reference/destinations.md sections 2 and 14: sObject Collections answer
+200 with an ordered ``[{id, success, errors, created}]``, more than 200 records is a 400, a
+second CampaignMember for the same contact fails with ``DUPLICATE_VALUE``, every answer carries
+``Sforce-Limit-Info: api-usage=N/M``, and a spent allocation is 403 ``REQUEST_LIMIT_EXCEEDED``.
+A SOQL query on CampaignMember by CampaignId and ContactId is understood (enough for the
+duplicate look-up). Bulk API 2.0 is not emulated: the connector does not use it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+from tests.contract import CapturedRequest
+from tests.vendor_emulator import Reply, VendorEmulator
+
+V = r"/services/data/v(?P<version>\d+\.\d)"
+_IN = re.compile(r"ContactId IN \(([^)]*)\)")
+
+
+class FakeSalesforce(VendorEmulator):
+    """``reject_last_names`` holds LastName values the org's validation rule refuses."""
+
+    routes: ClassVar[list[tuple[str, str, str]]] = [
+        ("PATCH", V + r"/composite/sobjects/(?P<sobject>\w+)/(?P<field>\w+)", "upsert"),
+        ("POST", V + r"/composite/sobjects", "insert"),
+        ("DELETE", V + r"/composite/sobjects", "delete"),
+        ("GET", V + r"/query", "query"),
+        ("GET", V + r"/sobjects/(?P<sobject>\w+)/describe", "describe"),
+        ("GET", V + r"/sobjects/Campaign/(?P<id>\w+)", "campaign"),
+    ]
+
+    def __init__(self, token: str, campaign_id: str, allocation: int = 100_000) -> None:
+        super().__init__()
+        self.token = token
+        self.campaign_id = campaign_id
+        self.contacts: dict[str, dict[str, Any]] = {}  # Id -> fields
+        self.by_external: dict[str, str] = {}
+        self.members: dict[str, tuple[str, str]] = {}  # member Id -> (CampaignId, ContactId)
+        self.reject_last_names: set[str] = set()
+        self.allocation = allocation
+        self.used = 0
+        self._seq = 0
+
+    def _id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}xx{self._seq:013d}"[:18].ljust(18, "A")
+
+    def campaign_contacts(self) -> set[str]:
+        """External ids of the campaign's members."""
+        with self.lock:
+            external = {cid: ext for ext, cid in self.by_external.items()}
+            return {
+                external[contact]
+                for campaign, contact in self.members.values()
+                if campaign == self.campaign_id
+            }
+
+    def dispatch(self, req: CapturedRequest) -> Reply:
+        with self.lock:
+            if req.headers.get("Authorization") != f"Bearer {self.token}":
+                self.requests.append(req)
+                return Reply(
+                    401,
+                    [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}],
+                )
+            self.used += 1
+            if self.used > self.allocation:
+                self.requests.append(req)
+                return Reply(
+                    403,
+                    [
+                        {
+                            "message": "TotalRequests Limit exceeded.",
+                            "errorCode": "REQUEST_LIMIT_EXCEEDED",
+                        }
+                    ],
+                )
+            reply = super().dispatch(req)
+            usage = f"api-usage={self.used}/{self.allocation}; api-bursts=1/750"
+            reply.headers = {"Sforce-Limit-Info": usage, **reply.headers}
+            return reply
+
+    def __enter__(self) -> FakeSalesforce:
+        super().__enter__()
+        return self
+
+    # -- routes -------------------------------------------------------------------------
+
+    def _records(self, req: CapturedRequest) -> list[dict[str, Any]] | Reply:
+        body = req.json() or {}
+        records = body.get("records")
+        if not isinstance(records, list) or body.get("allOrNone") is not False:
+            return Reply(400, [{"errorCode": "JSON_PARSER_ERROR", "message": "bad body"}])
+        if len(records) > 200:
+            return Reply(
+                400, [{"errorCode": "EXCEEDED_ID_LIMIT", "message": "record limit is 200"}]
+            )
+        return records
+
+    def upsert(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        records = self._records(req)
+        if isinstance(records, Reply):
+            return records
+        field = match["field"]
+        out: list[dict[str, Any]] = []
+        for record in records:
+            if record.get("attributes", {}).get("type") != match["sobject"] or "Id" in record:
+                return Reply(400, [{"errorCode": "INVALID_TYPE", "message": "bad record"}])
+            external = str(record.get(field) or "")
+            values = {k: v for k, v in record.items() if k != "attributes"}
+            if not values.get("LastName") and external not in self.by_external:
+                out.append(
+                    _error("REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]")
+                )
+                continue
+            if values.get("LastName") in self.reject_last_names:
+                out.append(_error("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Last name is not allowed"))
+                continue
+            created = external not in self.by_external
+            if created:
+                self.by_external[external] = self._id("003")
+            contact = self.by_external[external]
+            self.contacts.setdefault(contact, {}).update(values)
+            out.append({"id": contact, "success": True, "errors": [], "created": created})
+        return Reply(200, out)
+
+    def insert(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        records = self._records(req)
+        if isinstance(records, Reply):
+            return records
+        out: list[dict[str, Any]] = []
+        for record in records:
+            if record.get("attributes", {}).get("type") != "CampaignMember":
+                return Reply(400, [{"errorCode": "INVALID_TYPE", "message": "bad record"}])
+            pair = (record.get("CampaignId"), record.get("ContactId"))
+            if pair[0] != self.campaign_id or pair[1] not in self.contacts:
+                out.append(_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id"))
+            elif pair in self.members.values():
+                out.append(_error("DUPLICATE_VALUE", "Already a campaign member."))
+            else:
+                member = self._id("00v")
+                self.members[member] = (str(pair[0]), str(pair[1]))
+                out.append({"id": member, "success": True, "errors": []})
+        return Reply(200, out)
+
+    def delete(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        query = parse_qs(urlsplit(req.url).query)
+        ids = query.get("ids", [""])[0].split(",")
+        if query.get("allOrNone") != ["false"] or len(ids) > 200:
+            return Reply(400, [{"errorCode": "INVALID_QUERY", "message": "bad delete"}])
+        out: list[dict[str, Any]] = []
+        for member in ids:
+            if self.members.pop(member, None) is None:
+                out.append({"id": member, **_error("ENTITY_IS_DELETED", "entity is deleted")})
+            else:
+                out.append({"id": member, "success": True, "errors": []})
+        return Reply(200, out)
+
+    def query(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        soql = parse_qs(urlsplit(req.url).query).get("q", [""])[0]
+        found = _IN.search(soql)
+        if not soql.startswith("SELECT Id, ContactId FROM CampaignMember") or not found:
+            return Reply(400, [{"errorCode": "MALFORMED_QUERY", "message": "unsupported"}])
+        wanted = {part.strip().strip("'") for part in found[1].split(",")}
+        rows = [
+            {"attributes": {"type": "CampaignMember"}, "Id": member, "ContactId": contact}
+            for member, (campaign, contact) in self.members.items()
+            if campaign == self.campaign_id and contact in wanted
+        ]
+        return Reply(200, {"totalSize": len(rows), "done": True, "records": rows})
+
+    def describe(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        fields = [
+            {"name": "Id", "externalId": False, "idLookup": True},
+            {"name": "Email", "externalId": False},
+            {"name": "LastName", "externalId": False},
+            {"name": "Warehouse_Id__c", "externalId": True, "idLookup": True},
+        ]
+        return Reply(200, {"name": match["sobject"], "fields": fields})
+
+    def campaign(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if match["id"] != self.campaign_id:
+            return Reply(
+                404,
+                [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}],
+            )
+        return Reply(200, {"attributes": {"type": "Campaign"}, "Id": self.campaign_id})
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"success": False, "errors": [{"statusCode": code, "message": message, "fields": []}]}
