@@ -1,0 +1,297 @@
+"""Mailchimp Marketing API v3.0: audience members upsert, tag or static segment membership.
+
+Upsert is the batch subscribe call ``POST /lists/{list_id}`` (at most 500 members, 200 with a
+per-record ``errors[]``). Membership is one of two configured mechanisms: a tag, set
+``active``/``inactive`` per member on ``/members/{subscriber_hash}/tags`` (the hash is the MD5 of
+the lowercased email), or a static segment, changed 500 emails at a time with
+``members_to_add``/``members_to_remove``. Mailchimp limits each API key to 10 connections at
+once and sends no rate-limit headers, so a 429 is the only signal; the engine backs off.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr, model_validator
+
+from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record
+from syncer.errors import BatchRejected, ConfigError
+from syncer.http import Action
+from syncer.rest import RestConfig, RestConnector
+
+MAX_MEMBERS = 500  # batch subscribe and each segment array [CODE]
+_DC = re.compile(r"-([a-z]{2,5}\d{1,3})$")
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_TAGS_PATH = re.compile(r"/lists/[^/]+/members/[0-9a-f]{32}/tags$")
+# Batch subscribe answers that mean "this member is already there": success for a sync.
+_ALREADY = re.compile(r"already (?:a )?(?:list )?member|already (?:in|on|exists)", re.I)
+# Segment removals of emails that are not (or no longer) on the list: nothing left to remove.
+_NOT_THERE = re.compile(
+    r"not (?:a )?(?:list )?member|not (?:on|in) (?:the|this) |does not exist", re.I
+)
+
+Status = Literal["subscribed", "pending", "unsubscribed", "cleaned", "transactional"]
+
+
+def subscriber_hash(email: str) -> str:
+    """Mailchimp's URL key for a member: MD5 hex of the lowercased address."""
+    return hashlib.md5(email.strip().lower().encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class MailchimpConfig(RestConfig):
+    """The ``destination:`` block of a Mailchimp sync."""
+
+    api_key: SecretStr
+    list_id: str = Field(min_length=1, description="Audience (list) id.")
+    #: Membership mechanism: a tag name, or a static segment id (not both).
+    tag: str | None = Field(default=None, min_length=1)
+    segment_id: int | None = None
+    #: The mapping field holding the member's email; the key is used when it is absent.
+    email_field: str = "email"
+    #: ``status`` given to members in batch subscribe (new ones; existing ones too while
+    #: ``update_existing`` is true, which Mailchimp may refuse for unsubscribed people).
+    status_if_new: Status = "subscribed"
+    update_existing: bool = True
+    skip_merge_validation: bool = False
+    batch_size: int | None = Field(default=MAX_MEMBERS, ge=1, le=MAX_MEMBERS)
+
+    @model_validator(mode="after")
+    def _one_mechanism_and_a_data_centre(self) -> MailchimpConfig:
+        if self.tag is not None and self.segment_id is not None:
+            raise ValueError("set either tag or segment_id, not both")
+        if self.base_url is None and not _DC.search(self.api_key.get_secret_value()):
+            raise ValueError("api_key has no data-centre suffix (like -us21); set base_url instead")
+        return self
+
+
+class MailchimpConnector(RestConnector):
+    """Audience members upsert plus tag or static segment membership."""
+
+    name: ClassVar[str] = "mailchimp"
+    description: ClassVar[str] = "Mailchimp audience members, tags and static segments"
+    config_model: ClassVar[type[ConnectorConfig]] = MailchimpConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_MEMBERS)
+    # No published request rate; 10 simultaneous connections per API key.
+    max_concurrency: ClassVar[int] = 10
+
+    @property
+    def settings(self) -> MailchimpConfig:
+        if not isinstance(self.config, MailchimpConfig):
+            raise ConfigError("mailchimp connector needs a MailchimpConfig")
+        return self.config
+
+    @property
+    def base_url(self) -> str:
+        cfg = self.settings
+        if cfg.base_url:
+            return cfg.base_url
+        match = _DC.search(cfg.api_key.get_secret_value())
+        if match is None:  # the config validator refuses this already
+            raise ConfigError("mailchimp: api_key has no data-centre suffix; set base_url")
+        return f"https://{match.group(1)}.api.mailchimp.com/3.0"
+
+    def auth_headers(self) -> dict[str, str]:
+        token = base64.b64encode(f"syncer:{self.settings.api_key.get_secret_value()}".encode())
+        return {"Authorization": f"Basic {token.decode('ascii')}"}
+
+    def account_id(self) -> str:
+        """The connection limit is per API key, whatever list a sync writes to."""
+        key = self.settings.api_key.get_secret_value().encode("utf-8")
+        return hashlib.sha256(key).hexdigest()[:16]
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """A 404 on a member's tags means the member is not on the list: decided per record."""
+        if response.status_code == 404 and _TAGS_PATH.search(response.request.url.path):
+            return Action.IGNORE
+        return None
+
+    # -- contract -------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Read the audience (and the segment): bad key -> AuthError, wrong id -> ConfigError."""
+        cfg = self.settings
+        self.probe("GET", f"/lists/{cfg.list_id}", "list_id", params={"fields": "id,name"})
+        if cfg.segment_id is not None:
+            response = self.probe(
+                "GET", f"/lists/{cfg.list_id}/segments/{cfg.segment_id}", "segment_id"
+            )
+            body = self.json(response)
+            kind = body.get("type") if isinstance(body, dict) else None
+            if kind not in (None, "static"):
+                raise ConfigError(
+                    f"mailchimp: segment_id: segment is {kind!r}; only static segments take members"
+                )
+
+    def open(self) -> None:
+        cfg = self.settings
+        if (
+            self.context.mode in ("membership", "mirror")
+            and cfg.tag is None
+            and cfg.segment_id is None
+        ):
+            raise ConfigError(
+                f"mailchimp: mode {self.context.mode!r} removes members: set tag or segment_id"
+            )
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        """Upsert the members, then put the subscribed ones in the tag or segment."""
+        result, subscribed = self._subscribe(records)
+        if subscribed:
+            self._membership(subscribed, result, active=True)
+        return result
+
+    def update(self, records: Sequence[Record]) -> BatchResult:
+        """Changed fields only: membership is already in place from the add."""
+        return self._subscribe(records)[0]
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        """Take members out of the tag or segment; the audience member itself stays."""
+        result = BatchResult(records)
+        self._membership(list(records), result, active=False)
+        return result
+
+    # -- upsert ---------------------------------------------------------------------------
+
+    def email_of(self, record: Record) -> str | None:
+        """The member's address: the email field, else a stored one, else an email key."""
+        for value in (
+            record.fields.get(self.settings.email_field),
+            record.destination_id,
+            record.key,
+        ):
+            if isinstance(value, str) and "@" in value:
+                return value.strip().lower()
+        return None
+
+    def _member(self, record: Record, email: str) -> dict[str, Any]:
+        cfg = self.settings
+        merge = {
+            name: value
+            for name, value in record.fields.items()
+            if name != cfg.email_field and value is not None
+        }
+        member: dict[str, Any] = {"email_address": email, "status": cfg.status_if_new}
+        if merge:
+            member["merge_fields"] = merge
+        return member
+
+    def _subscribe(self, records: Sequence[Record]) -> tuple[BatchResult, list[Record]]:
+        """Batch subscribe; returns the outcomes and the records now on the list."""
+        cfg = self.settings
+        result = BatchResult(records)
+        by_email: dict[str, list[Record]] = {}
+        members: list[dict[str, Any]] = []
+        for record in records:
+            email = self.email_of(record)
+            if email is None:
+                result.reject(record.key, "no email address for this member")
+                continue
+            if email not in by_email:
+                members.append(self._member(record, email))
+            by_email.setdefault(email, []).append(record)
+        if not members:
+            return result, []
+        body = {"members": members, "update_existing": cfg.update_existing, "sync_tags": False}
+        params = {"skip_merge_validation": "true"} if cfg.skip_merge_validation else None
+        response = self.request("POST", f"/lists/{cfg.list_id}", json_body=body, params=params)
+        data = self.json(response)
+        refused: set[str] = set()
+        for error in _items(data, "errors"):
+            email = str(error.get("email_address") or "").strip().lower()
+            text = str(error.get("error") or error.get("error_code") or "rejected")
+            if error.get("error_code") == "ERROR_CONTACT_EXISTS" or _ALREADY.search(text):
+                continue
+            for record in by_email.get(email, []):
+                result.reject(record.key, self.reason(f"mailchimp: {text}", [record]))
+                refused.add(record.key)
+        on_list: list[Record] = []
+        for email, group in by_email.items():
+            for record in group:
+                if record.key in refused:
+                    continue
+                result.accept(record.key, destination_id=self._remembered(email))
+                on_list.append(record)
+        return result, on_list
+
+    def _remembered(self, email: str) -> str:
+        """What state keeps for removal: the hash for tags (no address needed), the email
+        for segments (members_to_remove takes addresses)."""
+        return email if self.settings.segment_id is not None else subscriber_hash(email)
+
+    # -- membership -----------------------------------------------------------------------
+
+    def _membership(self, records: list[Record], result: BatchResult, *, active: bool) -> None:
+        cfg = self.settings
+        if cfg.tag is not None:
+            for record in records:
+                self._tag(record, cfg.tag, result, active=active)
+        elif cfg.segment_id is not None:
+            self._segment(records, cfg.segment_id, result, active=active)
+
+    def _hash_of(self, record: Record) -> str | None:
+        stored = record.destination_id
+        if stored and _MD5.match(stored):
+            return stored
+        email = self.email_of(record)
+        return subscriber_hash(email) if email else None
+
+    def _tag(self, record: Record, tag: str, result: BatchResult, *, active: bool) -> None:
+        """One member's tag on or off (Mailchimp has no bulk tag call outside /batches)."""
+        member = self._hash_of(record)
+        if member is None:
+            result.reject(record.key, "no email address or subscriber hash for this member")
+            return
+        path = f"/lists/{self.settings.list_id}/members/{member}/tags"
+        body = {"tags": [{"name": tag, "status": "active" if active else "inactive"}]}
+        try:
+            response = self.request("POST", path, json_body=body)
+        except BatchRejected as exc:  # one member, so one record's refusal
+            result.reject(record.key, self.reason(f"mailchimp tag: {exc}", [record]))
+            return
+        if response.status_code == 404:
+            if active:
+                result.reject(record.key, "mailchimp tag: member not found in the audience")
+            else:  # not on the list at all: not tagged either
+                result.accept(record.key)
+            return
+        result.accept(record.key, destination_id=member)
+
+    def _segment(
+        self, records: list[Record], segment_id: int, result: BatchResult, *, active: bool
+    ) -> None:
+        """Segment members in one call per 500 addresses; errors[] mapped back by address."""
+        by_email: dict[str, list[Record]] = {}
+        for record in records:
+            email = self.email_of(record)
+            if email is None:
+                result.reject(record.key, "no email address stored for this member")
+                continue
+            by_email.setdefault(email, []).append(record)
+        path = f"/lists/{self.settings.list_id}/segments/{segment_id}"
+        array = "members_to_add" if active else "members_to_remove"
+        for chunk in _chunked(list(by_email), MAX_MEMBERS):
+            response = self.request("POST", path, json_body={array: chunk})
+            for error in _items(self.json(response), "errors"):
+                text = str(error.get("error") or "rejected")
+                ignorable = _ALREADY.search(text) if active else _NOT_THERE.search(text)
+                addresses = error.get("email_addresses") or []
+                for email in addresses if isinstance(addresses, list) else []:
+                    for record in by_email.get(str(email).strip().lower(), []):
+                        if not ignorable:
+                            result.reject(
+                                record.key, self.reason(f"mailchimp segment: {text}", [record])
+                            )
+
+
+def _items(data: Any, name: str) -> list[dict[str, Any]]:
+    value = data.get(name) if isinstance(data, dict) else None
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _chunked(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

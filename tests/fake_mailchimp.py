@@ -1,0 +1,222 @@
+"""A stateful local Mailchimp (Marketing API 3.0) for end-to-end tests.
+
+It keeps an audience's members by subscriber hash (MD5 of the lowercased email), their merge
+fields and tags, and static segments. It answers as the reference describes Mailchimp: batch
+subscribe takes at most 500 members and reports per-record ``errors[]`` in a 200; tags are set
+per member (404 for someone not on the list); segment add/remove ignores addresses not on the
+list; more than 10 requests at once get a bare 429 (no headers); bad credentials get a 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tests.contract import CapturedRequest
+from tests.vendor_emulator import Reply, VendorEmulator
+
+MAX_CONNECTIONS = 10
+
+
+@dataclass
+class Member:
+    email: str
+    status: str
+    merge_fields: dict[str, Any] = field(default_factory=dict)
+    tags: set[str] = field(default_factory=set)
+
+
+def md5(email: str) -> str:
+    return hashlib.md5(email.lower().encode(), usedforsecurity=False).hexdigest()
+
+
+def problem(status: int, title: str, detail: str) -> Reply:
+    return Reply(
+        status,
+        {
+            "type": "https://mailchimp.com/developer/marketing/docs/errors/",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": "00000000-0000-0000-0000-000000000000",
+        },
+        headers={"Content-Type": "application/problem+json"},
+    )
+
+
+class FakeMailchimp(VendorEmulator):
+    routes: ClassVar[list[tuple[str, str, str]]] = [
+        ("GET", r"/3\.0/lists/(?P<list>[^/]+)", "get_list"),
+        ("POST", r"/3\.0/lists/(?P<list>[^/]+)", "batch_subscribe"),
+        ("POST", r"/3\.0/lists/(?P<list>[^/]+)/members/(?P<hash>[0-9a-f]{32})/tags", "tags"),
+        ("GET", r"/3\.0/lists/(?P<list>[^/]+)/segments/(?P<seg>\d+)", "get_segment"),
+        ("POST", r"/3\.0/lists/(?P<list>[^/]+)/segments/(?P<seg>\d+)", "segment"),
+    ]
+
+    def __init__(self, api_key: str, list_id: str, segment_id: int = 42) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.list_id = list_id
+        self.members: dict[str, Member] = {}
+        self.segments: dict[int, set[str]] = {segment_id: set()}
+        #: Addresses batch subscribe refuses, with Mailchimp's message.
+        self.invalid: dict[str, str] = {}
+        self._inflight = 0
+        self.peak_inflight = 0
+        self._gate = threading.Lock()
+
+    # -- what tests look at -------------------------------------------------------------
+
+    def tagged(self, tag: str) -> set[str]:
+        with self.lock:
+            return {m.email for m in self.members.values() if tag in m.tags}
+
+    def segment_members(self, segment_id: int = 42) -> set[str]:
+        with self.lock:
+            return {self.members[h].email for h in self.segments[segment_id]}
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def dispatch(self, req: CapturedRequest) -> Reply:
+        """The 10-connection limit and Basic auth, before any route."""
+        with self._gate:
+            self._inflight += 1
+            self.peak_inflight = max(self.peak_inflight, self._inflight)
+            over = self._inflight > MAX_CONNECTIONS
+        try:
+            if over:
+                with self.lock:
+                    self.requests.append(req)
+                    self.statuses[429] += 1
+                return Reply(429, {"title": "Too Many Requests", "status": 429})
+            if not self._authorised(req):
+                with self.lock:
+                    self.requests.append(req)
+                    self.statuses[401] += 1
+                return problem(401, "API Key Invalid", "Your API key may be invalid.")
+            return super().dispatch(req)
+        finally:
+            with self._gate:
+                self._inflight -= 1
+
+    def _authorised(self, req: CapturedRequest) -> bool:
+        header = {k.lower(): v for k, v in req.headers.items()}.get("authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        _, _, key = base64.b64decode(header[6:]).decode().partition(":")
+        return key == self.api_key
+
+    def _list_ok(self, match: re.Match[str]) -> bool:
+        return match.group("list") == self.list_id
+
+    # -- routes -------------------------------------------------------------------------
+
+    def get_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if not self._list_ok(match):
+            return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        return Reply(200, {"id": self.list_id, "name": "Emulated audience"})
+
+    def batch_subscribe(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if not self._list_ok(match):
+            return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        body = req.json()
+        members = body.get("members") or []
+        if len(members) > 500:
+            return problem(400, "Invalid Resource", "members: maximum 500 items")
+        update = bool(body.get("update_existing"))
+        new, updated, errors = [], [], []
+        for item in members:
+            email = str(item["email_address"]).lower()
+            if email in self.invalid:
+                errors.append(
+                    {
+                        "email_address": email,
+                        "error": self.invalid[email],
+                        "error_code": "ERROR_GENERIC",
+                        "field": "email_address",
+                        "field_message": "",
+                    }
+                )
+                continue
+            key = md5(email)
+            current = self.members.get(key)
+            if current is not None and not update:
+                errors.append(
+                    {
+                        "email_address": email,
+                        "error": f"{email} is already a list member",
+                        "error_code": "ERROR_CONTACT_EXISTS",
+                    }
+                )
+                continue
+            if current is None:
+                current = self.members[key] = Member(email, item["status"])
+                new.append({"id": key, "email_address": email})
+            else:
+                current.status = item["status"]
+                updated.append({"id": key, "email_address": email})
+            current.merge_fields.update(item.get("merge_fields") or {})
+        return Reply(
+            200,
+            {
+                "new_members": new,
+                "updated_members": updated,
+                "errors": errors,
+                "total_created": len(new),
+                "total_updated": len(updated),
+                "error_count": len(errors),
+            },
+        )
+
+    def tags(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        member = self.members.get(match.group("hash")) if self._list_ok(match) else None
+        if member is None:
+            return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        for tag in req.json()["tags"]:
+            if tag["status"] == "active":
+                member.tags.add(tag["name"])
+            else:
+                member.tags.discard(tag["name"])
+        return Reply(204)
+
+    def get_segment(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        seg = int(match.group("seg"))
+        if not self._list_ok(match) or seg not in self.segments:
+            return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        return Reply(200, {"id": seg, "type": "static", "member_count": len(self.segments[seg])})
+
+    def segment(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        seg = int(match.group("seg"))
+        if not self._list_ok(match) or seg not in self.segments:
+            return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        body = req.json()
+        adds, removes = body.get("members_to_add") or [], body.get("members_to_remove") or []
+        if len(adds) > 500 or len(removes) > 500:
+            return problem(400, "Invalid Resource", "at most 500 emails per array")
+        members = self.segments[seg]
+        added, removed = [], []
+        for email in adds:  # addresses not on the list are ignored
+            key = md5(email)
+            if key in self.members and key not in members:
+                members.add(key)
+                added.append({"id": key, "email_address": email})
+        for email in removes:
+            key = md5(email)
+            if key in members:
+                members.discard(key)
+                removed.append({"id": key, "email_address": email})
+        return Reply(
+            200,
+            {
+                "members_added": added,
+                "members_removed": removed,
+                "errors": [],
+                "total_added": len(added),
+                "total_removed": len(removed),
+                "error_count": 0,
+            },
+        )
