@@ -1,0 +1,435 @@
+"""Klaviyo destination: profile upsert and static list membership (API revision 2026-07-15).
+
+Upsert: a batch of fewer than ``bulk_threshold`` records is sent one profile at a time to
+``POST /api/profile-import`` (fast, answers with the profile id at once); a larger batch becomes
+one bulk import job (``POST /api/profile-bulk-import-jobs``, up to 10,000 profiles), polled with
+``self.pause`` until ``complete``, after which its import errors give the rejected records and
+its profiles (``GET .../profiles``) give each imported record's profile id. On ``add`` with a
+list configured, the job itself adds the imported profiles to the list (``relationships.lists``).
+
+Membership: ``POST``/``DELETE /api/lists/{id}/relationships/profiles`` with at most 1,000
+profile ids (204). The profile id learnt on upsert is returned as the record's destination id,
+so the engine keeps it and a removal never needs a search.
+
+Answers are JSON:API; error envelopes (``{"errors": [{"code", "title", "detail"}]}``) become the
+reasons kept in the audit log. ``RateLimit-Remaining``/``RateLimit-Reset`` on 2xx answers slow
+the account down before Klaviyo sends a 429; a 429's ``Retry-After`` is honoured by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from pydantic import Field, SecretStr
+
+from syncer.connector import BatchResult, Capabilities, Record
+from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
+from syncer.http import Action
+from syncer.ratelimit import RateLimit
+from syncer.rest import RestConfig, RestConnector, chunks
+
+DEFAULT_REVISION = "2026-07-15"
+JSON_API = "application/vnd.api+json"
+#: Most profiles in one bulk import job, and most profile ids per list-relationship call.
+MAX_JOB_PROFILES = 10_000
+MAX_LIST_IDS = 1_000
+#: Largest page the job result endpoints serve.
+PAGE_SIZE = 100
+#: Profile attributes Klaviyo knows; every other mapped field goes into ``properties``.
+STANDARD_ATTRIBUTES = frozenset(
+    {
+        "email",
+        "phone_number",
+        "external_id",
+        "first_name",
+        "last_name",
+        "organization",
+        "locale",
+        "title",
+        "image",
+    }
+)
+LOCATION_ATTRIBUTES = frozenset(
+    {
+        "address1",
+        "address2",
+        "city",
+        "country",
+        "latitude",
+        "longitude",
+        "region",
+        "zip",
+        "timezone",
+        "ip",
+    }
+)
+Identifier = Literal["email", "phone_number", "external_id"]
+
+
+class KlaviyoConfig(RestConfig):
+    """Settings of the ``klaviyo`` destination."""
+
+    api_key: SecretStr = Field(description="Private API key (pk_...), from the environment.")
+    list_id: str | None = Field(
+        default=None, min_length=1, description="Static list for membership; needed to remove."
+    )
+    revision: str = Field(default=DEFAULT_REVISION, pattern=r"^\d{4}-\d{2}-\d{2}(\.\w+)?$")
+    identifier: Identifier = Field(
+        default="email", description="Which profile identifier the sync's key fills."
+    )
+    bulk_threshold: int = Field(
+        default=50,
+        ge=1,
+        le=MAX_JOB_PROFILES,
+        description="Batches with at least this many records use a bulk import job.",
+    )
+    poll_interval: float = Field(default=1.0, gt=0, description="First wait between polls.")
+    max_poll_interval: float = Field(default=30.0, gt=0)
+    job_timeout: float = Field(default=1800.0, gt=0, description="Give up on a job after this.")
+    batch_size: int | None = Field(default=1_000, ge=1, le=MAX_JOB_PROFILES)
+
+
+class KlaviyoConnector(RestConnector):
+    """Upsert Klaviyo profiles and keep a static list equal to the segment."""
+
+    name: ClassVar[str] = "klaviyo"
+    description: ClassVar[str] = "Klaviyo profiles (import / bulk import jobs) and list membership"
+    config_model: ClassVar[type[KlaviyoConfig]] = KlaviyoConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_JOB_PROFILES)
+    default_base_url: ClassVar[str] = "https://a.klaviyo.com"
+    # The strictest tier among the endpoints used (bulk jobs and list relationships: burst
+    # 10/s, steady 150/m); profile-import alone would allow 75/s and 750/m.
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(10, 1), RateLimit(150, 60))
+    max_concurrency: ClassVar[int] = 3
+
+    @property
+    def settings(self) -> KlaviyoConfig:
+        if not isinstance(self.config, KlaviyoConfig):
+            raise ConfigError("klaviyo connector needs a KlaviyoConfig")
+        return self.config
+
+    # -- HTTP hooks ---------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Klaviyo-API-Key {self.settings.api_key.get_secret_value()}"}
+
+    def default_headers(self) -> dict[str, str]:
+        return {"revision": self.settings.revision, "Accept": JSON_API, "Content-Type": JSON_API}
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """Hand 4xx answers (other than auth, timeout and 429) back to the connector, so the
+        JSON:API error envelope becomes the record's reason instead of a raw excerpt."""
+        status = response.status_code
+        if 400 <= status < 500 and status not in (401, 403, 408, 429):
+            return Action.IGNORE
+        return None
+
+    def read_rate_limit_headers(self, response: httpx.Response) -> None:
+        """``RateLimit-Remaining: 0`` on a 2xx: hold the account until ``RateLimit-Reset``."""
+        remaining = _number(response.headers.get("RateLimit-Remaining"))
+        reset = _number(response.headers.get("RateLimit-Reset"))
+        if remaining is not None and remaining <= 0 and reset is not None:
+            self.slow_down(reset)
+
+    # -- contract -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """``GET /api/lists/{id}`` (or the job list when no list is set): cheap, authenticated."""
+        cfg = self.settings
+        if cfg.list_id is None:
+            response = self.request("GET", "/api/profile-bulk-import-jobs")
+            self._expect(response, (), "api_key", ConfigError)
+            return
+        response = self.request("GET", f"/api/lists/{cfg.list_id}")
+        if response.status_code == 404:
+            raise ConfigError(f"klaviyo: list_id: no list {cfg.list_id!r} in this account")
+        self._expect(response, (), "list_id", ConfigError)
+
+    def open(self) -> None:
+        if self.settings.list_id is None and self.context.mode in ("membership", "mirror"):
+            raise ConfigError(f"klaviyo: list_id is required in {self.context.mode} mode")
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        return self._upsert(records, to_list=self.settings.list_id is not None)
+
+    def update(self, records: Sequence[Record]) -> BatchResult:
+        return self._upsert(records, to_list=False)
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        """Take profiles off the list by the ids kept from their upsert. A record without a
+        kept id (synced before ids were kept) is looked up once; no profile means not a member."""
+        known = [r for r in records if r.destination_id]
+        unknown = [r for r in records if not r.destination_id]
+        if unknown:
+            found = self._lookup_ids(unknown)
+            known += [Record(r.key, r.fields, found[r.key]) for r in unknown if r.key in found]
+        for part in chunks(known, MAX_LIST_IDS):
+            self._list_relationship("DELETE", part)
+        return BatchResult(records)
+
+    def _lookup_ids(self, records: Sequence[Record]) -> dict[str, str]:
+        """Record key -> profile id via ``GET /api/profiles?filter=any(...)``, 100 a call."""
+        ident = self.settings.identifier
+        found: dict[str, str] = {}
+        for part in chunks(records, PAGE_SIZE):
+            by_value = {self._identity(r): r.key for r in part}
+            values = json.dumps(list(by_value), separators=(",", ":"))
+            params = {"filter": f"any({ident},{values})", "fields[profile]": ident}
+            for item in self._pages("/api/profiles", params):
+                value = _normal(ident, _dig(item, "attributes", ident))
+                profile_id = _dig(item, "id")
+                if value in by_value and isinstance(profile_id, str):
+                    found[by_value[value]] = profile_id
+        return found
+
+    # -- upsert -------------------------------------------------------------------------
+
+    def _upsert(self, records: Sequence[Record], *, to_list: bool) -> BatchResult:
+        if len(records) >= self.settings.bulk_threshold:
+            return self._bulk_import(records, to_list=to_list)
+        result = BatchResult(records)
+        imported: list[Record] = []
+        for record in records:
+            profile_id = self._import_one(record, result)
+            if profile_id is not None:
+                imported.append(Record(record.key, record.fields, profile_id))
+        if to_list and imported:
+            self._list_relationship("POST", imported)
+        for record in imported:
+            result.accept(record.key, destination_id=record.destination_id)
+        return result
+
+    def _import_one(self, record: Record, result: BatchResult) -> str | None:
+        """One ``profile-import``; the profile id, or None with the record rejected."""
+        body = {"data": self.profile(record)}
+        response = self.request("POST", "/api/profile-import", json_body=body)
+        if response.status_code >= 400:
+            result.reject(record.key, self._error_text(response, [record]))
+            return None
+        data = self.json(response)
+        profile_id = _dig(data, "data", "id")
+        if not isinstance(profile_id, str) or not profile_id:
+            raise TransientError("klaviyo: profile-import answered without a profile id")
+        return profile_id
+
+    def _bulk_import(self, records: Sequence[Record], *, to_list: bool) -> BatchResult:
+        """One bulk import job: create, poll to completion, read errors and profile ids."""
+        cfg = self.settings
+        job: dict[str, Any] = {
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": [self.profile(r) for r in records]}},
+        }
+        if to_list and cfg.list_id is not None:
+            job["relationships"] = {"lists": {"data": [{"type": "list", "id": cfg.list_id}]}}
+        response = self.request("POST", "/api/profile-bulk-import-jobs", json_body={"data": job})
+        self._expect(response, records, "bulk import")
+        job_id = _dig(self.json(response), "data", "id")
+        if not isinstance(job_id, str) or not job_id:
+            raise TransientError("klaviyo: bulk import job created without an id")
+        attributes = self._wait_for_job(job_id)
+        result = BatchResult(records)
+        rejected: set[str] = set()
+        if int(attributes.get("failed_count") or 0) > 0:
+            for index, reason in self._import_errors(job_id, records):
+                record = records[index]
+                rejected.add(record.key)
+                result.reject(record.key, self.reason(reason, [record]))
+        # Ids already kept (updates, re-adds) need no listing of the job's profiles.
+        missing = [r for r in records if not r.destination_id and r.key not in rejected]
+        ids = self._job_profile_ids(job_id, missing) if missing else {}
+        for record in records:
+            if record.key in rejected:
+                continue
+            profile_id = record.destination_id or ids.get(self._identity(record))
+            if profile_id is None:
+                result.fail(record.key, "not in the bulk import job's profiles")
+            else:
+                result.accept(record.key, destination_id=profile_id)
+        return result
+
+    def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
+        """Poll until ``complete``; ``cancelled`` or a timeout leaves the batch unsynced."""
+        cfg = self.settings
+        waited, delay, interval = 0.0, cfg.poll_interval, cfg.poll_interval
+        while True:
+            if waited + delay > cfg.job_timeout:
+                raise TransientError(
+                    f"klaviyo: bulk import job {job_id} not complete after {waited:.0f}s"
+                )
+            if not self.pause(delay):
+                raise TransientError(f"klaviyo: stopped while bulk import job {job_id} ran")
+            waited += delay
+            try:
+                response = self.request("GET", f"/api/profile-bulk-import-jobs/{job_id}")
+            except RateLimited as exc:  # the job is accepted: wait, do not create it again
+                delay = exc.retry_after if exc.retry_after is not None else interval
+            else:
+                self._expect(response, (), "bulk import job", TransientError)
+                attributes = _dig(self.json(response), "data", "attributes")
+                status = attributes.get("status") if isinstance(attributes, dict) else None
+                if status == "complete" and isinstance(attributes, dict):
+                    return attributes
+                if status == "cancelled":
+                    raise TransientError(f"klaviyo: bulk import job {job_id} was cancelled")
+                interval = min(interval * 2, cfg.max_poll_interval)
+                delay = interval
+
+    def _import_errors(self, job_id: str, records: Sequence[Record]) -> Iterator[tuple[int, str]]:
+        """(index of the record in the batch, reason) for each import error we can place."""
+        by_identity = {self._identity(r): i for i, r in enumerate(records)}
+        path = f"/api/profile-bulk-import-jobs/{job_id}/import-errors"
+        for item in self._pages(path):
+            attributes = item.get("attributes") if isinstance(item, dict) else None
+            if not isinstance(attributes, dict):
+                continue
+            index = _pointer_index(_dig(attributes, "source", "pointer"), len(records))
+            if index is None:
+                payload = attributes.get("original_payload")
+                value = _dig(payload, self.settings.identifier) or _dig(
+                    payload, "attributes", self.settings.identifier
+                )
+                index = by_identity.get(_normal(self.settings.identifier, value))
+            if index is not None:
+                yield index, _describe_error(attributes)
+
+    def _job_profile_ids(self, job_id: str, records: Sequence[Record]) -> dict[str, str]:
+        """Identity value -> profile id, from the job's imported profiles."""
+        ident = self.settings.identifier
+        wanted = {self._identity(r) for r in records}
+        found: dict[str, str] = {}
+        path = f"/api/profile-bulk-import-jobs/{job_id}/profiles"
+        for item in self._pages(path, {"fields[profile]": ident}):
+            profile_id = item.get("id") if isinstance(item, dict) else None
+            value = _normal(ident, _dig(item, "attributes", ident))
+            if isinstance(profile_id, str) and value in wanted:
+                found[value] = profile_id
+        return found
+
+    def _pages(self, path: str, params: Mapping[str, str] | None = None) -> Iterator[Any]:
+        """Every item of a cursor-paginated JSON:API collection (100 per page)."""
+        query: dict[str, str] = {"page[size]": str(PAGE_SIZE), **(params or {})}
+        while True:
+            response = self.request("GET", path, params=query)
+            self._expect(response, (), "listing", TransientError)
+            data = self.json(response)
+            items = _dig(data, "data")
+            yield from items if isinstance(items, list) else ()
+            cursor = _next_cursor(_dig(data, "links", "next"))
+            if cursor is None:
+                return
+            query = {**query, "page[cursor]": cursor}
+
+    # -- list membership ----------------------------------------------------------------
+
+    def _list_relationship(self, method: str, records: Sequence[Record]) -> None:
+        """Add or remove up to 1,000 profile ids; 204 is the only success (set semantics)."""
+        list_id = self.settings.list_id
+        if list_id is None:
+            raise ConfigError("klaviyo: list_id is required to change list membership")
+        body = {"data": [{"type": "profile", "id": r.destination_id} for r in records]}
+        path = f"/api/lists/{list_id}/relationships/profiles"
+        response = self.request(method, path, json_body=body)
+        if response.status_code == 404:
+            raise ConfigError(f"klaviyo: list_id: no list {list_id!r} in this account")
+        self._expect(response, records, "list membership")
+
+    # -- shapes -------------------------------------------------------------------------
+
+    def profile(self, record: Record) -> dict[str, Any]:
+        """A JSON:API profile resource: known attributes, ``location.*``, the rest as
+        custom ``properties``; the sync's key fills the configured identifier."""
+        attributes: dict[str, Any] = {}
+        location: dict[str, Any] = {}
+        properties: dict[str, Any] = {}
+        for name, value in record.fields.items():
+            if name in STANDARD_ATTRIBUTES:
+                attributes[name] = value
+            elif name.startswith("location.") and name[9:] in LOCATION_ATTRIBUTES:
+                location[name[9:]] = value
+            else:
+                properties[name] = value
+        attributes.setdefault(self.settings.identifier, record.key)
+        if location:
+            attributes["location"] = location
+        if properties:
+            attributes["properties"] = properties
+        return {"type": "profile", "attributes": attributes}
+
+    def _identity(self, record: Record) -> str:
+        ident = self.settings.identifier
+        return _normal(ident, record.fields.get(ident, record.key))
+
+    def _expect(
+        self,
+        response: httpx.Response,
+        records: Sequence[Record],
+        what: str,
+        error: type[Exception] = BatchRejected,
+    ) -> None:
+        """A 4xx handed back by ``classify``: raise ``error`` with Klaviyo's own reason
+        (BatchRejected lets the engine halve the batch to find the bad records)."""
+        if response.status_code < 400:
+            return
+        text = self._error_text(response, records)
+        raise error(f"klaviyo: {what}: HTTP {response.status_code}: {text}")
+
+    def _error_text(self, response: httpx.Response, records: Sequence[Record]) -> str:
+        """The JSON:API error envelope as one line (codes, titles, details), scrubbed."""
+        try:
+            data = self.json(response)
+        except TransientError:
+            data = None
+        errors = _dig(data, "errors")
+        parts = [_describe_error(e) for e in errors if isinstance(e, dict)] if errors else []
+        text = "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
+        return self.reason(text, records)
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    code, detail = error.get("code"), error.get("detail") or error.get("title")
+    return ": ".join(str(p) for p in (code, detail) if p)
+
+
+def _dig(value: Any, *path: str) -> Any:
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _normal(identifier: str, value: Any) -> str:
+    text = "" if value is None else str(value).strip()
+    return text.lower() if identifier == "email" else text
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _pointer_index(pointer: Any, size: int) -> int | None:
+    """``/data/attributes/profiles/data/3/...`` -> 3 (when it is a position in the batch)."""
+    if not isinstance(pointer, str):
+        return None
+    parts = pointer.strip("/").split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] == "profiles" and parts[i + 1] == "data" and i + 2 < len(parts):
+            token = parts[i + 2]
+            if token.isdigit() and int(token) < size:
+                return int(token)
+    return None
+
+
+def _next_cursor(link: Any) -> str | None:
+    """The ``page[cursor]`` of a ``links.next`` URL: we follow it on our own base URL."""
+    if not isinstance(link, str) or not link:
+        return None
+    values = parse_qs(urlsplit(link).query).get("page[cursor]")
+    return values[0] if values else None

@@ -1,0 +1,340 @@
+"""SendGrid destination: Marketing Campaigns contacts upsert and list membership (v3).
+
+Upsert: ``PUT /v3/marketing/contacts`` with ``list_ids`` and the batch's contacts is
+asynchronous (202 + ``job_id``): the job is polled at ``GET /v3/marketing/contacts/imports/{id}``
+with ``self.pause`` until it is ``completed``, ``errored`` or ``failed``. SendGrid does not answer
+with contact ids, so afterwards the contacts still without a known id are looked up with
+``POST /v3/marketing/contacts/search/emails`` (100 emails a call); each found id is returned as
+the record's destination id and kept by the engine. A contact the finished job did not create is
+rejected with the job's own counts as the reason (the per-contact ``errors_url`` file has no
+documented format, so it is not read).
+
+Removal: ``DELETE /v3/marketing/lists/{id}/contacts?contact_ids=...`` (100 ids a call) with the
+kept ids, so no search is needed; it is asynchronous too (202 + ``job_id``) and SendGrid
+documents no status endpoint for it, so the 202 is the acknowledgement.
+
+Rate limits: SendGrid publishes no numbers; ``X-RateLimit-Remaining: 0`` on an answer holds the
+account until ``X-RateLimit-Reset`` (epoch seconds), which a 429 without ``Retry-After`` also uses.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from syncer.connector import BatchResult, Capabilities, Record
+from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
+from syncer.http import Action
+from syncer.rest import RestConfig, RestConnector, chunks
+
+#: Most contacts in one upsert (SendGrid also caps the body at 6 MB).
+MAX_CONTACTS = 30_000
+#: Most emails per search/emails call, and ids per list-removal call (as Segment sends them).
+SEARCH_CHUNK = 100
+REMOVE_CHUNK = 100
+#: Reserved contact fields; every other mapped field is a custom field.
+RESERVED_FIELDS = frozenset(
+    {
+        "email",
+        "phone_number_id",
+        "external_id",
+        "anonymous_id",
+        "alternate_emails",
+        "first_name",
+        "last_name",
+        "address_line_1",
+        "address_line_2",
+        "city",
+        "state_province_region",
+        "postal_code",
+        "country",
+    }
+)
+_CONTACT_INDEX = re.compile(r"contacts\[(\d+)\]")
+
+
+class SendGridConfig(RestConfig):
+    """Settings of the ``sendgrid`` destination."""
+
+    api_key: SecretStr = Field(description="API key with Marketing scopes, from the environment.")
+    list_ids: list[str] = Field(min_length=1, description="Marketing list ids (UUIDs).")
+    custom_field_ids: dict[str, str] = Field(
+        default_factory=dict, description="Mapped field name -> SendGrid custom field id."
+    )
+    poll_interval: float = Field(default=2.0, gt=0, description="First wait between polls.")
+    max_poll_interval: float = Field(default=30.0, gt=0)
+    job_timeout: float = Field(default=1800.0, gt=0, description="Give up on a job after this.")
+    batch_size: int | None = Field(default=1_000, ge=1, le=MAX_CONTACTS)
+
+    @field_validator("list_ids")
+    @classmethod
+    def _uuids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                uuid.UUID(item)
+            except ValueError:
+                raise ValueError("list_ids must be SendGrid list UUIDs") from None
+        return value
+
+
+class SendGridConnector(RestConnector):
+    """Upsert SendGrid Marketing contacts onto lists and take them off again by contact id."""
+
+    name: ClassVar[str] = "sendgrid"
+    description: ClassVar[str] = "SendGrid Marketing contacts (async upsert) and list membership"
+    config_model: ClassVar[type[SendGridConfig]] = SendGridConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_CONTACTS)
+    default_base_url: ClassVar[str] = "https://api.sendgrid.com"
+    max_concurrency: ClassVar[int] = 2
+
+    @property
+    def settings(self) -> SendGridConfig:
+        if not isinstance(self.config, SendGridConfig):
+            raise ConfigError("sendgrid connector needs a SendGridConfig")
+        return self.config
+
+    # -- HTTP hooks ---------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """4xx answers other than auth/timeout/429 come back to the connector (their
+        ``errors[]`` become reasons); a 429 without Retry-After waits for X-RateLimit-Reset."""
+        status = response.status_code
+        if status == 429 and "Retry-After" not in response.headers:
+            self._hold_until_reset(response)
+            return None
+        if 400 <= status < 500 and status not in (401, 403, 408, 429):
+            return Action.IGNORE
+        return None
+
+    def read_rate_limit_headers(self, response: httpx.Response) -> None:
+        if _number(response.headers.get("X-RateLimit-Remaining")) == 0:
+            self._hold_until_reset(response)
+
+    def _hold_until_reset(self, response: httpx.Response) -> None:
+        reset = _number(response.headers.get("X-RateLimit-Reset"))
+        if reset is not None:
+            self.slow_down(reset - time.time())
+
+    # -- contract -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """``GET /v3/marketing/lists/{id}`` for every list: authenticated and cheap."""
+        for list_id in self.settings.list_ids:
+            response = self.request("GET", f"/v3/marketing/lists/{list_id}")
+            if response.status_code == 404:
+                raise ConfigError(f"sendgrid: list_ids: no list {list_id!r} in this account")
+            self._expect(response, (), "list_ids", ConfigError)
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        return self._upsert(records, self.settings.list_ids)
+
+    def update(self, records: Sequence[Record]) -> BatchResult:
+        return self._upsert(records, [])
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        """Take contacts off every configured list by the ids kept from their upsert. A record
+        without a kept id (synced before ids were kept) is searched for once by email; no
+        contact means it is on no list."""
+        ids = [str(r.destination_id) for r in records if r.destination_id]
+        unknown = [r for r in records if not r.destination_id]
+        if unknown:
+            ids += list(self._find_ids(unknown).values())
+        for list_id in self.settings.list_ids:
+            for part in chunks(ids, REMOVE_CHUNK):
+                self._remove_from_list(list_id, list(part))
+        return BatchResult(records)
+
+    # -- upsert -------------------------------------------------------------------------
+
+    def contact(self, record: Record) -> dict[str, Any]:
+        """One contact: reserved fields as they are, the rest under ``custom_fields`` by id;
+        the sync's key is the email (SendGrid lowercases it)."""
+        contact: dict[str, Any] = {}
+        custom: dict[str, Any] = {}
+        for name, value in record.fields.items():
+            if value is None:
+                continue  # an omitted field keeps its value; null is not a valid string
+            if name in RESERVED_FIELDS:
+                contact[name] = value
+            else:
+                custom[self.settings.custom_field_ids.get(name, name)] = value
+        contact.setdefault("email", record.key)
+        if custom:
+            contact["custom_fields"] = custom
+        return contact
+
+    def _upsert(self, records: Sequence[Record], list_ids: list[str]) -> BatchResult:
+        result = BatchResult(records)
+        sending = list(records)
+        response = self._put_contacts(sending, list_ids)
+        if response.status_code >= 400:
+            # Validation errors name the contact (``contacts[3].email``): reject those and
+            # send the others once more; anything else refuses the batch as a whole.
+            bad = self._contact_errors(response, sending)
+            if not bad:
+                self._expect(response, sending, "upsert")
+            for index, reason in bad.items():
+                result.reject(sending[index].key, reason)
+            sending = [r for i, r in enumerate(sending) if i not in bad]
+            if not sending:
+                return result
+            response = self._put_contacts(sending, list_ids)
+            self._expect(response, sending, "upsert")
+        job_id = _dig(self.json(response), "job_id")
+        if not isinstance(job_id, str) or not job_id:
+            raise TransientError("sendgrid: upsert accepted without a job_id")
+        job = self._wait_for_job(job_id)
+        ids = {r.key: r.destination_id for r in sending if r.destination_id}
+        ids.update(self._find_ids([r for r in sending if not r.destination_id]))
+        status = job.get("status")
+        for record in sending:
+            contact_id = ids.get(record.key)
+            if contact_id:
+                result.accept(record.key, destination_id=contact_id)
+            elif status in ("errored", "failed"):
+                result.reject(record.key, self._job_reason(job))
+            else:
+                result.fail(record.key, "contact not found by email after the import job")
+        return result
+
+    def _put_contacts(self, records: Sequence[Record], list_ids: list[str]) -> httpx.Response:
+        body: dict[str, Any] = {"contacts": [self.contact(r) for r in records]}
+        if list_ids:
+            body["list_ids"] = list_ids
+        return self.request("PUT", "/v3/marketing/contacts", json_body=body)
+
+    def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
+        """Poll the import job until it finished; a timeout leaves the batch unsynced."""
+        cfg = self.settings
+        waited, delay, interval = 0.0, cfg.poll_interval, cfg.poll_interval
+        while True:
+            if waited + delay > cfg.job_timeout:
+                raise TransientError(
+                    f"sendgrid: import job {job_id} not finished after {waited:.0f}s"
+                )
+            if not self.pause(delay):
+                raise TransientError(f"sendgrid: stopped while import job {job_id} ran")
+            waited += delay
+            try:
+                response = self.request("GET", f"/v3/marketing/contacts/imports/{job_id}")
+            except RateLimited as exc:  # the job is accepted: wait, do not upsert again
+                delay = exc.retry_after if exc.retry_after is not None else interval
+                continue
+            self._expect(response, (), "import job", TransientError)
+            job = self.json(response)
+            if isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed"):
+                return job
+            interval = min(interval * 2, cfg.max_poll_interval)
+            delay = interval
+
+    def _find_ids(self, records: Sequence[Record]) -> dict[str, str]:
+        """Record key -> contact id, by email, 100 emails a call."""
+        found: dict[str, str] = {}
+        for part in chunks(records, SEARCH_CHUNK):
+            emails = {_email(r): r.key for r in part}
+            body = {"emails": list(emails)}
+            response = self.request("POST", "/v3/marketing/contacts/search/emails", json_body=body)
+            if response.status_code == 404:  # none of them matched
+                continue
+            self._expect(response, part, "contact search", TransientError)
+            result = _dig(self.json(response), "result")
+            for email, item in (result or {}).items() if isinstance(result, dict) else ():
+                contact_id = _dig(item, "contact", "id")
+                key = emails.get(str(email).lower())
+                if key is not None and isinstance(contact_id, str) and contact_id:
+                    found[key] = contact_id
+        return found
+
+    def _job_reason(self, job: Mapping[str, Any]) -> str:
+        results = job.get("results") if isinstance(job.get("results"), dict) else {}
+        assert isinstance(results, dict)
+        errored, requested = results.get("errored_count"), results.get("requested_count")
+        counts = f" ({errored} of {requested} contacts errored)" if errored is not None else ""
+        return self.reason(f"SendGrid import job {job.get('status')}{counts}; contact not saved")
+
+    # -- list removal -------------------------------------------------------------------
+
+    def _remove_from_list(self, list_id: str, contact_ids: list[str], probed: bool = False) -> None:
+        """One DELETE; on 404 tell a missing list (ConfigError) from contacts SendGrid no
+        longer has (not on the list either: done), then retry the others one id at a time."""
+        path = f"/v3/marketing/lists/{list_id}/contacts"
+        response = self.request("DELETE", path, params={"contact_ids": ",".join(contact_ids)})
+        if response.status_code != 404:
+            self._expect(response, (), "list removal", BatchRejected)
+            return
+        if not probed:
+            probe = self.request("GET", f"/v3/marketing/lists/{list_id}")
+            if probe.status_code == 404:
+                raise ConfigError(f"sendgrid: list_ids: no list {list_id!r} in this account")
+        if len(contact_ids) > 1:
+            for contact_id in contact_ids:
+                self._remove_from_list(list_id, [contact_id], probed=True)
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _contact_errors(
+        self, response: httpx.Response, records: Sequence[Record]
+    ) -> dict[int, str]:
+        """Index in the batch -> reason, for ``errors[]`` whose ``field`` names a contact."""
+        found: dict[int, str] = {}
+        for error in self._errors(response):
+            match = _CONTACT_INDEX.search(str(error.get("field") or ""))
+            if match and int(match[1]) < len(records):
+                index = int(match[1])
+                found[index] = self.reason(_describe(error), [records[index]])
+        return found
+
+    def _errors(self, response: httpx.Response) -> list[dict[str, Any]]:
+        try:
+            data = self.json(response)
+        except TransientError:
+            return []
+        errors = _dig(data, "errors")
+        return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+    def _expect(
+        self,
+        response: httpx.Response,
+        records: Sequence[Record],
+        what: str,
+        error: type[Exception] = BatchRejected,
+    ) -> None:
+        """A 4xx handed back by ``classify``: raise ``error`` with SendGrid's own reason."""
+        if response.status_code < 400:
+            return
+        parts = [_describe(e) for e in self._errors(response)]
+        text = self.reason("; ".join(p for p in parts if p) or "no detail", records)
+        raise error(f"sendgrid: {what}: HTTP {response.status_code}: {text}")
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    field, message = error.get("field"), error.get("message")
+    return ": ".join(str(p) for p in (field, message) if p)
+
+
+def _dig(value: Any, *path: str) -> Any:
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _email(record: Record) -> str:
+    return str(record.fields.get("email") or record.key).strip().lower()
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

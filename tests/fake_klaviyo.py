@@ -1,0 +1,228 @@
+"""A stateful local Klaviyo: profiles, one static list, bulk import jobs (queued -> processing ->
+complete, with import errors), the required ``revision`` header, JSON:API error envelopes,
+``RateLimit-*`` headers on every 2xx and at most 1,000 ids per list-relationship call."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any, ClassVar
+
+from tests.contract import CapturedRequest
+from tests.vendor_emulator import Reply, VendorEmulator
+
+PAGE = 100
+
+
+def error(status: int, code: str, detail: str) -> Reply:
+    item = {"id": "e-1", "code": code, "title": code.replace("_", " "), "detail": detail}
+    return Reply(status, {"errors": [item]}, headers={"Content-Type": "application/vnd.api+json"})
+
+
+class FakeKlaviyo(VendorEmulator):
+    routes: ClassVar[list[tuple[str, str, str]]] = [
+        ("GET", r"/api/lists/(?P<list_id>[^/]+)", "get_list"),
+        ("POST", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_add"),
+        ("DELETE", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_remove"),
+        ("POST", r"/api/profile-import", "profile_import"),
+        ("POST", r"/api/profile-bulk-import-jobs", "create_job"),
+        ("GET", r"/api/profile-bulk-import-jobs/(?P<job>[^/]+)", "get_job"),
+        ("GET", r"/api/profile-bulk-import-jobs/(?P<job>[^/]+)/import-errors", "job_errors"),
+        ("GET", r"/api/profile-bulk-import-jobs/(?P<job>[^/]+)/profiles", "job_profiles"),
+    ]
+
+    def __init__(self, api_key: str, list_id: str) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.list_id = list_id
+        self.profiles: dict[str, dict[str, Any]] = {}  # id -> attributes
+        self.by_email: dict[str, str] = {}
+        self.members: set[str] = set()  # profile ids on the list
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.blocked_domains: set[str] = set()
+        self._ids = itertools.count(1)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def member_emails(self) -> set[str]:
+        return {self.profiles[pid]["email"] for pid in self.members}
+
+    def dispatch(self, req: CapturedRequest) -> Reply:
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        if headers.get("authorization") != f"Klaviyo-API-Key {self.api_key}":
+            with self.lock:
+                self.requests.append(req)
+            return error(401, "not_authenticated", "Missing or invalid private key.")
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", headers.get("revision", "")):
+            with self.lock:
+                self.requests.append(req)
+            return error(400, "invalid", "The revision header is required.")
+        reply = super().dispatch(req)
+        if 200 <= reply.status < 300:
+            reply.headers = {
+                "RateLimit-Limit": "150",
+                "RateLimit-Remaining": "149",
+                "RateLimit-Reset": "60",
+                **reply.headers,
+            }
+        return reply
+
+    def _upsert(self, attributes: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(profile id, None) or (None, reason) for one profile's attributes."""
+        email = str(attributes.get("email") or "").lower()
+        if "@" not in email:
+            return None, "A profile needs an email address."
+        if email.rsplit("@", 1)[1] in self.blocked_domains:
+            return None, f"{email} is on a suppressed domain"
+        profile_id = self.by_email.get(email)
+        if profile_id is None:
+            profile_id = f"01KLAV{next(self._ids):06d}"
+            self.by_email[email] = profile_id
+            self.profiles[profile_id] = {}
+        current = self.profiles[profile_id]
+        current.update({k: v for k, v in attributes.items() if k != "properties"})
+        current["email"] = email
+        current.setdefault("properties", {}).update(attributes.get("properties") or {})
+        return profile_id, None
+
+    def _ids_in(self, req: CapturedRequest) -> list[str] | Reply:
+        data = (req.json() or {}).get("data")
+        if not isinstance(data, list) or len(data) > 1000:
+            return error(400, "invalid", "Between 1 and 1000 profiles are allowed.")
+        ids = [item["id"] for item in data]
+        if any(pid not in self.profiles for pid in ids):
+            return error(404, "not_found", "A profile was not found.")
+        return ids
+
+    # -- routes -------------------------------------------------------------------------
+
+    def get_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if match["list_id"] != self.list_id:
+            return error(404, "not_found", "A list with id was not found.")
+        return Reply(200, {"data": {"type": "list", "id": self.list_id, "attributes": {}}})
+
+    def list_add(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if match["list_id"] != self.list_id:
+            return error(404, "not_found", "A list with id was not found.")
+        ids = self._ids_in(req)
+        if isinstance(ids, Reply):
+            return ids
+        self.members.update(ids)
+        return Reply(204)
+
+    def list_remove(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if match["list_id"] != self.list_id:
+            return error(404, "not_found", "A list with id was not found.")
+        ids = self._ids_in(req)
+        if isinstance(ids, Reply):
+            return ids
+        self.members.difference_update(ids)
+        return Reply(204)
+
+    def profile_import(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        attributes = (req.json() or {}).get("data", {}).get("attributes", {})
+        existed = str(attributes.get("email") or "").lower() in self.by_email
+        profile_id, reason = self._upsert(attributes)
+        if profile_id is None:
+            return error(400, "invalid", reason or "invalid")
+        data = {"type": "profile", "id": profile_id, "attributes": self.profiles[profile_id]}
+        return Reply(200 if existed else 201, {"data": data})
+
+    def create_job(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        data = (req.json() or {}).get("data", {})
+        profiles = data.get("attributes", {}).get("profiles", {}).get("data", [])
+        if not profiles or len(profiles) > 10_000:
+            return error(400, "invalid", "Between 1 and 10000 profiles are allowed.")
+        lists = [
+            item["id"] for item in data.get("relationships", {}).get("lists", {}).get("data", [])
+        ]
+        job_id = f"JOB{len(self.jobs) + 1}"
+        self.jobs[job_id] = {
+            "profiles": profiles,
+            "lists": lists,
+            "polls": 0,
+            "status": "queued",
+            "errors": [],
+            "ids": [],
+        }
+        return Reply(202, {"data": self._job_doc(job_id)})
+
+    def _job_doc(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs[job_id]
+        attributes = {
+            "status": job["status"],
+            "created_at": "2026-11-01T00:00:00+00:00",
+            "total_count": len(job["profiles"]),
+            "completed_count": len(job["ids"]),
+            "failed_count": len(job["errors"]),
+        }
+        return {
+            "type": "profile-bulk-import-job",
+            "id": job_id,
+            "attributes": attributes,
+            "links": {"self": f"/api/profile-bulk-import-jobs/{job_id}"},
+        }
+
+    def get_job(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        job = self.jobs.get(match["job"])
+        if job is None:
+            return error(404, "not_found", "Job not found.")
+        job["polls"] += 1
+        if job["status"] == "queued":
+            job["status"] = "processing"
+        elif job["status"] == "processing":
+            self._run(job)
+            job["status"] = "complete"
+        return Reply(200, {"data": self._job_doc(match["job"])})
+
+    def _run(self, job: dict[str, Any]) -> None:
+        for index, profile in enumerate(job["profiles"]):
+            profile_id, reason = self._upsert(profile.get("attributes", {}))
+            if profile_id is None:
+                pointer = f"/data/attributes/profiles/data/{index}/attributes/email"
+                job["errors"].append(
+                    {
+                        "code": "invalid",
+                        "title": "Invalid profile",
+                        "detail": reason,
+                        "source": {"pointer": pointer},
+                        "original_payload": profile.get("attributes"),
+                    }
+                )
+                continue
+            job["ids"].append(profile_id)
+            if self.list_id in job["lists"]:
+                self.members.add(profile_id)
+
+    def _page(self, req: CapturedRequest, items: list[dict[str, Any]]) -> Reply:
+        query = dict(
+            re.findall(r"([^?&=]+)=([^&]*)", req.url.split("?", 1)[1] if "?" in req.url else "")
+        )
+        start = int(query.get("page%5Bcursor%5D", query.get("page[cursor]", "0")))
+        size = min(int(query.get("page%5Bsize%5D", query.get("page[size]", "20"))), PAGE)
+        links = {"self": req.url}
+        if start + size < len(items):
+            links["next"] = (
+                f"https://a.klaviyo.com{req.url.split('?')[0]}?page%5Bcursor%5D={start + size}"
+            )
+        return Reply(200, {"data": items[start : start + size], "links": links})
+
+    def job_errors(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        job = self.jobs.get(match["job"])
+        if job is None:
+            return error(404, "not_found", "Job not found.")
+        items = [
+            {"type": "import-error", "id": f"{match['job']}-{i}", "attributes": e}
+            for i, e in enumerate(job["errors"])
+        ]
+        return self._page(req, items)
+
+    def job_profiles(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        job = self.jobs.get(match["job"])
+        if job is None:
+            return error(404, "not_found", "Job not found.")
+        items = [
+            {"type": "profile", "id": pid, "attributes": {"email": self.profiles[pid]["email"]}}
+            for pid in job["ids"]
+        ]
+        return self._page(req, items)
