@@ -26,7 +26,8 @@ from syncer.ratelimit import RateLimit
 ENTRY_POINT_GROUP = "syncer.connectors"
 
 Operation = Literal["add", "remove", "update"]
-OutcomeStatus = Literal["accepted", "rejected", "failed"]
+OutcomeStatus = Literal["accepted", "rejected", "failed", "pending"]
+JobState = Literal["running", "succeeded", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +44,29 @@ class Outcome:
     """What happened to one record of a batch.
 
     ``accepted`` advances state; ``rejected`` is the destination refusing this record (kept
-    with its reason, tried again next run); ``failed`` means the request itself failed.
+    with its reason, tried again next run); ``failed`` means the request itself failed;
+    ``pending`` means the vendor took it into an asynchronous ``job`` that a later run polls
+    (state advances only once the job succeeded).
     """
 
     key: str
     status: OutcomeStatus
     reason: str | None = None
     destination_id: str | None = None
+    job: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """What a vendor says about an asynchronous job (see ``Connector.poll_job``).
+
+    ``stats`` are the vendor's counts for the job (matched, received...), kept with the run
+    that submitted it; ``reason`` says why a failed job failed.
+    """
+
+    state: JobState
+    reason: str | None = None
+    stats: Mapping[str, int] = field(default_factory=dict)
 
 
 class BatchResult:
@@ -67,6 +84,10 @@ class BatchResult:
 
     def accept(self, key: str, destination_id: str | None = None) -> None:
         self._by_key[key] = Outcome(key, "accepted", None, destination_id)
+
+    def pending(self, key: str, job: str, destination_id: str | None = None) -> None:
+        """The record went into asynchronous ``job``; it counts as synced once it succeeded."""
+        self._by_key[key] = Outcome(key, "pending", None, destination_id, job)
 
     def outcomes(self) -> list[Outcome]:
         keys = {r.key for r in self._records}
@@ -104,12 +125,20 @@ class Capabilities:
     operations: frozenset[Operation] = frozenset({"add", "remove", "update"})
     modes: frozenset[str] = frozenset({"membership", "upsert", "mirror", "update_only"})
     max_batch_size: int = 500
+    #: Keep only the SHA-256 of each key in the state database (ad audiences: the key is
+    #: often an email, and raw identifiers must never be stored). Records then carry the
+    #: hashed key; what removal needs goes in ``destination_id``.
+    hashed_keys: bool = False
+    #: The connector returns ``pending`` outcomes and implements ``poll_job``.
+    async_jobs: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
             "operations": sorted(self.operations),
             "modes": sorted(self.modes),
             "max_batch_size": self.max_batch_size,
+            "hashed_keys": self.hashed_keys,
+            "async_jobs": self.async_jobs,
         }
 
 
@@ -147,6 +176,10 @@ class Connector:
         self.config = config
         self.context = context
         self.http = http
+        self.stats: dict[str, int] = {}
+        """Vendor counts for this run (``report``), stored with the run and shown by
+        ``syncer run show``."""
+        self._stats_lock = threading.Lock()
         self.pause: Callable[[float], bool] = _plain_pause
         """Wait ``seconds`` between polls of a vendor's async job; False means stop now.
 
@@ -166,6 +199,19 @@ class Connector:
 
     def close(self, success: bool) -> None:
         """Finish a run; ``success`` is False when the run stopped early."""
+
+    def report(self, **counts: int) -> None:
+        """Add vendor counts (``num_received=5``...) to this run's stats; batches run on
+        several threads, so this sums under a lock."""
+        with self._stats_lock:
+            for name, value in counts.items():
+                self.stats[name] = self.stats.get(name, 0) + int(value)
+
+    def poll_job(self, job: str) -> JobStatus:
+        """Ask the vendor about a job a previous run left ``pending``; called by the engine
+        at the start of the next run (never from a batch). ``close()`` must start every
+        job it handed out before returning: once it returned, those jobs are polled."""
+        raise NotImplementedError(f"{self.name} has no asynchronous jobs")
 
     def write(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
         """One hook for every operation, for destinations where they differ only in a word.

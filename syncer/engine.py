@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from syncer.connector import (
     BatchResult,
     Connector,
+    JobStatus,
     Operation,
     Outcome,
     Record,
@@ -51,10 +54,18 @@ from syncer.http import make_client
 from syncer.lease import Lease
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
-from syncer.normalize import RowEncoder, StagedRow
+from syncer.normalize import EncodedChunk, RowEncoder
 from syncer.ratelimit import AccountLimiter, RateLimit, limiter_for
 from syncer.settings import Settings
-from syncer.state import events_table, records_table, runs_table, state_engine, utcnow
+from syncer.state import (
+    events_table,
+    jobs_table,
+    pending_table,
+    records_table,
+    runs_table,
+    state_engine,
+    utcnow,
+)
 from syncer.warehouse import stream
 
 log = get_logger("syncer.engine")
@@ -173,6 +184,7 @@ class _Tally:
                 "rejected",
                 "invalid",
                 "failed",
+                "pending",
             ),
             0,
         )
@@ -234,16 +246,25 @@ class SyncEngine:
         with stream(
             url, definition.source.query, self.settings.read_batch_size, str(sync.path)
         ) as (columns, partitions):
-            encoder = RowEncoder(definition, columns, str(sync.path))
+            hashed = sync.connector_cls.capabilities.hashed_keys
+            encoder = RowEncoder(definition, columns, str(sync.path), hash_keys=hashed)
 
-            def encoded() -> Iterator[list[StagedRow]]:
+            def encoded() -> Iterator[EncodedChunk]:
                 start = 0
                 for part in partitions:
-                    yield encoder.encode(part, start)
+                    yield encoder.encode_chunk(part, start, staging.spill)
                     start += len(part)
 
-            staging.load(encoded())
-        staging.finalize(definition.source.key)
+            try:
+                staging.load(encoded())
+            except BaseException:
+                staging.close()
+                raise
+        try:
+            staging.finalize(definition.source.key)
+        except BaseException:
+            staging.close()
+            raise
         return staging
 
     # -- plan --------------------------------------------------------------------------------
@@ -252,6 +273,7 @@ class SyncEngine:
         """Exactly what ``run`` would send now; nothing is sent and no state changes."""
         definition = sync.definition
         with self.state.connect() as conn:
+            staging: Staging | None = None
             try:
                 staging = self._stage(conn, sync, full_resync)
                 counts = staging.counts()
@@ -263,6 +285,8 @@ class SyncEngine:
                 invalid = [reason for _, reason in next(staging.invalid_rows(samples), [])]
                 guard = check_guards(definition.guards, counts)
             finally:
+                if staging is not None:
+                    staging.close()
                 conn.invalidate()  # discards the staging table and the open transaction
         return PlanResult(
             definition.name, definition.mode, counts, sample, invalid[:samples], guard
@@ -367,6 +391,9 @@ class SyncEngine:
             status, message, exit_code = "failed", None, ExitCode.PROBLEMS
             staging: Staging | None = None
             try:
+                waiting = self._settle_jobs(conn, sync, run_id, tally, bound)
+                if waiting is not None:
+                    raise _Waiting(waiting)
                 staging = self._stage(conn, sync, full_resync)
                 counts = staging.counts()
                 self._record_invalid(conn, run_id, staging, tally, counts)
@@ -375,10 +402,13 @@ class SyncEngine:
                     status, message = "blocked", guard.reason
                 else:
                     self._send_all(conn, run_id, sync, staging, counts, tally, progress, lease)
-                    status = "succeeded"
+                    status = "submitted" if tally["pending"] else "succeeded"
                     if tally["rejected"] or tally["invalid"] or tally["failed"]:
                         status = "partial"
                 exit_code = self._exit_code(status, tally)
+            except _Waiting as exc:
+                conn.commit()
+                status, message, exit_code = "waiting", str(exc), ExitCode.OK
             except Interrupted as exc:
                 conn.rollback()
                 status, message, exit_code = "interrupted", str(exc), exc.exit_code
@@ -399,6 +429,7 @@ class SyncEngine:
                 raise
             self._finish(conn, run_id, status, tally, message)
             if staging is not None:
+                staging.close()
                 conn.invalidate()  # closing the connection drops staging in one go
         duration = time.monotonic() - started
         bound.info("run.finished", status=status, duration_s=round(duration, 3), **tally.values)
@@ -408,7 +439,7 @@ class SyncEngine:
 
     @staticmethod
     def _exit_code(status: str, tally: _Tally) -> ExitCode:
-        if status == "succeeded":
+        if status in ("succeeded", "submitted"):
             return ExitCode.OK
         only_failures = not (tally["rejected"] or tally["invalid"])
         if status == "partial" and tally["failed"] and only_failures:
@@ -465,16 +496,8 @@ class SyncEngine:
             field_names=tuple(sorted(definition.fields)),
             run_id=run_id,
         )
-        with make_client(
-            self.settings.http_timeout, self.transport, max_wait=self.settings.max_retry_after
-        ) as http:
-            connector = sync.connector_cls(sync.connector_config, context, http)
-            connector.pause = self._pause
-            http.classifier = connector.classify
-            rates, concurrency = effective_limits(connector)
-            http.limiter = self._limiter(connector.account_key(), rates, concurrency)
-            http.secrets = connector.secret_values()
-            http.stop = self.stop
+        with self._session(sync, context) as connector:
+            _, concurrency = effective_limits(connector)
             _guarded(connector, "open", connector.open)
             finished = False
             pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="syncer-send")
@@ -524,12 +547,174 @@ class SyncEngine:
                 raise
             pool.shutdown(wait=True)
             _guarded(connector, "close", lambda: connector.close(finished))
+            # close() returned: every job it handed out has been started at the vendor.
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.run_id == run_id, jobs_table.c.sealed == 0)
+                .values(sealed=1, status="submitted")
+            )
+            self._save_stats(conn, run_id, connector.stats)
+            conn.commit()
             if failure is not None:
                 raise failure
             if lease.lost.is_set():
                 raise Interrupted("another process took over this sync's lease; stopped early")
             if not finished:
                 raise Interrupted("stopped on request; acknowledged changes are saved")
+
+    @contextmanager
+    def _session(self, sync: LoadedSync, context: SyncContext) -> Iterator[Connector]:
+        """A connector on the engine's HTTP client: account limiter, classification, secrets
+        kept out of messages, stop event, and the engine's clock for job polls."""
+        with make_client(
+            self.settings.http_timeout, self.transport, max_wait=self.settings.max_retry_after
+        ) as http:
+            connector = sync.connector_cls(sync.connector_config, context, http)
+            connector.pause = self._pause
+            http.classifier = connector.classify
+            rates, concurrency = effective_limits(connector)
+            http.limiter = self._limiter(connector.account_key(), rates, concurrency)
+            http.secrets = connector.secret_values()
+            http.stop = self.stop
+            yield connector
+
+    @staticmethod
+    def _save_stats(conn: Connection, run_id: str, stats: dict[str, int]) -> None:
+        if stats:
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(stats=json.dumps(stats, sort_keys=True))
+            )
+
+    # -- vendor jobs ---------------------------------------------------------------------
+
+    def _settle_jobs(
+        self, conn: Connection, sync: LoadedSync, run_id: str, tally: _Tally, bound: Any
+    ) -> str | None:
+        """Poll the jobs earlier runs left at the vendor, before anything else is sent.
+
+        A succeeded job's records become synced (in this run's transaction, with their
+        events); a failed one's are dropped, so the diff sends them again; a job that was
+        never started (its run died before close()) is dropped the same way. Jobs are
+        serialised per sync, as vendors ask (Google: CONCURRENT_MODIFICATION): while one
+        still runs, this returns why the run must wait, and nothing new is sent.
+        """
+        name = sync.definition.name
+        jobs = conn.execute(
+            select(jobs_table)
+            .where(jobs_table.c.sync == name, jobs_table.c.settled_at.is_(None))
+            .order_by(jobs_table.c.created_at)
+        ).all()
+        if not jobs:
+            return None
+        context = SyncContext(name, sync.definition.mode, tuple(sorted(sync.definition.fields)))
+        waiting: str | None = None
+        with self._session(sync, context) as connector:
+            for job in jobs:
+                if not job.sealed:
+                    status = JobStatus("failed", "its run stopped before the job was started")
+                else:
+                    status = self._retrying_poll(connector, job.job)
+                if status.state == "running":
+                    waiting = (
+                        f"waiting for vendor job {job.job} (submitted by run {job.run_id});"
+                        " nothing new is sent until it finishes"
+                    )
+                    continue
+                self._apply_job(conn, name, run_id, job, status, tally)
+                bound.info("job.settled", job=job.job, state=status.state)
+                conn.commit()
+        return waiting
+
+    def _retrying_poll(self, connector: Connector, job: str) -> JobStatus:
+        """``poll_job`` with the same retries, Retry-After and budget as a batch."""
+        seen: list[JobStatus] = []
+
+        def attempt() -> list[Outcome]:
+            seen.append(_guarded(connector, "poll_job", lambda: connector.poll_job(job)))
+            return []
+
+        self._retrying(attempt)
+        return seen[-1]
+
+    def _apply_job(
+        self,
+        conn: Connection,
+        sync_name: str,
+        run_id: str,
+        job: Any,
+        status: JobStatus,
+        tally: _Tally,
+    ) -> None:
+        """Make a finished job's records synced (or drop them), with their audit events."""
+        now = utcnow()
+        plain = self.settings.audit_plain_keys
+        rows = conn.execute(
+            select(pending_table).where(
+                pending_table.c.sync == sync_name, pending_table.c.job == job.job
+            )
+        ).all()
+        succeeded = status.state == "succeeded"
+        if succeeded:
+            gone = [r.key for r in rows if r.operation == "remove"]
+            for part in range(0, len(gone), 500):
+                conn.execute(
+                    delete(records_table).where(
+                        records_table.c.sync == sync_name,
+                        records_table.c.key.in_(gone[part : part + 500]),
+                    )
+                )
+            kept = [
+                {
+                    "sync": sync_name,
+                    "key": r.key,
+                    "hash": r.hash,
+                    "destination_id": r.destination_id,
+                    "synced_at": now,
+                }
+                for r in rows
+                if r.operation != "remove"
+            ]
+            if kept:
+                conn.execute(self._upsert_records(conn), kept)
+            for r in rows:
+                tally.values[_COUNTER[r.operation]] += 1
+        elif job.sealed:
+            # A vendor failure is reported; a job our own run never started is just resent.
+            tally.values["failed"] += len(rows)
+        reason = None if succeeded else f"vendor job failed: {status.reason or 'no reason given'}"
+        if not job.sealed:
+            reason = f"not confirmed: {status.reason}; sent again"
+        events = [
+            {
+                "run_id": run_id,
+                "key": audit_key(r.key, plain),
+                "operation": r.operation,
+                "outcome": "accepted" if succeeded else "failed",
+                "reason": reason,
+                "at": now,
+            }
+            for r in rows
+        ]
+        if events:
+            conn.execute(events_table.insert(), events)
+        conn.execute(
+            delete(pending_table).where(
+                pending_table.c.sync == sync_name, pending_table.c.job == job.job
+            )
+        )
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.sync == sync_name, jobs_table.c.job == job.job)
+            .values(
+                status=status.state if job.sealed else "abandoned",
+                message=status.reason,
+                stats=json.dumps(dict(status.stats), sort_keys=True) if status.stats else None,
+                settled_at=now,
+            )
+        )
+        self._save_tally(conn, run_id, tally)
 
     def _deliver(
         self, connector: Connector, operation: Operation, records: list[Record]
@@ -613,6 +798,9 @@ class SyncEngine:
         plain = self.settings.audit_plain_keys
         by_key = {r.key: r for r in batch.records}
         accepted = [o for o in outcomes if o.status == "accepted"]
+        pending = [o for o in outcomes if o.status == "pending"]
+        if pending:
+            self._hold_pending(conn, run_id, sync_name, batch, pending, now)
         if accepted and batch.operation == "remove":
             conn.execute(
                 delete(records_table).where(
@@ -631,21 +819,7 @@ class SyncEngine:
                 }
                 for o in accepted
             ]
-            insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
-            stmt = insert(records_table)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[records_table.c.sync, records_table.c.key],
-                    set_={
-                        "hash": stmt.excluded.hash,
-                        "destination_id": func.coalesce(
-                            stmt.excluded.destination_id, records_table.c.destination_id
-                        ),
-                        "synced_at": stmt.excluded.synced_at,
-                    },
-                ),
-                rows,
-            )
+            conn.execute(self._upsert_records(conn), rows)
         conn.execute(
             events_table.insert(),
             [
@@ -661,10 +835,72 @@ class SyncEngine:
             ],
         )
         tally.values[_COUNTER[batch.operation]] += len(accepted)
+        tally.values["pending"] += len(pending)
         tally.values["rejected"] += sum(o.status == "rejected" for o in outcomes)
         tally.values["failed"] += sum(o.status == "failed" for o in outcomes)
         self._save_tally(conn, run_id, tally)
         conn.commit()
+
+    @staticmethod
+    def _upsert_records(conn: Connection) -> Any:
+        """Insert-or-update of acknowledged records; a destination id, once known, is kept."""
+        insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+        stmt = insert(records_table)
+        return stmt.on_conflict_do_update(
+            index_elements=[records_table.c.sync, records_table.c.key],
+            set_={
+                "hash": stmt.excluded.hash,
+                "destination_id": func.coalesce(
+                    stmt.excluded.destination_id, records_table.c.destination_id
+                ),
+                "synced_at": stmt.excluded.synced_at,
+            },
+        )
+
+    @staticmethod
+    def _hold_pending(
+        conn: Connection,
+        run_id: str,
+        sync_name: str,
+        batch: ChangeBatch,
+        pending: list[Outcome],
+        now: dt.datetime,
+    ) -> None:
+        """Records a vendor job took: kept aside (not synced) until a later run polls it."""
+        by_key = {r.key: r for r in batch.records}
+        for job in sorted({o.job for o in pending if o.job}):
+            exists = conn.execute(
+                select(jobs_table.c.job).where(
+                    jobs_table.c.sync == sync_name, jobs_table.c.job == job
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    jobs_table.insert().values(
+                        sync=sync_name, job=job, run_id=run_id, sealed=0, created_at=now
+                    )
+                )
+        keys = [o.key for o in pending]
+        conn.execute(
+            delete(pending_table).where(
+                pending_table.c.sync == sync_name, pending_table.c.key.in_(keys)
+            )
+        )
+        conn.execute(
+            pending_table.insert(),
+            [
+                {
+                    "sync": sync_name,
+                    "key": o.key,
+                    "operation": batch.operation,
+                    "hash": batch.hashes.get(o.key),
+                    "destination_id": o.destination_id or by_key[o.key].destination_id,
+                    "job": o.job or "",
+                    "run_id": run_id,
+                }
+                for o in pending
+            ],
+        )
 
     @staticmethod
     def _save_tally(conn: Connection, run_id: str, tally: _Tally) -> None:
@@ -710,7 +946,10 @@ class SyncEngine:
             ]
             problems = conn.execute(
                 select(events_table)
-                .where(events_table.c.run_id == detail["id"], events_table.c.outcome != "accepted")
+                .where(
+                    events_table.c.run_id == detail["id"],
+                    events_table.c.outcome.not_in(("accepted", "pending")),
+                )
                 .order_by(events_table.c.id)
                 .limit(limit)
             ).all()
@@ -718,10 +957,30 @@ class SyncEngine:
                 {k: v for k, v in _row_dict(p._mapping).items() if k not in ("id", "run_id")}
                 for p in problems
             ]
+            detail["stats"] = json.loads(detail["stats"]) if detail.get("stats") else {}
+            jobs = conn.execute(
+                select(jobs_table)
+                .where(jobs_table.c.run_id == detail["id"])
+                .order_by(jobs_table.c.created_at)
+            ).all()
+            detail["jobs"] = [
+                {
+                    "job": j.job,
+                    "status": j.status,
+                    "message": j.message,
+                    "stats": json.loads(j.stats) if j.stats else {},
+                    "settled_at": _row_dict({"t": j.settled_at})["t"],
+                }
+                for j in jobs
+            ]
         return detail
 
 
 T = TypeVar("T")
+
+
+class _Waiting(Exception):
+    """A vendor job of an earlier run is still running: this run sends nothing."""
 
 
 def _guarded(connector: Connector, step: str, call: Callable[[], T]) -> T:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
+import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from hashlib import sha256
 from typing import Any
 
 import orjson
@@ -23,9 +27,68 @@ from syncer.errors import ConfigError
 from syncer.mapping import FieldSpec, SyncDefinition
 
 StagedRow = tuple[int, str | None, str | None, int | None, str | None]
-"""(row number, key, payload, payload hash, invalid reason) as written to staging.
+"""(row number, key, payload, payload hash, invalid reason): one source row, encoded.
 
 The payload is a JSON array of field values in ``RowEncoder.field_names`` order."""
+
+ValidRow = tuple[int, str, str | int, int]
+"""(row number, key, payload or its location in the spill, payload hash)."""
+InvalidRow = tuple[int, str | None, str]
+"""(row number, key if it was readable, why the row cannot be sent)."""
+
+
+@dataclass(slots=True)
+class EncodedChunk:
+    """One chunk of source rows, encoded: what can be sent, and what cannot and why."""
+
+    valid: list[ValidRow]
+    invalid: list[InvalidRow]
+
+    @property
+    def rows(self) -> int:
+        return len(self.valid) + len(self.invalid)
+
+
+#: Bits of a packed location that hold the payload's length: payloads up to 16 MiB.
+LENGTH_BITS = 24
+MAX_PAYLOAD = (1 << LENGTH_BITS) - 1
+
+
+def pack_location(offset: int, length: int) -> int:
+    """Offset and length of a spilled payload in one integer (fits a signed 64-bit column)."""
+    return (offset << LENGTH_BITS) | length
+
+
+def unpack_location(location: int) -> tuple[int, int]:
+    return location >> LENGTH_BITS, location & MAX_PAYLOAD
+
+
+class PayloadSpill:
+    """Payloads of one run in an unlinked temporary file, written once in row order.
+
+    Staging keeps only (key, hash, location): most rows of a run are unchanged and their
+    payload is never read back, so it is cheaper to append it to a file (no B-tree, no
+    index, gone with the process even after a crash) than to insert it into the state
+    database. Only the changed rows' payloads are read again, by position.
+    """
+
+    def __init__(self) -> None:
+        # Owned for the run and closed by ``close`` (Staging.close), not a with-block.
+        self._file = tempfile.TemporaryFile(prefix="syncer-payloads-")  # noqa: SIM115
+        self.size = 0
+
+    def write(self, payloads: bytes | bytearray, end: int) -> None:
+        """Append ``payloads``; ``end`` is the file size after them (the encoder counted)."""
+        self._file.write(payloads)
+        self.size = end
+
+    def read(self, location: int) -> bytes:
+        offset, length = unpack_location(location)
+        self._file.flush()
+        return os.pread(self._file.fileno(), length, offset)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class InvalidValue(ValueError):
@@ -219,7 +282,14 @@ def _picker(positions: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
 class RowEncoder:
     """Encodes the rows of one sync's query; built once per run from the result's columns."""
 
-    def __init__(self, definition: SyncDefinition, columns: Sequence[str], origin: str) -> None:
+    def __init__(
+        self,
+        definition: SyncDefinition,
+        columns: Sequence[str],
+        origin: str,
+        *,
+        hash_keys: bool = False,
+    ) -> None:
         index = {name: i for i, name in enumerate(columns)}
         lowered = {name.lower(): i for i, name in enumerate(columns)}
 
@@ -244,39 +314,62 @@ class RowEncoder:
         ]
         self._plain = all(conv is None for _, _, conv in self._fields)
         self._string_keys = definition.source.key_type == "string"
+        # Destinations that must never see raw identifiers in state (ad audiences) get the
+        # SHA-256 of each normalised key as the key itself.
+        self._hash_keys = hash_keys
         self.field_names = tuple(name for name, _, _ in self._fields)
         positions = [i for _, i, _ in self._fields]
         # The payload is a JSON array in field_names order: no dict per row on the hot path.
         self._pick = _picker(positions)
 
     def encode(self, rows: Iterable[Sequence[Any]], start: int = 0) -> list[StagedRow]:
-        """One staging row per source row; bad rows carry their reason and no payload.
+        """One staging row per source row, in row order, payloads as JSON text; bad rows carry
+        their reason and no payload. For checks and tests: runs use :meth:`encode_chunk`."""
+        chunk = self.encode_chunk(rows, start)
+        merged: list[StagedRow] = [(n, key, str(p), h, None) for n, key, p, h in chunk.valid]
+        merged += [(n, key, None, None, reason) for n, key, reason in chunk.invalid]
+        merged.sort(key=operator.itemgetter(0))
+        return merged
 
-        Written as one flat loop with locals bound up front: it runs once per member.
+    def encode_chunk(
+        self, rows: Iterable[Sequence[Any]], start: int = 0, spill: PayloadSpill | None = None
+    ) -> EncodedChunk:
+        """Valid rows as (row number, key, payload, hash) and invalid ones as (row number,
+        key or None, reason), kept apart so the bulk insert never binds a NULL (the slow
+        path of sqlite3's parameter binding). With ``spill`` the payload is written there
+        and the row carries its location. One flat loop with locals bound up front: it runs
+        once per member.
         """
-        out: list[StagedRow] = []
-        append = out.append
+        valid: list[ValidRow] = []
+        invalid: list[InvalidRow] = []
+        append, refuse = valid.append, invalid.append
+        # Copied into one buffer at once: orjson's bytes carry spare capacity, so keeping
+        # 10,000 of them alive until the chunk ends would cost tens of MB.
+        spilled = bytearray()
+        keep = spilled.extend
+        offset = spill.size if spill is not None else 0
         key_index, key_conv = self._key_index, self._key
         fields, plain, pick = self._fields, self._plain, self._pick
-        string_keys = self._string_keys
+        string_keys, hash_keys = self._string_keys, self._hash_keys
         dumps, default, digest, shift = orjson.dumps, _auto, xxh3_64_intdigest, _SIGN_SHIFT
         for rownum, row in enumerate(rows, start + 1):
             raw_key = row[key_index]
             if string_keys and type(raw_key) is str:
                 key = raw_key.strip()
             elif raw_key is None:
-                append((rownum, None, None, None, f"row {rownum}: null key ({self.key_column})"))
+                refuse((rownum, None, f"row {rownum}: null key ({self.key_column})"))
                 continue
             else:
                 try:
                     key = key_conv(raw_key)
                 except InvalidValue as exc:
-                    reason = f"row {rownum}: key {self.key_column}: {exc}"
-                    append((rownum, None, None, None, reason))
+                    refuse((rownum, None, f"row {rownum}: key {self.key_column}: {exc}"))
                     continue
             if not key:
-                append((rownum, None, None, None, f"row {rownum}: empty key ({self.key_column})"))
+                refuse((rownum, None, f"row {rownum}: empty key ({self.key_column})"))
                 continue
+            if hash_keys:
+                key = sha256(key.encode("utf-8")).hexdigest()
             try:
                 if plain:
                     values = pick(row)
@@ -287,10 +380,22 @@ class RowEncoder:
                     )
                 payload = dumps(values, default=default)
             except (InvalidValue, TypeError, orjson.JSONEncodeError):
-                append((rownum, key, None, None, f"row {rownum}: {self._explain(row)}"))
+                refuse((rownum, key, f"row {rownum}: {self._explain(row)}"))
                 continue
-            append((rownum, key, payload.decode(), digest(payload) - shift, None))
-        return out
+            if spill is None:
+                append((rownum, key, payload.decode(), digest(payload) - shift))
+                continue
+            size = len(payload)
+            if size > MAX_PAYLOAD:
+                refuse((rownum, key, f"row {rownum}: payload larger than 16 MiB"))
+                continue
+            keep(payload)
+            append((rownum, key, (offset << LENGTH_BITS) | size, digest(payload) - shift))
+            offset += size
+        if spilled:
+            assert spill is not None
+            spill.write(spilled, offset)
+        return EncodedChunk(valid, invalid)
 
     def _explain(self, row: Sequence[Any]) -> str:
         """Find which field broke (slow path, only for bad rows)."""

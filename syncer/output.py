@@ -115,6 +115,18 @@ def run_detail(detail: dict[str, Any]) -> None:
     for key in (*head, "source_rows", *_COUNTS, "message"):
         if detail.get(key) is not None:
             stdout.print(f"{key:>12}: {detail[key]}")
+    if detail.get("pending"):
+        stdout.print(f"{'pending':>12}: {detail['pending']} (in a vendor job, not yet confirmed)")
+    for name, value in sorted((detail.get("stats") or {}).items()):
+        stdout.print(f"{name:>12}: {value}  (reported by the destination)")
+    if detail.get("jobs"):
+        jobs = Table(title="vendor jobs", title_justify="left")
+        for column in ("job", "status", "stats", "message"):
+            jobs.add_column(column)
+        for job in detail["jobs"]:
+            stats = ", ".join(f"{k}={v}" for k, v in sorted(job["stats"].items()))
+            jobs.add_row(job["job"], job["status"], stats or "-", job["message"] or "")
+        stdout.print(jobs)
     outcomes = Table(title="outcomes", title_justify="left")
     for column in ("operation", "outcome", "records"):
         outcomes.add_column(column)

@@ -36,7 +36,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from syncer.errors import ConfigError, TransientError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -69,6 +69,10 @@ runs_table = Table(
     Column("invalid", Integer, nullable=False, default=0),
     Column("failed", Integer, nullable=False, default=0),
     Column("message", Text),
+    # Version 4: records taken into a vendor job not yet confirmed, and the vendor's own
+    # counts for the run (JSON: num_received, match stats...).
+    Column("pending", Integer, nullable=False, default=0),
+    Column("stats", Text),
     Index("ix_syncer_runs_sync_started", "sync", "started_at"),
 )
 
@@ -111,13 +115,44 @@ leases_table = Table(
 )
 
 
+jobs_table = Table(
+    "syncer_jobs",
+    metadata,
+    Column("sync", String(200), primary_key=True),
+    Column("job", String(500), primary_key=True),
+    Column("run_id", String(32), nullable=False),
+    # Set once the connector's close() returned: the vendor was told to run the job. A job
+    # never sealed belongs to a run that died first; its records are simply sent again.
+    Column("sealed", Integer, nullable=False, default=0),
+    Column("status", String(20), nullable=False, default="open"),
+    Column("message", Text),
+    Column("stats", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("settled_at", DateTime(timezone=True)),
+)
+
+pending_table = Table(
+    "syncer_pending",
+    metadata,
+    Column("sync", String(200), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("operation", String(16), nullable=False),
+    Column("hash", BigInteger),
+    Column("destination_id", Text),
+    Column("job", String(500), nullable=False),
+    Column("run_id", String(32), nullable=False),
+)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
 def _migrate_1(conn: Connection) -> None:
     """Version 1: runs, acknowledged records and per-record events."""
-    for table in (runs_table, records_table, events_table):  # leases come in version 3
+    # Later versions' tables come in their own steps; runs_table already has version 4's
+    # columns, which _migrate_4 then finds present.
+    for table in (runs_table, records_table, events_table):
         table.create(conn, checkfirst=True)
 
 
@@ -136,10 +171,25 @@ def _migrate_3(conn: Connection) -> None:
     leases_table.create(conn, checkfirst=True)
 
 
+def _migrate_4(conn: Connection) -> None:
+    """Version 4: vendor jobs (records pending until a later run confirms them) and the
+    vendor's counts per run."""
+    present = {c["name"] for c in inspect(conn).get_columns("syncer_runs")}
+    if "pending" not in present:
+        conn.exec_driver_sql(
+            "ALTER TABLE syncer_runs ADD COLUMN pending INTEGER NOT NULL DEFAULT 0"
+        )
+    if "stats" not in present:
+        conn.exec_driver_sql("ALTER TABLE syncer_runs ADD COLUMN stats TEXT")
+    jobs_table.create(conn, checkfirst=True)
+    pending_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1,
     2: _migrate_2,
     3: _migrate_3,
+    4: _migrate_4,
 }
 
 

@@ -396,3 +396,44 @@ def test_integer_and_string_keys_are_normalised() -> None:
         definition({}, key="first_name", key_type="string"), [(None, "  ada  ", None, None, None)]
     )
     assert staged[0][1] == "ada"
+
+
+# -- the engine's encoding path: valid and invalid rows apart, payloads spilled ------------------
+
+
+def test_encode_chunk_keeps_invalid_rows_apart_with_row_numbers() -> None:
+    from syncer.normalize import PayloadSpill
+
+    encoder = RowEncoder(definition(FIELDS), COLUMNS, ORIGIN)
+    rows = [(*ROWS[0][:1], "Ann", *ROWS[0][2:]), (None, *ROWS[1][1:]), ROWS[1]]
+    spill = PayloadSpill()
+    try:
+        chunk = encoder.encode_chunk(rows, start=10, spill=spill)
+        assert [r[0] for r in chunk.valid] == [11, 13]
+        assert [(n, key) for n, key, _ in chunk.invalid] == [(12, None)]
+        assert "row 12: null key" in chunk.invalid[0][2]
+        # The payload is read back by location, byte for byte what encode() gives as text.
+        plain = {row[0]: row[2] for row in encoder.encode(rows, start=10)}
+        for rownum, _, location, _ in chunk.valid:
+            assert isinstance(location, int)
+            assert spill.read(location).decode() == plain[rownum]
+    finally:
+        spill.close()
+
+
+def test_payload_spill_reads_back_every_payload_across_chunks() -> None:
+    from syncer.normalize import PayloadSpill, pack_location, unpack_location
+
+    assert unpack_location(pack_location(123_456_789, 4321)) == (123_456_789, 4321)
+    encoder = RowEncoder(definition(FIELDS), COLUMNS, ORIGIN)
+    spill = PayloadSpill()
+    try:
+        first = encoder.encode_chunk([ROWS[0]], 0, spill)
+        second = encoder.encode_chunk([ROWS[1]], 1, spill)
+        names = [
+            fields_of(encoder, spill.read(int(chunk.valid[0][2])).decode())["name"]
+            for chunk in (first, second)
+        ]
+        assert names == ["Ada", "Bob"]
+    finally:
+        spill.close()
