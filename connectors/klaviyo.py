@@ -27,10 +27,10 @@ import httpx
 from pydantic import Field, SecretStr
 
 from syncer.connector import BatchResult, Capabilities, Record
-from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
+from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector, chunks
+from syncer.rest import JobPolling, RestConnector, chunks
 
 DEFAULT_REVISION = "2026-07-15"
 JSON_API = "application/vnd.api+json"
@@ -70,7 +70,7 @@ LOCATION_ATTRIBUTES = frozenset(
 Identifier = Literal["email", "phone_number", "external_id"]
 
 
-class KlaviyoConfig(RestConfig):
+class KlaviyoConfig(JobPolling):
     """Settings of the ``klaviyo`` destination."""
 
     api_key: SecretStr = Field(description="Private API key (pk_...), from the environment.")
@@ -87,9 +87,6 @@ class KlaviyoConfig(RestConfig):
         le=MAX_JOB_PROFILES,
         description="Batches with at least this many records use a bulk import job.",
     )
-    poll_interval: float = Field(default=1.0, gt=0, description="First wait between polls.")
-    max_poll_interval: float = Field(default=30.0, gt=0)
-    job_timeout: float = Field(default=1800.0, gt=0, description="Give up on a job after this.")
     batch_size: int | None = Field(default=1_000, ge=1, le=MAX_JOB_PROFILES)
 
 
@@ -253,30 +250,24 @@ class KlaviyoConnector(RestConnector):
 
     def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
         """Poll until ``complete``; ``cancelled`` or a timeout leaves the batch unsynced."""
+
+        def poll() -> Mapping[str, Any] | None:
+            response = self.request("GET", f"/api/profile-bulk-import-jobs/{job_id}")
+            self._expect(response, (), "bulk import job", TransientError)
+            attributes = _dig(self.json(response), "data", "attributes")
+            status = attributes.get("status") if isinstance(attributes, dict) else None
+            if status == "cancelled":
+                raise TransientError(f"klaviyo: bulk import job {job_id} was cancelled")
+            return attributes if status == "complete" and isinstance(attributes, dict) else None
+
         cfg = self.settings
-        waited, delay, interval = 0.0, cfg.poll_interval, cfg.poll_interval
-        while True:
-            if waited + delay > cfg.job_timeout:
-                raise TransientError(
-                    f"klaviyo: bulk import job {job_id} not complete after {waited:.0f}s"
-                )
-            if not self.pause(delay):
-                raise TransientError(f"klaviyo: stopped while bulk import job {job_id} ran")
-            waited += delay
-            try:
-                response = self.request("GET", f"/api/profile-bulk-import-jobs/{job_id}")
-            except RateLimited as exc:  # the job is accepted: wait, do not create it again
-                delay = exc.retry_after if exc.retry_after is not None else interval
-            else:
-                self._expect(response, (), "bulk import job", TransientError)
-                attributes = _dig(self.json(response), "data", "attributes")
-                status = attributes.get("status") if isinstance(attributes, dict) else None
-                if status == "complete" and isinstance(attributes, dict):
-                    return attributes
-                if status == "cancelled":
-                    raise TransientError(f"klaviyo: bulk import job {job_id} was cancelled")
-                interval = min(interval * 2, cfg.max_poll_interval)
-                delay = interval
+        return self.wait_for_job(
+            f"bulk import job {job_id}",
+            poll,
+            first_wait=cfg.poll_interval,
+            max_wait=cfg.max_poll_interval,
+            timeout=cfg.job_timeout,
+        )
 
     def _import_errors(self, job_id: str, records: Sequence[Record]) -> Iterator[tuple[int, str]]:
         """(index of the record in the batch, reason) for each import error we can place."""

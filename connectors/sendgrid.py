@@ -29,9 +29,9 @@ import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from syncer.connector import BatchResult, Capabilities, Record
-from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
+from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
-from syncer.rest import RestConfig, RestConnector, chunks
+from syncer.rest import JobPolling, RestConnector, chunks
 
 #: Most contacts in one upsert (SendGrid also caps the body at 6 MB).
 MAX_CONTACTS = 30_000
@@ -59,7 +59,7 @@ RESERVED_FIELDS = frozenset(
 _CONTACT_INDEX = re.compile(r"contacts\[(\d+)\]")
 
 
-class SendGridConfig(RestConfig):
+class SendGridConfig(JobPolling):
     """Settings of the ``sendgrid`` destination."""
 
     api_key: SecretStr = Field(description="API key with Marketing scopes, from the environment.")
@@ -68,8 +68,6 @@ class SendGridConfig(RestConfig):
         default_factory=dict, description="Mapped field name -> SendGrid custom field id."
     )
     poll_interval: float = Field(default=2.0, gt=0, description="First wait between polls.")
-    max_poll_interval: float = Field(default=30.0, gt=0)
-    job_timeout: float = Field(default=1800.0, gt=0, description="Give up on a job after this.")
     batch_size: int | None = Field(default=1_000, ge=1, le=MAX_CONTACTS)
 
     @field_validator("list_ids")
@@ -214,27 +212,22 @@ class SendGridConnector(RestConnector):
 
     def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
         """Poll the import job until it finished; a timeout leaves the batch unsynced."""
-        cfg = self.settings
-        waited, delay, interval = 0.0, cfg.poll_interval, cfg.poll_interval
-        while True:
-            if waited + delay > cfg.job_timeout:
-                raise TransientError(
-                    f"sendgrid: import job {job_id} not finished after {waited:.0f}s"
-                )
-            if not self.pause(delay):
-                raise TransientError(f"sendgrid: stopped while import job {job_id} ran")
-            waited += delay
-            try:
-                response = self.request("GET", f"/v3/marketing/contacts/imports/{job_id}")
-            except RateLimited as exc:  # the job is accepted: wait, do not upsert again
-                delay = exc.retry_after if exc.retry_after is not None else interval
-                continue
+
+        def poll() -> Mapping[str, Any] | None:
+            response = self.request("GET", f"/v3/marketing/contacts/imports/{job_id}")
             self._expect(response, (), "import job", TransientError)
             job = self.json(response)
-            if isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed"):
-                return job
-            interval = min(interval * 2, cfg.max_poll_interval)
-            delay = interval
+            done = isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed")
+            return job if done else None
+
+        cfg = self.settings
+        return self.wait_for_job(
+            f"import job {job_id}",
+            poll,
+            first_wait=cfg.poll_interval,
+            max_wait=cfg.max_poll_interval,
+            timeout=cfg.job_timeout,
+        )
 
     def _find_ids(self, records: Sequence[Record]) -> dict[str, str]:
         """Record key -> contact id, by email, 100 emails a call."""

@@ -33,6 +33,7 @@ from syncer.connector import (
 )
 from syncer.errors import BatchRejected, ConfigError
 from syncer.http import DestinationClient, raise_for_action, scrub, transport_error
+from syncer.rest import record_text
 
 MAX_BATCH = 10_000
 DEFAULT_BATCH = 500
@@ -232,16 +233,7 @@ class WebhookConnector(Connector):
             record = by_key.get(str(key))
             if record is None:  # the vendor talking about records we never sent
                 continue
-            hidden = (*secrets, *_record_text([record]))
+            hidden = (*secrets, *record_text([record]))
             text = scrub(str(reason), secrets=hidden, limit=_TEXT_LIMIT) if reason else ""
             result.reject(record.key, text or "rejected by webhook")
         return result
-
-
-def _record_text(records: Sequence[Record]) -> list[str]:
-    """Keys and string field values of ``records``: record data never goes into messages."""
-    found: list[str] = []
-    for record in records:
-        found.append(record.key)
-        found += [v for v in record.fields.values() if isinstance(v, str)]
-    return found

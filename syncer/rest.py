@@ -10,18 +10,19 @@ rate-limit headers. Subclasses keep only payload shapes and response parsing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ConfigDict, Field, field_validator
 
 from syncer.connector import Connector, ConnectorConfig, Record
-from syncer.errors import BatchRejected, ConfigError, TransientError
+from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.http import DestinationClient, describe_host, raise_for_action, scrub, transport_error
 
 REASON_LIMIT = 200
+T = TypeVar("T")
 
 
 class RestConfig(ConnectorConfig):
@@ -44,6 +45,14 @@ class RestConfig(ConnectorConfig):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("base_url must be an absolute http(s) URL")
         return value.rstrip("/")
+
+
+class JobPolling(RestConfig):
+    """Settings of connectors that poll a vendor's asynchronous jobs within a batch."""
+
+    poll_interval: float = Field(default=1.0, gt=0, description="First wait between polls.")
+    max_poll_interval: float = Field(default=30.0, gt=0)
+    job_timeout: float = Field(default=1800.0, gt=0, description="Give up on a job after this.")
 
 
 class RestConnector(Connector):
@@ -137,6 +146,40 @@ class RestConnector(Connector):
             raise TransientError(
                 f"HTTP {response.status_code} from {host}: unreadable JSON body"
             ) from None
+
+    def wait_for_job(
+        self,
+        what: str,
+        poll: Callable[[], T | None],
+        *,
+        first_wait: float,
+        max_wait: float,
+        timeout: float,
+    ) -> T:
+        """Poll a vendor job (inside one batch) until ``poll`` returns its final answer.
+
+        Waits go through ``self.pause`` (the engine's clock and stop event), doubling from
+        ``first_wait`` up to ``max_wait``. A 429 while polling waits its Retry-After and polls
+        again: the job was accepted, so the batch must not be sent twice. Running out of
+        ``timeout`` or a stop leaves the batch unsynced (TransientError); ``poll`` raises for
+        a job that failed.
+        """
+        waited, delay, interval = 0.0, first_wait, first_wait
+        while True:
+            if waited + delay > timeout:
+                raise TransientError(f"{self.name}: {what} not finished after {waited:.0f}s")
+            if not self.pause(delay):
+                raise TransientError(f"{self.name}: stopped while {what} ran")
+            waited += delay
+            try:
+                answer = poll()
+            except RateLimited as exc:
+                delay = exc.retry_after if exc.retry_after is not None else interval
+                continue
+            if answer is not None:
+                return answer
+            interval = min(interval * 2, max_wait)
+            delay = interval
 
     def probe(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         """A ``check()`` call: a 4xx (other than auth, which is AuthError) means the setting

@@ -316,7 +316,7 @@ def test_cancelled_job_is_transient(router: respx.Router, http: httpx.Client) ->
 def test_job_poll_times_out_and_stop_is_honoured(router: respx.Router, http: httpx.Client) -> None:
     BulkJobs(router, bad=set(), statuses=["processing"] * 50)
     connector, pauses = make(http, bulk_threshold=1, job_timeout=10)
-    with pytest.raises(TransientError, match="not complete after 7s"):
+    with pytest.raises(TransientError, match="not finished after 7s"):
         connector.add([person(1)])
     assert pauses == [1.0, 2.0, 4.0]
 
