@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record, SyncContext
+from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record
 from syncer.errors import BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
@@ -87,10 +87,9 @@ class HubSpotConnector(RestConnector):
     rate_limits: ClassVar[tuple[RateLimit, ...]] = TIER_LIMITS["starter"]
     max_concurrency: ClassVar[int] = 4
 
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        # The limits depend on the account's tier; the engine reads them from the instance.
-        setattr(self, "rate_limits", TIER_LIMITS[self.settings.tier])  # noqa: B010
+    def published_limits(self) -> tuple[RateLimit, ...]:
+        """The limits of the account's tier (``tier`` setting)."""
+        return TIER_LIMITS[self.settings.tier]
 
     @property
     def settings(self) -> HubSpotConfig:

@@ -244,6 +244,11 @@ class Connector:
         text = json.dumps(identity, sort_keys=True, default=str)
         return f"{self.name}:{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
 
+    def published_limits(self) -> tuple[RateLimit, ...]:
+        """The vendor's limits for this account: ``rate_limits`` unless they depend on the
+        settings (HubSpot's differ by account tier)."""
+        return self.rate_limits
+
     def classify(self, response: httpx.Response) -> Action | None:
         """How to treat ``response``; None means the HTTP layer's default status table."""
         return None
@@ -265,7 +270,10 @@ def effective_limits(connector: Connector | type[Connector]) -> tuple[list[RateL
     """Windows and concurrency for a sync: the connector's published limits plus the sync's
     ``rate_limits`` (every window applies, so YAML can only add restrictions) and the lower
     of the two concurrency caps. A class (no config) gives the connector's defaults."""
-    rates = list(connector.rate_limits)
+    if isinstance(connector, type):
+        rates = list(connector.rate_limits)
+    else:
+        rates = list(connector.published_limits())
     concurrency = connector.max_concurrency
     config = getattr(connector, "config", None) if not isinstance(connector, type) else None
     if isinstance(config, ConnectorConfig):
