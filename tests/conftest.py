@@ -10,7 +10,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import respx
 import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +96,24 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def router() -> respx.Router:
+    """A respx router for connector tests; pass it in through the client's transport."""
+    return respx.Router(assert_all_called=False)
+
+
+@pytest.fixture(params=["engine-client", "plain-client"])
+def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """The engine's client (the HTTP layer raises) and a plain httpx client (the connector
+    applies the same rules itself, as in ``check()`` or embedding): same behaviour."""
+    from syncer.http import make_client
+
+    transport = httpx.MockTransport(router.handler)
+    if request.param == "engine-client":
+        with make_client(transport=transport) as client:
+            yield client
+    else:
+        with httpx.Client(transport=transport) as client:
+            yield client

@@ -5,7 +5,6 @@ profile id, rate-limit signals and check()."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -49,17 +48,6 @@ def make(http: httpx.Client, **options: Any) -> tuple[KlaviyoConnector, list[flo
 @pytest.fixture
 def router() -> respx.Router:
     return respx.Router(assert_all_called=False, base_url=BASE)
-
-
-@pytest.fixture(params=["engine-client", "plain-client"])
-def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    transport = httpx.MockTransport(router.handler)
-    if request.param == "engine-client":
-        with make_client(transport=transport) as client:
-            yield client
-    else:
-        with httpx.Client(transport=transport) as client:
-            yield client
 
 
 def validate_all(router: respx.Router) -> None:

@@ -43,24 +43,6 @@ def make(http: httpx.Client, **options: Any) -> WebhookConnector:
     return WebhookConnector(WebhookConnector.config_model(**settings), CONTEXT, http)
 
 
-@pytest.fixture
-def router() -> respx.Router:
-    return respx.Router(assert_all_called=False)
-
-
-@pytest.fixture(params=["engine-client", "plain-client"])
-def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    """The engine's client (the HTTP layer raises) and a plain httpx client (the connector
-    applies the same rules itself, as in ``check()`` or embedding): same behaviour."""
-    transport = httpx.MockTransport(router.handler)
-    if request.param == "engine-client":
-        with make_client(transport=transport) as client:
-            yield client
-    else:
-        with httpx.Client(transport=transport) as client:
-            yield client
-
-
 def sent(router: respx.Router, index: int = -1) -> httpx.Request:
     return router.calls[index].request
 
