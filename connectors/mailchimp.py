@@ -1,11 +1,14 @@
 """Mailchimp Marketing API v3.0: audience members upsert, tag or static segment membership.
 
 Upsert is the batch subscribe call ``POST /lists/{list_id}`` (at most 500 members, 200 with a
-per-record ``errors[]``). Membership is one of two configured mechanisms: a tag, set
-``active``/``inactive`` per member on ``/members/{subscriber_hash}/tags`` (the hash is the MD5 of
-the lowercased email), or a static segment, changed 500 emails at a time with
-``members_to_add``/``members_to_remove``. Mailchimp limits each API key to 10 connections at
-once and sends no rate-limit headers, so a 429 is the only signal; the engine backs off.
+per-record ``errors[]``). Membership is a static segment, changed 500 emails at a time with
+``members_to_add``/``members_to_remove``, or a tag. A Mailchimp tag is a static segment too, so
+by default (``tag_method: segment``) the tag name is resolved once per run to its segment id
+(``GET /lists/{id}/segments?type=static``, created when missing) and changed in the same 500-email
+calls. ``tag_method: member`` sets the tag ``active``/``inactive`` one member at a time on
+``/members/{subscriber_hash}/tags`` (the hash is the MD5 of the lowercased email). Mailchimp
+limits each API key to 10 connections at once and sends no rate-limit headers, so a 429 is the
+only signal; the engine backs off.
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
-from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record
-from syncer.errors import BatchRejected, ConfigError
+from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record, SyncContext
+from syncer.errors import AuthError, BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.rest import RestConfig, RestConnector
 
 MAX_MEMBERS = 500  # batch subscribe and each segment array [CODE]
+SEGMENT_PAGE = 1000  # segments listed per request while looking a tag up (Mailchimp's max count)
 _DC = re.compile(r"-([a-z]{2,5}\d{1,3})$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 _TAGS_PATH = re.compile(r"/lists/[^/]+/members/[0-9a-f]{32}/tags$")
@@ -32,10 +37,12 @@ _TAGS_PATH = re.compile(r"/lists/[^/]+/members/[0-9a-f]{32}/tags$")
 _ALREADY = re.compile(r"already (?:a )?(?:list )?member|already (?:in|on|exists)", re.I)
 # Segment removals of emails that are not (or no longer) on the list: nothing left to remove.
 _NOT_THERE = re.compile(
-    r"not (?:a )?(?:list )?member|not (?:on|in) (?:the|this) |does not exist", re.I
+    r"not (?:a )?(?:list )?member|not (?:on|in) (?:the|this) |not subscribed|does not exist", re.I
 )
+_FORBIDDEN_HINT = "; if this key may not edit tags as segments, set tag_method: member"
 
 Status = Literal["subscribed", "pending", "unsubscribed", "cleaned", "transactional"]
+TagMethod = Literal["segment", "member"]
 
 
 def subscriber_hash(email: str) -> str:
@@ -51,6 +58,10 @@ class MailchimpConfig(RestConfig):
     #: Membership mechanism: a tag name, or a static segment id (not both).
     tag: str | None = Field(default=None, min_length=1)
     segment_id: int | None = None
+    #: How a tag is changed: ``segment`` edits the tag as the static segment it is, 500
+    #: addresses per request; ``member`` sets it one request per member (for accounts that
+    #: refuse segment edits, or tiny lists).
+    tag_method: TagMethod = "segment"
     #: The mapping field holding the member's email; the key is used when it is absent.
     email_field: str = "email"
     #: ``status`` given to members in batch subscribe (new ones; existing ones too while
@@ -64,6 +75,8 @@ class MailchimpConfig(RestConfig):
     def _one_mechanism_and_a_data_centre(self) -> MailchimpConfig:
         if self.tag is not None and self.segment_id is not None:
             raise ValueError("set either tag or segment_id, not both")
+        if self.tag is None and "tag_method" in self.model_fields_set:
+            raise ValueError("tag_method applies to tag only")
         if self.base_url is None and not _DC.search(self.api_key.get_secret_value()):
             raise ValueError("api_key has no data-centre suffix (like -us21); set base_url instead")
         return self
@@ -78,6 +91,13 @@ class MailchimpConnector(RestConnector):
     capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_MEMBERS)
     # No published request rate; 10 simultaneous connections per API key.
     max_concurrency: ClassVar[int] = 10
+
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: The tag's segment id, resolved at the first add or remove of a run (batches run on
+        #: several threads: the lock makes one lookup, and at most one creation, per run).
+        self._tag_id: int | None = None
+        self._resolving = threading.Lock()
 
     @property
     def settings(self) -> MailchimpConfig:
@@ -113,9 +133,13 @@ class MailchimpConnector(RestConnector):
     # -- contract -------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Read the audience (and the segment): bad key -> AuthError, wrong id -> ConfigError."""
+        """Read the audience (and the segment, or look the tag up): bad key -> AuthError,
+        wrong id -> ConfigError. A tag that does not exist yet is fine: the first add creates
+        it, and check never writes."""
         cfg = self.settings
         self.probe("GET", f"/lists/{cfg.list_id}", "list_id", params={"fields": "id,name"})
+        if cfg.tag is not None and cfg.tag_method == "segment":
+            self._tag_id = self._find_tag(cfg.tag)
         if cfg.segment_id is not None:
             response = self.probe(
                 "GET", f"/lists/{cfg.list_id}/segments/{cfg.segment_id}", "segment_id"
@@ -218,20 +242,87 @@ class MailchimpConnector(RestConnector):
                 on_list.append(record)
         return result, on_list
 
+    def _by_address(self) -> bool:
+        """Membership changed through segment calls, which take addresses."""
+        cfg = self.settings
+        return cfg.segment_id is not None or (cfg.tag is not None and cfg.tag_method == "segment")
+
     def _remembered(self, email: str) -> str:
-        """What state keeps for removal: the hash for tags (no address needed), the email
-        for segments (members_to_remove takes addresses)."""
-        return email if self.settings.segment_id is not None else subscriber_hash(email)
+        """What state keeps for removal: the email for segment calls (members_to_remove takes
+        addresses), the hash otherwise (the per-member tag URL needs no address)."""
+        return email if self._by_address() else subscriber_hash(email)
 
     # -- membership -----------------------------------------------------------------------
 
     def _membership(self, records: list[Record], result: BatchResult, *, active: bool) -> None:
         cfg = self.settings
-        if cfg.tag is not None:
+        if cfg.segment_id is not None:
+            self._segment(records, cfg.segment_id, result, active=active, label="segment")
+        elif cfg.tag is not None and cfg.tag_method == "member":
             for record in records:
                 self._tag(record, cfg.tag, result, active=active)
-        elif cfg.segment_id is not None:
-            self._segment(records, cfg.segment_id, result, active=active)
+        elif cfg.tag is not None:
+            addressed = [r for r in records if self.email_of(r) is not None]
+            if addressed:
+                segment_id = self._tag_segment_id(cfg.tag)
+                self._segment(addressed, segment_id, result, active=active, label="tag")
+            # Only a subscriber hash in state (written by tag_method: member) and no email key:
+            # the per-member call is the one way to reach these members.
+            for record in records:
+                if self.email_of(record) is None:
+                    self._tag(record, cfg.tag, result, active=active)
+
+    # -- tag as a static segment ----------------------------------------------------------
+
+    def _tag_segment_id(self, tag: str) -> int:
+        """The tag's segment id: looked up once per run, created when the tag does not exist."""
+        with self._resolving:
+            if self._tag_id is None:
+                found = self._find_tag(tag)
+                self._tag_id = found if found is not None else self._create_tag(tag)
+            return self._tag_id
+
+    def _find_tag(self, tag: str) -> int | None:
+        """The id of the static segment named exactly ``tag``, paging through all of them."""
+        path = f"/lists/{self.settings.list_id}/segments"
+        offset = 0
+        while True:
+            params = {
+                "type": "static",
+                "count": SEGMENT_PAGE,
+                "offset": offset,
+                "fields": "segments.id,segments.name,total_items",
+            }
+            try:
+                response = self.request("GET", path, params=params)
+            except BatchRejected as exc:
+                raise ConfigError(
+                    f"mailchimp: tag: cannot list the audience's tags: {exc}"
+                ) from None
+            data = self.json(response)
+            page = _items(data, "segments")
+            for segment in page:
+                found = _int_id(segment.get("id"))
+                if segment.get("name") == tag and found is not None:
+                    return found
+            offset += len(page)
+            total = data.get("total_items") if isinstance(data, dict) else None
+            if not page or not isinstance(total, int) or offset >= total:
+                return None
+
+    def _create_tag(self, tag: str) -> int:
+        path = f"/lists/{self.settings.list_id}/segments"
+        try:
+            response = self.request("POST", path, json_body={"name": tag, "static_segment": []})
+        except AuthError as exc:
+            raise AuthError(f"{exc}{_FORBIDDEN_HINT}") from None
+        except BatchRejected as exc:
+            raise ConfigError(f"mailchimp: tag: cannot create the tag: {exc}") from None
+        data = self.json(response)
+        created = _int_id(data.get("id") if isinstance(data, dict) else None)
+        if created is None:
+            raise ConfigError("mailchimp: tag: creating the tag returned no segment id")
+        return created
 
     def _hash_of(self, record: Record) -> str | None:
         stored = record.destination_id
@@ -241,7 +332,7 @@ class MailchimpConnector(RestConnector):
         return subscriber_hash(email) if email else None
 
     def _tag(self, record: Record, tag: str, result: BatchResult, *, active: bool) -> None:
-        """One member's tag on or off (Mailchimp has no bulk tag call outside /batches)."""
+        """One member's tag on or off through the member's own tags endpoint."""
         member = self._hash_of(record)
         if member is None:
             result.reject(record.key, "no email address or subscriber hash for this member")
@@ -262,9 +353,19 @@ class MailchimpConnector(RestConnector):
         result.accept(record.key, destination_id=member)
 
     def _segment(
-        self, records: list[Record], segment_id: int, result: BatchResult, *, active: bool
+        self,
+        records: list[Record],
+        segment_id: int,
+        result: BatchResult,
+        *,
+        active: bool,
+        label: str,
     ) -> None:
-        """Segment members in one call per 500 addresses; errors[] mapped back by address."""
+        """Segment members in one call per 500 addresses; errors[] mapped back by address.
+
+        Mailchimp ignores addresses that are not on the list: on removal that is success
+        (nothing to remove), on add an error saying so rejects the record, as it was never
+        subscribed."""
         by_email: dict[str, list[Record]] = {}
         for record in records:
             email = self.email_of(record)
@@ -275,22 +376,40 @@ class MailchimpConnector(RestConnector):
         path = f"/lists/{self.settings.list_id}/segments/{segment_id}"
         array = "members_to_add" if active else "members_to_remove"
         for chunk in _chunked(list(by_email), MAX_MEMBERS):
-            response = self.request("POST", path, json_body={array: chunk})
+            try:
+                response = self.request("POST", path, json_body={array: chunk})
+            except AuthError as exc:
+                if label != "tag":
+                    raise
+                raise AuthError(f"{exc}{_FORBIDDEN_HINT}") from None
             for error in _items(self.json(response), "errors"):
                 text = str(error.get("error") or "rejected")
-                ignorable = _ALREADY.search(text) if active else _NOT_THERE.search(text)
+                if (_ALREADY if active else _NOT_THERE).search(text):
+                    continue
+                if active and _NOT_THERE.search(text):
+                    text = f"not in the audience (not subscribed), so not added: {text}"
                 addresses = error.get("email_addresses") or []
                 for email in addresses if isinstance(addresses, list) else []:
                     for record in by_email.get(str(email).strip().lower(), []):
-                        if not ignorable:
-                            result.reject(
-                                record.key, self.reason(f"mailchimp segment: {text}", [record])
-                            )
+                        result.reject(
+                            record.key, self.reason(f"mailchimp {label}: {text}", [record])
+                        )
 
 
 def _items(data: Any, name: str) -> list[dict[str, Any]]:
     value = data.get(name) if isinstance(data, dict) else None
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _int_id(value: Any) -> int | None:
+    """A segment id as Mailchimp sends it (an integer; a digit string is tolerated)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
 
 
 def _chunked(items: list[str], size: int) -> list[list[str]]:

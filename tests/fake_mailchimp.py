@@ -1,10 +1,14 @@
 """A stateful local Mailchimp (Marketing API 3.0) for end-to-end tests.
 
 It keeps an audience's members by subscriber hash (MD5 of the lowercased email), their merge
-fields and tags, and static segments. It answers as the reference describes Mailchimp: batch
-subscribe takes at most 500 members and reports per-record ``errors[]`` in a 200; tags are set
-per member (404 for someone not on the list); segment add/remove ignores addresses not on the
-list; more than 10 requests at once get a bare 429 (no headers); bad credentials get a 401.
+fields, and static segments with ids. A tag is a static segment with the tag's name, as in
+Mailchimp: ``GET /segments?type=static`` lists it (``count``/``offset`` pages, ``total_items``),
+``POST /segments`` with ``name``/``static_segment`` creates it, and the segment call changes it
+by id. It answers as the reference describes Mailchimp: batch subscribe takes at most 500
+members and reports per-record ``errors[]`` in a 200; the per-member tags call sets a tag
+``active``/``inactive`` (creating an unknown tag, 404 for someone not on the list); segment
+add/remove ignores addresses not on the list; more than 10 requests at once get a bare 429 (no
+headers); bad credentials get a 401.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 from tests.contract import CapturedRequest
 from tests.vendor_emulator import Reply, VendorEmulator
@@ -27,7 +32,15 @@ class Member:
     email: str
     status: str
     merge_fields: dict[str, Any] = field(default_factory=dict)
-    tags: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Segment:
+    """A static segment; a tag is one whose name is the tag."""
+
+    id: int
+    name: str
+    members: set[str] = field(default_factory=set)  # subscriber hashes
 
 
 def md5(email: str) -> str:
@@ -53,6 +66,8 @@ class FakeMailchimp(VendorEmulator):
         ("GET", r"/3\.0/lists/(?P<list>[^/]+)", "get_list"),
         ("POST", r"/3\.0/lists/(?P<list>[^/]+)", "batch_subscribe"),
         ("POST", r"/3\.0/lists/(?P<list>[^/]+)/members/(?P<hash>[0-9a-f]{32})/tags", "tags"),
+        ("GET", r"/3\.0/lists/(?P<list>[^/]+)/segments", "list_segments"),
+        ("POST", r"/3\.0/lists/(?P<list>[^/]+)/segments", "create_segment"),
         ("GET", r"/3\.0/lists/(?P<list>[^/]+)/segments/(?P<seg>\d+)", "get_segment"),
         ("POST", r"/3\.0/lists/(?P<list>[^/]+)/segments/(?P<seg>\d+)", "segment"),
     ]
@@ -62,7 +77,10 @@ class FakeMailchimp(VendorEmulator):
         self.api_key = api_key
         self.list_id = list_id
         self.members: dict[str, Member] = {}
-        self.segments: dict[int, set[str]] = {segment_id: set()}
+        self.segments: dict[int, Segment] = {segment_id: Segment(segment_id, "Emulated segment")}
+        self._next_id = 1000
+        #: Mailchimp's largest ``count`` for a listing; tests lower it to make pages.
+        self.max_count = 1000
         #: Addresses batch subscribe refuses, with Mailchimp's message.
         self.invalid: dict[str, str] = {}
         self._inflight = 0
@@ -71,13 +89,25 @@ class FakeMailchimp(VendorEmulator):
 
     # -- what tests look at -------------------------------------------------------------
 
+    def add_segment(self, name: str) -> Segment:
+        """A new static segment (or tag) named ``name``, with the next free id."""
+        with self.lock:
+            self._next_id += 1
+            segment = self.segments[self._next_id] = Segment(self._next_id, name)
+            return segment
+
+    def tag_segment(self, tag: str) -> Segment | None:
+        with self.lock:
+            return next((s for s in self.segments.values() if s.name == tag), None)
+
     def tagged(self, tag: str) -> set[str]:
         with self.lock:
-            return {m.email for m in self.members.values() if tag in m.tags}
+            segment = self.tag_segment(tag)
+            return {self.members[h].email for h in segment.members} if segment else set()
 
     def segment_members(self, segment_id: int = 42) -> set[str]:
         with self.lock:
-            return {self.members[h].email for h in self.segments[segment_id]}
+            return {self.members[h].email for h in self.segments[segment_id].members}
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -177,17 +207,55 @@ class FakeMailchimp(VendorEmulator):
         if member is None:
             return problem(404, "Resource Not Found", "The requested resource could not be found.")
         for tag in req.json()["tags"]:
+            segment = self.tag_segment(tag["name"])
             if tag["status"] == "active":
-                member.tags.add(tag["name"])
-            else:
-                member.tags.discard(tag["name"])
+                (segment or self.add_segment(tag["name"])).members.add(match.group("hash"))
+            elif segment is not None:
+                segment.members.discard(match.group("hash"))
         return Reply(204)
+
+    def list_segments(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if not self._list_ok(match):
+            return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(req.url).query).items()}
+        kind = query.get("type")
+        if kind not in (None, "static"):  # no saved segments here
+            return Reply(200, {"segments": [], "total_items": 0})
+        count = min(int(query.get("count", "10")), self.max_count)
+        offset = int(query.get("offset", "0"))
+        segments = sorted(self.segments.values(), key=lambda s: s.id)
+        page = [self._segment_json(s) for s in segments[offset : offset + count]]
+        return Reply(200, {"segments": page, "list_id": self.list_id, "total_items": len(segments)})
+
+    def create_segment(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        if not self._list_ok(match):
+            return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        body = req.json()
+        name = str(body.get("name") or "")
+        if not name or not isinstance(body.get("static_segment"), list):
+            return problem(400, "Invalid Resource", "name and static_segment are required")
+        if self.tag_segment(name) is not None:
+            return problem(400, "Invalid Resource", "A segment with this name already exists.")
+        segment = self.add_segment(name)
+        for email in body["static_segment"]:
+            if md5(email) in self.members:
+                segment.members.add(md5(email))
+        return Reply(200, self._segment_json(segment))
+
+    def _segment_json(self, segment: Segment) -> dict[str, Any]:
+        return {
+            "id": segment.id,
+            "name": segment.name,
+            "member_count": len(segment.members),
+            "type": "static",
+            "list_id": self.list_id,
+        }
 
     def get_segment(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         seg = int(match.group("seg"))
         if not self._list_ok(match) or seg not in self.segments:
             return problem(404, "Resource Not Found", "The requested resource could not be found.")
-        return Reply(200, {"id": seg, "type": "static", "member_count": len(self.segments[seg])})
+        return Reply(200, self._segment_json(self.segments[seg]))
 
     def segment(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         seg = int(match.group("seg"))
@@ -197,7 +265,7 @@ class FakeMailchimp(VendorEmulator):
         adds, removes = body.get("members_to_add") or [], body.get("members_to_remove") or []
         if len(adds) > 500 or len(removes) > 500:
             return problem(400, "Invalid Resource", "at most 500 emails per array")
-        members = self.segments[seg]
+        members = self.segments[seg].members
         added, removed = [], []
         for email in adds:  # addresses not on the list are ignored
             key = md5(email)

@@ -1,6 +1,8 @@
-"""Mailchimp end to end: ``syncer sync now`` against a stateful local Mailchimp, for both
-membership mechanisms (tag, static segment), over first run, churn and a quiet run, with a bare
-429 and one address Mailchimp refuses. At the end the tag/segment holds exactly the segment."""
+"""Mailchimp end to end: ``syncer sync now`` against a stateful local Mailchimp, for every
+membership mechanism (a tag changed as a static segment, a tag set per member, a static segment
+id), over first run, churn and a quiet run, with a bare 429 and one address Mailchimp refuses.
+At the end the tag/segment holds exactly the segment. In tag mode the tag does not exist
+before the first run: it is created once, then found (on a later page) by the next run."""
 
 from __future__ import annotations
 
@@ -43,11 +45,24 @@ def people(numbers: range, name: str = "P") -> list[tuple[str, str]]:
     return [(f"p{i}@example.com", f"{name}{i}") for i in numbers]
 
 
-@pytest.mark.parametrize("mechanism", ["tag: vip", "segment_id: 42"])
+MECHANISMS = {
+    "tag-segment": "tag: vip",
+    "tag-member": "tag: vip\n  tag_method: member",
+    "segment-id": "segment_id: 42",
+}
+TAGS = r"/members/[0-9a-f]{32}/tags$"
+SEGMENT_CALLS = r"/segments/\d+$"
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS.values(), ids=list(MECHANISMS))
 def test_churn_with_429_and_a_rejected_address(tmp_path: Path, mechanism: str) -> None:
+    by_segment = "tag_method" not in mechanism
     with FakeMailchimp(KEY, LIST) as vendor:
         assert isinstance(vendor, FakeMailchimp)
         vendor.invalid[BAD] = "This email address looks fake or invalid."
+        for name in ("newsletter", "VIP", "vip-old"):  # near misses: the name must match exactly
+            vendor.add_segment(name)
+        vendor.max_count = 2  # so the tag lookup has to page
         run = SyncRun(
             tmp_path,
             MAPPING.format(url=vendor.url, list_id=LIST, mechanism=mechanism),
@@ -62,6 +77,7 @@ def test_churn_with_429_and_a_rejected_address(tmp_path: Path, mechanism: str) -
         run.segment(COLUMNS, [*people(range(12)), (BAD, "Bad")])
         check = run.cli("check", "mc_vip", "--json")
         assert check.returncode == 0, check.stdout + check.stderr
+        assert not vendor.requests_to(r"/segments$", "POST")  # a missing tag is fine; no writes
         vendor.fail_next(
             r"/lists/[^/]+$", Reply(429, {"title": "Too Many Requests"}), method="POST"
         )
@@ -71,6 +87,23 @@ def test_churn_with_429_and_a_rejected_address(tmp_path: Path, mechanism: str) -
         assert first["added"] == 12 and first["rejected"] == 1
         assert vendor.pending_faults() == 0 and vendor.statuses[429] == 1
         assert members() == {f"p{i}@example.com" for i in range(12)}
+        if mechanism.startswith("tag"):
+            assert vendor.tag_segment("vip") is not None
+            created = vendor.requests_to(r"/segments$", "POST")
+            assert [r.json() for r in created] == (
+                [{"name": "vip", "static_segment": []}] if by_segment else []
+            )
+        # One membership call per answered batch with someone subscribed, or one per member.
+        batches = {
+            tuple(m["email_address"] for m in r.json()["members"] if m["email_address"] != BAD)
+            for r in vendor.requests_to(r"/lists/[^/]+$", "POST")
+        } - {()}
+        assert len(batches) == 4  # 13 rows, 4 a batch
+        assert len(vendor.requests_to(TAGS)) == (0 if by_segment else 12)
+        segment_calls = vendor.requests_to(SEGMENT_CALLS, "POST")
+        assert len(segment_calls) == (len(batches) if by_segment else 0)
+        assert {tuple(r.json()["members_to_add"]) for r in segment_calls} <= batches
+        first_requests = len(vendor.requests)
 
         shown = run.cli("run", "show", first["run_id"], "--json")
         problems = json.loads(shown.stdout)["run"]["problems"]
@@ -90,6 +123,15 @@ def test_churn_with_429_and_a_rejected_address(tmp_path: Path, mechanism: str) -
 
         expected = {f"p{i}@example.com" for i in range(3, 15)}
         assert members() == expected
+        churn_requests = vendor.requests[first_requests:]
+        lookups = [r for r in churn_requests if r.method == "GET" and "/segments?" in r.url]
+        if mechanism == "tag: vip":  # found again on the third page: 4 segments before it, 2 a page
+            assert [r.url.split("offset=")[1].split("&")[0] for r in lookups] == ["0", "2", "4"]
+        else:
+            assert not lookups
+        assert len(vendor.requests_to(r"/segments$", "POST")) == (
+            1 if mechanism == "tag: vip" else 0
+        )
         hashes = {m.email: m for m in vendor.members.values()}
         assert hashes["p3@example.com"].merge_fields == {"FNAME": "Changed"}
         assert hashes["p14@example.com"].merge_fields == {"FNAME": "P14"}
