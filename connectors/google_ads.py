@@ -1,0 +1,596 @@
+"""Google Ads Customer Match destination: a CRM-based user list fed by offline user data jobs.
+
+One run is one ``OfflineUserDataJob`` (type ``CUSTOMER_MATCH_USER_LIST``), created lazily at
+the first batch (``POST /{version}/customers/{cid}/offlineUserDataJobs:create``). Every batch
+is one ``{job}:addOperations`` call (``enablePartialFailure: true``): a ``create`` operation
+per member added, a ``remove`` per member removed. Errors Google places on an operation
+(``partialFailureError``, operation index in ``fieldPathElements``) reject that record; the
+others are *pending* in the job. ``close()`` runs the job (``{job}:run``); jobs take hours,
+so a later run polls it (``googleAds:search`` on ``offline_user_data_job``) and only then
+the engine marks those members synced, with the job's match-rate range as stats.
+
+Identifiers are normalised and hashed by :mod:`syncer.identifiers` (platform ``google``):
+``hashedEmail``, ``hashedPhoneNumber`` (E.164 with ``+``), ``addressInfo`` (hashed first and
+last name, country and postal code in clear), ``mobileId`` and ``thirdPartyUserId``. The
+identifiers sent are kept as the record's destination id, which is all a removal needs.
+
+``DatabaseError.CONCURRENT_MODIFICATION`` (HTTP 400: another job touches the same list) is
+retried; a 429 / ``RESOURCE_EXHAUSTED`` honours the ``retryDelay`` Google puts in the body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from syncer.connector import BatchResult, Capabilities, JobStatus, Record
+from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
+from syncer.http import MAX_RETRY_AFTER, Action
+from syncer.identifiers import SUPPORTED, Kind, identifier
+from syncer.normalize import InvalidValue
+from syncer.ratelimit import RateLimit
+from syncer.rest import RestConfig, RestConnector
+
+DEFAULT_VERSION = "v22"
+PLATFORM: Literal["google"] = "google"
+#: Records per batch (one addOperations call). A record carries at most 5 identifiers, so a
+#: full batch stays far below Google's 100,000 identifiers per request.
+MAX_BATCH = 10_000
+MAX_IDENTIFIERS_PER_REQUEST = 100_000
+ADDRESS_KINDS: tuple[Kind, ...] = ("first_name", "last_name", "country", "postcode")
+#: A Customer Match list has one upload key type: contact info, a CRM id or a mobile id.
+KEY_TYPES: dict[str, frozenset[str]] = {
+    "CONTACT_INFO": frozenset({"email", "phone", *ADDRESS_KINDS}),
+    "CRM_ID": frozenset({"external_id"}),
+    "MOBILE_ADVERTISING_ID": frozenset({"maid"}),
+}
+Consent = Literal["GRANTED", "DENIED"]
+_DIGITS = re.compile(r"^\d+$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+#: ``MATCH_RANGE_20_TO_30`` -> (20, 30); ``MATCH_RANGE_LESS_THAN_20`` -> (0, 19).
+_RANGE = re.compile(r"^MATCH_RANGE_(\d+)_TO_(\d+)$")
+
+
+class GoogleAdsConfig(RestConfig):
+    """Settings of the ``google_ads`` destination."""
+
+    access_token: SecretStr = Field(description="OAuth access token (adwords scope).")
+    developer_token: SecretStr = Field(description="Google Ads API developer token.")
+    customer_id: str = Field(description="Account owning the list (digits; dashes allowed).")
+    login_customer_id: str | None = Field(
+        default=None, description="Manager account id, when acting through a manager."
+    )
+    user_list_id: str = Field(description="The Customer Match (CRM-based) user list id.")
+    api_version: str = Field(default=DEFAULT_VERSION, pattern=r"^v\d+$")
+    ad_user_data: Consent | None = Field(
+        default=None, description="Consent for ad user data, sent on the job (EEA users)."
+    )
+    ad_personalization: Consent | None = Field(
+        default=None, description="Consent for ad personalisation, sent on the job."
+    )
+    region: str | None = Field(
+        default=None, min_length=2, max_length=2, description="Default phone region."
+    )
+    prehashed: list[Kind] = Field(default_factory=list, description="Columns already SHA-256.")
+    gmail_dots: bool = Field(
+        default=False, description="Strip dots before @gmail.com (off: Customer Match sample)."
+    )
+    batch_size: int | None = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+
+    @field_validator("customer_id", "login_customer_id", "user_list_id")
+    @classmethod
+    def _digits(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        compact = value.replace("-", "").strip()
+        if not _DIGITS.match(compact):
+            raise ValueError("must be a numeric Google Ads id (dashes allowed)")
+        return compact
+
+
+class GoogleAdsConnector(RestConnector):
+    """Keep a Google Ads Customer Match list equal to the segment, through offline jobs."""
+
+    name: ClassVar[str] = "google_ads"
+    description: ClassVar[str] = "Google Ads Customer Match user list (offline user data jobs)"
+    config_model: ClassVar[type[GoogleAdsConfig]] = GoogleAdsConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        operations=frozenset({"add", "remove", "update"}),
+        modes=frozenset({"membership", "upsert", "mirror"}),
+        max_batch_size=MAX_BATCH,
+        hashed_keys=True,
+        async_jobs=True,
+    )
+    default_base_url: ClassVar[str] = "https://googleads.googleapis.com"
+    # Google publishes no fixed QPS (token buckets per developer token and customer, 429 with
+    # retryDelay when spent): a modest pace; operations on one job are serialised anyway.
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(5, 1),)
+    max_concurrency: ClassVar[int] = 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._job: str | None = None
+        self._operations = 0
+        self._local = threading.local()
+
+    @property
+    def settings(self) -> GoogleAdsConfig:
+        if not isinstance(self.config, GoogleAdsConfig):
+            raise ConfigError("google_ads connector needs a GoogleAdsConfig")
+        return self.config
+
+    @property
+    def job(self) -> str | None:
+        """Resource name of this run's job, once the first batch created it."""
+        return self._job
+
+    # -- HTTP hooks ---------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        cfg = self.settings
+        return {
+            "Authorization": f"Bearer {cfg.access_token.get_secret_value()}",
+            "developer-token": cfg.developer_token.get_secret_value(),
+        }
+
+    def default_headers(self) -> dict[str, str]:
+        login = self.settings.login_customer_id
+        return {"login-customer-id": login} if login else {}
+
+    def account_id(self) -> str:
+        return self.settings.customer_id
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """429 / RESOURCE_EXHAUSTED is rate limiting (hold the account for ``retryDelay``);
+        ``CONCURRENT_MODIFICATION`` (HTTP 400, another job on the list) is worth a retry."""
+        status = response.status_code
+        if status < 400 or status in (401, 403):
+            return None
+        body = _body(response)
+        if status == 429 or _error_status(body) == "RESOURCE_EXHAUSTED":
+            delay = _retry_delay(body)
+            if delay is not None:
+                self._local.delay = delay
+                self.slow_down(delay)
+            return Action.RATE_LIMITED
+        if status == 400 and "CONCURRENT_MODIFICATION" in _error_codes(body):
+            return Action.RETRY
+        return None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """As the base, but a 429 waits Google's ``retryDelay`` when it gave one."""
+        self._local.delay = None
+        try:
+            return super().request(method, path, **kwargs)
+        except RateLimited as exc:
+            delay: float | None = getattr(self._local, "delay", None)
+            if delay is not None and (exc.retry_after is None or exc.retry_after < delay):
+                raise RateLimited(str(exc), retry_after=min(delay, MAX_RETRY_AFTER)) from None
+            raise
+
+    # -- contract -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Read the user list with GAQL: proves token, developer token, customer and list."""
+        cfg = self.settings
+        query = (
+            "SELECT user_list.id, user_list.name, user_list.type FROM user_list "
+            f"WHERE user_list.resource_name = '{self.user_list}'"
+        )
+        response = self.probe(
+            "POST", self._path("googleAds:search"), "customer_id", json_body={"query": query}
+        )
+        rows = _results(self.json(response))
+        if not rows:
+            raise ConfigError(
+                f"google_ads: user_list_id: no user list {cfg.user_list_id!r} "
+                f"in customer {cfg.customer_id}"
+            )
+        kind = _dig(rows[0], "userList", "type")
+        if kind not in (None, "CRM_BASED"):
+            raise ConfigError(
+                f"google_ads: user_list_id: list {cfg.user_list_id!r} is {kind}, "
+                "not a Customer Match (CRM_BASED) list"
+            )
+
+    def open(self) -> None:
+        """Refuse fields Google does not take, and mixes of upload key types."""
+        names = set(self.context.field_names)
+        unknown = sorted(names - SUPPORTED[PLATFORM])
+        if unknown:
+            raise ConfigError(
+                f"google_ads: field {unknown[0]!r} is not a Customer Match identifier "
+                f"(use {', '.join(sorted(SUPPORTED[PLATFORM]))})"
+            )
+        used = [key for key, kinds in KEY_TYPES.items() if names & kinds]
+        if len(used) > 1:
+            raise ConfigError(
+                "google_ads: fields mix upload key types "
+                f"({' and '.join(used)}); a Customer Match list takes one"
+            )
+        partial = names & set(ADDRESS_KINDS)
+        if partial and partial != set(ADDRESS_KINDS):
+            # addressInfo needs all four; a lone first_name would be silently ignored.
+            missing = sorted(set(ADDRESS_KINDS) - partial)
+            raise ConfigError(f"google_ads: address matching also needs field {missing[0]!r}")
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        return self._send(records, "add")
+
+    def update(self, records: Sequence[Record]) -> BatchResult:
+        return self._send(records, "update")
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        return self._send(records, "remove")
+
+    def close(self, success: bool) -> None:
+        """Run the job if it has operations: records pending in it are polled from now on,
+        so it runs even after an early stop."""
+        with self._lock:
+            job, count = self._job, self._operations
+        if job is not None and count:
+            response = self.request("POST", f"/{self.settings.api_version}/{job}:run", json_body={})
+            self.json(response)  # a long-running Operation; nothing in it we need
+
+    def poll_job(self, job: str) -> JobStatus:
+        """Status of ``job`` via GAQL: PENDING/RUNNING -> running, SUCCESS -> succeeded with
+        the match-rate range, FAILED -> failed with Google's failure reason."""
+        row = self._job_row(job)
+        if row is None:
+            return JobStatus("failed", reason="google_ads: job not found")
+        status = row.get("status")
+        if status == "SUCCESS":
+            return JobStatus("succeeded", stats=_match_stats(row))
+        if status == "FAILED":
+            reason = row.get("failureReason") or "FAILURE_REASON_UNSPECIFIED"
+            return JobStatus("failed", reason=self.reason(f"job failed: {reason}"))
+        if status == "PENDING":
+            self._rerun(job)
+        return JobStatus("running")
+
+    # -- operations ---------------------------------------------------------------------
+
+    @property
+    def user_list(self) -> str:
+        cfg = self.settings
+        return f"customers/{cfg.customer_id}/userLists/{cfg.user_list_id}"
+
+    def _path(self, tail: str, customer: str | None = None) -> str:
+        cid = customer or self.settings.customer_id
+        return f"/{self.settings.api_version}/customers/{cid}/{tail}"
+
+    def _send(self, records: Sequence[Record], operation: str) -> BatchResult:
+        """One addOperations call for the batch; per-operation errors reject their record."""
+        result = BatchResult(records)
+        operations: list[dict[str, Any]] = []
+        owners: list[Record] = []
+        kept: dict[str, str] = {}
+        for record in records:
+            ops, destination_id = self._operations_for(record, operation, result)
+            operations += ops
+            owners += [record] * len(ops)
+            if destination_id is not None:
+                kept[record.key] = destination_id
+        if not operations:
+            for record in records:  # nothing to change (identical re-sync): done
+                if record.key in kept:
+                    result.accept(record.key, destination_id=kept[record.key])
+            return result
+        identifiers = sum(len(_identifiers_of(op)) for op in operations)
+        if identifiers > MAX_IDENTIFIERS_PER_REQUEST:
+            raise BatchRejected(f"google_ads: {identifiers} identifiers exceed one request")
+        job = self._ensure_job()
+        body = {"enablePartialFailure": True, "operations": operations}
+        with self._lock:  # operations on one job go one request at a time
+            response = self.request(
+                "POST", f"/{self.settings.api_version}/{job}:addOperations", json_body=body
+            )
+            errors = self._placed_errors(self.json(response), owners)
+            # Only operations Google took count: a job of refused ones is never run.
+            self._operations += sum(r.key not in errors for r in owners)
+        sent = {r.key for r in owners}
+        for record in records:
+            if record.key in errors:
+                result.reject(record.key, errors[record.key])
+            elif record.key in sent:
+                result.pending(record.key, job, destination_id=kept[record.key])
+            elif record.key in kept:  # unchanged identifiers: nothing went into the job
+                result.accept(record.key, destination_id=kept[record.key])
+        self.report(operations_sent=len(operations), operations_failed=len(errors))
+        return result
+
+    def _operations_for(
+        self, record: Record, operation: str, result: BatchResult
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The operations for one record and the identifiers to keep for its removal."""
+        if operation == "remove":
+            old = _stored(record.destination_id)
+            if old is None:
+                result.reject(record.key, "no stored identifiers to remove this member with")
+                return [], None
+            return [{"remove": {"userIdentifiers": old}}], record.destination_id
+        try:
+            new = self.user_identifiers(record.fields)
+        except InvalidValue as exc:
+            result.reject(record.key, self.reason(str(exc), [record]))
+            return [], None
+        if not new:
+            result.reject(record.key, "no usable identifier (address needs all four parts)")
+            return [], None
+        kept = _compact(new)
+        ops: list[dict[str, Any]] = []
+        if operation == "update":
+            old = _stored(record.destination_id) or []
+            if kept == record.destination_id:
+                return [], kept
+            gone = [ident for ident in old if ident not in new]
+            if gone:
+                ops.append({"remove": {"userIdentifiers": gone}})
+        ops.append({"create": {"userIdentifiers": new}})
+        return ops, kept
+
+    def user_identifiers(self, fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Google ``UserIdentifier`` objects (one oneof field each) for a record's fields."""
+        cfg = self.settings
+        values: dict[str, str] = {}
+        for kind in sorted(SUPPORTED[PLATFORM]):
+            value = fields.get(kind)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            try:
+                values[kind] = identifier(
+                    PLATFORM,
+                    kind,
+                    value,
+                    region=cfg.region,
+                    prehashed=kind in cfg.prehashed,
+                    gmail_dots=cfg.gmail_dots,
+                )
+            except InvalidValue as exc:
+                raise InvalidValue(f"{kind}: {exc}") from None
+        found: list[dict[str, Any]] = []
+        if "email" in values:
+            found.append({"hashedEmail": values["email"]})
+        if "phone" in values:
+            found.append({"hashedPhoneNumber": values["phone"]})
+        if all(kind in values for kind in ADDRESS_KINDS):
+            address = {
+                "hashedFirstName": values["first_name"],
+                "hashedLastName": values["last_name"],
+                "countryCode": values["country"],
+                "postalCode": values["postcode"],
+            }
+            found.append({"addressInfo": address})
+        if "maid" in values:
+            found.append({"mobileId": values["maid"]})
+        if "external_id" in values:
+            found.append({"thirdPartyUserId": values["external_id"]})
+        return found  # at most 5, below Google's 20 per operation
+
+    def _ensure_job(self) -> str:
+        """This run's job, created at the first batch that needs it."""
+        with self._lock:
+            if self._job is None:
+                self._job = self._create_job()
+            return self._job
+
+    def _create_job(self) -> str:
+        cfg = self.settings
+        metadata: dict[str, Any] = {"userList": self.user_list}
+        consent = {
+            name: value
+            for name, value in (
+                ("adUserData", cfg.ad_user_data),
+                ("adPersonalization", cfg.ad_personalization),
+            )
+            if value is not None
+        }
+        if consent:
+            metadata["consent"] = consent
+        body = {
+            "job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata": metadata}
+        }
+        try:
+            response = self.request(
+                "POST", self._path("offlineUserDataJobs:create"), json_body=body
+            )
+        except BatchRejected as exc:  # the list is wrong, not the records
+            raise ConfigError(f"google_ads: user_list_id: job not created: {exc}") from None
+        name = _dig(self.json(response), "resourceName")
+        if not isinstance(name, str) or "/offlineUserDataJobs/" not in name:
+            raise TransientError("google_ads: job created without a resource name")
+        return name
+
+    def _placed_errors(self, data: Any, owners: Sequence[Record]) -> dict[str, str]:
+        """Record key -> reason, from ``partialFailureError`` (operation index per error)."""
+        failure = _dig(data, "partialFailureError")
+        if not isinstance(failure, dict):
+            return {}
+        reasons: dict[str, list[str]] = {}
+        unplaced: list[str] = []
+        for error in _failure_errors(failure):
+            index = _operation_index(error)
+            text = _describe(error)
+            if index is None or not 0 <= index < len(owners):
+                unplaced.append(text)
+                continue
+            reasons.setdefault(owners[index].key, []).append(text)
+        if unplaced and not reasons:
+            # Google could not say which operation: let the engine halve the batch.
+            raise BatchRejected(f"google_ads: partial failure: {self.reason(unplaced[0], owners)}")
+        by_key = {r.key: r for r in owners}
+        return {
+            key: self.reason("; ".join(dict.fromkeys(texts)), [by_key[key]])
+            for key, texts in reasons.items()
+        }
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def _job_row(self, job: str) -> dict[str, Any] | None:
+        customer = _customer_of(job) or self.settings.customer_id
+        if not re.fullmatch(r"customers/\d+/offlineUserDataJobs/\d+", job):
+            raise ConfigError("google_ads: not an offline user data job resource name")
+        query = (
+            "SELECT offline_user_data_job.resource_name, offline_user_data_job.status, "
+            "offline_user_data_job.failure_reason, "
+            "offline_user_data_job.operation_metadata.match_rate_range "
+            f"FROM offline_user_data_job WHERE offline_user_data_job.resource_name = '{job}'"
+        )
+        response = self.request(
+            "POST", self._path("googleAds:search", customer), json_body={"query": query}
+        )
+        for row in _results(self.json(response)):
+            found = _dig(row, "offlineUserDataJob")
+            if isinstance(found, dict):
+                return found
+        return None
+
+    def _rerun(self, job: str) -> None:
+        """A PENDING job was never started (a run whose ``:run`` call failed): start it.
+        Google refusing (already running) is fine: it runs either way."""
+        # Refused (already started) or not now: either way the next poll asks again.
+        with contextlib.suppress(BatchRejected, TransientError):
+            self.request("POST", f"/{self.settings.api_version}/{job}:run", json_body={})
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _compact(identifiers: list[dict[str, Any]]) -> str:
+    return json.dumps(identifiers, separators=(",", ":"), sort_keys=True)
+
+
+def _stored(destination_id: str | None) -> list[dict[str, Any]] | None:
+    """The identifiers kept for a member (what its removal sends), or None."""
+    if not destination_id:
+        return None
+    try:
+        value = json.loads(destination_id)
+    except ValueError:
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return value
+    return None
+
+
+def _identifiers_of(operation: Mapping[str, Any]) -> list[Any]:
+    for verb in ("create", "remove"):
+        body = operation.get(verb)
+        if isinstance(body, dict):
+            found = body.get("userIdentifiers")
+            return found if isinstance(found, list) else []
+    return []
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content) if response.content else None
+    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
+        return None
+
+
+def _dig(value: Any, *path: str) -> Any:
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _results(data: Any) -> list[Any]:
+    rows = _dig(data, "results")
+    return rows if isinstance(rows, list) else []
+
+
+def _error_status(body: Any) -> str | None:
+    status = _dig(body, "error", "status")
+    return status if isinstance(status, str) else None
+
+
+def _failure_errors(failure: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every ``GoogleAdsFailure.errors[]`` entry inside an RPC status's ``details``."""
+    details = failure.get("details")
+    for detail in details if isinstance(details, list) else ():
+        errors = detail.get("errors") if isinstance(detail, dict) else None
+        for error in errors if isinstance(errors, list) else ():
+            if isinstance(error, dict):
+                yield error
+
+
+def _error_codes(body: Any) -> set[str]:
+    """Error code values (``CONCURRENT_MODIFICATION``...) of an error response."""
+    error = _dig(body, "error")
+    if not isinstance(error, dict):
+        return set()
+    codes: set[str] = set()
+    for item in _failure_errors(error):
+        code = item.get("errorCode")
+        if isinstance(code, dict):
+            codes.update(str(v) for v in code.values())
+    return codes
+
+
+def _retry_delay(body: Any) -> float | None:
+    """Seconds from the first ``retryDelay`` ("30s") anywhere in the error body."""
+    if isinstance(body, dict):
+        value = body.get("retryDelay")
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if match:
+                return float(match.group(1))
+        items: Iterator[Any] = iter(body.values())
+    elif isinstance(body, list):
+        items = iter(body)
+    else:
+        return None
+    for item in items:
+        found = _retry_delay(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _operation_index(error: Mapping[str, Any]) -> int | None:
+    elements = _dig(error, "location", "fieldPathElements")
+    for element in elements if isinstance(elements, list) else ():
+        if isinstance(element, dict) and element.get("fieldName") == "operations":
+            index = element.get("index")
+            return index if isinstance(index, int) else None
+    return None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """``userDataError.TOO_MANY_USER_IDENTIFIERS: message``."""
+    code = error.get("errorCode")
+    name = ""
+    if isinstance(code, dict) and code:
+        kind, value = next(iter(code.items()))
+        name = f"{kind}.{value}"
+    message = error.get("message")
+    return ": ".join(str(p) for p in (name, message) if p) or "rejected"
+
+
+def _match_stats(row: Mapping[str, Any]) -> dict[str, int]:
+    """The job's match-rate range as two integers (percent), when Google gives one."""
+    value = _dig(row, "operationMetadata", "matchRateRange")
+    if not isinstance(value, str):
+        return {}
+    if value == "MATCH_RANGE_LESS_THAN_20":
+        return {"match_rate_min_pct": 0, "match_rate_max_pct": 19}
+    match = _RANGE.match(value)
+    if match is None:
+        return {}
+    return {"match_rate_min_pct": int(match.group(1)), "match_rate_max_pct": int(match.group(2))}
+
+
+def _customer_of(job: str) -> str | None:
+    match = re.match(r"^customers/(\d+)/", job)
+    return match.group(1) if match else None

@@ -1,0 +1,292 @@
+"""A stateful local Google Ads API for Customer Match: user lists, offline user data jobs
+(PENDING -> run -> scripted statuses across polls -> SUCCESS, operations applied to the list
+only then), ``addOperations`` with partial failures placed by operation index, the limits of
+section 9 of the reference (20 identifiers per operation, 100,000 per request, one oneof per
+identifier, SHA-256 hex), ``CONCURRENT_MODIFICATION`` when two jobs run on one list, a tiny
+GAQL reader for ``googleAds:search``, and Google's error envelope."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from typing import Any, ClassVar
+
+from tests.contract import CapturedRequest
+from tests.vendor_emulator import Reply, VendorEmulator
+
+FAILURE_TYPE = "type.googleapis.com/google.ads.googleads.v22.errors.GoogleAdsFailure"
+ONEOF = ("hashedEmail", "hashedPhoneNumber", "mobileId", "thirdPartyUserId", "addressInfo")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+JOB_PATH = r"/(?P<v>v\d+)/customers/(?P<cid>\d+)/offlineUserDataJobs/(?P<job>\d+)"
+
+
+def google_error(status: int, grpc: str, code: dict[str, str], message: str) -> Reply:
+    failure = {"@type": FAILURE_TYPE, "errors": [{"errorCode": code, "message": message}]}
+    return Reply(
+        status,
+        {"error": {"code": status, "message": message, "status": grpc, "details": [failure]}},
+    )
+
+
+def rate_limited(delay: str = "1s") -> Reply:
+    """Google's 429: RESOURCE_EXHAUSTED with the retryDelay inside the body, no header."""
+    reply = google_error(429, "RESOURCE_EXHAUSTED", {"quotaError": "RESOURCE_EXHAUSTED"}, "quota")
+    details = {"quotaErrorDetails": {"rateScope": "DEVELOPER", "retryDelay": delay}}
+    reply.body["error"]["details"][0]["errors"][0]["details"] = details
+    return reply
+
+
+def concurrent_modification() -> Reply:
+    return google_error(
+        400,
+        "INVALID_ARGUMENT",
+        {"databaseError": "CONCURRENT_MODIFICATION"},
+        "Multiple requests were attempting to modify the same resource at once.",
+    )
+
+
+class FakeGoogleAds(VendorEmulator):
+    routes: ClassVar[list[tuple[str, str, str]]] = [
+        ("POST", r"/(?P<v>v\d+)/customers/(?P<cid>\d+)/offlineUserDataJobs:create", "create"),
+        ("POST", JOB_PATH + r":addOperations", "add_operations"),
+        ("POST", JOB_PATH + r":run", "run"),
+        ("POST", r"/(?P<v>v\d+)/customers/(?P<cid>\d+)/googleAds:search", "search"),
+    ]
+
+    def __init__(self, token: str, developer_token: str, customer: str, user_list: str) -> None:
+        super().__init__()
+        self.token = token
+        self.developer_token = developer_token
+        self.customer = customer
+        self.user_list = user_list
+        #: Identifiers on the list, each as canonical JSON of one UserIdentifier.
+        self.members: set[str] = set()
+        self.jobs: dict[str, dict[str, Any]] = {}
+        #: Hashes Google refuses (partial failure on the operation holding them).
+        self.refused: set[str] = set()
+        #: Statuses a job reports on its polls after ``:run``, before SUCCESS.
+        self.script: list[list[str]] = []
+        self.match_range = "MATCH_RANGE_41_TO_50"
+        self._ids = itertools.count(700)
+
+    # -- what tests look at -------------------------------------------------------------
+
+    @property
+    def list_name(self) -> str:
+        return f"customers/{self.customer}/userLists/{self.user_list}"
+
+    def hashes(self, field: str = "hashedEmail") -> set[str]:
+        """The ``field`` values of the identifiers on the list."""
+        found = set()
+        for text in self.members:
+            value = json.loads(text).get(field)
+            if isinstance(value, str):
+                found.add(value)
+        return found
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def dispatch(self, req: CapturedRequest) -> Reply:
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        if headers.get("authorization") != f"Bearer {self.token}":
+            with self.lock:
+                self.requests.append(req)
+            return google_error(
+                401, "UNAUTHENTICATED", {"authenticationError": "OAUTH_TOKEN_INVALID"}, "bad token"
+            )
+        if headers.get("developer-token") != self.developer_token:
+            with self.lock:
+                self.requests.append(req)
+            return google_error(
+                403,
+                "PERMISSION_DENIED",
+                {"authorizationError": "DEVELOPER_TOKEN_NOT_APPROVED"},
+                "bad developer token",
+            )
+        return super().dispatch(req)
+
+    def _customer_ok(self, match: re.Match[str]) -> Reply | None:
+        if match["v"] != "v22" or match["cid"] != self.customer:
+            return google_error(
+                400, "INVALID_ARGUMENT", {"requestError": "INVALID_CUSTOMER_ID"}, "bad customer"
+            )
+        return None
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def create(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        bad = self._customer_ok(match)
+        if bad:
+            return bad
+        job = (req.json() or {}).get("job", {})
+        metadata = job.get("customerMatchUserListMetadata", {})
+        if job.get("type") != "CUSTOMER_MATCH_USER_LIST" or metadata.get("userList") != (
+            self.list_name
+        ):
+            return google_error(
+                400, "INVALID_ARGUMENT", {"userListError": "USER_LIST_NOT_FOUND"}, "no such list"
+            )
+        name = f"customers/{self.customer}/offlineUserDataJobs/{next(self._ids)}"
+        script = self.script.pop(0) if self.script else ["RUNNING"]
+        self.jobs[name] = {
+            "status": "PENDING",
+            "operations": [],
+            "consent": metadata.get("consent"),
+            "script": script,
+            "polls": 0,
+        }
+        return Reply(200, {"resourceName": name})
+
+    def _job(self, match: re.Match[str]) -> tuple[str, dict[str, Any] | None]:
+        name = f"customers/{match['cid']}/offlineUserDataJobs/{match['job']}"
+        return name, self.jobs.get(name)
+
+    def add_operations(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        name, job = self._job(match)
+        if job is None:
+            return google_error(404, "NOT_FOUND", {"mutateError": "RESOURCE_NOT_FOUND"}, "no job")
+        if job["status"] != "PENDING":
+            return google_error(
+                400,
+                "INVALID_ARGUMENT",
+                {"offlineUserDataJobError": "INVALID_JOB_STATUS"},
+                "operations can only be added to a PENDING job",
+            )
+        if self._running_on_list(name):
+            return concurrent_modification()
+        data = req.json() or {}
+        operations = data.get("operations") or []
+        total = sum(len(_identifiers(op)) for op in operations)
+        if total > 100_000:
+            return google_error(
+                400, "INVALID_ARGUMENT", {"userDataError": "TOO_MANY_USER_IDENTIFIERS"}, "limit"
+            )
+        errors: list[dict[str, Any]] = []
+        for index, op in enumerate(operations):
+            problem = self._problem(op)
+            if problem is None:
+                job["operations"].append(op)
+                continue
+            code, message = problem
+            path = [{"fieldName": "operations", "index": index}]
+            errors.append(
+                {"errorCode": code, "message": message, "location": {"fieldPathElements": path}}
+            )
+        if not errors:
+            return Reply(200, {})
+        if not data.get("enablePartialFailure"):
+            return google_error(400, "INVALID_ARGUMENT", errors[0]["errorCode"], "invalid")
+        failure = {"@type": FAILURE_TYPE, "errors": errors}
+        message = f"Multiple errors in 'details'. First error: {errors[0]['message']}"
+        return Reply(
+            200, {"partialFailureError": {"code": 3, "message": message, "details": [failure]}}
+        )
+
+    def _problem(self, op: Any) -> tuple[dict[str, str], str] | None:
+        verbs = [v for v in ("create", "remove", "removeAll") if v in (op or {})]
+        if len(verbs) != 1:
+            return {"requestError": "INVALID_INPUT"}, "an operation sets exactly one of its oneof"
+        idents = _identifiers(op)
+        if verbs[0] != "removeAll" and not idents:
+            return {"offlineUserDataJobError": "USER_IDENTIFIER_REQUIRED"}, "no identifiers"
+        if len(idents) > 20:
+            return {"userDataError": "TOO_MANY_USER_IDENTIFIERS"}, "Too many user identifiers."
+        for ident in idents:
+            if not isinstance(ident, dict) or len(ident) != 1 or next(iter(ident)) not in ONEOF:
+                return {"requestError": "INVALID_INPUT"}, "one oneof field per UserIdentifier"
+            for value in _hashed_values(ident):
+                if not HEX64.match(value):
+                    return (
+                        {"offlineUserDataJobError": "INVALID_SHA256_FORMAT"},
+                        "The SHA256 encoded value is malformed.",
+                    )
+                if value in self.refused:
+                    return (
+                        {"offlineUserDataJobError": "DATA_POLICY_VIOLATION"},
+                        "This user cannot be added to the list (policy).",
+                    )
+        return None
+
+    def _running_on_list(self, name: str) -> bool:
+        return any(n != name and j["status"] == "RUNNING" for n, j in self.jobs.items())
+
+    def run(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        name, job = self._job(match)
+        if job is None:
+            return google_error(404, "NOT_FOUND", {"mutateError": "RESOURCE_NOT_FOUND"}, "no job")
+        if job["status"] != "PENDING" or job.get("started"):
+            return google_error(
+                400,
+                "INVALID_ARGUMENT",
+                {"offlineUserDataJobError": "INVALID_JOB_STATUS"},
+                "the job was already started",
+            )
+        if self._running_on_list(name):
+            return concurrent_modification()
+        job["started"] = True
+        job["status"] = job["script"][0] if job["script"] else "RUNNING"
+        return Reply(200, {"name": f"{name}/operations/1", "done": False})
+
+    def _advance(self, job: dict[str, Any]) -> None:
+        """One poll: the next scripted status, then SUCCESS (operations applied in order)."""
+        if not job.get("started"):
+            return
+        job["polls"] += 1
+        script = job["script"]
+        if job["polls"] <= len(script):
+            job["status"] = script[job["polls"] - 1]
+            return
+        if job["status"] != "SUCCESS":
+            for op in job["operations"]:
+                for ident in _identifiers(op):
+                    text = json.dumps(ident, sort_keys=True)
+                    if "create" in op:
+                        self.members.add(text)
+                    else:
+                        self.members.discard(text)
+            job["status"] = "SUCCESS"
+
+    # -- GAQL ---------------------------------------------------------------------------
+
+    def search(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        bad = self._customer_ok(match)
+        if bad:
+            return bad
+        query = str((req.json() or {}).get("query", ""))
+        where = re.search(r"resource_name = '([^']+)'", query)
+        if " FROM user_list " in query:
+            if where and where.group(1) != self.list_name:
+                return Reply(200, {"results": []})
+            row = {"resourceName": self.list_name, "id": self.user_list, "type": "CRM_BASED"}
+            return Reply(200, {"results": [{"userList": row}]})
+        if " FROM offline_user_data_job " in query and where:
+            job = self.jobs.get(where.group(1))
+            if job is None:
+                return Reply(200, {"results": []})
+            self._advance(job)
+            row: dict[str, Any] = {"resourceName": where.group(1), "status": job["status"]}
+            if job["status"] == "SUCCESS":
+                row["operationMetadata"] = {"matchRateRange": self.match_range}
+            return Reply(200, {"results": [{"offlineUserDataJob": row}]})
+        return google_error(
+            400, "INVALID_ARGUMENT", {"queryError": "UNEXPECTED_INPUT"}, "unsupported query"
+        )
+
+
+def _identifiers(op: Any) -> list[Any]:
+    for verb in ("create", "remove"):
+        body = (op or {}).get(verb)
+        if isinstance(body, dict):
+            found = body.get("userIdentifiers")
+            return found if isinstance(found, list) else []
+    return []
+
+
+def _hashed_values(ident: dict[str, Any]) -> list[str]:
+    ((field, value),) = ident.items()
+    if field in ("hashedEmail", "hashedPhoneNumber"):
+        return [str(value)]
+    if field == "addressInfo" and isinstance(value, dict):
+        return [str(value.get("hashedFirstName")), str(value.get("hashedLastName"))]
+    return []
