@@ -1,0 +1,184 @@
+"""A stateful local Meta Graph API for Custom Audiences: one customer-list audience kept as a
+set of hashed rows, ``POST``/``DELETE /{version}/{audience_id}/users`` applying them and
+answering with ``num_received``/``num_invalid_entries``, the ``access_token`` parameter checked
+(code 190 otherwise), Meta's error envelope for >10,000 rows and rows not matching the schema
+(code 100), invalid hashes counted not added, and ``X-Business-Use-Case-Usage`` on every answer.
+
+A person is matched by any of the strong identifiers of a row (EMAIL, PHONE, EXTERN_ID,
+MADID): adding a row replaces the rows it matches, removing a row drops them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+from tests.contract import CapturedRequest
+from tests.vendor_emulator import Reply, VendorEmulator
+
+KEYS = {
+    "EXTERN_ID", "EMAIL", "PHONE", "GEN", "DOBY", "DOBM", "DOBD", "LN", "FN", "FI", "CT", "ST",
+    "ZIP", "MADID", "COUNTRY",
+}  # fmt: skip
+UNHASHED = {"EXTERN_ID", "MADID"}
+STRONG = ("EMAIL", "PHONE", "EXTERN_ID", "MADID")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_ROWS = 10_000
+
+Row = frozenset[tuple[str, str]]
+
+
+def error(code: int, message: str, subcode: int | None = None, **extra: Any) -> Reply:
+    body: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
+    if subcode is not None:
+        body["error_subcode"] = subcode
+    body.update(extra, fbtrace_id="AxYz")
+    return Reply(400, {"error": body})
+
+
+def usage_header(call_count: int = 12, minutes: int = 0) -> dict[str, str]:
+    entry = {
+        "type": "custom_audience",
+        "call_count": call_count,
+        "total_cputime": 3,
+        "total_time": 4,
+        "estimated_time_to_regain_access": minutes,
+    }
+    return {"X-Business-Use-Case-Usage": json.dumps({"100200300": [entry]})}
+
+
+def throttled() -> Reply:
+    """Meta's throttle: HTTP 400 with code 80003, not a 429."""
+    reply = error(80003, "There have been too many calls to this ad-account.", 2446079)
+    reply.headers.update(usage_header(100, 0))
+    return reply
+
+
+def too_small() -> Reply:
+    """A removal refused because the audience would get too small."""
+    return error(
+        2650,
+        "Invalid parameter",
+        1870050,
+        error_user_title="Audience Size too low",
+        error_user_msg="You cannot remove users from this audience because it will result in "
+        "a low audience size.",
+    )
+
+
+class FakeMeta(VendorEmulator):
+    routes: ClassVar[list[tuple[str, str, str]]] = [
+        ("GET", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)", "get_audience"),
+        ("POST", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)/users", "add_users"),
+        ("DELETE", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)/users", "remove_users"),
+    ]
+
+    def __init__(self, token: str, audience_id: str) -> None:
+        super().__init__()
+        self.token = token
+        self.audience_id = audience_id
+        self.rows: set[Row] = set()
+        self.versions: set[str] = set()
+
+    # -- what tests look at -------------------------------------------------------------
+
+    def audience(self) -> set[Row]:
+        with self.lock:
+            return set(self.rows)
+
+    def column(self, key: str) -> set[str]:
+        return {dict(row)[key] for row in self.audience() if key in dict(row)}
+
+    # -- serving ------------------------------------------------------------------------
+
+    def dispatch(self, req: CapturedRequest) -> Reply:
+        query = parse_qs(urlsplit(req.url).query)
+        if query.get("access_token") != [self.token]:
+            with self.lock:
+                self.requests.append(req)
+            return error(190, "Invalid OAuth access token - Cannot parse access token")
+        reply = super().dispatch(req)
+        if reply.status == 200:
+            reply = Reply(reply.status, reply.body, {**usage_header(), **reply.headers})
+        return reply
+
+    def _audience_or_error(self, match: re.Match[str]) -> Reply | None:
+        self.versions.add(match["version"])
+        if match["audience"] != self.audience_id:
+            return error(
+                100,
+                f"Unsupported get request. Object with ID '{match['audience']}' does not exist",
+                33,
+            )
+        return None
+
+    def get_audience(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        missing = self._audience_or_error(match)
+        if missing is not None:
+            return missing
+        body = {"id": self.audience_id, "name": "Emulated", "operation_status": {"code": 200}}
+        return Reply(200, body)
+
+    def _parse(self, req: CapturedRequest) -> tuple[list[Row], int] | Reply:
+        """(valid rows, invalid entries) of a users payload, or Meta's error."""
+        try:
+            payload = json.loads(req.body)["payload"]
+            schema, data = payload["schema"], payload["data"]
+        except (ValueError, KeyError, TypeError):
+            return error(100, "(#100) The parameter payload is required")
+        if not isinstance(schema, list) or not schema or set(schema) - KEYS:
+            return error(100, "(#100) Invalid schema")
+        if not isinstance(data, list) or len(data) > MAX_ROWS:
+            return error(100, f"(#100) Too many rows: at most {MAX_ROWS} per request")
+        rows: list[Row] = []
+        invalid = 0
+        for item in data:
+            if not isinstance(item, list) or len(item) != len(schema):
+                return error(100, "(#100) Data is missing or does not match schema")
+            pairs = [(k, v) for k, v in zip(schema, item, strict=True) if v != ""]
+            if any(k not in UNHASHED and not HEX64.match(v) for k, v in pairs) or not pairs:
+                invalid += 1
+                continue
+            rows.append(frozenset(pairs))
+        return rows, invalid
+
+    def _matches(self, row: Row) -> set[Row]:
+        strong = {(k, v) for k, v in row if k in STRONG}
+        return {r for r in self.rows if r & strong}
+
+    def add_users(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        missing = self._audience_or_error(match)
+        if missing is not None:
+            return missing
+        parsed = self._parse(req)
+        if isinstance(parsed, Reply):
+            return parsed
+        rows, invalid = parsed
+        for row in rows:
+            self.rows -= self._matches(row)
+            self.rows.add(row)
+        return self._counts(len(rows) + invalid, invalid)
+
+    def remove_users(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        missing = self._audience_or_error(match)
+        if missing is not None:
+            return missing
+        parsed = self._parse(req)
+        if isinstance(parsed, Reply):
+            return parsed
+        rows, invalid = parsed
+        for row in rows:
+            self.rows -= self._matches(row)
+        return self._counts(len(rows) + invalid, invalid)
+
+    def _counts(self, received: int, invalid: int) -> Reply:
+        body = {
+            "audience_id": self.audience_id,
+            "session_id": "1",
+            "num_received": received,
+            "num_invalid_entries": invalid,
+            "invalid_entry_samples": {},
+        }
+        return Reply(200, body)
