@@ -256,7 +256,11 @@ def normalize(
             raise InvalidValue("not a gender Meta accepts (m or f)")
         return first
     if kind == "maid":
-        out = _text(value).strip().lower()  # one consistent case (TikTok, Meta MADID)
+        out = _text(value).strip()
+        # Meta (MADID) and TikTok (hashed) want one consistent case; Google and LinkedIn take
+        # the id in clear and match it themselves, so an IDFA keeps its usual upper case.
+        if platform in ("meta", "tiktok"):
+            out = out.lower()
         if not out:
             raise InvalidValue("not a valid mobile advertiser id")
         return out

@@ -99,7 +99,7 @@ GOOGLE: list[Example] = [
     ("last_name", "DOE", None, "doe"),
     ("country", "us", None, "US"),  # countryCode in clear
     ("postcode", " 94045 ", None, "94045"),  # postalCode in clear
-    ("maid", "6D92078A-8246-4BA4-AE5B-76104861E7DC", None, "6d92078a-8246-4ba4-ae5b-76104861e7dc"),
+    ("maid", " 6D92078A-8246-4BA4-AE5B-76104861E7DC", None, "6D92078A-8246-4BA4-AE5B-76104861E7DC"),
     ("external_id", "user-7", None, "user-7"),
 ]
 
@@ -108,7 +108,7 @@ LINKEDIN: list[Example] = [
     ("first_name", " Ada ", None, "Ada"),  # plain profile hint, as written
     ("last_name", "Lovelace  Byron", None, "Lovelace Byron"),
     ("country", "gb", None, "GB"),
-    ("maid", "38400000-8CF0-11BD-B23E-10B96E40000D", None, "38400000-8cf0-11bd-b23e-10b96e40000d"),
+    ("maid", "38400000-8CF0-11BD-B23E-10B96E40000D", None, "38400000-8CF0-11BD-B23E-10B96E40000D"),
 ]
 
 TIKTOK: list[Example] = [

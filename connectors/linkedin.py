@@ -1,0 +1,317 @@
+"""LinkedIn Matched Audiences: keep a DMP user segment equal to a warehouse segment.
+
+Members are added and removed with ``POST /dmpSegments/{id}/users`` (header
+``X-RestLi-Method: BATCH_CREATE``): one ``elements[]`` entry per member, ``action`` ``ADD`` or
+``REMOVE``, ``userIds`` of ``SHA256_EMAIL`` (normalised and hashed by
+:mod:`syncer.identifiers`) and ``GOOGLE_AID`` (the mobile advertiser id), and on ``ADD`` the
+plain ``firstName``/``lastName``/``country`` profile hints. LinkedIn answers with one status per
+element, in order: a 2xx element is accepted, a 4xx one rejected with LinkedIn's message, any
+other (5xx, 429) failed so the next run sends it again.
+
+The engine keeps only SHA-256 of each key (``hashed_keys``); the ids a removal needs (email
+hash, advertiser id) are kept as the record's destination id, compact JSON ``{kind: value}``,
+so a removal needs no lookup and no raw identifier is ever stored. Names and country are sent
+on ADD only and never kept.
+
+The segment must exist (create it in Campaign Manager or with ``POST /dmpSegments``; see the
+README): creating it needs an ad account urn, a source platform and a 5 s wait before use, and
+is out of scope here. A 404 from the users endpoint is retried: LinkedIn answers 404 for a
+segment younger than about 5 s.
+
+Rate limits: 600 requests a minute per member (the token's owner) on ``/users``; LinkedIn
+answers 429 without headers, which the engine's growing default cool-down handles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.errors import ConfigError, TransientError
+from syncer.http import Action
+from syncer.identifiers import HASHED, SUPPORTED, Kind, identifier, normalize
+from syncer.normalize import InvalidValue
+from syncer.ratelimit import RateLimit
+from syncer.rest import RestConfig, RestConnector
+
+#: Most elements per users call: LinkedIn documents 5,000 for the companies endpoint; the
+#: users endpoint's maximum is unverified and assumed the same (``batch_size`` lowers it).
+MAX_ELEMENTS = 5_000
+DEFAULT_VERSION = "202604"  # what Segment's production integration pins
+#: Identifier kinds that identify a member (``userIds``), with LinkedIn's id type.
+ID_KINDS: tuple[Kind, ...] = ("email", "maid")
+ID_TYPES: Mapping[str, str] = {"email": "SHA256_EMAIL", "maid": "GOOGLE_AID"}
+#: Plain profile hints sent on ADD only.
+HINTS: Mapping[Kind, str] = {
+    "first_name": "firstName",
+    "last_name": "lastName",
+    "country": "country",
+}
+#: Segment statuses LinkedIn will not target (check() refuses them).
+DEAD_STATUSES = frozenset({"EXPIRED", "FAILED", "ERROR"})
+
+ElementAction = Literal["ADD", "REMOVE"]
+
+
+class LinkedInConfig(RestConfig):
+    """Settings of the ``linkedin`` destination."""
+
+    access_token: SecretStr = Field(
+        description="3-legged OAuth access token with rw_dmp_segments, from the environment."
+    )
+    segment_id: str = Field(
+        pattern=r"^[0-9A-Za-z_-]+$", description="Id of an existing USER DMP segment."
+    )
+    api_version: str = Field(
+        default=DEFAULT_VERSION,
+        pattern=r"^\d{6}(\.\d{2})?$",
+        description="LinkedIn-Version header (YYYYMM).",
+    )
+    prehashed: list[Kind] = Field(
+        default_factory=list, description="Kinds whose columns already hold SHA-256 hex."
+    )
+    batch_size: int | None = Field(default=MAX_ELEMENTS, ge=1, le=MAX_ELEMENTS)
+
+    @field_validator("prehashed")
+    @classmethod
+    def _hashed_kinds(cls, value: list[Kind]) -> list[Kind]:
+        wrong = [k for k in value if k not in HASHED["linkedin"]]
+        if wrong:
+            raise ValueError(f"LinkedIn hashes only email; {', '.join(wrong)} cannot be prehashed")
+        return value
+
+
+@dataclass(slots=True)
+class _Member:
+    """One record as elements of the users call (an update is a REMOVE and an ADD)."""
+
+    record: Record
+    elements: list[dict[str, Any]] = field(default_factory=list)
+    destination_id: str | None = None
+
+
+class LinkedInConnector(RestConnector):
+    """Add members to and remove them from a LinkedIn DMP user segment, by hashed email."""
+
+    name: ClassVar[str] = "linkedin"
+    description: ClassVar[str] = "LinkedIn Matched Audiences (DMP segment users)"
+    config_model: ClassVar[type[LinkedInConfig]] = LinkedInConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        operations=frozenset({"add", "remove", "update"}),
+        modes=frozenset({"membership", "mirror"}),
+        max_batch_size=MAX_ELEMENTS,
+        hashed_keys=True,
+    )
+    default_base_url: ClassVar[str] = "https://api.linkedin.com/rest"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(600, 60),)
+    max_concurrency: ClassVar[int] = 4
+
+    @property
+    def settings(self) -> LinkedInConfig:
+        if not isinstance(self.config, LinkedInConfig):
+            raise ConfigError("linkedin connector needs a LinkedInConfig")
+        return self.config
+
+    # -- HTTP hooks ---------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
+
+    def default_headers(self) -> dict[str, str]:
+        return {
+            "LinkedIn-Version": self.settings.api_version,
+            "X-Restli-Protocol-Version": "2.0.0",
+        }
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """409/423 are retryable (as Segment treats them); a 404 from the users endpoint is a
+        segment not visible yet (LinkedIn: wait 5 s after creating it), so it is retried
+        rather than halving the batch into one rejection per member."""
+        status = response.status_code
+        if status in (409, 423):
+            return Action.RETRY
+        if status == 404 and response.request.method == "POST":
+            return Action.RETRY
+        return None
+
+    # -- contract -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Refuse mapped fields LinkedIn cannot take, and a mapping with nothing to match."""
+        supported = SUPPORTED["linkedin"]
+        for name in self.context.field_names:
+            if name not in supported:
+                raise ConfigError(
+                    f"linkedin: fields.{name}: not an identifier LinkedIn takes"
+                    f" (use {', '.join(sorted(supported))})"
+                )
+        if not set(self.context.field_names) & set(ID_TYPES):
+            raise ConfigError("linkedin: fields: map email or maid (members are matched on them)")
+
+    def check(self) -> None:
+        """``GET /dmpSegments/{id}``: authenticated, cheap, and proves the segment exists and
+        can take users (a USER segment that is not expired or failed)."""
+        segment_id = self.settings.segment_id
+        response = self.probe("GET", f"/dmpSegments/{segment_id}", "segment_id")
+        data = self.json(response)
+        if not isinstance(data, dict):
+            return
+        kind, status = data.get("type"), data.get("status")
+        if kind not in (None, "USER"):
+            raise ConfigError(f"linkedin: segment_id: segment {segment_id} is a {kind} segment")
+        if status in DEAD_STATUSES:
+            raise ConfigError(f"linkedin: segment_id: segment {segment_id} is {status}")
+
+    def write(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
+        result = BatchResult(records)
+        members: list[_Member] = []
+        for record in records:
+            try:
+                member = self._member(operation, record)
+            except InvalidValue as exc:
+                result.reject(record.key, self.reason(exc, [record]))
+                continue
+            if member.elements:
+                members.append(member)
+            else:
+                result.accept(record.key, destination_id=member.destination_id)
+        if members:
+            self._send(members, result)
+        return result
+
+    # -- building elements --------------------------------------------------------------
+
+    def _member(self, operation: Operation, record: Record) -> _Member:
+        member = _Member(record)
+        if operation == "remove":
+            old = _kept_ids(record)
+            if not old:
+                raise InvalidValue("no kept identifiers to remove this member by")
+            member.elements.append(_element("REMOVE", old))
+            return member
+        ids = self._ids(record)
+        if not ids:
+            raise InvalidValue("no email or mobile advertiser id to match on")
+        member.destination_id = json.dumps(ids, separators=(",", ":"), sort_keys=True)
+        if operation == "update":
+            # The member's ids changed (mirror mode): take the old ones off, then add anew.
+            stale = {k: v for k, v in _kept_ids(record).items() if ids.get(k) != v}
+            if stale:
+                member.elements.append(_element("REMOVE", stale))
+        member.elements.append({**_element("ADD", ids), **self._hints(record)})
+        return member
+
+    def _ids(self, record: Record) -> dict[str, str]:
+        """Kind -> what LinkedIn matches on (email hashed, advertiser id in one case)."""
+        found: dict[str, str] = {}
+        for kind in ID_KINDS:
+            value = record.fields.get(kind)
+            if _blank(value):
+                continue
+            prehashed = kind in self.settings.prehashed
+            try:
+                found[kind] = identifier("linkedin", kind, value, prehashed=prehashed)
+            except InvalidValue as exc:
+                raise InvalidValue(f"{kind}: {exc}") from None
+        return found
+
+    def _hints(self, record: Record) -> dict[str, str]:
+        hints: dict[str, str] = {}
+        for kind, name in HINTS.items():
+            value = record.fields.get(kind)
+            if _blank(value):
+                continue
+            try:
+                hints[name] = normalize("linkedin", kind, value)
+            except InvalidValue as exc:
+                raise InvalidValue(f"{kind}: {exc}") from None
+        return hints
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _send(self, members: list[_Member], result: BatchResult) -> None:
+        elements = [e for m in members for e in m.elements]
+        path = f"/dmpSegments/{self.settings.segment_id}/users"
+        response = self.request(
+            "POST",
+            path,
+            json_body={"elements": elements},
+            headers={"X-RestLi-Method": "BATCH_CREATE"},
+        )
+        statuses = self._statuses(response, len(elements))
+        position = 0
+        for member in members:
+            answers = statuses[position : position + len(member.elements)]
+            position += len(member.elements)
+            self._settle(member, answers, result)
+
+    def _statuses(self, response: httpx.Response, sent: int) -> list[Mapping[str, Any]]:
+        """One status per element sent; no body means LinkedIn reported no problem."""
+        data = self.json(response)
+        listed = data.get("elements") if isinstance(data, dict) else None
+        if listed is None:
+            return [{"status": response.status_code}] * sent
+        if not isinstance(listed, list) or len(listed) != sent:
+            # We cannot tell which members landed: resend (ADD and REMOVE are idempotent).
+            raise TransientError(
+                f"linkedin: answer lists {len(listed) if isinstance(listed, list) else 'no'}"
+                f" statuses for {sent} elements"
+            )
+        return [item if isinstance(item, dict) else {} for item in listed]
+
+    def _settle(
+        self, member: _Member, answers: list[Mapping[str, Any]], result: BatchResult
+    ) -> None:
+        key = member.record.key
+        for answer in answers:
+            status = _status(answer)
+            if 200 <= status < 300:
+                continue
+            message = _message(answer) or f"element status {status}"
+            reason = self.reason(f"LinkedIn: {message}", [member.record])
+            if 400 <= status < 500 and status not in (408, 409, 423, 429):
+                result.reject(key, reason)
+            else:
+                result.fail(key, reason)
+            return
+        result.accept(key, destination_id=member.destination_id)
+
+
+def _element(action: ElementAction, ids: Mapping[str, str]) -> dict[str, Any]:
+    user_ids = [{"idType": ID_TYPES[k], "idValue": v} for k, v in sorted(ids.items())]
+    return {"action": action, "userIds": user_ids}
+
+
+def _kept_ids(record: Record) -> dict[str, str]:
+    """The ids kept at ADD time (``{"email": sha256, "maid": ...}``); empty if unreadable."""
+    if not record.destination_id:
+        return {}
+    try:
+        data = json.loads(record.destination_id)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if k in ID_TYPES and isinstance(v, str) and v}
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _status(answer: Mapping[str, Any]) -> int:
+    status = answer.get("status")
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def _message(answer: Mapping[str, Any]) -> str:
+    error = answer.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or "")
+    return ""
