@@ -257,9 +257,10 @@ def normalize(
         return first
     if kind == "maid":
         out = _text(value).strip()
-        # Meta (MADID) and TikTok (hashed) want one consistent case; Google and LinkedIn take
-        # the id in clear and match it themselves, so an IDFA keeps its usual upper case.
-        if platform in ("meta", "tiktok"):
+        # Meta (MADID), TikTok (hashed) and LinkedIn (GOOGLE_AID: Android ids are lower
+        # case) want one consistent case; Google's mobile_id may be an IDFA, so it is sent
+        # as the user keeps it.
+        if platform != "google":
             out = out.lower()
         if not out:
             raise InvalidValue("not a valid mobile advertiser id")

@@ -108,7 +108,7 @@ LINKEDIN: list[Example] = [
     ("first_name", " Ada ", None, "Ada"),  # plain profile hint, as written
     ("last_name", "Lovelace  Byron", None, "Lovelace Byron"),
     ("country", "gb", None, "GB"),
-    ("maid", "38400000-8CF0-11BD-B23E-10B96E40000D", None, "38400000-8CF0-11BD-B23E-10B96E40000D"),
+    ("maid", "38400000-8CF0-11BD-B23E-10B96E40000D", None, "38400000-8cf0-11bd-b23e-10b96e40000d"),
 ]
 
 TIKTOK: list[Example] = [
