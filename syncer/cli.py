@@ -228,6 +228,30 @@ def sync_now(
     sys.exit(code)
 
 
+# -- daemon --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Port of /healthz, /readyz and /metrics (default: SYNCER_DAEMON_PORT).",
+)
+@click.pass_obj
+@handles_errors
+def daemon(ctx: Ctx, port: int | None) -> None:
+    """Run every scheduled sync on its schedule until SIGTERM (see README "Daemon")."""
+    settings = ctx.settings
+    if "log_level" not in settings.model_fields_set:
+        # A daemon that says nothing is no use under systemd or Kubernetes: info by default.
+        from syncer.log import configure
+
+        configure("info", settings.log_format)
+    from syncer.daemon import run_daemon
+
+    sys.exit(run_daemon(settings, ctx.engine(), env_file=ctx.env_file, port=port))
+
+
 # -- plan ----------------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ import httpx
 
 from syncer import __version__
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
+from syncer.metrics import rate_limited_response
 from syncer.ratelimit import AccountLimiter
 
 if TYPE_CHECKING:
@@ -357,6 +358,7 @@ class DestinationClient(httpx.Client):
             elif action is Action.SUCCESS:
                 self._strikes = 0
         if action is Action.RATE_LIMITED:
+            rate_limited_response()
             header = parse_retry_after(response.headers.get("Retry-After"), max_wait=self.max_wait)
             wait = min(wait, self.max_wait) if header is None else header
             if self.limiter is not None:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from syncer.errors import LeaseHeld
 from syncer.log import get_logger
+from syncer.metrics import lease_taken_over
 from syncer.state import leases_table
 
 log = get_logger("syncer.lease")
@@ -96,6 +97,7 @@ class Lease:
                 if taken:
                     self.took_over = {"host": row.host, "pid": row.pid}
                     log.info("lease.taken_over", sync=self.sync, host=row.host, pid=row.pid)
+                    lease_taken_over(self.sync)
                     return
         if row is None and attempts > 1:  # released between our two statements
             return self.acquire(attempts - 1)

@@ -85,6 +85,21 @@ class SyncDefinition(_Strict):
     schedule: str | None = None
     guards: Guards = Field(default_factory=Guards)
 
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_shape(cls, value: str | None) -> str | None:
+        """Refused at load time, so ``syncer check`` and ``sync now`` catch it too, not only
+        the daemon."""
+        if value is None:
+            return None
+        from syncer.schedules import ScheduleError, parse_schedule
+
+        try:
+            parse_schedule(value)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("name")
     @classmethod
     def _name_shape(cls, value: str) -> str:

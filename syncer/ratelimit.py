@@ -45,6 +45,8 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field
 
+from syncer.metrics import rate_limit_waited
+
 #: Windows no longer than this (seconds) set the pacing; longer ones are only counted.
 PACING_HORIZON = 60.0
 #: Every window is stretched by this share. Requests reach the vendor a few milliseconds
@@ -186,6 +188,7 @@ class AccountLimiter:
                 if wait <= 0 and self._in_flight < self.max_concurrency:
                     self._grant(now)
                     self.waited_s += max(0.0, now - start)
+                    rate_limit_waited(now - start)
                     return True
                 if wait <= 0:  # only the concurrency cap is in the way: release() wakes us
                     self._cond.wait(_NAP)

@@ -67,6 +67,39 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="Seconds a run's lease lives without a heartbeat."
     )
 
+    # -- daemon ----------------------------------------------------------------------------
+    daemon_host: str = Field(
+        default="0.0.0.0", description="Address the daemon's health and metrics server binds."
+    )
+    daemon_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of /healthz, /readyz and /metrics (0: any free port).",
+    )
+    daemon_workers: int = Field(
+        default=4, ge=1, le=64, description="Syncs the daemon runs at the same time."
+    )
+    shutdown_grace: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds the daemon waits on SIGTERM for running syncs before leaving.",
+    )
+    reload_interval: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds between checks of the mappings directory for changes (0: never).",
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack-compatible incoming webhook for daemon alerts."
+    )
+    alert_rejected_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of a run's records rejected or invalid above which it alerts.",
+    )
+
     def warehouse(self, name: str) -> str:
         """The URL of the named warehouse, or a ConfigError that says how to set it."""
         if name == "default":

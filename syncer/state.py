@@ -36,7 +36,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from syncer.errors import ConfigError, TransientError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -144,6 +144,30 @@ pending_table = Table(
 )
 
 
+# Version 5 (the daemon): one row per sync and scheduled tick, so each tick runs once across
+# replicas (syncer.claims), and the alert state per sync, so replicas alert once per incident.
+ticks_table = Table(
+    "syncer_ticks",
+    metadata,
+    Column("sync", String(200), primary_key=True),
+    Column("tick", BigInteger, primary_key=True),  # epoch seconds of the scheduled moment
+    Column("holder", String(300), nullable=False),  # host:pid of the replica that claimed it
+    Column("claimed_at", Float, nullable=False),
+    Column("run_id", String(32)),
+    Column("status", String(20)),
+)
+
+alerts_table = Table(
+    "syncer_alerts",
+    metadata,
+    Column("sync", String(200), primary_key=True),
+    Column("state", String(20), nullable=False),  # ok | failing
+    Column("since", Float, nullable=False),
+    Column("run_id", String(32)),
+    Column("reason", String(40)),
+)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -185,11 +209,18 @@ def _migrate_4(conn: Connection) -> None:
     pending_table.create(conn, checkfirst=True)
 
 
+def _migrate_5(conn: Connection) -> None:
+    """Version 5: scheduled-tick claims and alert state for the daemon (new tables only)."""
+    ticks_table.create(conn, checkfirst=True)
+    alerts_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1,
     2: _migrate_2,
     3: _migrate_3,
     4: _migrate_4,
+    5: _migrate_5,
 }
 
 
