@@ -1,15 +1,16 @@
 """Three (then four) daemon replicas on one Postgres state database, one-second ticks.
 
-Over about 70 s: one replica is SIGKILLed, one stopped with SIGTERM, a new one joins, and the
-segment changes halfway. Every tick must be claimed exactly once while a replica lives, no tick
-may run twice (checked in the claim table, the runs table and the replicas' own logs), and the
-destination must end up holding the segment.
+Over about two minutes (three phases of ``PHASE`` seconds): one replica is SIGKILLed, one
+stopped with SIGTERM, a new one joins, and the segment changes halfway. Every tick must be
+claimed exactly once while a replica lives, no tick may run twice (checked in the claim table,
+the runs table and the replicas' own logs), and the destination must end up holding the segment.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import sqlalchemy as sa
 from tests.fake_destination import harness, members_of, people
 from tests.test_daemon_process import DaemonProc
 
-PHASE = 17.0  # seconds between events
+# Seconds between events: 40 gives two minutes of one-second ticks in every CI run;
+# SYNCER_TEST_REPLICA_PHASE=100 runs it for five.
+PHASE = float(os.environ.get("SYNCER_TEST_REPLICA_PHASE", "40"))
 
 
 @pytest.mark.postgres
