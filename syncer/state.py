@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from sqlalchemy import (
     make_url,
     select,
 )
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from syncer.errors import ConfigError, TransientError
 
@@ -233,21 +234,53 @@ def schema_version(conn: Connection) -> int:
     return int(value) if value is not None else 0
 
 
+#: Key of the PostgreSQL advisory lock that serialises schema upgrades between processes.
+_UPGRADE_LOCK = 0x5E7C_0001
+_SQLITE_RACE_TRIES = 20
+
+
 def upgrade(engine: Engine, target: int = SCHEMA_VERSION) -> int:
-    """Bring the schema to ``target``, one committed step at a time; returns the old version."""
-    with engine.begin() as conn:
-        meta_table.create(conn, checkfirst=True)
-        current = schema_version(conn)
+    """Bring the schema to ``target``, one committed step at a time; returns the old version.
+
+    Several processes may start on a fresh database at once (daemon replicas, parallel
+    ``sync now``): on PostgreSQL each step holds an advisory lock and re-reads the version
+    inside it; on SQLite a step that loses the race (``table already exists``) re-reads the
+    version and goes on from there.
+    """
+    current = _step(engine, None)
     if current > SCHEMA_VERSION:
         raise ConfigError(
             f"the state database has schema version {current}, newer than this syncer"
             f" understands ({SCHEMA_VERSION}); upgrade syncer"
         )
     for version in range(current + 1, target + 1):
-        with engine.begin() as conn:
-            MIGRATIONS[version](conn)
-            _set_version(conn, version)
+        _step(engine, version)
     return current
+
+
+def _step(engine: Engine, version: int | None) -> int:
+    """Apply migration ``version`` unless another process already did (None: only make sure
+    the meta table exists); returns the version found before the step."""
+    for attempt in range(_SQLITE_RACE_TRIES):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
+                meta_table.create(conn, checkfirst=True)
+                found = schema_version(conn)
+                if version is not None and found < version:
+                    MIGRATIONS[version](conn)
+                    _set_version(conn, version)
+                return found
+        except (OperationalError, IntegrityError) as exc:
+            # SQLite: another process created the same table between our check and our
+            # CREATE. Its step commits; read the version again and carry on from there.
+            if engine.dialect.name != "sqlite" or attempt == _SQLITE_RACE_TRIES - 1:
+                raise
+            if "already exists" not in str(exc.orig) and "locked" not in str(exc.orig):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _set_version(conn: Connection, version: int) -> None:

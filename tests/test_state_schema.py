@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +139,32 @@ def test_many_databases_in_one_process(isolated: Path) -> None:
 def test_unusable_state_url_is_a_config_error_naming_the_setting(url: str) -> None:
     with pytest.raises(ConfigError, match="SYNCER_STATE_URL"):
         state_engine(url)
+
+
+def test_processes_starting_together_on_a_fresh_database_all_come_up(state_url: str) -> None:
+    """Daemon replicas (or parallel ``sync now``) racing to create the schema: one creates it,
+    the others find it; none fails with "already exists"."""
+    if state_url.startswith("sqlite:///"):
+        Path(state_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    script = (
+        "import sys, time, sqlalchemy as sa\n"
+        "from syncer.state import upgrade\n"
+        "engine = sa.create_engine(sys.argv[1])\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "upgrade(engine)\n"
+    )
+    start = time.time() + 2.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, state_url, str(start)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    engine = _raw_engine(state_url)
+    with engine.connect() as conn:
+        assert schema_version(conn) == SCHEMA_VERSION
+    engine.dispose()
