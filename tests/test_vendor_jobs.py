@@ -28,7 +28,7 @@ from syncer.connector import (
 from syncer.engine import SyncEngine
 from syncer.mapping import LoadedSync, SyncDefinition
 from syncer.settings import Settings
-from tests.conftest import write_table
+from tests.conftest import run_cli, write_table
 
 
 class Platform:
@@ -168,6 +168,15 @@ def test_a_job_is_confirmed_by_a_later_run_before_members_count_as_synced(world:
     assert detail["stats"] == {"num_received": 3}
     assert detail["jobs"][0]["status"] == "succeeded"
     assert detail["jobs"][0]["stats"] == {"matched": 2}
+
+    # What a person reads: `syncer run show` prints the vendor's counts and the job.
+    state_url = world["settings"].state_url.get_secret_value()
+    shown = run_cli("run", "show", first.run_id, env={"SYNCER_STATE_URL": state_url})
+    assert shown.returncode == 0, shown.stderr
+    assert "num_received: 3" in shown.stdout
+    assert "vendor jobs" in shown.stdout and "jobs/1" in shown.stdout
+    assert "matched=2" in shown.stdout
+    assert "pending: 3" in shown.stdout
 
 
 def test_a_failed_job_sends_its_records_again_in_the_same_run(world: Any) -> None:
