@@ -358,7 +358,7 @@ class DestinationClient(httpx.Client):
             elif action is Action.SUCCESS:
                 self._strikes = 0
         if action is Action.RATE_LIMITED:
-            rate_limited_response()
+            rate_limited_response(self.limiter.connector if self.limiter is not None else "")
             header = parse_retry_after(response.headers.get("Retry-After"), max_wait=self.max_wait)
             wait = min(wait, self.max_wait) if header is None else header
             if self.limiter is not None:

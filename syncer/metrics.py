@@ -67,17 +67,20 @@ TICKS = Counter(
 )
 RATE_LIMIT_WAITS = Counter(
     "syncer_rate_limit_waits",
-    "Requests that waited for the account's rate limiter before being sent.",
+    "Requests that waited for the account's rate limiter before being sent, by connector.",
+    ["connector"],
     registry=REGISTRY,
 )
 RATE_LIMIT_WAIT_SECONDS = Counter(
     "syncer_rate_limit_wait_seconds",
-    "Seconds requests spent waiting for the rate limiter.",
+    "Seconds requests spent waiting for the rate limiter, by connector.",
+    ["connector"],
     registry=REGISTRY,
 )
 HTTP_429 = Counter(
     "syncer_http_429_responses",
-    "Destination answers that said slow down (HTTP 429 or a vendor's equivalent).",
+    "Destination answers that said slow down (HTTP 429 or a vendor's equivalent), by connector.",
+    ["connector"],
     registry=REGISTRY,
 )
 LEASE_TAKEOVERS = Counter(
@@ -150,16 +153,16 @@ def forget_sync(sync: str) -> None:
             gauge.remove(sync)
 
 
-def rate_limit_waited(seconds: float) -> None:
+def rate_limit_waited(seconds: float, connector: str = "") -> None:
     """Called by the rate limiter when a request had to wait before its permit."""
     if seconds > 0:
-        RATE_LIMIT_WAITS.inc()
-        RATE_LIMIT_WAIT_SECONDS.inc(seconds)
+        RATE_LIMIT_WAITS.labels(connector=connector or "unknown").inc()
+        RATE_LIMIT_WAIT_SECONDS.labels(connector=connector or "unknown").inc(seconds)
 
 
-def rate_limited_response() -> None:
+def rate_limited_response(connector: str = "") -> None:
     """Called by the HTTP layer for each answer classified as rate limited."""
-    HTTP_429.inc()
+    HTTP_429.labels(connector=connector or "unknown").inc()
 
 
 def lease_taken_over(sync: str) -> None:

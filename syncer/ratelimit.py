@@ -129,9 +129,12 @@ class AccountLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = time.sleep,
+        connector: str = "",
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        #: The connector's name, for metric labels (never the account itself).
+        self.connector = connector
         self._clock = clock
         self._sleep = sleep
         self._cond = threading.Condition()
@@ -188,7 +191,7 @@ class AccountLimiter:
                 if wait <= 0 and self._in_flight < self.max_concurrency:
                     self._grant(now)
                     self.waited_s += max(0.0, now - start)
-                    rate_limit_waited(now - start)
+                    rate_limit_waited(now - start, self.connector)
                     return True
                 if wait <= 0:  # only the concurrency cap is in the way: release() wakes us
                     self._cond.wait(_NAP)
@@ -257,8 +260,10 @@ def limiter_for(
     with _registry_lock:
         limiter = table.get(account)
         if limiter is None:
+            # Account keys start with the connector's name ("hubspot:..."): only that part
+            # goes into metric labels.
             limiter = table[account] = AccountLimiter(
-                rates, max_concurrency, clock=clock, sleep=sleep
+                rates, max_concurrency, clock=clock, sleep=sleep, connector=account.split(":")[0]
             )
         else:
             limiter.tighten(rates, max_concurrency)

@@ -133,8 +133,8 @@ def test_health_metrics_and_a_clean_stop(tmp_path: Path) -> None:
             'syncer_records_total{operation="add",outcome="accepted",sync="vip"} 12.0',
             'syncer_run_duration_seconds_count{sync="vip"}',
             'syncer_last_success_timestamp_seconds{sync="vip"}',
-            "syncer_http_429_responses_total",
-            "syncer_rate_limit_waits_total",
+            "# TYPE syncer_http_429_responses_total counter",
+            "# TYPE syncer_rate_limit_waits_total counter",
             "syncer_lease_takeovers_total",
             "syncer_scheduled_syncs 1.0",
         ):

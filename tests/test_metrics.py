@@ -12,7 +12,7 @@ from syncer import metrics
 from syncer.errors import RateLimited
 from syncer.http import DestinationClient
 from syncer.lease import Lease
-from syncer.ratelimit import AccountLimiter, RateLimit
+from syncer.ratelimit import AccountLimiter, RateLimit, limiter_for
 from syncer.state import leases_table, state_engine
 
 
@@ -45,12 +45,18 @@ def test_a_run_counts_by_status_operation_and_outcome() -> None:
     assert 'outcome="weird"' not in text  # unknown label values never become series
 
 
-def test_429s_are_counted_by_the_http_layer() -> None:
-    before = value("syncer_http_429_responses_total")
+def test_429s_are_counted_by_the_http_layer_per_connector() -> None:
+    before = value("syncer_http_429_responses_total", connector="hubspot")
     transport = httpx.MockTransport(lambda request: httpx.Response(429))
-    with DestinationClient(transport=transport) as client, pytest.raises(RateLimited):
+    limiter = limiter_for("hubspot:api.example.test:0123abcd", [], 1, registry={})
+    with (
+        DestinationClient(transport=transport, limiter=limiter) as client,
+        pytest.raises(RateLimited),
+    ):
         client.post("https://api.example.test/x", json={"email": "a@b.c"})
-    assert value("syncer_http_429_responses_total") == before + 1
+    assert value("syncer_http_429_responses_total", connector="hubspot") == before + 1
+    # Only the connector's name becomes a label, never the account behind it.
+    assert "0123abcd" not in metrics.render().decode()
 
 
 def test_rate_limit_waits_are_counted_by_the_limiter() -> None:
@@ -59,14 +65,19 @@ def test_rate_limit_waits_are_counted_by_the_limiter() -> None:
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    limiter = AccountLimiter([RateLimit(1, 1.0)], 1, clock=lambda: now[0], sleep=sleep)
-    waits = value("syncer_rate_limit_waits_total")
-    seconds = value("syncer_rate_limit_wait_seconds_total")
+    limiter = AccountLimiter(
+        [RateLimit(1, 1.0)], 1, clock=lambda: now[0], sleep=sleep, connector="klaviyo"
+    )
+    waits = value("syncer_rate_limit_waits_total", connector="klaviyo")
+    seconds = value("syncer_rate_limit_wait_seconds_total", connector="klaviyo")
     for _ in range(3):
         assert limiter.acquire()
         limiter.release()
-    assert value("syncer_rate_limit_waits_total") == waits + 2  # the first went at once
-    assert value("syncer_rate_limit_wait_seconds_total") == pytest.approx(seconds + 2.0, abs=0.1)
+    # The first went at once; the other two waited a second each.
+    assert value("syncer_rate_limit_waits_total", connector="klaviyo") == waits + 2
+    assert value("syncer_rate_limit_wait_seconds_total", connector="klaviyo") == pytest.approx(
+        seconds + 2.0, abs=0.1
+    )
 
 
 def test_lease_takeovers_are_counted(tmp_path: Path) -> None:
@@ -80,7 +91,7 @@ def test_lease_takeovers_are_counted(tmp_path: Path) -> None:
 
 def test_labels_are_only_names_statuses_operations_and_outcomes() -> None:
     metrics.record_run("m2", "failed", 0.1, None, {"failed": 4}, finished_at=1.0)
-    allowed = {"sync", "status", "operation", "outcome", "result", "kind", "le"}
+    allowed = {"sync", "status", "operation", "outcome", "result", "kind", "connector", "le"}
     for family in metrics.REGISTRY.collect():
         for sample in family.samples:
             assert set(sample.labels) <= allowed, (family.name, sample.labels)
