@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Connection, Engine, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
@@ -58,6 +57,7 @@ from syncer.normalize import EncodedChunk, RowEncoder
 from syncer.ratelimit import AccountLimiter, RateLimit, limiter_for
 from syncer.settings import Settings
 from syncer.state import (
+    BulkWriter,
     events_table,
     jobs_table,
     pending_table,
@@ -665,19 +665,11 @@ class SyncEngine:
                         records_table.c.key.in_(gone[part : part + 500]),
                     )
                 )
-            kept = [
-                {
-                    "sync": sync_name,
-                    "key": r.key,
-                    "hash": r.hash,
-                    "destination_id": r.destination_id,
-                    "synced_at": now,
-                }
-                for r in rows
-                if r.operation != "remove"
-            ]
-            if kept:
-                conn.execute(self._upsert_records(conn), kept)
+            BulkWriter(conn).upsert_records(
+                sync_name,
+                [(r.key, r.hash, r.destination_id) for r in rows if r.operation != "remove"],
+                now,
+            )
             for r in rows:
                 tally.values[_COUNTER[r.operation]] += 1
         elif job.sealed:
@@ -808,31 +800,22 @@ class SyncEngine:
                     records_table.c.key.in_([o.key for o in accepted]),
                 )
             )
-        elif accepted:
-            rows = [
-                {
-                    "sync": sync_name,
-                    "key": o.key,
-                    "hash": batch.hashes[o.key],
-                    "destination_id": o.destination_id or by_key[o.key].destination_id,
-                    "synced_at": now,
-                }
-                for o in accepted
-            ]
-            conn.execute(self._upsert_records(conn), rows)
-        conn.execute(
-            events_table.insert(),
-            [
-                {
-                    "run_id": run_id,
-                    "key": audit_key(o.key, plain),
-                    "operation": batch.operation,
-                    "outcome": o.status,
-                    "reason": o.reason,
-                    "at": now,
-                }
-                for o in outcomes
-            ],
+        writer = BulkWriter(conn)
+        if accepted and batch.operation != "remove":
+            hashes = batch.hashes
+            writer.upsert_records(
+                sync_name,
+                [
+                    (o.key, hashes[o.key], o.destination_id or by_key[o.key].destination_id)
+                    for o in accepted
+                ],
+                now,
+            )
+        operation = batch.operation
+        writer.add_events(
+            run_id,
+            [(audit_key(o.key, plain), operation, o.status, o.reason) for o in outcomes],
+            now,
         )
         tally.values[_COUNTER[batch.operation]] += len(accepted)
         tally.values["pending"] += len(pending)
@@ -840,22 +823,6 @@ class SyncEngine:
         tally.values["failed"] += sum(o.status == "failed" for o in outcomes)
         self._save_tally(conn, run_id, tally)
         conn.commit()
-
-    @staticmethod
-    def _upsert_records(conn: Connection) -> Any:
-        """Insert-or-update of acknowledged records; a destination id, once known, is kept."""
-        insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
-        stmt = insert(records_table)
-        return stmt.on_conflict_do_update(
-            index_elements=[records_table.c.sync, records_table.c.key],
-            set_={
-                "hash": stmt.excluded.hash,
-                "destination_id": func.coalesce(
-                    stmt.excluded.destination_id, records_table.c.destination_id
-                ),
-                "synced_at": stmt.excluded.synced_at,
-            },
-        )
 
     @staticmethod
     def _hold_pending(

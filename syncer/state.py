@@ -173,6 +173,59 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class BulkWriter:
+    """Driver-level ``executemany`` of acknowledged records and audit events.
+
+    These two writes happen for every record of every batch; building SQLAlchemy parameter
+    dicts cost more than the inserts themselves (measured: 0.29 s of 0.69 s of commits in a
+    1M-member churn run). The SQL is the same on SQLite and PostgreSQL; timestamps are bound
+    exactly as SQLAlchemy's own ``DateTime`` would store them.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        self._at = records_table.c.synced_at.type.bind_processor(conn.dialect)
+        self._upsert = (
+            "INSERT INTO syncer_records (sync, key, hash, destination_id, synced_at)"
+            f" VALUES ({m}, {m}, {m}, {m}, {m}) ON CONFLICT (sync, key) DO UPDATE SET"
+            " hash = excluded.hash,"
+            " destination_id = COALESCE(excluded.destination_id, syncer_records.destination_id),"
+            " synced_at = excluded.synced_at"
+        )
+        self._events = (
+            "INSERT INTO syncer_events (run_id, key, operation, outcome, reason, at)"
+            f" VALUES ({m}, {m}, {m}, {m}, {m}, {m})"
+        )
+
+    def stamp(self, at: dt.datetime) -> Any:
+        return self._at(at) if self._at is not None else at
+
+    def upsert_records(
+        self, sync: str, rows: list[tuple[str, int | None, str | None]], at: dt.datetime
+    ) -> None:
+        """(key, hash, destination id) rows; a destination id once known is kept."""
+        if rows:
+            stamp = self.stamp(at)
+            self.conn.exec_driver_sql(
+                self._upsert, [(sync, key, h, dest, stamp) for key, h, dest in rows]
+            )
+
+    def add_events(
+        self,
+        run_id: str,
+        rows: list[tuple[str | None, str, str, str | None]],
+        at: dt.datetime,
+    ) -> None:
+        """(key, operation, outcome, reason) rows of one run."""
+        if rows:
+            stamp = self.stamp(at)
+            self.conn.exec_driver_sql(
+                self._events,
+                [(run_id, key, op, outcome, why, stamp) for key, op, outcome, why in rows],
+            )
+
+
 def _migrate_1(conn: Connection) -> None:
     """Version 1: runs, acknowledged records and per-record events."""
     # Later versions' tables come in their own steps; runs_table already has version 4's
