@@ -45,7 +45,7 @@ class BrazeConfig(RestConfig):
     batch_size: int | None = Field(default=MAX_ATTRIBUTES, ge=1, le=MAX_ATTRIBUTES)
 
 
-class BrazeConnector(RestConnector):
+class BrazeConnector(RestConnector[BrazeConfig]):
     """``/users/track`` attributes plus subscription group membership."""
 
     name: ClassVar[str] = "braze"
@@ -56,12 +56,6 @@ class BrazeConnector(RestConnector):
     # Both windows apply to every call: the safe reading when one limiter serves both.
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(3000, 3.0), RateLimit(5000, 60.0))
     max_concurrency: ClassVar[int] = 8
-
-    @property
-    def settings(self) -> BrazeConfig:
-        if not isinstance(self.config, BrazeConfig):
-            raise ConfigError("braze connector needs a BrazeConfig")
-        return self.config
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}

@@ -36,7 +36,7 @@ from syncer.http import MAX_RETRY_AFTER, Action
 from syncer.identifiers import SUPPORTED, Kind, identifier
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector
+from syncer.rest import RestConfig, RestConnector, dig
 
 DEFAULT_VERSION = "v22"
 PLATFORM: Literal["google"] = "google"
@@ -95,7 +95,7 @@ class GoogleAdsConfig(RestConfig):
         return compact
 
 
-class GoogleAdsConnector(RestConnector):
+class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
     """Keep a Google Ads Customer Match list equal to the segment, through offline jobs."""
 
     name: ClassVar[str] = "google_ads"
@@ -120,12 +120,6 @@ class GoogleAdsConnector(RestConnector):
         self._job: str | None = None
         self._operations = 0
         self._local = threading.local()
-
-    @property
-    def settings(self) -> GoogleAdsConfig:
-        if not isinstance(self.config, GoogleAdsConfig):
-            raise ConfigError("google_ads connector needs a GoogleAdsConfig")
-        return self.config
 
     @property
     def job(self) -> str | None:
@@ -194,7 +188,7 @@ class GoogleAdsConnector(RestConnector):
                 f"google_ads: user_list_id: no user list {cfg.user_list_id!r} "
                 f"in customer {cfg.customer_id}"
             )
-        kind = _dig(rows[0], "userList", "type")
+        kind = dig(rows[0], "userList", "type")
         if kind not in (None, "CRM_BASED"):
             raise ConfigError(
                 f"google_ads: user_list_id: list {cfg.user_list_id!r} is {kind}, "
@@ -404,14 +398,14 @@ class GoogleAdsConnector(RestConnector):
             )
         except BatchRejected as exc:  # the list is wrong, not the records
             raise ConfigError(f"google_ads: user_list_id: job not created: {exc}") from None
-        name = _dig(self.json(response), "resourceName")
+        name = dig(self.json(response), "resourceName")
         if not isinstance(name, str) or "/offlineUserDataJobs/" not in name:
             raise TransientError("google_ads: job created without a resource name")
         return name
 
     def _placed_errors(self, data: Any, owners: Sequence[Record]) -> dict[str, str]:
         """Record key -> reason, from ``partialFailureError`` (operation index per error)."""
-        failure = _dig(data, "partialFailureError")
+        failure = dig(data, "partialFailureError")
         if not isinstance(failure, dict):
             return {}
         reasons: dict[str, list[str]] = {}
@@ -448,7 +442,7 @@ class GoogleAdsConnector(RestConnector):
             "POST", self._path("googleAds:search", customer), json_body={"query": query}
         )
         for row in _results(self.json(response)):
-            found = _dig(row, "offlineUserDataJob")
+            found = dig(row, "offlineUserDataJob")
             if isinstance(found, dict):
                 return found
         return None
@@ -497,21 +491,13 @@ def _body(response: httpx.Response) -> Any:
         return None
 
 
-def _dig(value: Any, *path: str) -> Any:
-    for part in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
 def _results(data: Any) -> list[Any]:
-    rows = _dig(data, "results")
+    rows = dig(data, "results")
     return rows if isinstance(rows, list) else []
 
 
 def _error_status(body: Any) -> str | None:
-    status = _dig(body, "error", "status")
+    status = dig(body, "error", "status")
     return status if isinstance(status, str) else None
 
 
@@ -527,7 +513,7 @@ def _failure_errors(failure: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 def _error_codes(body: Any) -> set[str]:
     """Error code values (``CONCURRENT_MODIFICATION``...) of an error response."""
-    error = _dig(body, "error")
+    error = dig(body, "error")
     if not isinstance(error, dict):
         return set()
     codes: set[str] = set()
@@ -559,7 +545,7 @@ def _retry_delay(body: Any) -> float | None:
 
 
 def _operation_index(error: Mapping[str, Any]) -> int | None:
-    elements = _dig(error, "location", "fieldPathElements")
+    elements = dig(error, "location", "fieldPathElements")
     for element in elements if isinstance(elements, list) else ():
         if isinstance(element, dict) and element.get("fieldName") == "operations":
             index = element.get("index")
@@ -580,7 +566,7 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 def _match_stats(row: Mapping[str, Any]) -> dict[str, int]:
     """The job's match-rate range as two integers (percent), when Google gives one."""
-    value = _dig(row, "operationMetadata", "matchRateRange")
+    value = dig(row, "operationMetadata", "matchRateRange")
     if not isinstance(value, str):
         return {}
     if value == "MATCH_RANGE_LESS_THAN_20":

@@ -74,7 +74,7 @@ class HubSpotConfig(RestConfig):
         return value
 
 
-class HubSpotConnector(RestConnector):
+class HubSpotConnector(RestConnector[HubSpotConfig]):
     """HubSpot contacts upsert plus lists v3 membership by record id."""
 
     name: ClassVar[str] = "hubspot"
@@ -90,12 +90,6 @@ class HubSpotConnector(RestConnector):
     def published_limits(self) -> tuple[RateLimit, ...]:
         """The limits of the account's tier (``tier`` setting)."""
         return TIER_LIMITS[self.settings.tier]
-
-    @property
-    def settings(self) -> HubSpotConfig:
-        if not isinstance(self.config, HubSpotConfig):
-            raise ConfigError("hubspot connector needs a HubSpotConfig")
-        return self.config
 
     # -- paths and headers --------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from syncer.connector import BatchResult, Capabilities, Record
 from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
-from syncer.rest import JobPolling, RestConnector, chunks
+from syncer.rest import JobPolling, RestConnector, chunks, dig
 
 DEFAULT_REVISION = "2026-07-15"
 JSON_API = "application/vnd.api+json"
@@ -90,7 +90,7 @@ class KlaviyoConfig(JobPolling):
     batch_size: int | None = Field(default=1_000, ge=1, le=MAX_JOB_PROFILES)
 
 
-class KlaviyoConnector(RestConnector):
+class KlaviyoConnector(RestConnector[KlaviyoConfig]):
     """Upsert Klaviyo profiles and keep a static list equal to the segment."""
 
     name: ClassVar[str] = "klaviyo"
@@ -102,12 +102,6 @@ class KlaviyoConnector(RestConnector):
     # 10/s, steady 150/m); profile-import alone would allow 75/s and 750/m.
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(10, 1), RateLimit(150, 60))
     max_concurrency: ClassVar[int] = 3
-
-    @property
-    def settings(self) -> KlaviyoConfig:
-        if not isinstance(self.config, KlaviyoConfig):
-            raise ConfigError("klaviyo connector needs a KlaviyoConfig")
-        return self.config
 
     # -- HTTP hooks ---------------------------------------------------------------------
 
@@ -177,8 +171,8 @@ class KlaviyoConnector(RestConnector):
             values = json.dumps(list(by_value), separators=(",", ":"))
             params = {"filter": f"any({ident},{values})", "fields[profile]": ident}
             for item in self._pages("/api/profiles", params):
-                value = _normal(ident, _dig(item, "attributes", ident))
-                profile_id = _dig(item, "id")
+                value = _normal(ident, dig(item, "attributes", ident))
+                profile_id = dig(item, "id")
                 if value in by_value and isinstance(profile_id, str):
                     found[by_value[value]] = profile_id
         return found
@@ -208,7 +202,7 @@ class KlaviyoConnector(RestConnector):
             result.reject(record.key, self._error_text(response, [record]))
             return None
         data = self.json(response)
-        profile_id = _dig(data, "data", "id")
+        profile_id = dig(data, "data", "id")
         if not isinstance(profile_id, str) or not profile_id:
             raise TransientError("klaviyo: profile-import answered without a profile id")
         return profile_id
@@ -224,7 +218,7 @@ class KlaviyoConnector(RestConnector):
             job["relationships"] = {"lists": {"data": [{"type": "list", "id": cfg.list_id}]}}
         response = self.request("POST", "/api/profile-bulk-import-jobs", json_body={"data": job})
         self._expect(response, records, "bulk import")
-        job_id = _dig(self.json(response), "data", "id")
+        job_id = dig(self.json(response), "data", "id")
         if not isinstance(job_id, str) or not job_id:
             raise TransientError("klaviyo: bulk import job created without an id")
         attributes = self._wait_for_job(job_id)
@@ -254,7 +248,7 @@ class KlaviyoConnector(RestConnector):
         def poll() -> Mapping[str, Any] | None:
             response = self.request("GET", f"/api/profile-bulk-import-jobs/{job_id}")
             self._expect(response, (), "bulk import job", TransientError)
-            attributes = _dig(self.json(response), "data", "attributes")
+            attributes = dig(self.json(response), "data", "attributes")
             status = attributes.get("status") if isinstance(attributes, dict) else None
             if status == "cancelled":
                 raise TransientError(f"klaviyo: bulk import job {job_id} was cancelled")
@@ -277,10 +271,10 @@ class KlaviyoConnector(RestConnector):
             attributes = item.get("attributes") if isinstance(item, dict) else None
             if not isinstance(attributes, dict):
                 continue
-            index = _pointer_index(_dig(attributes, "source", "pointer"), len(records))
+            index = _pointer_index(dig(attributes, "source", "pointer"), len(records))
             if index is None:
                 payload = attributes.get("original_payload")
-                value = _dig(payload, self.settings.identifier) or _dig(
+                value = dig(payload, self.settings.identifier) or dig(
                     payload, "attributes", self.settings.identifier
                 )
                 index = by_identity.get(_normal(self.settings.identifier, value))
@@ -295,7 +289,7 @@ class KlaviyoConnector(RestConnector):
         path = f"/api/profile-bulk-import-jobs/{job_id}/profiles"
         for item in self._pages(path, {"fields[profile]": ident}):
             profile_id = item.get("id") if isinstance(item, dict) else None
-            value = _normal(ident, _dig(item, "attributes", ident))
+            value = _normal(ident, dig(item, "attributes", ident))
             if isinstance(profile_id, str) and value in wanted:
                 found[value] = profile_id
         return found
@@ -307,9 +301,9 @@ class KlaviyoConnector(RestConnector):
             response = self.request("GET", path, params=query)
             self._expect(response, (), "listing", TransientError)
             data = self.json(response)
-            items = _dig(data, "data")
+            items = dig(data, "data")
             yield from items if isinstance(items, list) else ()
-            cursor = _next_cursor(_dig(data, "links", "next"))
+            cursor = _next_cursor(dig(data, "links", "next"))
             if cursor is None:
                 return
             query = {**query, "page[cursor]": cursor}
@@ -374,7 +368,7 @@ class KlaviyoConnector(RestConnector):
             data = self.json(response)
         except TransientError:
             data = None
-        errors = _dig(data, "errors")
+        errors = dig(data, "errors")
         parts = [_describe_error(e) for e in errors if isinstance(e, dict)] if errors else []
         text = "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
         return self.reason(text, records)
@@ -383,14 +377,6 @@ class KlaviyoConnector(RestConnector):
 def _describe_error(error: Mapping[str, Any]) -> str:
     code, detail = error.get("code"), error.get("detail") or error.get("title")
     return ": ".join(str(p) for p in (code, detail) if p)
-
-
-def _dig(value: Any, *path: str) -> Any:
-    for part in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
 
 def _normal(identifier: str, value: Any) -> str:

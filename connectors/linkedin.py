@@ -96,7 +96,7 @@ class _Member:
     destination_id: str | None = None
 
 
-class LinkedInConnector(RestConnector):
+class LinkedInConnector(RestConnector[LinkedInConfig]):
     """Add members to and remove them from a LinkedIn DMP user segment, by hashed email."""
 
     name: ClassVar[str] = "linkedin"
@@ -111,12 +111,6 @@ class LinkedInConnector(RestConnector):
     default_base_url: ClassVar[str] = "https://api.linkedin.com/rest"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(600, 60),)
     max_concurrency: ClassVar[int] = 4
-
-    @property
-    def settings(self) -> LinkedInConfig:
-        if not isinstance(self.config, LinkedInConfig):
-            raise ConfigError("linkedin connector needs a LinkedInConfig")
-        return self.config
 
     # -- HTTP hooks ---------------------------------------------------------------------
 

@@ -82,7 +82,7 @@ class MailchimpConfig(RestConfig):
         return self
 
 
-class MailchimpConnector(RestConnector):
+class MailchimpConnector(RestConnector[MailchimpConfig]):
     """Audience members upsert plus tag or static segment membership."""
 
     name: ClassVar[str] = "mailchimp"
@@ -98,12 +98,6 @@ class MailchimpConnector(RestConnector):
         #: several threads: the lock makes one lookup, and at most one creation, per run).
         self._tag_id: int | None = None
         self._resolving = threading.Lock()
-
-    @property
-    def settings(self) -> MailchimpConfig:
-        if not isinstance(self.config, MailchimpConfig):
-            raise ConfigError("mailchimp connector needs a MailchimpConfig")
-        return self.config
 
     @property
     def base_url(self) -> str:

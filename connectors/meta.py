@@ -106,7 +106,7 @@ class MetaConfig(RestConfig):
         return value
 
 
-class MetaConnector(RestConnector):
+class MetaConnector(RestConnector[MetaConfig]):
     """Keep a Meta customer-list custom audience equal to a segment, by hashed identifiers."""
 
     name: ClassVar[str] = "meta"
@@ -124,12 +124,6 @@ class MetaConnector(RestConnector):
     # throttling errors slow down further.
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(60, 60),)
     max_concurrency: ClassVar[int] = 2
-
-    @property
-    def settings(self) -> MetaConfig:
-        if not isinstance(self.config, MetaConfig):
-            raise ConfigError("meta connector needs a MetaConfig")
-        return self.config
 
     def account_id(self) -> str:
         return self.settings.audience_id

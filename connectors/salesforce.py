@@ -82,7 +82,7 @@ class SalesforceConfig(RestConfig):
         return value
 
 
-class SalesforceConnector(RestConnector):
+class SalesforceConnector(RestConnector[SalesforceConfig]):
     """Salesforce Contact/Lead upsert plus CampaignMember insert/delete."""
 
     name: ClassVar[str] = "salesforce"
@@ -97,12 +97,6 @@ class SalesforceConnector(RestConnector):
     rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
     # Long-running requests (20 s or more) are capped at 5 per Developer/Trial org, 25 else.
     max_concurrency: ClassVar[int] = 5
-
-    @property
-    def settings(self) -> SalesforceConfig:
-        if not isinstance(self.config, SalesforceConfig):
-            raise ConfigError("salesforce connector needs a SalesforceConfig")
-        return self.config
 
     @property
     def api(self) -> str:

@@ -31,7 +31,7 @@ from pydantic import Field, SecretStr, field_validator
 from syncer.connector import BatchResult, Capabilities, Record
 from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
-from syncer.rest import JobPolling, RestConnector, chunks
+from syncer.rest import JobPolling, RestConnector, chunks, dig
 
 #: Most contacts in one upsert (SendGrid also caps the body at 6 MB).
 MAX_CONTACTS = 30_000
@@ -81,7 +81,7 @@ class SendGridConfig(JobPolling):
         return value
 
 
-class SendGridConnector(RestConnector):
+class SendGridConnector(RestConnector[SendGridConfig]):
     """Upsert SendGrid Marketing contacts onto lists and take them off again by contact id."""
 
     name: ClassVar[str] = "sendgrid"
@@ -90,12 +90,6 @@ class SendGridConnector(RestConnector):
     capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_CONTACTS)
     default_base_url: ClassVar[str] = "https://api.sendgrid.com"
     max_concurrency: ClassVar[int] = 2
-
-    @property
-    def settings(self) -> SendGridConfig:
-        if not isinstance(self.config, SendGridConfig):
-            raise ConfigError("sendgrid connector needs a SendGridConfig")
-        return self.config
 
     # -- HTTP hooks ---------------------------------------------------------------------
 
@@ -187,7 +181,7 @@ class SendGridConnector(RestConnector):
                 return result
             response = self._put_contacts(sending, list_ids)
             self._expect(response, sending, "upsert")
-        job_id = _dig(self.json(response), "job_id")
+        job_id = dig(self.json(response), "job_id")
         if not isinstance(job_id, str) or not job_id:
             raise TransientError("sendgrid: upsert accepted without a job_id")
         job = self._wait_for_job(job_id)
@@ -239,9 +233,9 @@ class SendGridConnector(RestConnector):
             if response.status_code == 404:  # none of them matched
                 continue
             self._expect(response, part, "contact search", TransientError)
-            result = _dig(self.json(response), "result")
+            result = dig(self.json(response), "result")
             for email, item in (result or {}).items() if isinstance(result, dict) else ():
-                contact_id = _dig(item, "contact", "id")
+                contact_id = dig(item, "contact", "id")
                 key = emails.get(str(email).lower())
                 if key is not None and isinstance(contact_id, str) and contact_id:
                     found[key] = contact_id
@@ -291,7 +285,7 @@ class SendGridConnector(RestConnector):
             data = self.json(response)
         except TransientError:
             return []
-        errors = _dig(data, "errors")
+        errors = dig(data, "errors")
         return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
     def _expect(
@@ -312,14 +306,6 @@ class SendGridConnector(RestConnector):
 def _describe(error: Mapping[str, Any]) -> str:
     field, message = error.get("field"), error.get("message")
     return ": ".join(str(p) for p in (field, message) if p)
-
-
-def _dig(value: Any, *path: str) -> Any:
-    for part in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
 
 def _email(record: Record) -> str:

@@ -83,7 +83,7 @@ class TikTokConfig(RestConfig):
         return value
 
 
-class TikTokConnector(RestConnector):
+class TikTokConnector(RestConnector[TikTokConfig]):
     """Add members to and remove them from a TikTok custom audience, by hashed ids."""
 
     name: ClassVar[str] = "tiktok"
@@ -99,12 +99,6 @@ class TikTokConnector(RestConnector):
     #: TikTok publishes no rate for this route [U]: 10 requests a second, 2 in flight.
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(10, 1),)
     max_concurrency: ClassVar[int] = 2
-
-    @property
-    def settings(self) -> TikTokConfig:
-        if not isinstance(self.config, TikTokConfig):
-            raise ConfigError("tiktok connector needs a TikTokConfig")
-        return self.config
 
     # -- HTTP hooks ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -26,14 +26,13 @@ from pydantic_core import to_jsonable_python
 from syncer.connector import (
     BatchResult,
     Capabilities,
-    Connector,
     ConnectorConfig,
     Operation,
     Record,
 )
 from syncer.errors import BatchRejected, ConfigError
-from syncer.http import DestinationClient, raise_for_action, scrub, transport_error
-from syncer.rest import record_text
+from syncer.http import scrub
+from syncer.rest import RestConnector, record_text
 
 MAX_BATCH = 10_000
 DEFAULT_BATCH = 500
@@ -125,19 +124,13 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-class WebhookConnector(Connector):
+class WebhookConnector(RestConnector[WebhookConfig]):
     """POST batches of records as signed JSON to an HTTP endpoint."""
 
     name: ClassVar[str] = "webhook"
     description: ClassVar[str] = "POST each batch as signed JSON to an HTTP(S) endpoint"
     config_model: ClassVar[type[ConnectorConfig]] = WebhookConfig
     capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_BATCH)
-
-    @property
-    def settings(self) -> WebhookConfig:
-        if not isinstance(self.config, WebhookConfig):  # engine builds it from config_model
-            raise ConfigError("webhook connector needs a WebhookConfig")
-        return self.config
 
     # -- contract -----------------------------------------------------------------------
 
@@ -170,7 +163,7 @@ class WebhookConnector(Connector):
         if cfg.check_url is None:
             return
         try:
-            self._send("GET", cfg.check_url, headers=self._base_headers())
+            self.request("GET", cfg.check_url, headers=self._base_headers())
         except BatchRejected as exc:  # a 4xx on the probe is a setup problem, not data
             raise ConfigError(f"webhook check failed: {exc}") from None
 
@@ -190,27 +183,8 @@ class WebhookConnector(Connector):
         headers["Idempotency-Key"] = hashlib.sha256(body).hexdigest()
         if cfg.secret is not None:
             headers["X-Syncer-Signature"] = sign(cfg.secret.get_secret_value(), body)
-        response = self._send("POST", cfg.url, headers=headers, content=body)
+        response = self.request("POST", cfg.url, headers=headers, content=body)
         return self._parse_rejections(response, records)
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One request; returns only an acknowledged answer, raises syncer errors otherwise.
-
-        A DestinationClient (what the engine hands us) classifies and raises by itself; a
-        plain ``httpx.Client`` gets the same treatment here.
-        """
-        if self.settings.timeout is not None:
-            kwargs["timeout"] = self.settings.timeout
-        request = self.http.build_request(method, url, **kwargs)
-        try:
-            # Never follow redirects: httpx would turn a redirected POST into a GET and
-            # a 2xx from that would look like an acknowledged batch.
-            response = self.http.send(request, follow_redirects=False)
-        except httpx.RequestError as exc:  # only a plain client lets these through
-            raise transport_error(exc, request) from None
-        if not isinstance(self.http, DestinationClient):
-            raise_for_action(response, secrets=self.secret_values(), action=self.classify(response))
-        return response
 
     def _parse_rejections(self, response: httpx.Response, records: Sequence[Record]) -> BatchResult:
         """Per-record refusals from ``{"rejected": [{"key", "reason"}]}``; anything else = ok."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,6 +23,7 @@ from syncer.http import DestinationClient, describe_host, raise_for_action, scru
 
 REASON_LIMIT = 200
 T = TypeVar("T")
+C = TypeVar("C", bound=ConnectorConfig)
 
 
 class RestConfig(ConnectorConfig):
@@ -55,10 +56,19 @@ class JobPolling(RestConfig):
     job_timeout: float = Field(default=1800.0, gt=0, description="Give up on a job after this.")
 
 
-class RestConnector(Connector):
-    """Connector over a JSON HTTP API. Set ``default_base_url``; override ``auth_headers``."""
+class RestConnector(Connector, Generic[C]):
+    """Connector over a JSON HTTP API. Subclass as ``RestConnector[MyConfig]`` with
+    ``config_model = MyConfig``; set ``default_base_url``; override ``auth_headers``."""
 
     default_base_url: ClassVar[str] = ""
+
+    @property
+    def settings(self) -> C:
+        """The config, typed as the connector's own model (the engine builds it from
+        ``config_model``; anything else is a wiring bug, reported as a config error)."""
+        if not isinstance(self.config, self.config_model):
+            raise ConfigError(f"{self.name} connector needs a {self.config_model.__name__}")
+        return cast(C, self.config)
 
     @property
     def base_url(self) -> str:
@@ -115,6 +125,8 @@ class RestConnector(Connector):
             kwargs["timeout"] = timeout
         request = self.http.build_request(method, self.url(path), **kwargs)
         try:
+            # Never follow redirects: httpx would turn a redirected POST into a GET, and a
+            # 2xx from that would look like an acknowledged batch.
             response = self.http.send(request, follow_redirects=False)
         except httpx.RequestError as exc:  # only a plain client lets these through
             raise transport_error(exc, request) from None
@@ -203,6 +215,15 @@ def record_text(records: Iterable[Record]) -> list[str]:
         found.append(record.key)
         found += [v for v in record.fields.values() if isinstance(v, str)]
     return found
+
+
+def dig(value: Any, *path: str) -> Any:
+    """``value[path[0]][path[1]]...`` through nested JSON objects; None where one is missing."""
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
