@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from syncer.connector import SyncContext
+from syncer.engine import SyncEngine
 from syncer.errors import ExitCode, SyncerError
-from syncer.http import make_client
 from syncer.mapping import LoadedSync, load_file, load_named, mapping_files
 from syncer.normalize import RowEncoder
 from syncer.settings import Settings
@@ -40,10 +40,7 @@ def _check_sync(
         invalid = sum(1 for row in staged if row[4] is not None)
         _step(steps, "query", f"ok: {len(staged)} sample rows, {invalid} invalid")
         context = SyncContext(definition.name, definition.mode, tuple(sorted(definition.fields)))
-        with make_client(settings.http_timeout, transport) as http:
-            connector = sync.connector_cls(sync.connector_config, context, http)
-            http.classifier = connector.classify
-            http.secrets = connector.secret_values()
+        with SyncEngine(settings, transport).connector_session(sync, context) as connector:
             connector.check()
         _step(steps, "destination", "ok")
     except SyncerError as exc:

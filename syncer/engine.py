@@ -496,7 +496,7 @@ class SyncEngine:
             field_names=tuple(sorted(definition.fields)),
             run_id=run_id,
         )
-        with self._session(sync, context) as connector:
+        with self.connector_session(sync, context) as connector:
             _, concurrency = effective_limits(connector)
             _guarded(connector, "open", connector.open)
             finished = False
@@ -563,9 +563,10 @@ class SyncEngine:
                 raise Interrupted("stopped on request; acknowledged changes are saved")
 
     @contextmanager
-    def _session(self, sync: LoadedSync, context: SyncContext) -> Iterator[Connector]:
+    def connector_session(self, sync: LoadedSync, context: SyncContext) -> Iterator[Connector]:
         """A connector on the engine's HTTP client: account limiter, classification, secrets
-        kept out of messages, stop event, and the engine's clock for job polls."""
+        kept out of messages, stop event, and the engine's clock for job polls. Runs, job
+        polls and ``syncer check`` all wire connectors through here."""
         with make_client(
             self.settings.http_timeout, self.transport, max_wait=self.settings.max_retry_after
         ) as http:
@@ -610,7 +611,7 @@ class SyncEngine:
             return None
         context = SyncContext(name, sync.definition.mode, tuple(sorted(sync.definition.fields)))
         waiting: str | None = None
-        with self._session(sync, context) as connector:
+        with self.connector_session(sync, context) as connector:
             for job in jobs:
                 if not job.sealed:
                     status = JobStatus("failed", "its run stopped before the job was started")
