@@ -132,6 +132,7 @@ class Staging:
                 self.loaded += chunk.rows
                 self.invalid_loaded += len(chunk.invalid)
                 write(chunk)
+        self.spill.flush()
 
     def _writer(self, stack: ExitStack) -> Callable[[EncodedChunk], None]:
         if self.dialect == "postgresql":

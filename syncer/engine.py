@@ -648,50 +648,51 @@ class SyncEngine:
         status: JobStatus,
         tally: _Tally,
     ) -> None:
-        """Make a finished job's records synced (or drop them), with their audit events."""
+        """Make a finished job's records synced (or drop them), with their audit events.
+
+        Read in keyset pages, so a job of a million members never sits in memory at once.
+        """
         now = utcnow()
         plain = self.settings.audit_plain_keys
-        rows = conn.execute(
-            select(pending_table).where(
-                pending_table.c.sync == sync_name, pending_table.c.job == job.job
-            )
-        ).all()
+        writer = BulkWriter(conn)
         succeeded = status.state == "succeeded"
-        if succeeded:
-            gone = [r.key for r in rows if r.operation == "remove"]
-            for part in range(0, len(gone), 500):
-                conn.execute(
-                    delete(records_table).where(
-                        records_table.c.sync == sync_name,
-                        records_table.c.key.in_(gone[part : part + 500]),
-                    )
-                )
-            BulkWriter(conn).upsert_records(
-                sync_name,
-                [(r.key, r.hash, r.destination_id) for r in rows if r.operation != "remove"],
-                now,
-            )
-            for r in rows:
-                tally.values[_COUNTER[r.operation]] += 1
-        elif job.sealed:
-            # A vendor failure is reported; a job our own run never started is just resent.
-            tally.values["failed"] += len(rows)
         reason = None if succeeded else f"vendor job failed: {status.reason or 'no reason given'}"
         if not job.sealed:
             reason = f"not confirmed: {status.reason}; sent again"
-        events = [
-            {
-                "run_id": run_id,
-                "key": audit_key(r.key, plain),
-                "operation": r.operation,
-                "outcome": "accepted" if succeeded else "failed",
-                "reason": reason,
-                "at": now,
-            }
-            for r in rows
-        ]
-        if events:
-            conn.execute(events_table.insert(), events)
+        outcome = "accepted" if succeeded else "failed"
+        after = ""
+        while rows := conn.execute(
+            select(pending_table)
+            .where(
+                pending_table.c.sync == sync_name,
+                pending_table.c.job == job.job,
+                pending_table.c.key > after,
+            )
+            .order_by(pending_table.c.key)
+            .limit(_JOB_PAGE)
+        ).all():
+            after = rows[-1].key
+            if succeeded:
+                gone = [r.key for r in rows if r.operation == "remove"]
+                if gone:
+                    conn.execute(
+                        delete(records_table).where(
+                            records_table.c.sync == sync_name, records_table.c.key.in_(gone)
+                        )
+                    )
+                writer.upsert_records(
+                    sync_name,
+                    [(r.key, r.hash, r.destination_id) for r in rows if r.operation != "remove"],
+                    now,
+                )
+                for r in rows:
+                    tally.values[_COUNTER[r.operation]] += 1
+            elif job.sealed:
+                # A vendor failure is reported; a job our own run never started is resent.
+                tally.values["failed"] += len(rows)
+            writer.add_events(
+                run_id, [(audit_key(r.key, plain), r.operation, outcome, reason) for r in rows], now
+            )
         conn.execute(
             delete(pending_table).where(
                 pending_table.c.sync == sync_name, pending_table.c.job == job.job
@@ -945,6 +946,10 @@ class SyncEngine:
 
 
 T = TypeVar("T")
+
+
+#: Pending records of a finished job handled per page (bounded memory, bounded IN lists).
+_JOB_PAGE = 500
 
 
 class _Waiting(Exception):

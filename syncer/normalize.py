@@ -82,9 +82,12 @@ class PayloadSpill:
         self._file.write(payloads)
         self.size = end
 
+    def flush(self) -> None:
+        """Make every payload written so far readable by position (call once, after load)."""
+        self._file.flush()
+
     def read(self, location: int) -> bytes:
         offset, length = unpack_location(location)
-        self._file.flush()
         return os.pread(self._file.fileno(), length, offset)
 
     def close(self) -> None:

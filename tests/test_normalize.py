@@ -409,6 +409,7 @@ def test_encode_chunk_keeps_invalid_rows_apart_with_row_numbers() -> None:
     spill = PayloadSpill()
     try:
         chunk = encoder.encode_chunk(rows, start=10, spill=spill)
+        spill.flush()
         assert [r[0] for r in chunk.valid] == [11, 13]
         assert [(n, key) for n, key, _ in chunk.invalid] == [(12, None)]
         assert "row 12: null key" in chunk.invalid[0][2]
@@ -430,6 +431,7 @@ def test_payload_spill_reads_back_every_payload_across_chunks() -> None:
     try:
         first = encoder.encode_chunk([ROWS[0]], 0, spill)
         second = encoder.encode_chunk([ROWS[1]], 1, spill)
+        spill.flush()
         names = [
             fields_of(encoder, spill.read(int(chunk.valid[0][2])).decode())["name"]
             for chunk in (first, second)
