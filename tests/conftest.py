@@ -117,3 +117,23 @@ def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx
     else:
         with httpx.Client(transport=transport) as client:
             yield client
+
+
+class FakeClock:
+    """Engine-style clock and sleep for limiter tests: waits are recorded, never slept."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

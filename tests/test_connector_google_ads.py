@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -66,17 +65,6 @@ def member(n: int, **fields: Any) -> Record:
 @pytest.fixture
 def router() -> respx.Router:
     return respx.Router(assert_all_called=False, base_url=BASE)
-
-
-@pytest.fixture(params=["engine-client", "plain-client"])
-def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    transport = httpx.MockTransport(router.handler)
-    if request.param == "engine-client":
-        with make_client(transport=transport) as client:
-            yield client
-    else:
-        with httpx.Client(transport=transport) as client:
-            yield client
 
 
 def body(request: httpx.Request) -> Any:

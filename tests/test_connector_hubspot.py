@@ -20,6 +20,7 @@ from syncer.connector import Record, SyncContext, effective_limits
 from syncer.errors import AuthError, ConfigError, RateLimited, TransientError
 from syncer.http import DestinationClient, make_client
 from syncer.ratelimit import AccountLimiter, RateLimit
+from tests.conftest import FakeClock
 
 BASE = "https://api.hubapi.com"
 TOKEN = "pat-na1-0000-secret-token"
@@ -28,31 +29,6 @@ LIST_ADD = f"{BASE}/crm/v3/lists/77/memberships/add"
 LIST_REMOVE = f"{BASE}/crm/v3/lists/77/memberships/remove"
 ADA = Record("ada@example.com", {"email": "ada@example.com", "firstname": "Ada", "ltv": 120})
 BOB = Record("bob@example.com", {"email": "bob@example.com", "firstname": "Bob", "ltv": None})
-
-
-class FakeClock:
-    """Engine-style clock and sleep: waits are recorded, never slept."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def router() -> respx.Router:
-    return respx.Router(assert_all_called=False)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from syncer.http import DestinationClient, make_client
 from syncer.identifiers import identifier, normalize
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import AccountLimiter, RateLimit
+from tests.conftest import FakeClock
 
 BASE = "https://api.linkedin.com/rest"
 TOKEN = "AQV-linkedin-secret-token-0123456789"
@@ -51,31 +52,6 @@ def person(n: int, **fields: Any) -> Record:
 def kept(email: str, maid: str | None = None) -> str:
     ids = {"email": sha(email), **({"maid": maid} if maid else {})}
     return json.dumps(ids, separators=(",", ":"), sort_keys=True)
-
-
-class FakeClock:
-    """Engine-style clock and sleep: waits are recorded, never slept."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def router() -> respx.Router:
-    return respx.Router(assert_all_called=False)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -50,11 +50,6 @@ def make(http: httpx.Client, mode: str = "membership", **options: Any) -> Mailch
 
 
 @pytest.fixture
-def router() -> respx.Router:
-    return respx.Router(assert_all_called=False)
-
-
-@pytest.fixture
 def http(router: respx.Router) -> Iterator[httpx.Client]:
     with make_client(transport=httpx.MockTransport(router.handler)) as client:
         yield client

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -52,17 +51,6 @@ def make(http: httpx.Client, context: SyncContext = CONTEXT, **options: Any) -> 
 @pytest.fixture
 def router() -> respx.Router:
     return respx.Router(assert_all_called=False, base_url=BASE)
-
-
-@pytest.fixture(params=["engine-client", "plain-client"])
-def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    transport = httpx.MockTransport(router.handler)
-    if request.param == "engine-client":
-        with make_client(transport=transport) as client:
-            yield client
-    else:
-        with httpx.Client(transport=transport) as client:
-            yield client
 
 
 def payload(request: httpx.Request) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from syncer.connector import Record, SyncContext
 from syncer.errors import AuthError, ConfigError, RateLimited, TransientError
 from syncer.http import DestinationClient, make_client
 from syncer.ratelimit import AccountLimiter
+from tests.conftest import FakeClock
 
 BASE = "https://acme.my.salesforce.com"
 TOKEN = "00Dxx0000001gPL!AQ4AQFakeAccessToken"
@@ -34,29 +35,6 @@ C1, C2 = "003xx000001AaaaAAA", "003xx000001BbbbAAA"
 M1, M2 = "00vxx000001AaaaAAA", "00vxx000001BbbbAAA"
 ADA = Record("c-1", {"Email": "ada@example.com", "LastName": "Lovelace"})
 BOB = Record("c-2", {"Email": "bob@example.com", "LastName": None})
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def router() -> respx.Router:
-    return respx.Router(assert_all_called=False)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from syncer.http import DestinationClient, make_client
 from syncer.identifiers import identifier, normalize
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import AccountLimiter, RateLimit
+from tests.conftest import FakeClock
 
 BASE = "https://business-api.tiktok.com/open_api/v1.3"
 TOKEN = "tt-access-token-secret-0123456789"
@@ -56,31 +57,6 @@ def entry(value: str) -> dict[str, Any]:
 
 def kept(**ids: str) -> str:
     return json.dumps(ids, separators=(",", ":"), sort_keys=True)
-
-
-class FakeClock:
-    """Engine-style clock and sleep: waits are recorded, never slept."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def router() -> respx.Router:
-    return respx.Router(assert_all_called=False)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
