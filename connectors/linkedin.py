@@ -24,7 +24,6 @@ answers 429 without headers, which the engine's growing default cool-down handle
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -35,7 +34,15 @@ from pydantic import Field, SecretStr, field_validator
 from syncer.connector import BatchResult, Capabilities, Operation, Record
 from syncer.errors import ConfigError, TransientError
 from syncer.http import Action
-from syncer.identifiers import HASHED, SUPPORTED, Kind, identifier, normalize
+from syncer.identifiers import (
+    HASHED,
+    Kind,
+    check_mapped_kinds,
+    kept_ids,
+    normalize,
+    read_kept_ids,
+    record_identifiers,
+)
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
@@ -138,15 +145,7 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 
     def open(self) -> None:
         """Refuse mapped fields LinkedIn cannot take, and a mapping with nothing to match."""
-        supported = SUPPORTED["linkedin"]
-        for name in self.context.field_names:
-            if name not in supported:
-                raise ConfigError(
-                    f"linkedin: fields.{name}: not an identifier LinkedIn takes"
-                    f" (use {', '.join(sorted(supported))})"
-                )
-        if not set(self.context.field_names) & set(ID_TYPES):
-            raise ConfigError("linkedin: fields: map email or maid (members are matched on them)")
+        check_mapped_kinds("linkedin", self.context.field_names, ID_KINDS)
 
     def check(self) -> None:
         """``GET /dmpSegments/{id}``: authenticated, cheap, and proves the segment exists and
@@ -192,7 +191,7 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
         ids = self._ids(record)
         if not ids:
             raise InvalidValue("no email or mobile advertiser id to match on")
-        member.destination_id = json.dumps(ids, separators=(",", ":"), sort_keys=True)
+        member.destination_id = kept_ids(ids)
         if operation == "update":
             # The member's ids changed (mirror mode): take the old ones off, then add anew.
             stale = {k: v for k, v in _kept_ids(record).items() if ids.get(k) != v}
@@ -203,17 +202,9 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 
     def _ids(self, record: Record) -> dict[str, str]:
         """Kind -> what LinkedIn matches on (email hashed, advertiser id in one case)."""
-        found: dict[str, str] = {}
-        for kind in ID_KINDS:
-            value = record.fields.get(kind)
-            if _blank(value):
-                continue
-            prehashed = kind in self.settings.prehashed
-            try:
-                found[kind] = identifier("linkedin", kind, value, prehashed=prehashed)
-            except InvalidValue as exc:
-                raise InvalidValue(f"{kind}: {exc}") from None
-        return found
+        return record_identifiers(
+            "linkedin", record.fields, ID_KINDS, prehashed=self.settings.prehashed
+        )
 
     def _hints(self, record: Record) -> dict[str, str]:
         hints: dict[str, str] = {}
@@ -283,16 +274,8 @@ def _element(action: ElementAction, ids: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _kept_ids(record: Record) -> dict[str, str]:
-    """The ids kept at ADD time (``{"email": sha256, "maid": ...}``); empty if unreadable."""
-    if not record.destination_id:
-        return {}
-    try:
-        data = json.loads(record.destination_id)
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): v for k, v in data.items() if k in ID_TYPES and isinstance(v, str) and v}
+    """The ids kept at ADD time (``{"email": sha256, "maid": ...}``)."""
+    return read_kept_ids(record.destination_id, ID_TYPES)
 
 
 def _blank(value: Any) -> bool:

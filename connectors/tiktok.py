@@ -31,7 +31,14 @@ from pydantic import Field, SecretStr, field_validator
 from syncer.connector import BatchResult, Capabilities, Record
 from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
 from syncer.http import Action
-from syncer.identifiers import HASHED, SUPPORTED, Kind, identifier
+from syncer.identifiers import (
+    HASHED,
+    Kind,
+    check_mapped_kinds,
+    kept_ids,
+    read_kept_ids,
+    record_identifiers,
+)
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
@@ -122,15 +129,7 @@ class TikTokConnector(RestConnector[TikTokConfig]):
 
     def open(self) -> None:
         """Refuse mapped fields TikTok cannot take, and a mapping with nothing to match."""
-        supported = SUPPORTED["tiktok"]
-        for name in self.context.field_names:
-            if name not in supported:
-                raise ConfigError(
-                    f"tiktok: fields.{name}: not an identifier TikTok takes"
-                    f" (use {', '.join(sorted(supported))})"
-                )
-        if not set(self.context.field_names) & set(ID_KINDS):
-            raise ConfigError("tiktok: fields: map at least one of email, phone, maid")
+        check_mapped_kinds("tiktok", self.context.field_names, ID_KINDS)
 
     def check(self) -> None:
         """Two cheap authenticated reads: ``/advertiser/info/`` proves the token and the
@@ -161,7 +160,7 @@ class TikTokConnector(RestConnector[TikTokConfig]):
         members = self._members(records, result)
         self._send("add", list(members.values()))
         for key, ids in members.items():
-            result.accept(key, destination_id=_kept(ids))
+            result.accept(key, destination_id=kept_ids(ids))
         return result
 
     def update(self, records: Sequence[Record]) -> BatchResult:
@@ -177,7 +176,7 @@ class TikTokConnector(RestConnector[TikTokConfig]):
         self._send("delete", stale)
         self._send("add", list(members.values()))
         for key, ids in members.items():
-            result.accept(key, destination_id=_kept(ids))
+            result.accept(key, destination_id=kept_ids(ids))
         return result
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
@@ -211,18 +210,9 @@ class TikTokConnector(RestConnector[TikTokConfig]):
 
     def _ids(self, record: Record) -> dict[str, str]:
         cfg = self.settings
-        found: dict[str, str] = {}
-        for kind in ID_KINDS:
-            value = record.fields.get(kind)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                continue
-            try:
-                found[kind] = identifier(
-                    "tiktok", kind, value, region=cfg.region, prehashed=kind in cfg.prehashed
-                )
-            except InvalidValue as exc:
-                raise InvalidValue(f"{kind}: {exc}") from None
-        return found
+        return record_identifiers(
+            "tiktok", record.fields, ID_KINDS, region=cfg.region, prehashed=cfg.prehashed
+        )
 
     def mapping_body(self, action: MappingAction, users: list[dict[str, str]]) -> dict[str, Any]:
         """The ``/segment/mapping/`` body: the kinds present, one inner array per user."""
@@ -281,18 +271,6 @@ def _listed(data: Any) -> bool:
     return isinstance(items, list) and bool(items)
 
 
-def _kept(ids: Mapping[str, str]) -> str:
-    return json.dumps(dict(ids), separators=(",", ":"), sort_keys=True)
-
-
 def _kept_ids(record: Record) -> dict[str, str]:
-    """The hashes kept at add time (``{"email": sha256, ...}``); empty if unreadable."""
-    if not record.destination_id:
-        return {}
-    try:
-        data = json.loads(record.destination_id)
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): v for k, v in data.items() if k in SCHEMA and isinstance(v, str) and v}
+    """The hashes kept at add time (``{"email": sha256, ...}``)."""
+    return read_kept_ids(record.destination_id, SCHEMA)

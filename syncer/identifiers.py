@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
 import unicodedata
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal, get_args
 
+from syncer.errors import ConfigError
 from syncer.normalize import InvalidValue, normalize_email, normalize_phone
 
 Platform = Literal["meta", "google", "linkedin", "tiktok"]
@@ -295,3 +298,71 @@ def identifier(
         raise InvalidValue(f"{kind} is declared pre-hashed but is not a SHA-256 hex digest")
     text = normalize(platform, kind, value, region=region, gmail_dots=gmail_dots)
     return sha256_hex(text) if hashed_kind else text
+
+
+# -- what ad connectors share: mapped kinds, a record's identifiers, the ids kept for removal --
+
+
+def check_mapped_kinds(
+    platform: Platform, field_names: Iterable[str], matched_on: Collection[Kind]
+) -> None:
+    """A mapping's ``fields:`` keys are identifier kinds: refuse one the platform does not
+    take (naming it) and a mapping with none of the kinds members are matched on."""
+    names = list(field_names)
+    supported = SUPPORTED[platform]
+    for name in names:
+        if name not in supported:
+            raise ConfigError(
+                f"{platform}: fields.{name}: not an identifier {platform} takes"
+                f" (use {', '.join(sorted(supported))})"
+            )
+    if not set(names) & set(matched_on):
+        *first, last = matched_on
+        either = f"{', '.join(first)} or {last}" if first else last
+        raise ConfigError(
+            f"{platform}: fields: map {either}: at least one of {', '.join(matched_on)}"
+            " is needed to match members"
+        )
+
+
+def record_identifiers(
+    platform: Platform,
+    fields: Mapping[str, Any],
+    kinds: Iterable[Kind],
+    *,
+    region: str | None = None,
+    prehashed: Collection[str] = (),
+) -> dict[str, str]:
+    """Kind -> what to send, for the ``kinds`` a record carries (blank values skipped).
+    A bad value raises :class:`InvalidValue` naming the kind, never the value."""
+    found: dict[str, str] = {}
+    for kind in kinds:
+        value = fields.get(kind)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        try:
+            found[kind] = identifier(
+                platform, kind, value, region=region, prehashed=kind in prehashed
+            )
+        except InvalidValue as exc:
+            raise InvalidValue(f"{kind}: {exc}") from None
+    return found
+
+
+def kept_ids(ids: Mapping[str, str]) -> str:
+    """The ``destination_id`` that lets a later run remove the member: its sent ids as
+    compact JSON (hashes, or ids the platform takes in clear)."""
+    return json.dumps(dict(ids), separators=(",", ":"), sort_keys=True)
+
+
+def read_kept_ids(destination_id: str | None, kinds: Collection[str]) -> dict[str, str]:
+    """The ids :func:`kept_ids` stored, restricted to ``kinds``; empty if none or unreadable."""
+    if not destination_id:
+        return {}
+    try:
+        data = json.loads(destination_id)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if k in kinds and isinstance(v, str) and v}
