@@ -630,14 +630,9 @@ class SyncEngine:
 
     def _retrying_poll(self, connector: Connector, job: str) -> JobStatus:
         """``poll_job`` with the same retries, Retry-After and budget as a batch."""
-        seen: list[JobStatus] = []
-
-        def attempt() -> list[Outcome]:
-            seen.append(_guarded(connector, "poll_job", lambda: connector.poll_job(job)))
-            return []
-
-        self._retrying(attempt)
-        return seen[-1]
+        return self._retrying(
+            lambda: _guarded(connector, "poll_job", lambda: connector.poll_job(job))
+        )
 
     def _apply_job(
         self,
@@ -734,7 +729,7 @@ class SyncEngine:
                 Outcome(r.key, "failed", f"request failed: {type(exc).__name__}") for r in records
             ]
 
-    def _retrying(self, attempt: Callable[[], list[Outcome]]) -> list[Outcome]:
+    def _retrying(self, attempt: Callable[[], T]) -> T:
         """Retry transient failures with backoff or Retry-After within the batch's time budget.
 
         Waiting out a 429 does not use up an attempt; the budget bounds the total either way.
