@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from syncer.connector import Operation, Record
 from syncer.normalize import EncodedChunk, PayloadSpill
@@ -150,34 +151,64 @@ class Staging:
 
             return copy_rows
         marks = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
-        valid_sql = (
+        numbered_sql = (
             f"INSERT INTO {STAGE} (rownum, key, location, hash)"
             f" VALUES ({marks}, {marks}, {marks}, {marks})"
         )
+        # SQLite numbers a clean chunk's rows itself (rownum is the rowid, and every earlier
+        # row is already in): one bound value fewer per row, the cheapest insert measured.
+        auto_sql = f"INSERT INTO {STAGE} (key, location, hash) VALUES (?, ?, ?)"
+        auto = self.dialect == "sqlite"
         invalid_sql = (
             f"INSERT INTO {STAGE} (rownum, key, reason) VALUES ({marks}, {marks}, {marks})"
         )
+        if auto:
+            # sqlite3's executemany takes any iterator, so rows are bound straight from zip.
+            cursor: Any = self.conn.connection.cursor()
+            stack.callback(cursor.close)
+            run: Callable[[str, Any], Any] = cursor.executemany
+        else:
+            run = lambda sql, rows: self.conn.exec_driver_sql(sql, list(rows))  # noqa: E731
 
         def insert_rows(chunk: EncodedChunk) -> None:
-            if chunk.valid:
-                self.conn.exec_driver_sql(valid_sql, chunk.valid)
+            if chunk.keys:
+                columns = (chunk.keys, chunk.locations, chunk.hashes)
+                if auto and chunk.rownums is None:
+                    run(auto_sql, zip(*columns, strict=True))
+                else:
+                    run(numbered_sql, zip(chunk.row_numbers(), *columns, strict=True))
             if chunk.invalid:
-                self.conn.exec_driver_sql(invalid_sql, chunk.invalid)
+                run(invalid_sql, chunk.invalid)
 
         return insert_rows
 
     def finalize(self, key_column: str) -> None:
-        """Index the snapshot (covering the diff) and mark every row of a duplicated key invalid."""
+        """Index the snapshot and mark every row of a duplicated key invalid.
+
+        On SQLite a unique index is tried first: it costs what the plain one does and proves
+        there is no duplicate for free, which is the common case. Only when it fails are the
+        duplicates looked for (and the covering index built instead).
+        """
+        if self.dialect == "sqlite":
+            last = self.conn.exec_driver_sql(f"SELECT MAX(rownum) FROM {STAGE}").scalar()
+            if (last or 0) != self.loaded:  # the rowid numbering in _writer went wrong
+                raise RuntimeError(f"staging numbered {last} rows, {self.loaded} were read")
+            try:
+                self.conn.exec_driver_sql(f"CREATE UNIQUE INDEX {STAGE}_key ON {STAGE} (key)")
+                return
+            except IntegrityError:
+                self.has_duplicates = True
         self.conn.exec_driver_sql(f"CREATE INDEX {STAGE}_key ON {STAGE} (key, hash)")
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql(f"ANALYZE {STAGE}")
-        self.has_duplicates = (
-            self.conn.exec_driver_sql(
-                f"SELECT 1 FROM (SELECT key FROM {STAGE} WHERE key IS NOT NULL"
-                " GROUP BY key HAVING COUNT(*) > 1) AS dups LIMIT 1"
-            ).first()
-            is not None
-        )
+        if self.dialect != "sqlite":  # SQLite learnt it from the unique index above
+            self.has_duplicates = (
+                self.conn.exec_driver_sql(
+                    f"SELECT 1 FROM (SELECT key FROM {STAGE} WHERE key IS NOT NULL"
+                    " GROUP BY key HAVING COUNT(*) > 1) AS dups LIMIT 1"
+                ).first()
+                is not None
+            )
         if self.has_duplicates:
             self.conn.execute(
                 text(
