@@ -6,6 +6,7 @@ Each phase also times a plain streamed read of the same query in the same proces
 (SQLAlchemy rows, as the issue defines it), and the driver-cursor read the engine itself uses
 (``raw``), so both ratios are shown.
 The destination accepts everything and does no I/O, so the numbers are the engine's own.
+Peak RSS is shown for the run's process and, apart, for its forked warehouse reader.
 
     .venv/bin/python bench/sync_bench.py               # 100k and 1M
     .venv/bin/python bench/sync_bench.py --sizes 100000
@@ -139,6 +140,8 @@ def phase(warehouse: Path, state: Path, mappings: Path) -> dict[str, float | int
         "sent": AcceptAll.sent,
         "status": result.status,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # The forked warehouse reader (syncer.reader), a process of its own.
+        "reader_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         **{k: result.counts.get(k, 0) for k in ("added", "removed", "updated", "unchanged")},
     }
 
@@ -163,7 +166,7 @@ def main() -> None:
         return
     print(
         f"{'size':>9} {'phase':<10} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
-        f"{'raw s':>6} {'raw x':>6} {'peak MB':>8} {'sent':>8}  counts"
+        f"{'raw s':>6} {'raw x':>6} {'peak MB':>8} {'reader MB':>9} {'sent':>8}  counts"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmpdir:
@@ -178,7 +181,7 @@ def main() -> None:
                 print(
                     f"{size:>9} {name:<10} {r['wall_s']:>8} {r['floor_s']:>8} {r['ratio']:>6} "
                     f"{r['raw_floor_s']:>6} {r['raw_ratio']:>6} "
-                    f"{r['peak_rss_mb']:>8} {r['sent']:>8}  {counts}",
+                    f"{r['peak_rss_mb']:>8} {r['reader_rss_mb']:>9} {r['sent']:>8}  {counts}",
                     flush=True,
                 )
 

@@ -113,6 +113,10 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.engine = engine
+        # Runs here share the process with schedules, probes and each other on threads, so
+        # no warehouse reader is forked (see syncer.forking): rows are read in-process.
+        if hasattr(engine, "fork_reader"):
+            engine.fork_reader = False
         self.env_file = env_file
         self.clock = clock
         self.holder = holder or replica_name()

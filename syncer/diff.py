@@ -164,9 +164,9 @@ class Staging:
         )
         if auto:
             # sqlite3's executemany takes any iterator, so rows are bound straight from zip.
-            cursor: Any = self.conn.connection.cursor()
-            stack.callback(cursor.close)
-            run: Callable[[str, Any], Any] = cursor.executemany
+            sqlite_cursor: Any = self.conn.connection.cursor()
+            stack.callback(sqlite_cursor.close)
+            run: Callable[[str, Any], Any] = sqlite_cursor.executemany
         else:
             run = lambda sql, rows: self.conn.exec_driver_sql(sql, list(rows))  # noqa: E731
 

@@ -49,12 +49,13 @@ from syncer.errors import (
     TransientError,
     where,
 )
+from syncer.forking import run_in_progress
 from syncer.http import make_client
 from syncer.lease import Lease
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
-from syncer.normalize import EncodedChunk, RowEncoder
 from syncer.ratelimit import AccountLimiter, RateLimit, limiter_for
+from syncer.reader import encoded_chunks
 from syncer.settings import Settings
 from syncer.state import (
     BulkWriter,
@@ -66,7 +67,6 @@ from syncer.state import (
     state_engine,
     utcnow,
 )
-from syncer.warehouse import stream
 
 log = get_logger("syncer.engine")
 
@@ -206,8 +206,12 @@ class SyncEngine:
         *,
         sleep: Callable[[float], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fork_reader: bool | None = None,
     ) -> None:
         self.settings = settings
+        # A forked warehouse reader (syncer.reader) unless told otherwise; the daemon says no:
+        # its other threads (schedules, probes, other syncs) may be inside SQLite at a fork.
+        self.fork_reader = settings.read_process if fork_reader is None else fork_reader
         self.transport = transport
         self.stop = threading.Event()
         # Set (the CLI does on SIGTERM/SIGINT) to stop starting batches; in-flight ones finish.
@@ -243,23 +247,20 @@ class SyncEngine:
         )
         staging.create()
         url = self.settings.warehouse(definition.source.warehouse)
-        with stream(
-            url, definition.source.query, self.settings.read_batch_size, str(sync.path)
-        ) as (columns, partitions):
-            hashed = sync.connector_cls.capabilities.hashed_keys
-            encoder = RowEncoder(definition, columns, str(sync.path), hash_keys=hashed)
-
-            def encoded() -> Iterator[EncodedChunk]:
-                start = 0
-                for part in partitions:
-                    yield encoder.encode_chunk(part, start, staging.spill)
-                    start += len(part)
-
-            try:
-                staging.load(encoded())
-            except BaseException:
-                staging.close()
-                raise
+        try:
+            with encoded_chunks(
+                url,
+                definition,
+                str(sync.path),
+                self.settings.read_batch_size,
+                staging.spill,
+                hash_keys=sync.connector_cls.capabilities.hashed_keys,
+                fork=self.fork_reader,
+            ) as chunks:
+                staging.load(chunks)
+        except BaseException:
+            staging.close()
+            raise
         try:
             staging.finalize(definition.source.key)
         except BaseException:
@@ -320,19 +321,20 @@ class SyncEngine:
             message = f"state database unavailable ({type(exc).__name__})"
             return RunResult(None, definition.name, "failed", {}, message, ExitCode.TEMPFAIL)
         try:
-            return self._run_leased(
-                engine,
-                lease,
-                sync,
-                run_id,
-                tally,
-                bound,
-                started,
-                trigger=trigger,
-                full_resync=full_resync,
-                force=force,
-                progress=progress,
-            )
+            with run_in_progress():
+                return self._run_leased(
+                    engine,
+                    lease,
+                    sync,
+                    run_id,
+                    tally,
+                    bound,
+                    started,
+                    trigger=trigger,
+                    full_resync=full_resync,
+                    force=force,
+                    progress=progress,
+                )
         except SQLAlchemyError as exc:
             # The state database went away mid-run: nothing unacknowledged was committed, and
             # the run row may still say running; the next run marks it interrupted.

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     read_batch_size: int = Field(
         default=10_000, ge=100, description="Rows fetched from the warehouse per round trip."
     )
+    read_process: bool = Field(
+        default=True,
+        description="Read and encode the warehouse in a forked child process while staging is"
+        " filled (Linux; SQLite-file and PostgreSQL warehouses).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     log_format: Literal["auto", "json", "console"] = "auto"
     http_timeout: float = Field(default=30.0, gt=0, description="Seconds per HTTP request.")

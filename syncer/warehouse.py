@@ -7,7 +7,7 @@ error (fix the mapping); a database that cannot be reached or drops mid-stream i
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,11 @@ _PLAIN_CURSOR_DIALECTS = frozenset({"sqlite", "duckdb"})
 @functools.cache
 def warehouse_engine(url: str) -> Engine:
     """One engine per URL and process; SQLite files must exist (no silent empty database)."""
+    return new_warehouse_engine(url)
+
+
+def new_warehouse_engine(url: str) -> Engine:
+    """A new engine for ``url`` (a forked reader must not share its parent's pool)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -55,14 +60,23 @@ def _short(exc: DBAPIError) -> str:
 
 @contextmanager
 def stream(
-    url: str, query: str, batch_size: int, origin: str, limit: int | None = None
+    url: str,
+    query: str,
+    batch_size: int,
+    origin: str,
+    limit: int | None = None,
+    *,
+    fresh: bool = False,
+    on_connect: Callable[[], object] | None = None,
 ) -> Iterator[tuple[list[str], Iterator[Sequence[Sequence[Any]]]]]:
     """Run ``query`` and yield (column names, iterator of row partitions).
 
     ``origin`` (the mapping file) prefixes error messages so users know which query failed.
+    ``fresh`` uses an engine of its own instead of the process's shared one; ``on_connect``
+    is called once the connection is open, before the query runs.
     """
     try:
-        engine = warehouse_engine(url)
+        engine = new_warehouse_engine(url) if fresh else warehouse_engine(url)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: source.warehouse: {exc}") from None
     sql = _clean(query)
@@ -73,6 +87,8 @@ def stream(
     except DBAPIError as exc:
         raise TransientError(f"{origin}: cannot connect to the warehouse: {_short(exc)}") from None
     try:
+        if on_connect is not None:
+            on_connect()
         try:
             # stream_results + Result.yield_per: buffered in fixed partitions on every dialect
             # (execution_options(yield_per=) alone hands SQLite rows back one at a time).

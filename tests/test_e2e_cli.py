@@ -65,7 +65,7 @@ def write_mapping(directory: Path, mode: str = "mirror", guard: int = 50) -> Non
     (directory / "vip.yaml").write_text(MAPPING.format(mode=mode, guard=guard))
 
 
-def _story(tmp_path: Path, warehouse: str, state: str) -> Iterator[Story]:
+def _story(tmp_path: Path, warehouse: str, state: str, **extra: str) -> Iterator[Story]:
     write_mapping(tmp_path / "mappings")
     with fake_destination(secret=SECRET) as (url, destination):
         env = {
@@ -74,22 +74,26 @@ def _story(tmp_path: Path, warehouse: str, state: str) -> Iterator[Story]:
             "SYNCER_MAPPINGS_DIR": str(tmp_path / "mappings"),
             "VIP_WEBHOOK_URL": url,
             "VIP_WEBHOOK_SECRET": SECRET,
+            **extra,
         }
         yield Story(warehouse, env, destination)
 
 
-@pytest.fixture(params=["sqlite", "duckdb", "postgres"])
+# SQLite and PostgreSQL warehouses are read by a forked reader process by default (Linux);
+# "sqlite-in-process" runs the same story with the reader switched off, as DuckDB always is.
+@pytest.fixture(params=["sqlite", "sqlite-in-process", "duckdb", "postgres"])
 def story(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Story]:
     if request.param == "postgres":
         url = request.getfixturevalue("postgres_url")
         yield from _story(tmp_path, url, url)
         return
     warehouse = (
-        f"sqlite:///{tmp_path / 'shop.db'}"
-        if request.param == "sqlite"
-        else f"duckdb:///{tmp_path / 'shop.duckdb'}"
+        f"duckdb:///{tmp_path / 'shop.duckdb'}"
+        if request.param == "duckdb"
+        else f"sqlite:///{tmp_path / 'shop.db'}"
     )
-    yield from _story(tmp_path, warehouse, f"sqlite:///{tmp_path / 'state.db'}")
+    extra = {"SYNCER_READ_PROCESS": "false"} if request.param == "sqlite-in-process" else {}
+    yield from _story(tmp_path, warehouse, f"sqlite:///{tmp_path / 'state.db'}", **extra)
 
 
 def test_first_no_change_and_churn_runs(story: Story) -> None:
