@@ -13,6 +13,7 @@ locks its file to one process, and an in-memory database exists only in this one
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import multiprocessing
 import os
@@ -99,6 +100,8 @@ def _encode(
         start += len(part)
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
 #: Seconds a forked reader may take to connect to the warehouse before it is given up.
 READY_TIMEOUT = 15.0
 _READY = pickle.dumps(("ready",))
@@ -126,7 +129,7 @@ class _Reader:
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(
             target=_child,
-            args=(sender, url, definition, origin, batch_size, spill, hash_keys),
+            args=(sender, os.getpid(), url, definition, origin, batch_size, spill, hash_keys),
             name="syncer-reader",
             daemon=True,
         )
@@ -177,6 +180,7 @@ class _Reader:
 
 def _child(
     sender: Any,
+    parent: int,
     url: str,
     definition: SyncDefinition,
     origin: str,
@@ -190,6 +194,7 @@ def _child(
     gc.disable()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us if needed
+    _die_with_parent(parent)
     code = 0
     try:
         with stream(
@@ -222,6 +227,15 @@ def _child(
     except BaseException as exc:
         code = _send_quietly(sender, ("crash", where(exc)))
     os._exit(code)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when its parent dies (even by SIGKILL), so a reader
+    stuck in a long query does not outlive its run."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
 
 
 def _send_quietly(sender: Any, message: tuple[str, str]) -> int:

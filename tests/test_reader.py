@@ -177,3 +177,66 @@ def test_the_daemon_reads_in_process(tmp_path: Path) -> None:
     assert engine.fork_reader is True
     Daemon(settings, engine)
     assert engine.fork_reader is False
+
+
+SLOW_MAPPING = """
+name: vip
+source:
+  query: >-
+    select email, first_name, ltv from segment_vip
+    where (with recursive c(x) as (select 1 union all select x + 1 from c where x < 50000000)
+           select count(*) from c) > 0
+  key: email
+fields:
+  first_name: first_name
+destination:
+  connector: file
+  path: {out}
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def test_the_reader_dies_with_a_killed_run(tmp_path: Path) -> None:
+    """The real CLI, SIGKILLed while its reader waits on a slow query: the reader goes too."""
+    import subprocess
+    import time
+
+    url = warehouse(tmp_path, rows=10)
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    (mappings / "vip.yaml").write_text(SLOW_MAPPING.format(out=tmp_path / "out.csv"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCER_")}
+    env |= {
+        "SYNCER_WAREHOUSE_URL": url,
+        "SYNCER_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+        "SYNCER_MAPPINGS_DIR": str(mappings),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncer", "sync", "now", "vip"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (readers := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(readers) == 1, "no reader process was forked"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{readers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = Path(f"/proc/{readers[0]}/stat")
+        assert not status.exists() or status.read_text().split()[2] == "Z", "reader outlived run"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "out.csv").exists(), "nothing may be written from a half-read segment"
