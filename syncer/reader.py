@@ -133,8 +133,16 @@ class _Reader:
             name="syncer-reader",
             daemon=True,
         )
-        with fork_lock:  # no thread of ours is inside SQLite while we fork
-            child.start()
+        try:
+            with fork_lock:  # no thread of ours is inside SQLite while we fork
+                child.start()
+        except (AssertionError, OSError) as exc:
+            # A daemonic parent (some worker pools) may not have children; a fork can fail
+            # for want of memory or processes. Either way the rows are read in-process.
+            receiver.close()
+            sender.close()
+            log.warning("reader.not_started", error=type(exc).__name__, fallback="in-process")
+            return None
         sender.close()
         reader = cls(child, receiver, origin, spill)
         if not receiver.poll(READY_TIMEOUT):

@@ -240,3 +240,24 @@ def test_the_reader_dies_with_a_killed_run(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert not (tmp_path / "out.csv").exists(), "nothing may be written from a half-read segment"
+
+
+def test_a_reader_that_cannot_be_started_is_replaced_by_reading_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a daemonic worker process multiprocessing refuses children; a fork can fail."""
+    from multiprocessing.process import BaseProcess
+
+    url = warehouse(tmp_path, rows=50)
+    expected = read_all(url, fork=False)
+    for error in (
+        AssertionError("daemonic processes are not allowed to have children"),
+        OSError(11, "EAGAIN"),
+    ):
+
+        def refuse(self: Any, error: BaseException = error) -> None:
+            raise error
+
+        monkeypatch.setattr(BaseProcess, "start", refuse)
+        assert read_all(url, fork=True) == expected
+    assert multiprocessing.active_children() == []
