@@ -55,7 +55,7 @@ from syncer.lease import Lease
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
 from syncer.ratelimit import AccountLimiter, RateLimit, limiter_for
-from syncer.reader import encoded_chunks
+from syncer.reader import ReadJob, encoded_chunks
 from syncer.settings import Settings
 from syncer.state import (
     BulkWriter,
@@ -248,15 +248,14 @@ class SyncEngine:
         staging.create()
         url = self.settings.warehouse(definition.source.warehouse)
         try:
-            with encoded_chunks(
+            job = ReadJob(
                 url,
                 definition,
                 str(sync.path),
                 self.settings.read_batch_size,
-                staging.spill,
                 hash_keys=sync.connector_cls.capabilities.hashed_keys,
-                fork=self.fork_reader,
-            ) as chunks:
+            )
+            with encoded_chunks(job, staging.spill, fork=self.fork_reader) as chunks:
                 staging.load(chunks)
         except BaseException:
             staging.close()

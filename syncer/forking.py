@@ -3,7 +3,7 @@
 A forked child inherits every lock as it was at the fork, held or not, but not the threads
 that held them. If the lease's heartbeat thread were inside SQLite at that moment, the
 child's first SQLite call could wait forever for a mutex nobody will release. Threads of
-ours that call into SQLite while a run stages take ``quiet()``; the fork takes ``fork_lock``.
+ours that call into SQLite while a run stages hold ``fork_lock``, and so does the fork.
 """
 
 from __future__ import annotations
@@ -12,16 +12,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+#: Held around a fork, and by background threads of ours while they are inside SQLite.
 fork_lock = threading.Lock()
 _runs = 0
 _runs_lock = threading.Lock()
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Around a background thread's database call: no fork happens meanwhile."""
-    with fork_lock:
-        yield
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from syncer.errors import LeaseHeld
-from syncer.forking import quiet
+from syncer.forking import fork_lock
 from syncer.log import get_logger
 from syncer.metrics import lease_taken_over
 from syncer.state import leases_table
@@ -113,7 +113,7 @@ class Lease:
     def heartbeat(self) -> bool:
         """Extend the lease; False (and ``lost`` set) if another process has taken it."""
         now = self.clock()
-        with quiet(), self.engine.begin() as conn:
+        with fork_lock, self.engine.begin() as conn:  # no reader is forked meanwhile
             kept = conn.execute(
                 update(leases_table)
                 .where(leases_table.c.sync == self.sync, leases_table.c.holder == self.holder)

@@ -389,42 +389,18 @@ class RowEncoder:
         self, rows: Sequence[Sequence[Any]], offset: int
     ) -> tuple[list[str], list[int], list[int], bytearray, int] | None:
         """(keys, locations, hashes, payload bytes, spill end) or None if any row is invalid."""
-        raw = list(map(operator.itemgetter(self._key_index), rows))
-        if None in raw:
+        keys = self._whole_keys(rows)
+        if keys is None:
             return None
-        try:
-            keys: list[str]
-            if self._string_keys:
-                try:
-                    keys = list(map(str.strip, raw))
-                except TypeError:  # not all text (integer ids): the general conversion
-                    keys = list(map(self._key, raw))
-            else:
-                keys = list(map(self._key, raw))
-            if "" in keys:
-                return None
-            if self._hash_keys:
-                keys = [sha256(key.encode("utf-8")).hexdigest() for key in keys]
-            values = map(self._pick, rows) if self._plain else map(self._convert, rows)
-            payloads = bytearray()
-            keep = payloads.extend
-            sizes: list[int] = []
-            digests: list[int] = []
-            size_of, digest_of = sizes.append, digests.append
-            # Each payload is dropped as soon as it is copied: orjson's bytes carry spare
-            # capacity, and holding a chunk's worth of them costs far more than encoding.
-            digest = xxh3_64_intdigest
-            for payload in map(self._fast_dumps, values):
-                keep(payload)
-                size_of(len(payload))
-                digest_of(digest(payload))
-        except (InvalidValue, TypeError, orjson.JSONEncodeError):
-            if self._fast_dumps is orjson.dumps:
-                # A value orjson needs help with (Decimal, time): from now on pass the
-                # default hook, a third slower, and try this chunk again.
-                self._fast_dumps = self._dumps
-                return self._encode_whole(rows, offset)
+        payloads = self._whole_payloads(rows, self._fast_dumps)
+        if payloads is None and self._fast_dumps is orjson.dumps:
+            # A value orjson needs help with (Decimal, time): from now on pass the default
+            # hook, a third slower, and try this chunk's payloads again.
+            self._fast_dumps = self._dumps
+            payloads = self._whole_payloads(rows, self._dumps)
+        if payloads is None:
             return None
+        blob, sizes, digests = payloads
         if sizes and max(sizes) > MAX_PAYLOAD:
             return None
         starts = list(accumulate(sizes, initial=offset))
@@ -433,7 +409,49 @@ class RowEncoder:
             map(operator.or_, map(operator.lshift, starts, repeat(LENGTH_BITS)), sizes)
         )
         hashes = list(map(operator.sub, digests, repeat(_SIGN_SHIFT)))
-        return keys, locations, hashes, payloads, end
+        return keys, locations, hashes, blob, end
+
+    def _whole_keys(self, rows: Sequence[Sequence[Any]]) -> list[str] | None:
+        """Every row's normalised key, or None if any is null, empty or not convertible."""
+        raw = list(map(operator.itemgetter(self._key_index), rows))
+        if None in raw:
+            return None
+        try:
+            if self._string_keys:
+                try:
+                    keys = list(map(str.strip, raw))
+                except TypeError:  # not all text (integer ids): the general conversion
+                    keys = list(map(self._key, raw))
+            else:
+                keys = list(map(self._key, raw))
+        except InvalidValue:
+            return None
+        if "" in keys:
+            return None
+        if self._hash_keys:
+            keys = [sha256(key.encode("utf-8")).hexdigest() for key in keys]
+        return keys
+
+    def _whole_payloads(
+        self, rows: Sequence[Sequence[Any]], dumps: Callable[[Any], bytes]
+    ) -> tuple[bytearray, list[int], list[int]] | None:
+        """(payload bytes, sizes, digests) for every row, or None if any cannot be encoded."""
+        blob = bytearray()
+        keep = blob.extend
+        sizes: list[int] = []
+        digests: list[int] = []
+        size_of, digest_of, digest = sizes.append, digests.append, xxh3_64_intdigest
+        values = map(self._pick, rows) if self._plain else map(self._convert, rows)
+        try:
+            # Each payload is dropped as soon as it is copied: orjson's bytes carry spare
+            # capacity, and holding a chunk's worth of them costs far more than encoding.
+            for payload in map(dumps, values):
+                keep(payload)
+                size_of(len(payload))
+                digest_of(digest(payload))
+        except (InvalidValue, TypeError, orjson.JSONEncodeError):
+            return None
+        return blob, sizes, digests
 
     def _convert(self, row: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(
@@ -456,7 +474,7 @@ class RowEncoder:
         keep = spilled.extend
         offset = spill.size
         key_index, key_conv = self._key_index, self._key
-        fields, plain, pick = self._fields, self._plain, self._pick
+        plain, pick, convert = self._plain, self._pick, self._convert
         string_keys, hash_keys = self._string_keys, self._hash_keys
         dumps, digest, shift = self._dumps, xxh3_64_intdigest, _SIGN_SHIFT
         for rownum, row in enumerate(rows, start + 1):
@@ -478,14 +496,7 @@ class RowEncoder:
             if hash_keys:
                 key = sha256(key.encode("utf-8")).hexdigest()
             try:
-                if plain:
-                    values = pick(row)
-                else:
-                    values = tuple(
-                        row[i] if conv is None or row[i] is None else conv(row[i])
-                        for _, i, conv in fields
-                    )
-                payload = dumps(values)
+                payload = dumps(pick(row) if plain else convert(row))
             except (InvalidValue, TypeError, orjson.JSONEncodeError):
                 refuse((rownum, key, f"row {rownum}: {self._explain(row)}"))
                 continue

@@ -20,8 +20,9 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import make_url
@@ -60,35 +61,55 @@ def can_fork_reader(url: str) -> bool:
     return backend == "postgresql"
 
 
+@dataclass(frozen=True, slots=True)
+class ReadJob:
+    """What to read and how to encode it: the same for this process and a forked reader."""
+
+    url: str
+    definition: SyncDefinition
+    origin: str
+    batch_size: int
+    hash_keys: bool = False
+
+    @contextmanager
+    def chunks(
+        self,
+        spill: PayloadSpill,
+        *,
+        fresh: bool = False,
+        on_connect: Callable[[], object] | None = None,
+    ) -> Iterator[Iterator[EncodedChunk]]:
+        """Stream the query and encode it chunk by chunk, payloads written to ``spill``."""
+        query = self.definition.source.query
+        with stream(
+            self.url, query, self.batch_size, self.origin, fresh=fresh, on_connect=on_connect
+        ) as (columns, partitions):
+            encoder = RowEncoder(self.definition, columns, self.origin, hash_keys=self.hash_keys)
+            yield _encode(encoder, partitions, spill)
+
+
 @contextmanager
 def encoded_chunks(
-    url: str,
-    definition: SyncDefinition,
-    origin: str,
-    batch_size: int,
-    spill: PayloadSpill,
-    *,
-    hash_keys: bool = False,
-    fork: bool = True,
+    job: ReadJob, spill: PayloadSpill, *, fork: bool = True
 ) -> Iterator[Iterator[EncodedChunk]]:
     """Yield an iterator of encoded chunks of the sync's query, payloads written to ``spill``.
 
     Errors are the same either way: ConfigError for a query or mapping the warehouse refuses,
     TransientError for a warehouse that cannot be reached or drops mid-stream. A reader is
-    forked only while this is the process's one run (see ``syncer.forking``); one that has not
-    connected within ``READY_TIMEOUT`` seconds is killed and the rows are read in-process.
+    forked only while this is the process's one run (see ``syncer.forking``); one that cannot
+    be started, or has not connected within ``READY_TIMEOUT`` seconds, is given up and the
+    rows are read in-process.
     """
-    if fork and can_fork_reader(url) and alone():
-        reader = _Reader.start(url, definition, origin, batch_size, spill, hash_keys)
+    if fork and can_fork_reader(job.url) and alone():
+        reader = _Reader.start(job, spill)
         if reader is not None:
             try:
                 yield reader.chunks()
             finally:
                 reader.stop()
             return
-    with stream(url, definition.source.query, batch_size, origin) as (columns, partitions):
-        encoder = RowEncoder(definition, columns, origin, hash_keys=hash_keys)
-        yield _encode(encoder, partitions, spill)
+    with job.chunks(spill) as chunks:
+        yield chunks
 
 
 def _encode(
@@ -115,21 +136,14 @@ class _Reader:
         self.first: tuple[Any, ...] | None = None
 
     @classmethod
-    def start(
-        cls,
-        url: str,
-        definition: SyncDefinition,
-        origin: str,
-        batch_size: int,
-        spill: PayloadSpill,
-        hash_keys: bool,
-    ) -> _Reader | None:
-        """Fork the reader and wait until it has connected (or failed to); None if it hangs."""
+    def start(cls, job: ReadJob, spill: PayloadSpill) -> _Reader | None:
+        """Fork the reader and wait until it has connected (or failed to); None if it could
+        not be started or hangs."""
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(
             target=_child,
-            args=(sender, os.getpid(), url, definition, origin, batch_size, spill, hash_keys),
+            args=(sender, os.getpid(), job, spill),
             name="syncer-reader",
             daemon=True,
         )
@@ -144,7 +158,7 @@ class _Reader:
             log.warning("reader.not_started", error=type(exc).__name__, fallback="in-process")
             return None
         sender.close()
-        reader = cls(child, receiver, origin, spill)
+        reader = cls(child, receiver, job.origin, spill)
         if not receiver.poll(READY_TIMEOUT):
             reader.stop()
             log.warning("reader.stuck", timeout_s=READY_TIMEOUT, fallback="in-process")
@@ -186,16 +200,7 @@ class _Reader:
         self.child.join()
 
 
-def _child(
-    sender: Any,
-    parent: int,
-    url: str,
-    definition: SyncDefinition,
-    origin: str,
-    batch_size: int,
-    spill: PayloadSpill,
-    hash_keys: bool,
-) -> None:
+def _child(sender: Any, parent: int, job: ReadJob, spill: PayloadSpill) -> None:
     """Runs in the forked reader. It touches nothing the parent owns but the spill's file
     descriptor and the pipe: its own warehouse engine, no logging, and no garbage collection
     (which could finalise a parent connection's copy); it leaves by ``os._exit``."""
@@ -205,25 +210,10 @@ def _child(
     _die_with_parent(parent)
     code = 0
     try:
-        with stream(
-            url,
-            definition.source.query,
-            batch_size,
-            origin,
-            fresh=True,
-            on_connect=lambda: sender.send_bytes(_READY),
-        ) as (columns, partitions):
-            encoder = RowEncoder(definition, columns, origin, hash_keys=hash_keys)
-            for chunk in _encode(encoder, partitions, spill):
-                message = (
-                    "chunk",
-                    chunk.start,
-                    chunk.keys,
-                    chunk.locations,
-                    chunk.hashes,
-                    chunk.rownums,
-                    chunk.invalid,
-                )
+        with job.chunks(spill, fresh=True, on_connect=lambda: sender.send_bytes(_READY)) as chunks:
+            for chunk in chunks:
+                # The chunk's fields in order: EncodedChunk(*message[1:]) rebuilds it.
+                message = ("chunk", *(getattr(chunk, name) for name in EncodedChunk.__slots__))
                 sender.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
         spill.flush()  # every payload on disk before the parent may read one
         sender.send_bytes(pickle.dumps(("done", spill.size)))
@@ -232,7 +222,7 @@ def _child(
     except SyncerError as exc:
         kind = "ConfigError" if isinstance(exc, ConfigError) else "TransientError"
         code = _send_quietly(sender, (kind, str(exc)))
-    except BaseException as exc:
+    except BaseException as exc:  # a bug: tell the parent where, then leave
         code = _send_quietly(sender, ("crash", where(exc)))
     os._exit(code)
 

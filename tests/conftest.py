@@ -130,6 +130,7 @@ class FakeClock:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        assert seconds > 0, "asked to sleep for nothing (a busy loop)"
         self.slept.append(seconds)
         self.now += seconds
 

@@ -17,34 +17,19 @@ from connectors.file import FileConnector
 from connectors.webhook import WebhookConnector
 from syncer.connector import Connector, ConnectorConfig, SyncContext, effective_limits
 from syncer.ratelimit import SAFETY_MARGIN, AccountLimiter, RateLimit, limiter_for
+from tests.conftest import FakeClock
 
 CONTEXT = SyncContext("s", "membership", ("email",))
-
-
-class FakeTime:
-    """A clock that only moves when the limiter sleeps: tests never really wait."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0, "the limiter asked to sleep for nothing (busy loop)"
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 M = 1 + SAFETY_MARGIN  # every window is stretched by this
 
 
-def limiter(fake: FakeTime, rates: Sequence[RateLimit], max_concurrency: int = 100) -> Any:
-    return AccountLimiter(rates, max_concurrency, clock=fake.clock, sleep=fake.sleep)
+def limiter(fake: FakeClock, rates: Sequence[RateLimit], max_concurrency: int = 100) -> Any:
+    return AccountLimiter(rates, max_concurrency, clock=fake, sleep=fake.sleep)
 
 
-def grant_times(lim: AccountLimiter, fake: FakeTime, count: int) -> list[float]:
+def grant_times(lim: AccountLimiter, fake: FakeClock, count: int) -> list[float]:
     times = []
     for _ in range(count):
         assert lim.acquire()
@@ -59,7 +44,7 @@ def most_in_any_window(times: list[float], seconds: float) -> int:
 
 
 def test_two_windows_are_enforced_at_once() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     lim = limiter(fake, [RateLimit(5, 1.0), RateLimit(12, 3600)])
     times = grant_times(lim, fake, 14)
     assert most_in_any_window(times, 1.0) <= 5
@@ -70,7 +55,7 @@ def test_two_windows_are_enforced_at_once() -> None:
 
 
 def test_a_big_quota_is_never_exceeded() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     lim = limiter(fake, [RateLimit(5000, 3600)])  # long window: counted, not paced
     times = grant_times(lim, fake, 5001)
     assert times[4999] == 0.0  # a short sync is not slowed down to the hourly average
@@ -79,7 +64,7 @@ def test_a_big_quota_is_never_exceeded() -> None:
 
 
 def test_the_strictest_short_window_sets_the_pace() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     lim = limiter(fake, [RateLimit(10, 1.0), RateLimit(30, 10.0)])
     times = grant_times(lim, fake, 61)
     gaps = {round(b - a, 9) for a, b in itertools.pairwise(times)}
@@ -88,7 +73,7 @@ def test_the_strictest_short_window_sets_the_pace() -> None:
 
 
 def test_paces_evenly_at_the_limit_for_a_whole_run() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     lim = limiter(fake, [RateLimit(50, 1.0)])
     times: list[float] = []
     while True:
@@ -106,7 +91,7 @@ def test_paces_evenly_at_the_limit_for_a_whole_run() -> None:
 
 
 def test_idle_time_does_not_save_up_a_burst() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     lim = limiter(fake, [RateLimit(10, 1.0)])
     grant_times(lim, fake, 3)
     fake.now += 60  # nothing to send for a minute
@@ -130,7 +115,7 @@ def test_concurrency_cap_holds_the_next_request_until_one_finishes() -> None:
 
 
 def test_cool_down_pauses_every_acquirer_and_is_never_shortened() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     lim = limiter(fake, [])
     lim.cool_down(5.0)
     lim.cool_down(2.0)  # a later, shorter hint must not let anyone through early
@@ -160,14 +145,14 @@ def test_cool_down_holds_other_threads_too() -> None:
 
 
 def test_stop_event_abandons_a_wait() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     stop = threading.Event()
 
     def sleep(seconds: float) -> None:
         fake.sleep(seconds)
         stop.set()  # shutdown requested while we were waiting
 
-    lim = AccountLimiter([], 1, clock=fake.clock, sleep=sleep)
+    lim = AccountLimiter([], 1, clock=fake, sleep=sleep)
     lim.cool_down(1000)
     assert lim.acquire(stop) is False
     assert lim.in_flight == 0 and lim.acquired == 0

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from syncer.errors import ConfigError, TransientError
 from syncer.mapping import SyncDefinition
 from syncer.normalize import PayloadSpill
-from syncer.reader import can_fork_reader, encoded_chunks
+from syncer.reader import ReadJob, can_fork_reader, encoded_chunks
 from tests.conftest import write_table
 
 pytestmark = pytest.mark.skipif(
@@ -45,12 +46,22 @@ def warehouse(tmp_path: Path, rows: int = 2_500) -> str:
     return url
 
 
+def job(url: str, query: str | None = None, batch_size: int = 1_000) -> ReadJob:
+    return ReadJob(url, definition(query) if query else definition(), ORIGIN, batch_size)
+
+
+@pytest.fixture
+def spill() -> Iterator[PayloadSpill]:
+    payloads = PayloadSpill()
+    yield payloads
+    payloads.close()
+
+
 def read_all(url: str, fork: bool, query: str | None = None) -> list[Any]:
     """Every chunk as plain data, with each valid row's payload read back from the spill."""
     spill = PayloadSpill()
-    defn = definition(query) if query else definition()
     try:
-        with encoded_chunks(url, defn, ORIGIN, 1_000, spill, fork=fork) as chunks:
+        with encoded_chunks(job(url, query), spill, fork=fork) as chunks:
             got = [(c.start, c.keys, c.hashes, c.rownums, c.invalid, c.locations) for c in chunks]
         spill.flush()
         return [(*rest, [spill.read(loc) for loc in locations]) for *rest, locations in got]
@@ -82,36 +93,28 @@ def test_reader_errors_name_the_file_and_the_culprit_either_way(tmp_path: Path, 
     assert multiprocessing.active_children() == []
 
 
-def test_a_killed_reader_is_a_temporary_failure(tmp_path: Path) -> None:
-    url = warehouse(tmp_path)
-    spill = PayloadSpill()
-    try:
-        with (
-            pytest.raises(TransientError, match="reader process stopped unexpectedly"),
-            encoded_chunks(url, definition(), ORIGIN, 100, spill) as chunks,
-        ):
-            next(chunks)
-            (child,) = multiprocessing.active_children()
-            os.kill(child.pid, signal.SIGKILL)
-            for _ in chunks:
-                pass
-    finally:
-        spill.close()
+def test_a_killed_reader_is_a_temporary_failure(tmp_path: Path, spill: PayloadSpill) -> None:
+    with (
+        pytest.raises(TransientError, match="reader process stopped unexpectedly"),
+        encoded_chunks(job(warehouse(tmp_path), batch_size=100), spill) as chunks,
+    ):
+        next(chunks)
+        (child,) = multiprocessing.active_children()
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in chunks:
+            pass
     assert multiprocessing.active_children() == []
 
 
-def test_the_reader_is_stopped_when_the_run_gives_up_early(tmp_path: Path) -> None:
-    url = warehouse(tmp_path)
-    spill = PayloadSpill()
-    try:
-        with (
-            pytest.raises(RuntimeError, match="state database gone"),
-            encoded_chunks(url, definition(), ORIGIN, 100, spill) as chunks,
-        ):
-            next(chunks)
-            raise RuntimeError("state database gone")
-    finally:
-        spill.close()
+def test_the_reader_is_stopped_when_the_run_gives_up_early(
+    tmp_path: Path, spill: PayloadSpill
+) -> None:
+    with (
+        pytest.raises(RuntimeError, match="state database gone"),
+        encoded_chunks(job(warehouse(tmp_path), batch_size=100), spill) as chunks,
+    ):
+        next(chunks)
+        raise RuntimeError("state database gone")
     assert multiprocessing.active_children() == [], "the reader outlived its run"
 
 
@@ -147,24 +150,22 @@ def test_a_reader_that_cannot_connect_in_time_is_replaced_by_reading_in_process(
     assert multiprocessing.active_children() == []
 
 
-def test_no_reader_is_forked_while_another_run_is_in_progress(tmp_path: Path) -> None:
+def test_no_reader_is_forked_while_another_run_is_in_progress(
+    tmp_path: Path, spill: PayloadSpill
+) -> None:
     from syncer.forking import run_in_progress
 
-    url = warehouse(tmp_path, rows=50)
-    spill = PayloadSpill()
-    try:
-        with (
-            run_in_progress(),
-            run_in_progress(),  # this run and another thread's
-            encoded_chunks(url, definition(), ORIGIN, 10, spill) as chunks,
-        ):
-            next(chunks)
-            assert multiprocessing.active_children() == []
-        with run_in_progress(), encoded_chunks(url, definition(), ORIGIN, 10, spill) as chunks:
-            next(chunks)
-            assert len(multiprocessing.active_children()) == 1
-    finally:
-        spill.close()
+    small = job(warehouse(tmp_path, rows=50), batch_size=10)
+    with (
+        run_in_progress(),
+        run_in_progress(),  # this run and another thread's
+        encoded_chunks(small, spill) as chunks,
+    ):
+        next(chunks)
+        assert multiprocessing.active_children() == []
+    with run_in_progress(), encoded_chunks(small, spill) as chunks:
+        next(chunks)
+        assert len(multiprocessing.active_children()) == 1
 
 
 def test_the_daemon_reads_in_process(tmp_path: Path) -> None:
