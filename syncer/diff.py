@@ -102,8 +102,8 @@ class Staging:
         self.loaded = 0
         self.invalid_loaded = 0
         self._materialised = False
-        # Payloads live beside the table, not in it (see PayloadSpill); the table holds
-        # each valid row's location there. A row is valid exactly when its hash is set.
+        # Payloads live beside the table, not in it (see PayloadSpill), found there by the
+        # row's number. A row is valid exactly when its hash is set.
         self.spill = PayloadSpill()
 
     def close(self) -> None:
@@ -116,7 +116,7 @@ class Staging:
         number = "INTEGER" if self.dialect == "sqlite" else "BIGINT"
         self.conn.exec_driver_sql(
             f"CREATE TEMPORARY TABLE {STAGE} (rownum {number} PRIMARY KEY,"
-            " key TEXT, location BIGINT, hash BIGINT, reason TEXT)"
+            " key TEXT, hash BIGINT, reason TEXT)"
         )
 
     def load(self, chunks: Iterable[EncodedChunk]) -> None:
@@ -140,24 +140,21 @@ class Staging:
             raw: Any = self.conn.connection.driver_connection
             cursor = stack.enter_context(raw.cursor())
             copy = stack.enter_context(
-                cursor.copy(f"COPY {STAGE} (rownum, key, location, hash, reason) FROM STDIN")
+                cursor.copy(f"COPY {STAGE} (rownum, key, hash, reason) FROM STDIN")
             )
 
             def copy_rows(chunk: EncodedChunk) -> None:
-                for rownum, key, location, digest in chunk.valid:
-                    copy.write_row((rownum, key, location, digest, None))
+                for rownum, key, digest in chunk.valid:
+                    copy.write_row((rownum, key, digest, None))
                 for rownum, maybe_key, reason in chunk.invalid:
-                    copy.write_row((rownum, maybe_key, None, None, reason))
+                    copy.write_row((rownum, maybe_key, None, reason))
 
             return copy_rows
         marks = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
-        numbered_sql = (
-            f"INSERT INTO {STAGE} (rownum, key, location, hash)"
-            f" VALUES ({marks}, {marks}, {marks}, {marks})"
-        )
+        numbered_sql = f"INSERT INTO {STAGE} (rownum, key, hash) VALUES ({marks}, {marks}, {marks})"
         # SQLite numbers a clean chunk's rows itself (rownum is the rowid, and every earlier
         # row is already in): one bound value fewer per row, the cheapest insert measured.
-        auto_sql = f"INSERT INTO {STAGE} (key, location, hash) VALUES (?, ?, ?)"
+        auto_sql = f"INSERT INTO {STAGE} (key, hash) VALUES (?, ?)"
         auto = self.dialect == "sqlite"
         invalid_sql = (
             f"INSERT INTO {STAGE} (rownum, key, reason) VALUES ({marks}, {marks}, {marks})"
@@ -172,7 +169,7 @@ class Staging:
 
         def insert_rows(chunk: EncodedChunk) -> None:
             if chunk.keys:
-                columns = (chunk.keys, chunk.locations, chunk.hashes)
+                columns = (chunk.keys, chunk.hashes)
                 if auto and chunk.rownums is None:
                     run(auto_sql, zip(*columns, strict=True))
                 else:
@@ -212,7 +209,7 @@ class Staging:
         if self.has_duplicates:
             self.conn.execute(
                 text(
-                    f"UPDATE {STAGE} SET location = NULL, hash = NULL,"
+                    f"UPDATE {STAGE} SET hash = NULL,"
                     " reason = 'row ' || CAST(rownum AS TEXT) || ': duplicate key (' || :col || ')'"
                     f" WHERE key IN (SELECT key FROM {STAGE} WHERE key IS NOT NULL"
                     " GROUP BY key HAVING COUNT(*) > 1)"
@@ -309,7 +306,7 @@ class Staging:
         return list(
             self.conn.execute(
                 text(
-                    "SELECT c.key, s.location, s.hash, r.destination_id"
+                    "SELECT c.key, s.rownum, s.hash, r.destination_id"
                     f" FROM {CHANGES} c JOIN {STAGE} s ON s.key = c.key AND s.hash IS NOT NULL"
                     " LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = c.key"
                     f" WHERE {keyset} c.kind IN ({wanted})"
@@ -356,8 +353,8 @@ class Staging:
             after = rows[-1][0]
             remaining -= len(rows)
             records = [
-                Record(key, dict(zip(names, loads(read(location)), strict=True)), dest)
-                for key, location, _, dest in rows
+                Record(key, dict(zip(names, loads(read(rownum)), strict=True)), dest)
+                for key, rownum, _, dest in rows
             ]
             yield ChangeBatch(operation, records, {row[0]: row[2] for row in rows})
 

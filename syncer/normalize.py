@@ -11,7 +11,9 @@ import datetime as dt
 import operator
 import os
 import re
+import struct
 import tempfile
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -33,8 +35,8 @@ StagedRow = tuple[int, str | None, str | None, int | None, str | None]
 
 The payload is a JSON array of field values in ``RowEncoder.field_names`` order."""
 
-ValidRow = tuple[int, str, int, int]
-"""(row number, key, payload location in the spill, payload hash)."""
+ValidRow = tuple[int, str, int]
+"""(row number, key, payload hash); the payload is in the spill under the row number."""
 InvalidRow = tuple[int, str | None, str]
 """(row number, key if it was readable, why the row cannot be sent)."""
 
@@ -43,15 +45,14 @@ InvalidRow = tuple[int, str | None, str]
 class EncodedChunk:
     """One chunk of source rows, encoded: what can be sent, in columns, and what cannot and why.
 
-    Valid rows are three parallel lists, so a bulk insert binds them straight from ``zip``
-    with no tuple built per row. ``rownums`` is None when the chunk had no invalid row: its
-    valid rows are then exactly rows ``start + 1`` to ``start + len(keys)``, in order, and a
-    SQLite table can number them itself.
+    Valid rows are parallel lists, so a bulk insert binds them straight from ``zip`` with no
+    tuple built per row. ``rownums`` is None when the chunk had no invalid row: its valid rows
+    are then exactly rows ``start + 1`` to ``start + len(keys)``, in order, and a SQLite table
+    can number them itself. Payloads are not here: they are in the spill, by row number.
     """
 
     start: int
     keys: list[str]
-    locations: list[int]
     hashes: list[int]
     rownums: list[int] | None
     invalid: list[InvalidRow]
@@ -67,53 +68,73 @@ class EncodedChunk:
 
     @property
     def valid(self) -> list[ValidRow]:
-        """The valid rows as (row number, key, location, hash) tuples."""
-        return list(zip(self.row_numbers(), self.keys, self.locations, self.hashes, strict=True))
+        """The valid rows as (row number, key, hash) tuples."""
+        return list(zip(self.row_numbers(), self.keys, self.hashes, strict=True))
 
 
-#: Bits of a packed location that hold the payload's length: payloads up to 16 MiB.
-LENGTH_BITS = 24
-MAX_PAYLOAD = (1 << LENGTH_BITS) - 1
-
-
-def pack_location(offset: int, length: int) -> int:
-    """Offset and length of a spilled payload in one integer (fits a signed 64-bit column)."""
-    return (offset << LENGTH_BITS) | length
-
-
-def unpack_location(location: int) -> tuple[int, int]:
-    return location >> LENGTH_BITS, location & MAX_PAYLOAD
+_END = struct.Struct("=q")
+_SPAN = struct.Struct("=2q")
 
 
 class PayloadSpill:
-    """Payloads of one run in an unlinked temporary file, written once in row order.
+    """Payloads of one run in unlinked temporary files, written once in row order.
 
-    Staging keeps only (key, hash, location): most rows of a run are unchanged and their
+    Staging keeps only (row number, key, hash): most rows of a run are unchanged and their
     payload is never read back, so it is cheaper to append it to a file (no B-tree, no
     index, gone with the process even after a crash) than to insert it into the state
-    database. Only the changed rows' payloads are read again, by position.
+    database. A second file holds each row's end offset as 8 bytes at ``8 * (rownum - 1)``
+    (an invalid row ends where the row before it did), so a payload is found from its row
+    number alone and staging binds one value fewer per row. Only the changed rows' payloads
+    are read again.
     """
 
     def __init__(self) -> None:
         # Owned for the run and closed by ``close`` (Staging.close), not a with-block.
         self._file = tempfile.TemporaryFile(prefix="syncer-payloads-")  # noqa: SIM115
+        self._ends = tempfile.TemporaryFile(prefix="syncer-payload-ends-")  # noqa: SIM115
         self.size = 0
+        self.rows = 0
 
-    def write(self, payloads: bytes | bytearray, end: int) -> None:
-        """Append ``payloads``; ``end`` is the file size after them (the encoder counted)."""
-        self._file.write(payloads)
-        self.size = end
+    def write(self, payloads: bytes | bytearray, ends: array[int], start: int) -> None:
+        """Append the payloads of rows ``start + 1`` onwards and where each one ends.
+
+        Rows must arrive in order, each once; rows skipped before ``start`` have no payload.
+        """
+        if start < self.rows:
+            raise RuntimeError(f"payloads of row {start + 1} written after row {self.rows}")
+        if start > self.rows:
+            self._ends.write(array("q", [self.size]) * (start - self.rows))
+            self.rows = start
+        if payloads:
+            self._file.write(payloads)
+        self._ends.write(ends)
+        self.rows += len(ends)
+        if ends:
+            self.size = ends[-1]
 
     def flush(self) -> None:
-        """Make every payload written so far readable by position (call once, after load)."""
+        """Make every payload written so far readable by row (call once, after load)."""
         self._file.flush()
+        self._ends.flush()
 
-    def read(self, location: int) -> bytes:
-        offset, length = unpack_location(location)
-        return os.pread(self._file.fileno(), length, offset)
+    def read(self, rownum: int) -> bytes:
+        """The payload of source row ``rownum`` (counted from 1)."""
+        if rownum == 1:
+            offset, (end,) = 0, _END.unpack(os.pread(self._ends.fileno(), 8, 0))
+        else:
+            offset, end = _SPAN.unpack(os.pread(self._ends.fileno(), 16, 8 * (rownum - 2)))
+        return os.pread(self._file.fileno(), end - offset, offset)
+
+    def reset(self) -> None:
+        """Forget everything written (a reader that was given up may have begun)."""
+        for file in (self._file, self._ends):
+            file.seek(0)
+            file.truncate()
+        self.size = self.rows = 0
 
     def close(self) -> None:
         self._file.close()
+        self._ends.close()
 
 
 class InvalidValue(ValueError):
@@ -358,8 +379,7 @@ class RowEncoder:
             chunk = self.encode_chunk(list(rows), start, spill)
             spill.flush()
             merged: list[StagedRow] = [
-                (n, key, spill.read(location).decode(), h, None)
-                for n, key, location, h in chunk.valid
+                (n, key, spill.read(n).decode(), h, None) for n, key, h in chunk.valid
             ]
         finally:
             spill.close()
@@ -370,7 +390,7 @@ class RowEncoder:
     def encode_chunk(
         self, rows: Sequence[Sequence[Any]], start: int, spill: PayloadSpill
     ) -> EncodedChunk:
-        """Encode one chunk; payloads go to ``spill`` and rows carry their location there.
+        """Encode one chunk; payloads go to ``spill``, found there by row number.
 
         A chunk is first tried whole, with C-level ``map`` calls and no per-row bytecode
         beyond a tight payload loop (three times cheaper). Any row that would be invalid makes
@@ -379,16 +399,15 @@ class RowEncoder:
         """
         fast = self._encode_whole(rows, spill.size)
         if fast is not None:
-            keys, locations, hashes, payloads, end = fast
-            if payloads:
-                spill.write(payloads, end)
-            return EncodedChunk(start, keys, locations, hashes, None, [])
+            keys, hashes, payloads, ends = fast
+            spill.write(payloads, ends, start)
+            return EncodedChunk(start, keys, hashes, None, [])
         return self._encode_rows(rows, start, spill)
 
     def _encode_whole(
         self, rows: Sequence[Sequence[Any]], offset: int
-    ) -> tuple[list[str], list[int], list[int], bytearray, int] | None:
-        """(keys, locations, hashes, payload bytes, spill end) or None if any row is invalid."""
+    ) -> tuple[list[str], list[int], bytearray, array[int]] | None:
+        """(keys, hashes, payload bytes, end offsets) or None if any row is invalid."""
         keys = self._whole_keys(rows)
         if keys is None:
             return None
@@ -401,15 +420,10 @@ class RowEncoder:
         if payloads is None:
             return None
         blob, sizes, digests = payloads
-        if sizes and max(sizes) > MAX_PAYLOAD:
-            return None
-        starts = list(accumulate(sizes, initial=offset))
-        end = starts.pop()
-        locations = list(
-            map(operator.or_, map(operator.lshift, starts, repeat(LENGTH_BITS)), sizes)
-        )
+        ends = array("q", accumulate(sizes, initial=offset))
+        del ends[0]
         hashes = list(map(operator.sub, digests, repeat(_SIGN_SHIFT)))
-        return keys, locations, hashes, blob, end
+        return keys, hashes, blob, ends
 
     def _whole_keys(self, rows: Sequence[Sequence[Any]]) -> list[str] | None:
         """Every row's normalised key, or None if any is null, empty or not convertible."""
@@ -466,13 +480,18 @@ class RowEncoder:
         with locals bound up front."""
         rownums: list[int] = []
         keys: list[str] = []
-        locations: list[int] = []
+        ends = array("q")
+        end_at = ends.append
         hashes: list[int] = []
         invalid: list[InvalidRow] = []
-        refuse = invalid.append
         spilled = bytearray()
         keep = spilled.extend
-        offset = spill.size
+        offset = base = spill.size
+
+        def refuse(row: InvalidRow) -> None:
+            invalid.append(row)
+            end_at(ends[-1] if ends else base)  # no payload: it ends where the last one did
+
         key_index, key_conv = self._key_index, self._key
         plain, pick, convert = self._plain, self._pick, self._convert
         string_keys, hash_keys = self._string_keys, self._hash_keys
@@ -500,21 +519,14 @@ class RowEncoder:
             except (InvalidValue, TypeError, orjson.JSONEncodeError):
                 refuse((rownum, key, f"row {rownum}: {self._explain(row)}"))
                 continue
-            size = len(payload)
-            if size > MAX_PAYLOAD:
-                refuse((rownum, key, f"row {rownum}: payload larger than 16 MiB"))
-                continue
             keep(payload)
             rownums.append(rownum)
             keys.append(key)
-            locations.append((offset << LENGTH_BITS) | size)
             hashes.append(digest(payload) - shift)
-            offset += size
-        if spilled:
-            spill.write(spilled, offset)
-        return EncodedChunk(
-            start, keys, locations, hashes, None if not invalid else rownums, invalid
-        )
+            offset += len(payload)
+            end_at(offset)
+        spill.write(spilled, ends, start)
+        return EncodedChunk(start, keys, hashes, None if not invalid else rownums, invalid)
 
     def _explain(self, row: Sequence[Any]) -> str:
         """Find which field broke (slow path, only for bad rows)."""

@@ -108,6 +108,7 @@ def encoded_chunks(
             finally:
                 reader.stop()
             return
+        spill.reset()  # a reader given up (and killed) may have written a chunk first
     with job.chunks(spill) as chunks:
         yield chunks
 
@@ -186,7 +187,7 @@ class _Reader:
             if kind == "chunk":
                 yield EncodedChunk(*message[1:])
             elif kind == "done":
-                self.spill.size = message[1]
+                self.spill.size, self.spill.rows = message[1:]
                 return
             elif kind in _ERRORS:
                 raise _ERRORS[kind](message[1])
@@ -216,7 +217,7 @@ def _child(sender: Any, parent: int, job: ReadJob, spill: PayloadSpill) -> None:
                 message = ("chunk", *(getattr(chunk, name) for name in EncodedChunk.__slots__))
                 sender.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
         spill.flush()  # every payload on disk before the parent may read one
-        sender.send_bytes(pickle.dumps(("done", spill.size)))
+        sender.send_bytes(pickle.dumps(("done", spill.size, spill.rows)))
     except (BrokenPipeError, ConnectionResetError):
         code = 1  # the parent stopped listening: nothing left to do
     except SyncerError as exc:
