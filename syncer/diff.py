@@ -1,10 +1,10 @@
 """The diff, computed in SQL inside the state database.
 
-The new snapshot is bulk-loaded into a temporary staging table; anti-joins against the
-acknowledged records and a payload-hash comparison give the change set, read back page by page
-in key order (keyset pagination over a covering index), so memory never grows with the
-segment and the probes into the state walk both sides in the same order. Pages are plain
-queries, not open cursors, so state can be committed between them.
+The new snapshot is bulk-loaded into a temporary staging table and indexed on (key, hash).
+Set differences against the acknowledged records (on SQLite an EXCEPT that merges the two
+key-ordered indexes, elsewhere anti-joins) and a payload-hash comparison give the change set,
+read back page by page in key order (keyset pagination), so memory never grows with the
+segment. Pages are plain queries, not open cursors, so state can be committed between them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError
 
 from syncer.connector import Operation, Record
 from syncer.normalize import EncodedChunk, PayloadSpill
@@ -182,30 +181,24 @@ class Staging:
     def finalize(self, key_column: str) -> None:
         """Index the snapshot and mark every row of a duplicated key invalid.
 
-        On SQLite a unique index is tried first: it costs what the plain one does and proves
-        there is no duplicate for free, which is the common case. Only when it fails are the
-        duplicates looked for (and the covering index built instead).
+        The index covers (key, hash), so the change set and the removals can be found by
+        walking it beside the state's primary key (see ``counts``); duplicates are found by
+        one ordered scan of it.
         """
         if self.dialect == "sqlite":
             last = self.conn.exec_driver_sql(f"SELECT MAX(rownum) FROM {STAGE}").scalar()
             if (last or 0) != self.loaded:  # the rowid numbering in _writer went wrong
                 raise RuntimeError(f"staging numbered {last} rows, {self.loaded} were read")
-            try:
-                self.conn.exec_driver_sql(f"CREATE UNIQUE INDEX {STAGE}_key ON {STAGE} (key)")
-                return
-            except IntegrityError:
-                self.has_duplicates = True
         self.conn.exec_driver_sql(f"CREATE INDEX {STAGE}_key ON {STAGE} (key, hash)")
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql(f"ANALYZE {STAGE}")
-        if self.dialect != "sqlite":  # SQLite learnt it from the unique index above
-            self.has_duplicates = (
-                self.conn.exec_driver_sql(
-                    f"SELECT 1 FROM (SELECT key FROM {STAGE} WHERE key IS NOT NULL"
-                    " GROUP BY key HAVING COUNT(*) > 1) AS dups LIMIT 1"
-                ).first()
-                is not None
-            )
+        self.has_duplicates = (
+            self.conn.exec_driver_sql(
+                f"SELECT 1 FROM (SELECT key FROM {STAGE} WHERE key IS NOT NULL"
+                " GROUP BY key HAVING COUNT(*) > 1) AS dups LIMIT 1"
+            ).first()
+            is not None
+        )
         if self.has_duplicates:
             self.conn.execute(
                 text(
@@ -223,22 +216,15 @@ class Staging:
         Later pages read only ``syncer_changes``, so a 1% churn does not scan the whole
         snapshot once per operation.
         """
-        kinds = ["'new'", "'changed'"] + (["'same'"] if self.full_resync else [])
         self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES}")
         self.conn.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {CHANGES} (key TEXT PRIMARY KEY, kind TEXT NOT NULL)"
+            f"CREATE TEMPORARY TABLE {CHANGES}"
+            " (key TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'new')"
         )
-        self.conn.execute(
-            text(
-                f"INSERT INTO {CHANGES} (key, kind) SELECT key, kind FROM ("
-                " SELECT s.key AS key, CASE WHEN r.key IS NULL THEN 'new'"
-                " WHEN r.hash <> s.hash THEN 'changed' ELSE 'same' END AS kind"
-                f" FROM {STAGE} s LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = s.key"
-                " WHERE s.hash IS NOT NULL) AS classified"
-                f" WHERE kind IN ({', '.join(kinds)})"
-            ),
-            {"sync": self.sync},
-        )
+        if self.dialect == "sqlite" and not self.full_resync:
+            self._merge_changes()
+        else:
+            self._join_changes()
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql(f"ANALYZE {CHANGES}")
         found: dict[str, int] = dict(
@@ -272,6 +258,47 @@ class Staging:
             unchanged=total - invalid - add - update,
             invalid=invalid,
             members_before=members,
+        )
+
+    def _merge_changes(self) -> None:
+        """New and changed rows as staged (key, hash) pairs EXCEPT the state's, both in key
+        order: SQLite merges the two index scans, three times cheaper than probing the state
+        once per staged row. Only the few rows found are then looked up to tell new from
+        changed. (Postgres hash-joins well, and a full resync wants the unchanged rows too.)
+        """
+        sync = {"sync": self.sync}
+        self.conn.execute(
+            text(
+                f"INSERT INTO {CHANGES} (key) SELECT key FROM ("
+                f" SELECT key, hash FROM {STAGE} WHERE hash IS NOT NULL"
+                " EXCEPT SELECT key, hash FROM syncer_records WHERE sync = :sync"
+                # LIMIT keeps the ORDER BY (the merge) in SQLite versions that drop an
+                # ORDER BY from a subquery whose order looks unused.
+                " ORDER BY 1, 2 LIMIT -1) AS staged"
+            ),
+            sync,
+        )
+        self.conn.execute(
+            text(
+                f"UPDATE {CHANGES} SET kind = 'changed' WHERE EXISTS (SELECT 1"
+                f" FROM syncer_records r WHERE r.sync = :sync AND r.key = {CHANGES}.key)"
+            ),
+            sync,
+        )
+
+    def _join_changes(self) -> None:
+        """Every staged row classified against state by a join (see ``_merge_changes``)."""
+        kinds = ["'new'", "'changed'"] + (["'same'"] if self.full_resync else [])
+        self.conn.execute(
+            text(
+                f"INSERT INTO {CHANGES} (key, kind) SELECT key, kind FROM ("
+                " SELECT s.key AS key, CASE WHEN r.key IS NULL THEN 'new'"
+                " WHEN r.hash <> s.hash THEN 'changed' ELSE 'same' END AS kind"
+                f" FROM {STAGE} s LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = s.key"
+                " WHERE s.hash IS NOT NULL) AS classified"
+                f" WHERE kind IN ({', '.join(kinds)})"
+            ),
+            {"sync": self.sync},
         )
 
     def _count_gone(self, members: int, valid_synced: int, invalid: int) -> int:
@@ -317,6 +344,24 @@ class Staging:
         )
 
     def _remove_page(self, after: str | None, limit: int) -> list[Any]:
+        if self.dialect == "sqlite":
+            # The state's keys EXCEPT the staged ones, a merge of two index scans from
+            # ``after`` on (see _merge_changes); it stops as soon as the page is full.
+            after_state = "AND key > :after" if after is not None else ""
+            after_stage = "WHERE key > :after" if after is not None else ""
+            return list(
+                self.conn.execute(
+                    text(
+                        "SELECT g.key, r.destination_id FROM ("
+                        f" SELECT key FROM syncer_records WHERE sync = :sync {after_state}"
+                        f" EXCEPT SELECT key FROM {STAGE} {after_stage}"
+                        " ORDER BY 1 LIMIT :limit) AS g"
+                        " JOIN syncer_records r ON r.sync = :sync AND r.key = g.key"
+                        " ORDER BY g.key"
+                    ),
+                    {"sync": self.sync, "after": after, "limit": limit},
+                )
+            )
         keyset = "AND r.key > :after" if after is not None else ""
         return list(
             self.conn.execute(

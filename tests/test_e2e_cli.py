@@ -196,6 +196,28 @@ def test_invalid_rows_are_counted_kept_and_never_sent(story: Story) -> None:
     assert keys and all(len(k) == 64 for k in keys), "audit keys are SHA-256 by default"
 
 
+def test_members_whose_rows_turn_invalid_are_neither_removed_nor_updated(story: Story) -> None:
+    rows = people(20)
+    story.segment(rows)
+    assert story.cli("sync", "now", "vip")[0] == 0
+    held = dict(story.destination.members)
+    # Still in the segment but unsendable this time: a duplicated key, a bad field. Rows
+    # 12-19 left; one new member joined; row 3 changed.
+    now = [*rows[:12], (rows[0][0], "Twin", "5"), ("joined@example.com", "New", "1")]
+    now[1] = (rows[1][0], "Bad", "not a number")
+    now[3] = (rows[3][0], "Renamed", rows[3][2])
+    story.segment(now)
+    code, doc, out = story.cli("sync", "now", "vip", "--json")
+    assert code == 1, out  # invalid rows make the run partial
+    run = doc["runs"][0]
+    assert (run["added"], run["updated"], run["removed"], run["invalid"]) == (1, 1, 8, 3)
+    members = story.destination.members
+    assert members[rows[0][0]] == held[rows[0][0]]  # the duplicated key is left as it was
+    assert members[rows[1][0]] == held[rows[1][0]]  # so is the row with a bad field
+    assert members[rows[3][0]]["first_name"] == "Renamed"
+    assert set(members) == {r[0] for r in rows[:12]} | {"joined@example.com"}
+
+
 def test_rejected_records_are_retried_on_the_next_run(story: Story) -> None:
     rows = people(12)
     story.segment(rows)
