@@ -218,8 +218,7 @@ class Staging:
         """
         self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES}")
         self.conn.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {CHANGES}"
-            " (key TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'new')"
+            f"CREATE TEMPORARY TABLE {CHANGES} (key TEXT PRIMARY KEY, kind TEXT NOT NULL)"
         )
         if self.dialect == "sqlite" and not self.full_resync:
             self._merge_changes()
@@ -266,10 +265,11 @@ class Staging:
         once per staged row. Only the few rows found are then looked up to tell new from
         changed. (Postgres hash-joins well, and a full resync wants the unchanged rows too.)
         """
-        sync = {"sync": self.sync}
         self.conn.execute(
             text(
-                f"INSERT INTO {CHANGES} (key) SELECT key FROM ("
+                f"INSERT INTO {CHANGES} (key, kind) SELECT key, CASE WHEN EXISTS (SELECT 1"
+                " FROM syncer_records r WHERE r.sync = :sync AND r.key = staged.key)"
+                " THEN 'changed' ELSE 'new' END FROM ("
                 f" SELECT key, hash FROM {STAGE} WHERE hash IS NOT NULL"
                 " EXCEPT SELECT key, hash FROM syncer_records WHERE sync = :sync"
                 # The ORDER BY is what makes it a merge. SQLite may omit an ORDER BY from a
@@ -277,14 +277,7 @@ class Staging:
                 # (3.40 and 3.51 merge either way).
                 " ORDER BY 1, 2 LIMIT -1) AS staged"
             ),
-            sync,
-        )
-        self.conn.execute(
-            text(
-                f"UPDATE {CHANGES} SET kind = 'changed' WHERE EXISTS (SELECT 1"
-                f" FROM syncer_records r WHERE r.sync = :sync AND r.key = {CHANGES}.key)"
-            ),
-            sync,
+            {"sync": self.sync},
         )
 
     def _join_changes(self) -> None:

@@ -72,8 +72,8 @@ class EncodedChunk:
         return list(zip(self.row_numbers(), self.keys, self.hashes, strict=True))
 
 
-_END = struct.Struct("=q")
 _SPAN = struct.Struct("=2q")
+_ZERO = array("q", [0])
 
 
 class PayloadSpill:
@@ -82,16 +82,17 @@ class PayloadSpill:
     Staging keeps only (row number, key, hash): most rows of a run are unchanged and their
     payload is never read back, so it is cheaper to append it to a file (no B-tree, no
     index, gone with the process even after a crash) than to insert it into the state
-    database. A second file holds each row's end offset as 8 bytes at ``8 * (rownum - 1)``
-    (an invalid row ends where the row before it did), so a payload is found from its row
-    number alone and staging binds one value fewer per row. Only the changed rows' payloads
-    are read again.
+    database. A second file holds offsets, 8 bytes each: a leading 0, then where each row's
+    payload ends (an invalid row ends where the row before it did), so row N's payload lies
+    between entries N - 1 and N, found from its row number alone, and staging binds one value
+    fewer per row. Only the changed rows' payloads are read again.
     """
 
     def __init__(self) -> None:
         # Owned for the run and closed by ``close`` (Staging.close), not a with-block.
         self._file = tempfile.TemporaryFile(prefix="syncer-payloads-")  # noqa: SIM115
         self._ends = tempfile.TemporaryFile(prefix="syncer-payload-ends-")  # noqa: SIM115
+        self._ends.write(_ZERO)
         self.size = 0
         self.rows = 0
 
@@ -119,10 +120,7 @@ class PayloadSpill:
 
     def read(self, rownum: int) -> bytes:
         """The payload of source row ``rownum`` (counted from 1)."""
-        if rownum == 1:
-            offset, (end,) = 0, _END.unpack(os.pread(self._ends.fileno(), 8, 0))
-        else:
-            offset, end = _SPAN.unpack(os.pread(self._ends.fileno(), 16, 8 * (rownum - 2)))
+        offset, end = _SPAN.unpack(os.pread(self._ends.fileno(), 16, 8 * (rownum - 1)))
         return os.pread(self._file.fileno(), end - offset, offset)
 
     def reset(self) -> None:
@@ -130,6 +128,7 @@ class PayloadSpill:
         for file in (self._file, self._ends):
             file.seek(0)
             file.truncate()
+        self._ends.write(_ZERO)
         self.size = self.rows = 0
 
     def close(self) -> None:
