@@ -21,7 +21,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from syncer.state import ticks_table
+from syncer.state import reading, ticks_table
 
 #: Claims older than this are deleted at start and on reload: they only serve to deduplicate
 #: ticks that are long past.
@@ -72,12 +72,16 @@ class Claims:
     def last_tick(self, sync: str) -> int | None:
         """The newest claimed tick of ``sync`` by any replica."""
         with self.engine.connect() as conn:
-            value = conn.execute(
-                select(ticks_table.c.tick)
-                .where(ticks_table.c.sync == sync)
-                .order_by(ticks_table.c.tick.desc())
-                .limit(1)
-            ).scalar()
+            value = (
+                reading(conn)
+                .execute(
+                    select(ticks_table.c.tick)
+                    .where(ticks_table.c.sync == sync)
+                    .order_by(ticks_table.c.tick.desc())
+                    .limit(1)
+                )
+                .scalar()
+            )
         return int(value) if value is not None else None
 
     def prune(self, keep: float = KEEP_SECONDS) -> int:

@@ -229,6 +229,19 @@ class Connector:
     def update(self, records: Sequence[Record]) -> BatchResult:
         return self.write("update", records)
 
+    def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
+        """The ``destination_id`` ``record`` will have once ``operation`` is applied, when the
+        connector can tell before the answer; None keeps the one state has.
+
+        The engine stores it with the record before the request leaves, because the answer
+        may never arrive (a crash, a timeout) while the destination applied it anyway. If the
+        member then leaves the segment, the engine removes it with this id. Ad platforms,
+        which remove by the hashed identifiers they sent, return those; destinations that
+        assign ids (CRM record ids) cannot know them yet, and should be able to remove a
+        record with no ``destination_id`` by its key. Must not do I/O.
+        """
+        return None
+
     # -- HTTP layer hooks ---------------------------------------------------------------
 
     def account_key(self) -> str:

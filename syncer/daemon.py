@@ -49,7 +49,7 @@ from syncer.log import get_logger
 from syncer.mapping import LoadedSync, load_all, mapping_files
 from syncer.schedules import Schedule, ScheduleError, parse_schedule, tick_id
 from syncer.settings import Settings
-from syncer.state import events_table, state_engine
+from syncer.state import events_table, reading, state_engine
 
 log = get_logger("syncer.daemon")
 
@@ -287,11 +287,15 @@ class Daemon:
             return None
         try:
             with self.state().connect() as conn:
-                rows = conn.execute(
-                    select(events_table.c.operation, events_table.c.outcome, func.count())
-                    .where(events_table.c.run_id == run_id)
-                    .group_by(events_table.c.operation, events_table.c.outcome)
-                ).all()
+                rows = (
+                    reading(conn)
+                    .execute(
+                        select(events_table.c.operation, events_table.c.outcome, func.count())
+                        .where(events_table.c.run_id == run_id)
+                        .group_by(events_table.c.operation, events_table.c.outcome)
+                    )
+                    .all()
+                )
         except Exception:  # metrics then fall back to the run's own counts
             return None
         return {(str(op), str(outcome)): int(n) for op, outcome, n in rows}
@@ -311,7 +315,7 @@ class Daemon:
         def probe() -> None:
             try:
                 with self.state().connect() as conn:
-                    conn.execute(text("select 1"))
+                    reading(conn).execute(text("select 1"))
                 outcome.append("ok")
             except Exception as exc:
                 outcome.append(f"state database unreachable ({type(exc).__name__})")

@@ -19,25 +19,28 @@ from sqlalchemy import Connection, text
 
 from syncer.connector import Operation, Record
 from syncer.normalize import EncodedChunk, PayloadSpill
+from syncer.state import CONFIRMED, MAYBE_ABSENT, MAYBE_STALE
 
 STAGE = "syncer_stage"
 CHANGES = "syncer_changes"
 
 Kind = str
-"""A staged row's relation to state: ``new`` (not synced), ``changed`` (synced, other hash)
-or ``same`` (synced, same hash; only materialised for a full resync)."""
+"""A staged row's relation to state: ``new`` (not synced), ``unsure`` (an earlier send was
+never confirmed and the member may be absent: sent as an add), ``changed`` (synced with
+another hash, or an update never confirmed) or ``same`` (synced, same hash; only
+materialised for a full resync). See ``syncer.state.CONFIRMED``."""
 
 
 def _selection(mode: str, full_resync: bool) -> dict[Operation, tuple[Kind, ...] | None]:
     """For each operation, which kinds of staged rows it sends (None: never sent)."""
     same: tuple[Kind, ...] = ("same",) if full_resync else ()
     if mode == "membership":
-        add = ("new", "changed", "same") if full_resync else ("new",)
+        add = ("new", "unsure", "changed", "same") if full_resync else ("new", "unsure")
         return {"add": add, "update": None, "remove": ()}
     if mode == "update_only":
-        return {"add": None, "update": ("new", "changed", *same), "remove": None}
+        return {"add": None, "update": ("new", "unsure", "changed", *same), "remove": None}
     return {
-        "add": ("new",),
+        "add": ("new", "unsure"),
         "update": ("changed", *same),
         "remove": () if mode == "mirror" else None,
     }
@@ -54,6 +57,9 @@ class DiffCounts:
     unchanged: int = 0
     invalid: int = 0
     members_before: int = 0
+    #: Members whose last send was never confirmed (a crash or a timeout): included in the
+    #: adds, updates or removes above, since the destination may or may not have applied it.
+    unconfirmed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -64,16 +70,23 @@ class DiffCounts:
             "unchanged": self.unchanged,
             "invalid": self.invalid,
             "members_before": self.members_before,
+            "unconfirmed": self.unconfirmed,
         }
+
+
+Prior = tuple[int | None, int] | None
+"""A record's state row before this run sent it: (hash, unsure), or None when it had none."""
 
 
 @dataclass(slots=True)
 class ChangeBatch:
-    """One page of the change set: records to send with the hashes state will record."""
+    """One page of the change set: records to send, the hashes state will record, and each
+    record's state before the send (to put back if the destination refuses it)."""
 
     operation: Operation
     records: list[Record]
     hashes: dict[str, int | None] = field(default_factory=dict)
+    prior: dict[str, Prior] = field(default_factory=dict)
 
 
 class Staging:
@@ -229,11 +242,14 @@ class Staging:
         found: dict[str, int] = dict(
             self.conn.execute(text(f"SELECT kind, COUNT(*) FROM {CHANGES} GROUP BY kind")).all()
         )
-        members = int(
-            self.conn.execute(
-                text("SELECT COUNT(*) FROM syncer_records WHERE sync = :sync"), {"sync": self.sync}
-            ).scalar_one()
-        )
+        members, unconfirmed = self.conn.execute(
+            text(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN unsure <> 0 THEN 1 ELSE 0 END), 0)"
+                " FROM syncer_records WHERE sync = :sync"
+            ),
+            {"sync": self.sync},
+        ).one()
+        members, unconfirmed = int(members), int(unconfirmed)
         total = self.loaded
         invalid = self.invalid_loaded
         if self.has_duplicates:
@@ -257,21 +273,25 @@ class Staging:
             unchanged=total - invalid - add - update,
             invalid=invalid,
             members_before=members,
+            unconfirmed=unconfirmed,
         )
 
     def _merge_changes(self) -> None:
-        """New and changed rows as staged (key, hash) pairs EXCEPT the state's, both in key
-        order: SQLite merges the two index scans, three times cheaper than probing the state
-        once per staged row. Only the few rows found are then looked up to tell new from
-        changed. (Postgres hash-joins well, and a full resync wants the unchanged rows too.)
+        """New and changed rows as staged (key, hash) pairs EXCEPT the state's confirmed
+        ones, both in key order: SQLite merges the two index scans, three times cheaper than
+        probing the state once per staged row. Only the few rows found are then looked up to
+        tell new, unsure and changed apart. (Postgres hash-joins well, and a full resync
+        wants the unchanged rows too.)
         """
         self.conn.execute(
             text(
-                f"INSERT INTO {CHANGES} (key, kind) SELECT key, CASE WHEN EXISTS (SELECT 1"
+                f"INSERT INTO {CHANGES} (key, kind) SELECT key, CASE (SELECT r.unsure"
                 " FROM syncer_records r WHERE r.sync = :sync AND r.key = staged.key)"
-                " THEN 'changed' ELSE 'new' END FROM ("
+                f" WHEN {MAYBE_ABSENT} THEN 'unsure' WHEN {CONFIRMED} THEN 'changed'"
+                f" WHEN {MAYBE_STALE} THEN 'changed' ELSE 'new' END FROM ("
                 f" SELECT key, hash FROM {STAGE} WHERE hash IS NOT NULL"
-                " EXCEPT SELECT key, hash FROM syncer_records WHERE sync = :sync"
+                " EXCEPT SELECT key, hash FROM syncer_records"
+                f" WHERE sync = :sync AND unsure = {CONFIRMED}"
                 # The ORDER BY is what makes it a merge. SQLite may omit an ORDER BY from a
                 # FROM-clause subquery whose order looks unused, never one with a LIMIT
                 # (3.40 and 3.51 merge either way).
@@ -282,12 +302,14 @@ class Staging:
 
     def _join_changes(self) -> None:
         """Every staged row classified against state by a join (see ``_merge_changes``)."""
-        kinds = ["'new'", "'changed'"] + (["'same'"] if self.full_resync else [])
+        kinds = ["'new'", "'unsure'", "'changed'"] + (["'same'"] if self.full_resync else [])
         self.conn.execute(
             text(
                 f"INSERT INTO {CHANGES} (key, kind) SELECT key, kind FROM ("
                 " SELECT s.key AS key, CASE WHEN r.key IS NULL THEN 'new'"
-                " WHEN r.hash <> s.hash THEN 'changed' ELSE 'same' END AS kind"
+                f" WHEN r.unsure = {MAYBE_ABSENT} THEN 'unsure'"
+                f" WHEN r.unsure = {MAYBE_STALE} OR r.hash <> s.hash THEN 'changed'"
+                " ELSE 'same' END AS kind"
                 f" FROM {STAGE} s LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = s.key"
                 " WHERE s.hash IS NOT NULL) AS classified"
                 f" WHERE kind IN ({', '.join(kinds)})"
@@ -330,7 +352,7 @@ class Staging:
                     # CROSS JOIN makes SQLite walk the change set from ``after`` and look each
                     # key up in staging, whatever its estimates: SQLite 3.51 was seen to walk
                     # all of staging from ``after`` instead. Postgres plans it as any join.
-                    "SELECT c.key, s.rownum, s.hash, r.destination_id"
+                    "SELECT c.key, s.rownum, s.hash, r.destination_id, r.hash, r.unsure"
                     f" FROM {CHANGES} c CROSS JOIN {STAGE} s"
                     " LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = c.key"
                     f" WHERE {keyset} c.kind IN ({wanted})"
@@ -350,13 +372,15 @@ class Staging:
             return list(
                 self.conn.execute(
                     text(
-                        # destination_id by a lookup per found key: as a join, SQLite 3.51
-                        # scans all of the sync's state once per page (0.1 s at 1M).
-                        "SELECT g.key, (SELECT r.destination_id FROM syncer_records r"
-                        " WHERE r.sync = :sync AND r.key = g.key) FROM ("
+                        # The state row by a lookup per found key: CROSS JOIN keeps the page
+                        # outermost (as a plain join, SQLite 3.51 scans all of the sync's
+                        # state once per page, 0.1 s at 1M).
+                        "SELECT g.key, r.destination_id, r.hash, r.unsure FROM ("
                         f" SELECT key FROM syncer_records WHERE sync = :sync {after_state}"
                         f" EXCEPT SELECT key FROM {STAGE} {after_stage}"
-                        " ORDER BY 1 LIMIT :limit) AS g ORDER BY g.key"
+                        " ORDER BY 1 LIMIT :limit) AS g"
+                        " CROSS JOIN syncer_records r WHERE r.sync = :sync AND r.key = g.key"
+                        " ORDER BY g.key"
                     ),
                     {"sync": self.sync, "after": after, "limit": limit},
                 )
@@ -365,7 +389,7 @@ class Staging:
         return list(
             self.conn.execute(
                 text(
-                    "SELECT r.key, r.destination_id FROM syncer_records r"
+                    "SELECT r.key, r.destination_id, r.hash, r.unsure FROM syncer_records r"
                     f" WHERE r.sync = :sync {keyset} AND NOT EXISTS"
                     f" (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)"
                     " ORDER BY r.key LIMIT :limit"
@@ -389,8 +413,13 @@ class Staging:
             while remaining and (rows := self._remove_page(after, batch_size)):
                 after = rows[-1][0]
                 remaining -= len(rows)
-                records = [Record(key, {}, dest) for key, dest in rows]
-                yield ChangeBatch("remove", records, dict.fromkeys(r.key for r in records))
+                records = [Record(key, {}, dest) for key, dest, _, _ in rows]
+                yield ChangeBatch(
+                    "remove",
+                    records,
+                    dict.fromkeys(r.key for r in records),
+                    {key: (old, unsure) for key, _, old, unsure in rows},
+                )
             return
         loads, names, read = orjson.loads, self.field_names, self.spill.read
         while remaining and (rows := self._upsert_page(operation, after, batch_size)):
@@ -398,9 +427,14 @@ class Staging:
             remaining -= len(rows)
             records = [
                 Record(key, dict(zip(names, loads(read(rownum)), strict=True)), dest)
-                for key, rownum, _, dest in rows
+                for key, rownum, _, dest, _, _ in rows
             ]
-            yield ChangeBatch(operation, records, {row[0]: row[2] for row in rows})
+            yield ChangeBatch(
+                operation,
+                records,
+                {row[0]: row[2] for row in rows},
+                {key: None if unsure is None else (old, unsure) for key, *_, old, unsure in rows},
+            )
 
     def sample_keys(self, operation: Operation, limit: int = 5) -> list[str]:
         if self.selection[operation] is None:

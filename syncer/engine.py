@@ -9,7 +9,6 @@ diff next time, so a crash or a failed batch loses nothing.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import socket
@@ -52,6 +51,7 @@ from syncer.errors import (
 from syncer.forking import run_in_progress
 from syncer.http import make_client
 from syncer.lease import Lease
+from syncer.ledger import COUNTER, audit_key, mark_sent, settle
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
 from syncer.ratelimit import AccountLimiter, RateLimit, limiter_for
@@ -62,10 +62,12 @@ from syncer.state import (
     events_table,
     jobs_table,
     pending_table,
+    reading,
     records_table,
     runs_table,
     state_engine,
     utcnow,
+    writing,
 )
 
 log = get_logger("syncer.engine")
@@ -74,7 +76,6 @@ ProgressFn = Callable[[str, int, int], None]
 """Called as (operation, records done, records planned) while a run sends batches."""
 
 OPERATIONS: tuple[Operation, ...] = ("add", "update", "remove")
-_COUNTER = {"add": "added", "update": "updated", "remove": "removed"}
 
 
 def mask_key(key: str, key_type: str) -> str:
@@ -86,12 +87,6 @@ def mask_key(key: str, key_type: str) -> str:
     if key_type == "phone":
         return f"{key[:2]}{'*' * max(len(key) - 4, 0)}{key[-2:]}"
     return key
-
-
-def audit_key(key: str | None, plain: bool) -> str | None:
-    if key is None or plain:
-        return key
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -192,6 +187,14 @@ class _Tally:
     def __getitem__(self, name: str) -> int:
         return self.values[name]
 
+    def plus(self, delta: dict[str, int]) -> dict[str, int]:
+        """The counters with ``delta`` added: written in the transaction that commits what
+        ``delta`` counts, and kept (``values.update``) only once that commit succeeded."""
+        values = dict(self.values)
+        for name, n in delta.items():
+            values[name] += n
+        return values
+
 
 class SyncEngine:
     """Runs and plans syncs against one state database.
@@ -273,6 +276,7 @@ class SyncEngine:
         """Exactly what ``run`` would send now; nothing is sent and no state changes."""
         definition = sync.definition
         with self.state.connect() as conn:
+            reading(conn)
             staging: Staging | None = None
             try:
                 staging = self._stage(conn, sync, full_resync)
@@ -364,30 +368,7 @@ class SyncEngine:
     ) -> RunResult:
         definition = sync.definition
         with engine.connect() as conn:
-            # We hold the lease, so any run still marked running belongs to a dead process.
-            conn.execute(
-                update(runs_table)
-                .where(runs_table.c.sync == definition.name, runs_table.c.status == "running")
-                .values(
-                    status="interrupted",
-                    finished_at=utcnow(),
-                    message="its process stopped before finishing (killed or crashed)",
-                )
-            )
-            conn.execute(
-                runs_table.insert().values(
-                    id=run_id,
-                    sync=definition.name,
-                    status="running",
-                    trigger=trigger,
-                    mode=definition.mode,
-                    full_resync=int(full_resync),
-                    started_at=utcnow(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
-            )
-            conn.commit()
+            self._start_run(reading(conn), definition, run_id, trigger, full_resync)
             bound.info("run.started", trigger=trigger, full_resync=full_resync)
             status, message, exit_code = "failed", None, ExitCode.PROBLEMS
             staging: Staging | None = None
@@ -439,6 +420,36 @@ class SyncEngine:
         )
 
     @staticmethod
+    def _start_run(
+        conn: Connection, definition: Any, run_id: str, trigger: str, full_resync: bool
+    ) -> None:
+        """Record the run as running; we hold the lease, so any run of this sync still marked
+        running belongs to a process that died."""
+        with writing(conn):
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.sync == definition.name, runs_table.c.status == "running")
+                .values(
+                    status="interrupted",
+                    finished_at=utcnow(),
+                    message="its process stopped before finishing (killed or crashed)",
+                )
+            )
+            conn.execute(
+                runs_table.insert().values(
+                    id=run_id,
+                    sync=definition.name,
+                    status="running",
+                    trigger=trigger,
+                    mode=definition.mode,
+                    full_resync=int(full_resync),
+                    started_at=utcnow(),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+            )
+
+    @staticmethod
     def _exit_code(status: str, tally: _Tally) -> ExitCode:
         if status in ("succeeded", "submitted"):
             return ExitCode.OK
@@ -451,27 +462,19 @@ class SyncEngine:
         self, conn: Connection, run_id: str, staging: Staging, tally: _Tally, counts: DiffCounts
     ) -> None:
         plain = self.settings.audit_plain_keys
-        for page in staging.invalid_rows() if counts.invalid else ():
-            now = utcnow()
-            conn.execute(
-                events_table.insert(),
-                [
-                    {
-                        "run_id": run_id,
-                        "key": audit_key(key, plain),
-                        "operation": "validate",
-                        "outcome": "invalid",
-                        "reason": reason,
-                        "at": now,
-                    }
-                    for key, reason in page
-                ],
-            )
-        tally.values.update(
-            source_rows=counts.source_rows, invalid=counts.invalid, unchanged=counts.unchanged
+        values = dict(
+            tally.values,
+            source_rows=counts.source_rows,
+            invalid=counts.invalid,
+            unchanged=counts.unchanged,
         )
-        self._save_tally(conn, run_id, tally)
-        conn.commit()
+        with writing(conn):  # the events and the counter that counts them, together
+            writer = BulkWriter(conn)
+            for page in staging.invalid_rows() if counts.invalid else ():
+                rows = [(audit_key(key, plain), "validate", "invalid", why) for key, why in page]
+                writer.add_events(run_id, rows, utcnow())
+            self._save_counts(conn, run_id, values)
+        tally.values.update(values)
 
     def _send_all(
         self,
@@ -531,6 +534,7 @@ class SyncEngine:
                             collect()
                         if failure is not None:
                             break
+                        self._mark_sent(conn, definition.name, batch, connector)
                         submitted = pool.submit(
                             self._deliver, connector, batch.operation, batch.records
                         )
@@ -543,19 +547,20 @@ class SyncEngine:
                     finished = True
             except BaseException:
                 # A second signal: leave now, without waiting for requests in flight or closing
-                # the connector; nothing uncommitted was marked synced, so it is resent later.
+                # the connector. Batches in flight stay marked as sent but unconfirmed, so the
+                # next run treats them as possibly applied (see syncer.ledger).
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
             pool.shutdown(wait=True)
             _guarded(connector, "close", lambda: connector.close(finished))
-            # close() returned: every job it handed out has been started at the vendor.
-            conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.run_id == run_id, jobs_table.c.sealed == 0)
-                .values(sealed=1, status="submitted")
-            )
-            self._save_stats(conn, run_id, connector.stats)
-            conn.commit()
+            with writing(conn):
+                # close() returned: every job it handed out has been started at the vendor.
+                conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.run_id == run_id, jobs_table.c.sealed == 0)
+                    .values(sealed=1, status="submitted")
+                )
+                self._save_stats(conn, run_id, connector.stats)
             if failure is not None:
                 raise failure
             if lease.lost.is_set():
@@ -624,9 +629,11 @@ class SyncEngine:
                         " nothing new is sent until it finishes"
                     )
                     continue
-                self._apply_job(conn, name, run_id, job, status, tally)
+                with writing(conn):
+                    values = tally.plus(self._apply_job(conn, name, run_id, job, status))
+                    self._save_counts(conn, run_id, values)
+                tally.values.update(values)
                 bound.info("job.settled", job=job.job, state=status.state)
-                conn.commit()
         return waiting
 
     def _retrying_poll(self, connector: Connector, job: str) -> JobStatus:
@@ -642,12 +649,16 @@ class SyncEngine:
         run_id: str,
         job: Any,
         status: JobStatus,
-        tally: _Tally,
-    ) -> None:
-        """Make a finished job's records synced (or drop them), with their audit events.
+    ) -> dict[str, int]:
+        """Make a finished job's records synced (or leave them unconfirmed), with their audit
+        events; returns the counters it adds to the run.
 
+        A failed or never started job leaves its records marked as sent but unconfirmed (see
+        syncer.ledger): the diff then sends each again while it is in the segment, and
+        removes it once it has left, since the vendor may have applied part of the job.
         Read in keyset pages, so a job of a million members never sits in memory at once.
         """
+        delta = dict.fromkeys(("added", "updated", "removed", "failed"), 0)
         now = utcnow()
         plain = self.settings.audit_plain_keys
         writer = BulkWriter(conn)
@@ -682,10 +693,10 @@ class SyncEngine:
                     now,
                 )
                 for r in rows:
-                    tally.values[_COUNTER[r.operation]] += 1
+                    delta[COUNTER[r.operation]] += 1
             elif job.sealed:
                 # A vendor failure is reported; a job our own run never started is resent.
-                tally.values["failed"] += len(rows)
+                delta["failed"] += len(rows)
             writer.add_events(
                 run_id, [(audit_key(r.key, plain), r.operation, outcome, reason) for r in rows], now
             )
@@ -704,7 +715,7 @@ class SyncEngine:
                 settled_at=now,
             )
         )
-        self._save_tally(conn, run_id, tally)
+        return delta
 
     def _deliver(
         self, connector: Connector, operation: Operation, records: list[Record]
@@ -774,6 +785,22 @@ class SyncEngine:
         )
         return retrying(attempt)
 
+    def _mark_sent(
+        self, conn: Connection, sync_name: str, batch: ChangeBatch, connector: Connector
+    ) -> None:
+        """Commit that ``batch`` is in flight before it is sent (see syncer.ledger)."""
+        expected: dict[str, str | None] = {}
+        if batch.operation != "remove":
+            operation = batch.operation
+
+            def expect() -> None:
+                for record in batch.records:
+                    expected[record.key] = connector.expected_destination_id(operation, record)
+
+            _guarded(connector, "expected_destination_id", expect)
+        with writing(conn):
+            mark_sent(conn, sync_name, batch, expected, utcnow())
+
     def _commit(
         self,
         conn: Connection,
@@ -783,44 +810,26 @@ class SyncEngine:
         outcomes: list[Outcome],
         tally: _Tally,
     ) -> None:
-        """State for acknowledged records and every outcome's audit event: one transaction."""
+        """State and every outcome's audit event for one answered batch, and the run's
+        counters: one transaction. The counters in memory follow only once it committed, so
+        the run never claims more than state and the audit log hold."""
         now = utcnow()
-        plain = self.settings.audit_plain_keys
-        by_key = {r.key: r for r in batch.records}
-        accepted = [o for o in outcomes if o.status == "accepted"]
-        pending = [o for o in outcomes if o.status == "pending"]
-        if pending:
-            self._hold_pending(conn, run_id, sync_name, batch, pending, now)
-        if accepted and batch.operation == "remove":
-            conn.execute(
-                delete(records_table).where(
-                    records_table.c.sync == sync_name,
-                    records_table.c.key.in_([o.key for o in accepted]),
-                )
-            )
-        writer = BulkWriter(conn)
-        if accepted and batch.operation != "remove":
-            hashes = batch.hashes
-            writer.upsert_records(
+        with writing(conn):
+            pending = [o for o in outcomes if o.status == "pending"]
+            if pending:
+                self._hold_pending(conn, run_id, sync_name, batch, pending, now)
+            delta = settle(
+                conn,
+                run_id,
                 sync_name,
-                [
-                    (o.key, hashes[o.key], o.destination_id or by_key[o.key].destination_id)
-                    for o in accepted
-                ],
+                batch,
+                outcomes,
                 now,
+                plain_keys=self.settings.audit_plain_keys,
             )
-        operation = batch.operation
-        writer.add_events(
-            run_id,
-            [(audit_key(o.key, plain), operation, o.status, o.reason) for o in outcomes],
-            now,
-        )
-        tally.values[_COUNTER[batch.operation]] += len(accepted)
-        tally.values["pending"] += len(pending)
-        tally.values["rejected"] += sum(o.status == "rejected" for o in outcomes)
-        tally.values["failed"] += sum(o.status == "failed" for o in outcomes)
-        self._save_tally(conn, run_id, tally)
-        conn.commit()
+            values = tally.plus(delta)
+            self._save_counts(conn, run_id, values)
+        tally.values.update(values)
 
     @staticmethod
     def _hold_pending(
@@ -868,18 +877,18 @@ class SyncEngine:
         )
 
     @staticmethod
-    def _save_tally(conn: Connection, run_id: str, tally: _Tally) -> None:
-        conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(**tally.values))
+    def _save_counts(conn: Connection, run_id: str, values: dict[str, int]) -> None:
+        conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(**values))
 
     def _finish(
         self, conn: Connection, run_id: str, status: str, tally: _Tally, message: str | None
     ) -> None:
-        conn.execute(
-            update(runs_table)
-            .where(runs_table.c.id == run_id)
-            .values(status=status, finished_at=utcnow(), message=message, **tally.values)
-        )
-        conn.commit()
+        with writing(conn):
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(status=status, finished_at=utcnow(), message=message, **tally.values)
+            )
 
     # -- reading the audit log ---------------------------------------------------------------
 
@@ -888,10 +897,11 @@ class SyncEngine:
         if sync is not None:
             query = query.where(runs_table.c.sync == sync)
         with self.state.connect() as conn:
-            return [_row_dict(row._mapping) for row in conn.execute(query)]
+            return [_row_dict(row._mapping) for row in reading(conn).execute(query)]
 
     def run_detail(self, run_id: str, limit: int = 100) -> dict[str, Any] | None:
         with self.state.connect() as conn:
+            reading(conn)
             row = conn.execute(select(runs_table).where(runs_table.c.id == run_id)).first()
             if row is None:
                 matches = conn.execute(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Operationa
 
 from syncer.errors import ConfigError, TransientError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -85,9 +86,23 @@ records_table = Table(
     Column("hash", BigInteger, nullable=False),
     Column("destination_id", Text),
     Column("synced_at", DateTime(timezone=True), nullable=False),
+    # Version 6: whether the destination is known to hold exactly ``hash`` (see CONFIRMED).
+    Column("unsure", Integer, nullable=False, default=0, server_default="0"),
     # SQLite: cluster rows on (sync, key) so a diff probe is one B-tree descent, in key order.
     sqlite_with_rowid=False,
 )
+
+#: ``syncer_records.unsure``: the destination acknowledged ``hash``: it holds this member
+#: with exactly those fields.
+CONFIRMED = 0
+#: A send that may or may not have been applied, and the member may be absent: an add or a
+#: removal whose answer never arrived, or an add the destination refused during a full
+#: resync. The diff sends such a member again as an add while it is in the segment, and a
+#: removal once it is not.
+MAYBE_ABSENT = 1
+#: The member is at the destination, but an update whose answer never arrived may or may not
+#: have changed its fields: sent again as an update while in the segment, removed once not.
+MAYBE_STALE = 2
 
 events_table = Table(
     "syncer_events",
@@ -174,9 +189,9 @@ def utcnow() -> dt.datetime:
 
 
 class BulkWriter:
-    """Driver-level ``executemany`` of acknowledged records and audit events.
+    """Driver-level ``executemany`` of state rows and audit events.
 
-    These two writes happen for every record of every batch; building SQLAlchemy parameter
+    These writes happen for every record of every batch; building SQLAlchemy parameter
     dicts cost more than the inserts themselves (measured: 0.29 s of 0.69 s of commits in a
     1M-member churn run). The SQL is the same on SQLite and PostgreSQL; timestamps are bound
     exactly as SQLAlchemy's own ``DateTime`` would store them.
@@ -187,12 +202,19 @@ class BulkWriter:
         m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         self._at = records_table.c.synced_at.type.bind_processor(conn.dialect)
         self._upsert = (
-            "INSERT INTO syncer_records (sync, key, hash, destination_id, synced_at)"
-            f" VALUES ({m}, {m}, {m}, {m}, {m}) ON CONFLICT (sync, key) DO UPDATE SET"
+            "INSERT INTO syncer_records (sync, key, hash, destination_id, synced_at, unsure)"
+            f" VALUES ({m}, {m}, {m}, {m}, {m}, {m}) ON CONFLICT (sync, key) DO UPDATE SET"
             " hash = excluded.hash,"
             " destination_id = COALESCE(excluded.destination_id, syncer_records.destination_id),"
-            " synced_at = excluded.synced_at"
+            " synced_at = excluded.synced_at, unsure = excluded.unsure"
         )
+        self._restore = (
+            f"UPDATE syncer_records SET hash = {m}, destination_id = {m}, unsure = {m}"
+            f" WHERE sync = {m} AND key = {m}"
+        )
+        self._mark = f"UPDATE syncer_records SET unsure = {m} WHERE sync = {m} AND key = {m}"
+        self._ids = f"UPDATE syncer_records SET destination_id = {m} WHERE sync = {m} AND key = {m}"
+        self._delete = f"DELETE FROM syncer_records WHERE sync = {m} AND key = {m}"
         self._events = (
             "INSERT INTO syncer_events (run_id, key, operation, outcome, reason, at)"
             f" VALUES ({m}, {m}, {m}, {m}, {m}, {m})"
@@ -202,19 +224,47 @@ class BulkWriter:
         return self._at(at) if self._at is not None else at
 
     def upsert_records(
-        self, sync: str, rows: list[tuple[str, int | None, str | None]], at: dt.datetime
+        self,
+        sync: str,
+        rows: list[tuple[str, int | None, str | None]],
+        at: dt.datetime,
+        unsure: int = CONFIRMED,
     ) -> None:
-        """(key, hash, destination id) rows; a destination id once known is kept."""
+        """(key, hash, destination id) rows, all ``unsure`` (see CONFIRMED); a destination id
+        once known is kept when a row brings none."""
         if rows:
             stamp = self.stamp(at)
             self.conn.exec_driver_sql(
-                self._upsert, [(sync, key, h, dest, stamp) for key, h, dest in rows]
+                self._upsert, [(sync, key, h, dest, stamp, unsure) for key, h, dest in rows]
             )
+
+    def restore_records(
+        self, sync: str, rows: list[tuple[str, int | None, str | None, int]]
+    ) -> None:
+        """Put (key, hash, destination id, unsure) back exactly as they were."""
+        if rows:
+            self.conn.exec_driver_sql(
+                self._restore, [(h, dest, unsure, sync, key) for key, h, dest, unsure in rows]
+            )
+
+    def mark_records(self, sync: str, keys: list[str], unsure: int) -> None:
+        """Set ``unsure`` on existing rows, leaving their hash and destination id."""
+        if keys:
+            self.conn.exec_driver_sql(self._mark, [(unsure, sync, key) for key in keys])
+
+    def set_destination_ids(self, sync: str, rows: list[tuple[str, str]]) -> None:
+        """(key, destination id) of existing rows, leaving everything else."""
+        if rows:
+            self.conn.exec_driver_sql(self._ids, [(dest, sync, key) for key, dest in rows])
+
+    def delete_records(self, sync: str, keys: list[str]) -> None:
+        if keys:
+            self.conn.exec_driver_sql(self._delete, [(sync, key) for key in keys])
 
     def add_events(
         self,
         run_id: str,
-        rows: list[tuple[str | None, str, str, str | None]],
+        rows: Sequence[tuple[str | None, str, str, str | None]],
         at: dt.datetime,
     ) -> None:
         """(key, operation, outcome, reason) rows of one run."""
@@ -269,12 +319,23 @@ def _migrate_5(conn: Connection) -> None:
     alerts_table.create(conn, checkfirst=True)
 
 
+def _migrate_6(conn: Connection) -> None:
+    """Version 6: records whose last send was never confirmed (crash, timeout) are marked, so
+    recovery treats them as possibly applied instead of trusting the last acknowledgement."""
+    present = {c["name"] for c in inspect(conn).get_columns("syncer_records")}
+    if "unsure" not in present:
+        conn.exec_driver_sql(
+            "ALTER TABLE syncer_records ADD COLUMN unsure INTEGER NOT NULL DEFAULT 0"
+        )
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1,
     2: _migrate_2,
     3: _migrate_3,
     4: _migrate_4,
     5: _migrate_5,
+    6: _migrate_6,
 }
 
 
@@ -344,12 +405,65 @@ def _set_version(conn: Connection, version: int) -> None:
         conn.execute(meta_table.insert().values(key="schema_version", value=str(version)))
 
 
+#: How long a SQLite statement waits for another connection's write lock, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # syncer issues BEGIN itself (see _sqlite_begin): the driver's own implicit BEGIN is
+    # deferred and comes just before the first write, too late to wait for the lock.
+    dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
+    # The busy timeout first: switching a new database to WAL takes a lock other processes
+    # starting at the same moment may hold.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Every transaction says at its start whether it will write (see :func:`writing`).
+
+    In WAL mode a transaction that began as a read and then writes gets SQLITE_BUSY at once,
+    without waiting, when another connection committed since it began: the busy timeout
+    cannot help, because waiting would not make its snapshot current again. A transaction
+    that takes the write lock at BEGIN (IMMEDIATE) waits for it instead. So transactions are
+    IMMEDIATE unless the connection was opened for reading (:func:`reading`), and a reading
+    connection writes only inside :func:`writing`, which ends its read first.
+    """
+    mode = conn.get_execution_options().get(_BEGIN, "IMMEDIATE")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+_BEGIN = "syncer_sqlite_begin"
+
+
+def reading(conn: Connection) -> Connection:
+    """Make ``conn``'s transactions plain reads (SQLite: BEGIN DEFERRED): long reads such as
+    staging and the diff must not hold the write lock other runs need. Write on it only
+    inside :func:`writing`. No effect on PostgreSQL."""
+    return conn.execution_options(**{_BEGIN: "DEFERRED"})
+
+
+@contextmanager
+def writing(conn: Connection) -> Iterator[Connection]:
+    """One write transaction on ``conn``, committed at the end, rolled back on an error.
+
+    Whatever ``conn`` had open is committed first (on a :func:`reading` connection, a read),
+    and on SQLite the new transaction takes the write lock at its start, waiting up to the
+    busy timeout for it, so a run never fails because another one was writing.
+    """
+    if conn.in_transaction():
+        conn.commit()
+    previous = conn.get_execution_options().get(_BEGIN)
+    conn.execution_options(**{_BEGIN: "IMMEDIATE"})
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        if previous is not None:
+            conn.execution_options(**{_BEGIN: previous})
 
 
 @functools.cache
@@ -369,6 +483,7 @@ def state_engine(url: str) -> Engine:
     engine = create_engine(parsed, pool_pre_ping=True)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     try:
         upgrade(engine)
     except OperationalError as exc:

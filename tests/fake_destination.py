@@ -481,8 +481,9 @@ class Harness:
             with engine.connect() as conn:
                 if not sa.inspect(conn).has_table("syncer_records"):
                     return {}  # no run got as far as creating the schema
+                # Confirmed rows only: what state claims the destination holds.
                 rows = conn.execute(
-                    sa.text("select key, hash from syncer_records where sync = :s"),
+                    sa.text("select key, hash from syncer_records where sync = :s and unsure = 0"),
                     {"s": self.name},
                 ).all()
         finally:

@@ -129,10 +129,15 @@ def run(world: dict[str, Any]) -> Any:
     return SyncEngine(world["settings"], sleep=lambda _s: None).run(world["sync"])
 
 
-def state_keys(world: dict[str, Any]) -> set[str]:
+def state_keys(world: dict[str, Any], unsure: int = 0) -> set[str]:
+    """Keys state says the destination holds (``unsure`` 0), or those whose last send is
+    unconfirmed (1: maybe absent, 2: maybe stale)."""
     engine = sa.create_engine(world["settings"].state_url.get_secret_value())
     with engine.connect() as conn:
-        keys = {k for (k,) in conn.execute(sa.text("select key from syncer_records"))}
+        rows = conn.execute(
+            sa.text("select key from syncer_records where unsure = :u"), {"u": unsure}
+        )
+        keys = {k for (k,) in rows}
     engine.dispose()
     return keys
 
@@ -195,6 +200,28 @@ def test_a_failed_job_sends_its_records_again_in_the_same_run(world: Any) -> Non
     assert reasons == {"vendor job failed: INVALID_CUSTOMER_LIST"}
 
 
+def test_a_failed_job_may_have_applied_part_so_a_member_who_left_is_removed(
+    world: Any,
+) -> None:
+    segment(world, EMAILS)
+    run(world)
+    # The vendor applied part of the job before it failed, and one member left meanwhile.
+    PLATFORM.audience.add(hashed_email(EMAILS[2]))
+    PLATFORM.answers["jobs/1"] = [JobStatus("failed", reason="INTERNAL_ERROR")]
+    segment(world, EMAILS[:2])
+    again = run(world)
+    sent = {(op, r.key, r.destination_id) for op, batch in PLATFORM.jobs["jobs/2"] for r in batch}
+    # Nobody confirmed the third member's add, yet it is removed, by the hash it was sent with.
+    assert ("remove", sha(EMAILS[2]), hashed_email(EMAILS[2])) in sent
+    assert again.counts["pending"] == 3
+    PLATFORM.answers["jobs/2"] = [JobStatus("succeeded")]
+    done = run(world)
+    assert (done.status, done.counts["added"], done.counts["removed"]) == ("succeeded", 2, 1)
+    assert PLATFORM.audience == {hashed_email(e) for e in EMAILS[:2]}
+    assert state_keys(world) == {sha(e) for e in EMAILS[:2]}
+    assert state_keys(world, unsure=1) == set()
+
+
 def test_a_job_never_started_is_dropped_and_resent(world: Any) -> None:
     segment(world, EMAILS[:2])
     PLATFORM.fail_close = True
@@ -214,7 +241,9 @@ def test_removals_wait_for_the_job_too(world: Any) -> None:
     segment(world, EMAILS[:1])
     churn = run(world)  # confirms job 1, then submits the two removals in job 2
     assert churn.counts["added"] == 3 and churn.counts["pending"] == 2
-    assert state_keys(world) == {sha(e) for e in EMAILS}  # not removed yet
+    # Not removed yet: the two removals are in flight, unconfirmed, until the job succeeds.
+    assert state_keys(world) == {sha(EMAILS[0])}
+    assert state_keys(world, unsure=1) == {sha(e) for e in EMAILS[1:]}
     PLATFORM.answers["jobs/2"] = [JobStatus("succeeded")]
     done = run(world)
     assert done.counts["removed"] == 2
