@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Connection, Engine, delete, func, select, update
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from syncer.connector import (
@@ -60,12 +60,14 @@ from syncer.settings import Settings
 from syncer.state import (
     BulkWriter,
     events_table,
+    is_state_error,
     jobs_table,
     pending_table,
     reading,
     records_table,
     runs_table,
     state_engine,
+    state_failure,
     utcnow,
     writing,
 )
@@ -190,10 +192,11 @@ class _Tally:
     def plus(self, delta: dict[str, int]) -> dict[str, int]:
         """The counters with ``delta`` added: written in the transaction that commits what
         ``delta`` counts, and kept (``values.update``) only once that commit succeeded."""
-        values = dict(self.values)
-        for name, n in delta.items():
-            values[name] += n
-        return values
+        return _add(self.values, delta)
+
+
+def _add(values: dict[str, int], delta: dict[str, int]) -> dict[str, int]:
+    return {name: n + delta.get(name, 0) for name, n in values.items()}
 
 
 class SyncEngine:
@@ -237,6 +240,19 @@ class SyncEngine:
         self.sleep(max(0.0, seconds))
         return not self.stop.is_set()
 
+    def _state_failure(self, exc: BaseException) -> SyncerError:
+        return state_failure(exc, self.settings.state_url.get_secret_value())
+
+    @contextmanager
+    def _state_errors(self) -> Iterator[None]:
+        """State database errors as the SyncerError they mean (see state_failure)."""
+        try:
+            yield
+        except Exception as exc:
+            if is_state_error(exc):
+                raise self._state_failure(exc) from None
+            raise
+
     @property
     def state(self) -> Engine:
         return state_engine(self.settings.state_url.get_secret_value())
@@ -275,7 +291,7 @@ class SyncEngine:
     def plan(self, sync: LoadedSync, full_resync: bool = False, samples: int = 5) -> PlanResult:
         """Exactly what ``run`` would send now; nothing is sent and no state changes."""
         definition = sync.definition
-        with self.state.connect() as conn:
+        with self._state_errors(), self.state.connect() as conn:
             reading(conn)
             staging: Staging | None = None
             try:
@@ -321,8 +337,10 @@ class SyncEngine:
             status = "locked" if isinstance(exc, LeaseHeld) else "failed"
             return RunResult(None, definition.name, status, {}, str(exc), int(exc.exit_code))
         except SQLAlchemyError as exc:
-            message = f"state database unavailable ({type(exc).__name__})"
-            return RunResult(None, definition.name, "failed", {}, message, ExitCode.TEMPFAIL)
+            failure = self._state_failure(exc)
+            return RunResult(
+                None, definition.name, "failed", {}, str(failure), int(failure.exit_code)
+            )
         try:
             with run_in_progress():
                 return self._run_leased(
@@ -341,10 +359,12 @@ class SyncEngine:
         except SQLAlchemyError as exc:
             # The state database went away mid-run: nothing unacknowledged was committed, and
             # the run row may still say running; the next run marks it interrupted.
-            message = f"state database error ({type(exc).__name__}); run again later"
+            failure = self._state_failure(exc)
             bound.error("run.state_db_failed", error=type(exc).__name__)
             counts = dict(tally.values)
-            return RunResult(run_id, definition.name, "failed", counts, message, ExitCode.TEMPFAIL)
+            return RunResult(
+                run_id, definition.name, "failed", counts, str(failure), int(failure.exit_code)
+            )
         finally:
             try:
                 lease.__exit__(None, None, None)
@@ -397,14 +417,14 @@ class SyncEngine:
             except SyncerError as exc:
                 conn.rollback()
                 message, exit_code = str(exc), exc.exit_code
-            except DBAPIError as exc:
+            except Exception as exc:
                 conn.rollback()
-                message = f"state database error ({type(exc).__name__}); run again later"
-                exit_code = ExitCode.TEMPFAIL
-            except Exception as exc:  # a bug: record it, keep other syncs of --all running
-                conn.rollback()
-                message, exit_code = f"internal error ({where(exc)})", ExitCode.PROBLEMS
-                bound.error("run.crashed", where=where(exc))
+                if is_state_error(exc):  # busy, full, damaged...: see state_failure
+                    failure = self._state_failure(exc)
+                    message, exit_code = str(failure), failure.exit_code
+                else:  # a bug: record it, keep other syncs of --all running
+                    message, exit_code = f"internal error ({where(exc)})", ExitCode.PROBLEMS
+                    bound.error("run.crashed", where=where(exc))
             except BaseException:
                 conn.rollback()
                 self._finish(conn, run_id, "interrupted", tally, "stopped by signal or error")
@@ -508,18 +528,26 @@ class SyncEngine:
             inflight: dict[Future[list[Outcome]], ChangeBatch] = {}
             done = dict.fromkeys(OPERATIONS, 0)
             failure: BaseException | None = None
+            Answered = list[tuple[ChangeBatch, list[Outcome]]]
 
-            def collect() -> None:
+            def collect(timeout: float) -> Answered:
+                """Batches answered within ``timeout`` (0: those already answered)."""
                 nonlocal failure
-                ready, _ = wait(list(inflight), timeout=0.25, return_when=FIRST_COMPLETED)
+                ready, _ = wait(list(inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+                answered: Answered = []
                 for future in ready:
                     batch = inflight.pop(future)
                     try:
-                        outcomes = future.result()
+                        answered.append((batch, future.result()))
                     except SyncerError as exc:  # auth/config/crash: no more batches after this
                         failure = failure or exc
-                        continue
-                    self._commit(conn, run_id, definition.name, batch, outcomes, tally)
+                return answered
+
+            def record(answered: Answered, sending: ChangeBatch | None = None) -> None:
+                """Commit answered batches and mark the next one as in flight, together:
+                one transaction per batch sent, not two."""
+                self._commit(conn, run_id, definition.name, answered, sending, connector, tally)
+                for batch, _ in answered:
                     done[batch.operation] += len(batch.records)
                     if progress is not None:
                         progress(batch.operation, done[batch.operation], planned[batch.operation])
@@ -530,17 +558,19 @@ class SyncEngine:
                     for batch in pages:
                         if self.stop.is_set() or lease.lost.is_set() or failure is not None:
                             break
+                        answered = collect(0)
                         while len(inflight) >= concurrency:
-                            collect()
+                            answered += collect(0.25)
                         if failure is not None:
+                            record(answered)
                             break
-                        self._mark_sent(conn, definition.name, batch, connector)
+                        record(answered, batch)  # committed before the request leaves
                         submitted = pool.submit(
                             self._deliver, connector, batch.operation, batch.records
                         )
                         inflight[submitted] = batch
                     while inflight:
-                        collect()
+                        record(collect(0.25))
                     if self.stop.is_set() or lease.lost.is_set() or failure is not None:
                         break
                 else:
@@ -785,50 +815,48 @@ class SyncEngine:
         )
         return retrying(attempt)
 
-    def _mark_sent(
-        self, conn: Connection, sync_name: str, batch: ChangeBatch, connector: Connector
-    ) -> None:
-        """Commit that ``batch`` is in flight before it is sent (see syncer.ledger)."""
-        expected: dict[str, str | None] = {}
-        if batch.operation != "remove":
-            operation = batch.operation
-
-            def expect() -> None:
-                for record in batch.records:
-                    expected[record.key] = connector.expected_destination_id(operation, record)
-
-            _guarded(connector, "expected_destination_id", expect)
-        with writing(conn):
-            mark_sent(conn, sync_name, batch, expected, utcnow())
-
     def _commit(
         self,
         conn: Connection,
         run_id: str,
         sync_name: str,
-        batch: ChangeBatch,
-        outcomes: list[Outcome],
+        answered: list[tuple[ChangeBatch, list[Outcome]]],
+        sending: ChangeBatch | None,
+        connector: Connector,
         tally: _Tally,
     ) -> None:
-        """State and every outcome's audit event for one answered batch, and the run's
-        counters: one transaction. The counters in memory follow only once it committed, so
-        the run never claims more than state and the audit log hold."""
+        """One transaction: state and every outcome's audit event for the answered batches,
+        the run's counters, and the in-flight mark of the batch about to be sent (see
+        syncer.ledger). The counters in memory follow only once it committed, so the run
+        never claims more than state and the audit log hold."""
+        if not answered and sending is None:
+            return
+        expected: dict[str, str | None] = {}
+        overridden = (
+            type(connector).expected_destination_id is not Connector.expected_destination_id
+        )
+        if sending is not None and sending.operation != "remove" and overridden:
+            operation = sending.operation
+
+            def expect() -> None:
+                for record in sending.records:
+                    expected[record.key] = connector.expected_destination_id(operation, record)
+
+            _guarded(connector, "expected_destination_id", expect)
         now = utcnow()
+        plain = self.settings.audit_plain_keys
+        values = tally.values
         with writing(conn):
-            pending = [o for o in outcomes if o.status == "pending"]
-            if pending:
-                self._hold_pending(conn, run_id, sync_name, batch, pending, now)
-            delta = settle(
-                conn,
-                run_id,
-                sync_name,
-                batch,
-                outcomes,
-                now,
-                plain_keys=self.settings.audit_plain_keys,
-            )
-            values = tally.plus(delta)
-            self._save_counts(conn, run_id, values)
+            for batch, outcomes in answered:
+                pending = [o for o in outcomes if o.status == "pending"]
+                if pending:
+                    self._hold_pending(conn, run_id, sync_name, batch, pending, now)
+                delta = settle(conn, run_id, sync_name, batch, outcomes, now, plain_keys=plain)
+                values = _add(values, delta)
+            if answered:
+                self._save_counts(conn, run_id, values)
+            if sending is not None:
+                mark_sent(conn, sync_name, sending, expected, now)
         tally.values.update(values)
 
     @staticmethod
@@ -896,11 +924,11 @@ class SyncEngine:
         query = select(runs_table).order_by(runs_table.c.started_at.desc()).limit(limit)
         if sync is not None:
             query = query.where(runs_table.c.sync == sync)
-        with self.state.connect() as conn:
+        with self._state_errors(), self.state.connect() as conn:
             return [_row_dict(row._mapping) for row in reading(conn).execute(query)]
 
     def run_detail(self, run_id: str, limit: int = 100) -> dict[str, Any] | None:
-        with self.state.connect() as conn:
+        with self._state_errors(), self.state.connect() as conn:
             reading(conn)
             row = conn.execute(select(runs_table).where(runs_table.c.id == run_id)).first()
             if row is None:

@@ -91,6 +91,11 @@ def plan_table(result: PlanResult) -> None:
     table.add_row("invalid", str(c.invalid), "")
     stdout.print(table)
     stdout.print(f"source rows: {c.source_rows}; members synced now: {c.members_before}")
+    if c.unconfirmed:
+        stdout.print(
+            f"unconfirmed: {c.unconfirmed} (a send whose answer never arrived, after a crash or"
+            " a timeout: sent again while in the segment, removed once not)"
+        )
     for reason in result.invalid_samples:
         stdout.print(f"  invalid: {reason}")
     if result.guard.blocked:

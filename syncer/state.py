@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
-from syncer.errors import ConfigError, TransientError
+from syncer.errors import ConfigError, SyncerError, TransientError
 
 SCHEMA_VERSION = 6
 
@@ -486,8 +486,77 @@ def state_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
     try:
         upgrade(engine)
-    except OperationalError as exc:
-        raise TransientError(f"cannot open the state database: {str(exc.orig)[:200]}") from None
     except DBAPIError as exc:
-        raise ConfigError(f"cannot prepare the state database: {str(exc.orig)[:200]}") from None
+        engine.dispose()
+        raise state_failure(exc, url) from None
     return engine
+
+
+# -- what a state database error means ---------------------------------------------------
+
+#: SQLite result codes (the low byte of ``sqlite_errorcode``) that running again cannot fix.
+_SQLITE_DAMAGED = {11: "its file is damaged", 26: "it is not a SQLite database"}
+_SQLITE_REFUSED = {
+    3: "permission denied",
+    8: "it is read-only for this process",
+    14: "it cannot be opened (a missing directory, or no permission)",
+}
+#: PostgreSQL SQLSTATEs of damaged data (class XX: internal error).
+_POSTGRES_DAMAGED = {"XX001": "a data page is damaged", "XX002": "an index is damaged"}
+
+
+class StateDamaged(ConfigError):
+    """The state database is damaged: running again will not help (exit 78)."""
+
+
+def is_state_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the state database's driver (directly or via SQLAlchemy)."""
+    if isinstance(exc, DBAPIError):
+        return True
+    module = type(exc).__module__
+    return module.startswith(("sqlite3", "psycopg")) and isinstance(exc, Exception)
+
+
+def state_failure(exc: BaseException, url: str | None = None) -> SyncerError:
+    """What a state database error means for the user, as the error to report.
+
+    Damage (a corrupt SQLite file or PostgreSQL page) and refusals (permissions, read-only)
+    are exit 78 with what to do, since running again changes nothing; anything else (busy,
+    disk full, I/O, a lost connection) is exit 75, run again later. The message never
+    quotes the driver's text, which can carry SQL and data.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    where = _describe(url)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        damage = _SQLITE_DAMAGED.get(code & 0xFF)
+        if damage is not None:
+            return StateDamaged(
+                f"the state database {where} cannot be used: {damage}. Running again will not"
+                " help: restore it from a backup, or move it aside (with its -wal and -shm"
+                " files) to start afresh; see README 'State database'"
+            )
+        refused = _SQLITE_REFUSED.get(code & 0xFF)
+        if refused is not None:
+            return ConfigError(f"the state database {where} cannot be written: {refused}")
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate in _POSTGRES_DAMAGED:
+        return StateDamaged(
+            f"the state database {where} reports damage: {_POSTGRES_DAMAGED[sqlstate]}"
+            f" (SQLSTATE {sqlstate}). Running again will not help: repair or restore it;"
+            " see README 'State database'"
+        )
+    return TransientError(f"state database error ({type(orig).__name__}); run again later")
+
+
+def _describe(url: str | None) -> str:
+    """The SQLite file's path, or just the kind of database (a URL may carry a password)."""
+    if url is None:
+        return "(SYNCER_STATE_URL)"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "(SYNCER_STATE_URL)"
+    if parsed.get_backend_name() == "sqlite":
+        return str(parsed.database or ":memory:")
+    return f"({parsed.get_backend_name()}, SYNCER_STATE_URL)"

@@ -12,7 +12,10 @@ do:
 - ``poison_keys``: any of these keys in a batch makes the WHOLE batch answer 400;
 - ``rate_limit``: (N, S) = at most N requests per S seconds, else 429 with ``Retry-After``;
 - ``latency`` (before the batch is applied) and ``ack_latency`` (after it is applied, before the
-  answer), so a client killed mid-request can leave either side of that window.
+  answer), so a client killed mid-request can leave either side of that window;
+- ``gate``: an event, set (open) by default; while a test holds it clear, requests wait at the
+  door, so a run stays in progress for exactly as long as the test needs, however slow the
+  machine.
 
 It counts every request (``hits``), every status sent (``statuses``), resets, and requests whose
 client had gone before the answer (``abandoned``), and keeps a timeline of ``Hit``s.
@@ -75,6 +78,12 @@ class Hit:
     answered: float | None = None
 
 
+def _open_gate() -> threading.Event:
+    gate = threading.Event()
+    gate.set()
+    return gate
+
+
 @dataclass
 class DestinationState:
     secret: str | None = None
@@ -89,6 +98,7 @@ class DestinationState:
     rate_limit_retry_after: str | None = None  # None: seconds until a slot frees, rounded up
     latency: float = 0.0
     ack_latency: float = 0.0
+    gate: threading.Event = field(default_factory=_open_gate)
     hits: int = 0
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     resets: int = 0
@@ -184,6 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(
         self, state: DestinationState, hit: Hit, body: bytes, doc: dict[str, Any] | None
     ) -> None:
+        state.gate.wait()
         if state.latency:
             time.sleep(state.latency)
         if state.secret is not None:

@@ -46,9 +46,10 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_second_run_of_a_running_sync_exits_75_naming_the_holder(
     tmp_path: Path, state_url: str
 ) -> None:
-    rows = people(84)  # 12 batches of 7, 4 at a time, 1.5 s each: the first run takes ~4.5 s
-    with harness(tmp_path, state_url, batch_size=7, latency=1.5) as h:
+    rows = people(84)  # 12 batches of 7
+    with harness(tmp_path, state_url, batch_size=7) as h:
         h.segment(rows)
+        h.dest.gate.clear()  # the first run's requests wait at the destination: it stays running
         first = h.popen()
         wait_for_first_request(h, first)
         second = h.cli("sync", "now", h.name)
@@ -59,7 +60,8 @@ def test_second_run_of_a_running_sync_exits_75_naming_the_holder(
         assert f"pid {first.pid}" in locked.stdout + locked.stderr
         assert first.poll() is None, "the first run ended before the last refusal"
 
-        assert first.wait(timeout=60) == 0, h.output(first)
+        h.dest.gate.set()
+        assert first.wait(timeout=120) == 0, h.output(first)
         assert h.dest.hits == 12, "a refused run sent something"
         assert h.dest.members == members_of(rows)
         code, doc, proc = h.sync()
@@ -87,18 +89,39 @@ def test_lease_of_a_killed_run_is_taken_over_at_once(tmp_path: Path) -> None:
         assert [r["status"] for r in killed] == ["interrupted"]
 
 
+def heartbeats(h: Harness) -> tuple[float, float] | None:
+    """(acquired_at, heartbeat_at) of the sync's lease, or None when nobody holds it."""
+    engine = sa.create_engine(h.state_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text("select acquired_at, heartbeat_at from syncer_leases where sync = :s"),
+                {"s": h.name},
+            ).first()
+    finally:
+        engine.dispose()
+    return (row[0], row[1]) if row is not None else None
+
+
 def test_heartbeats_keep_a_long_run_holding_its_lease(tmp_path: Path) -> None:
-    rows = people(112)  # 16 batches, 4 rounds of 1 s: the run outlives a 1 s lease 4 times
-    env = {"SYNCER_LEASE_TTL": "1"}
-    with harness(tmp_path, batch_size=7, latency=1.0, env=env) as h:
+    rows = people(112)
+    ttl = 2.0
+    with harness(tmp_path, batch_size=7, env={"SYNCER_LEASE_TTL": str(ttl)}) as h:
         h.segment(rows)
+        h.dest.gate.clear()  # the run stays in progress until the gate opens
         first = h.popen()
         wait_for_first_request(h, first)
-        time.sleep(1.5)
+        # Wait until the lease has been renewed for three of its lifetimes.
+        deadline = time.monotonic() + 120
+        while (lease := heartbeats(h)) is None or lease[1] - lease[0] < 3 * ttl:
+            assert first.poll() is None, h.output(first)
+            assert time.monotonic() < deadline, f"the lease was not renewed: {lease}"
+            time.sleep(0.05)
         second = h.cli("sync", "now", h.name)
         assert first.poll() is None
         assert_refused_naming(second, socket.gethostname(), first.pid)
-        assert first.wait(timeout=60) == 0, h.output(first)
+        h.dest.gate.set()
+        assert first.wait(timeout=120) == 0, h.output(first)
         assert h.dest.members == members_of(rows)
         (run,) = h.runs()
         assert run["status"] == "succeeded"
