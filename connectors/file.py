@@ -167,49 +167,54 @@ def _os_error(action: str, path: Path, exc: OSError) -> Exception:
     return TransientError(message)
 
 
-def _kind(mode: int) -> str | None:
-    """What a file that is not a regular file is, in words; None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+def _unusable(st: os.stat_result) -> str | None:
+    """Why a file found at one of the connector's paths must not be used, or None. Another
+    user's file would get members' personal data appended to it (the log) or pass its mode
+    on (the members file); in a sticky directory like /tmp it could not even be replaced."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        return f"it is {kind}, and only a regular file is used there (or created if missing)"
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        return (
+            f"it belongs to another user (uid {st.st_uid}), and syncer writes personal data "
+            "only into files of its own user"
+        )
+    return None
 
 
-def _refusal(path: Path, kind: str) -> ConfigError:
-    return ConfigError(
-        f"file connector refuses {path}: it is {kind}, and only a regular file is used "
-        "there (or created if missing)"
-    )
+def _refusal(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"file connector refuses {path}: {why}")
 
 
 def _refuse_unusual(path: Path) -> None:
-    """Refuse ``path`` unless it is missing or a regular file (a link is not followed)."""
+    """Refuse ``path`` unless it is missing or our regular file (a link is not followed)."""
     try:
-        kind = _kind(os.lstat(path).st_mode)
+        why = _unusable(os.lstat(path))
     except FileNotFoundError:
         return
     except OSError as exc:
         raise _os_error("inspect", path, exc) from None
-    if kind is not None:
-        raise _refusal(path, kind)
+    if why is not None:
+        raise _refusal(path, why)
 
 
 def _open_regular(path: Path, flags: int) -> int:
     """``os.open`` that never follows a link, never blocks on a FIFO, creates 0600, and
-    refuses anything but a regular file. The kind is checked on the open descriptor, so a
+    refuses anything but our own regular file. That is checked on the open descriptor, so a
     file swapped in after an earlier ``lstat`` changes nothing. Raises OSError as is."""
     try:
         fd = os.open(path, flags | _SAFE_OPEN, PRIVATE)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):  # a link, or a socket
             with contextlib.suppress(OSError):
-                kind = _kind(os.lstat(path).st_mode)
-                if kind is not None:
-                    raise _refusal(path, kind) from None
+                why = _unusable(os.lstat(path))
+                if why is not None:
+                    raise _refusal(path, why) from None
         raise
-    kind = _kind(os.fstat(fd).st_mode)
-    if kind is not None:
+    why = _unusable(os.fstat(fd))
+    if why is not None:
         os.close(fd)
-        raise _refusal(path, kind)
+        raise _refusal(path, why)
     return fd
 
 
@@ -268,18 +273,21 @@ class FileConnector(Connector):
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"file connector cannot write in {existing}")
         self._validate_members()
-        self._validate_log(self._read_applied())
+        self._validate_log(self._read_applied()[0])
 
     def open(self) -> None:
         """Lock the log and prove the members file can be rebuilt before any batch is
-        acknowledged: finish an earlier run's rebuild, or read the members file through."""
+        acknowledged: finish an earlier run's rebuild, or read the members file through
+        (skipped when it is still, to the byte count and nanosecond, the file we wrote)."""
         self._refuse_unusual_paths()
         self._open_log()
         try:
-            if self._log_size() != self._read_applied() or not os.path.lexists(self.path):
+            offset, written = self._read_applied()
+            if self._log_size() != offset or not os.path.lexists(self.path):
                 self._materialise()
             else:
-                self._validate_members()
+                if written is None or written != _signature(os.lstat(self.path)):
+                    self._validate_members()
                 self._probe_directory()
         except BaseException:
             self._close_log()  # do not keep the file locked if this run cannot start
@@ -471,29 +479,31 @@ class FileConnector(Connector):
 
     # -- materialisation ----------------------------------------------------------------
 
-    def _read_applied(self) -> int:
-        """Bytes of the log the members file reflects. Missing or unparsable means 0: the
-        whole log is replayed, which is harmless (replay is idempotent)."""
+    def _read_applied(self) -> tuple[int, str | None]:
+        """Bytes of the log the members file reflects, and the members file's signature when
+        it was written. Missing or unparsable means 0 and None: the whole log is replayed
+        (harmless, replay is idempotent) and the members file is read through."""
         try:
             fd = _open_regular(self.applied_path, os.O_RDONLY)
         except FileNotFoundError:
-            return 0
+            return 0, None
         except OSError as exc:
             raise _os_error("read", self.applied_path, exc) from None
         try:
             with open(fd, "rb") as f:
-                raw = f.read(64)
+                raw = f.read(256)
         except OSError as exc:
             raise _os_error("read", self.applied_path, exc) from None
         try:
-            return max(int(raw.decode("ascii").strip()), 0)
+            offset, *rest = raw.decode("ascii").split()
+            return max(int(offset), 0), rest[0] if len(rest) == 1 else None
         except ValueError:
-            return 0
+            return 0, None
 
     def _materialise(self) -> None:
         """Apply the unapplied log tail to the members file, atomically."""
         assert self._log_fd is not None
-        offset = self._read_applied()
+        offset = self._read_applied()[0]
         size = self._log_size()
         try:
             if (
@@ -504,34 +514,39 @@ class FileConnector(Connector):
                 offset = 0  # log replaced, members file lost or offset garbage: replay all
             pending = self._read_changes(offset)
             end = self._log_size()
-            self._atomic_write(self.path, lambda out: self._write_members(out, pending))
-            self._atomic_write(self.applied_path, lambda out: out.write(f"{end}\n"))
+            written = self._atomic_write(self.path, lambda out: self._write_members(out, pending))
+            line = f"{end} {_signature(written)}\n"
+            self._atomic_write(self.applied_path, lambda out: out.write(line))
         except OSError as exc:
             raise _os_error("rebuild", self.path, exc) from None
 
-    def _atomic_write(self, target: Path, write: Callable[[IO[str]], object]) -> None:
+    def _atomic_write(self, target: Path, write: Callable[[IO[str]], object]) -> os.stat_result:
         """Replace ``target`` all at once: readers and crashes see the old or the new file.
+        Returns the new file's status.
 
         The temp file is created 0600 and exclusively (a planted file or link there makes
-        the create fail); an existing regular target passes its permissions on.
+        the create fail); an existing target that is our own regular file passes its
+        permissions on.
         """
         tmp = self._temp_path(target)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE_OPEN, PRIVATE)
         try:
             with contextlib.suppress(FileNotFoundError):
                 old = os.lstat(target)
-                if stat.S_ISREG(old.st_mode):
+                if _unusable(old) is None:  # our own regular file: keep its permissions
                     os.fchmod(fd, stat.S_IMODE(old.st_mode) & 0o777)
             with open(fd, "w", encoding="utf-8", newline="") as out:
                 write(out)
                 out.flush()
                 os.fsync(out.fileno())
+                written = os.fstat(out.fileno())
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         _fsync_dir(target.parent)
+        return written
 
     def _remove_stale_temps(self) -> None:
         """Temp files left by a run killed mid-rebuild; safe to drop while we hold the lock."""
@@ -637,6 +652,12 @@ class FileConnector(Connector):
             raise self._damaged(f"line {number}", 'is not a {"key": ..., "fields": {...}} line')
         key: str = entry["key"]
         return key
+
+
+def _signature(st: os.stat_result) -> str:
+    """Which file, how long, last written when: a members file someone else replaced or
+    edited since syncer wrote it does not match, so it is read through again."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _line_start(fd: int, offset: int) -> bool:

@@ -606,3 +606,34 @@ def test_csv_values_syncer_wrote_read_back_exactly(tmp_path: Path, value: str) -
     conn.close(True)
     csv.field_size_limit(2**31 - 1)  # any reader of such a file needs this
     assert members(path) == expected(path, odd, ADA, BOB)
+
+
+@pytest.mark.parametrize("edit", ["replaced", "appended-to"])
+def test_members_file_broken_between_runs_is_found_by_open(path: Path, edit: str) -> None:
+    """open() skips reading the file through only while it is exactly the one syncer wrote."""
+    first_run(path)
+    if edit == "replaced":
+        path.write_bytes(b"email,name\nx@example.com,X\n" if path.suffix == ".csv" else b"[1]\n")
+    else:
+        with open(path, "ab") as f:
+            f.write(b"carol,\xff,\n" if path.suffix == ".csv" else b"{not json\n")
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        make(path, "r2").open()
+
+
+@pytest.mark.parametrize("suffix", ["", ".changes.jsonl", ".applied"])
+def test_another_users_file_at_a_path_is_refused(tmp_path: Path, suffix: str) -> None:
+    """A file planted by another user (as in /tmp) would get emails appended or pass a
+    world-readable mode on."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    path = tmp_path / "m.csv"
+    planted = path.with_name(path.name + suffix)
+    content = b"key,email,first_name\n" if suffix == "" else b""
+    planted.write_bytes(content)
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o666)
+    for call in (make(path).check, make(path).open):
+        with pytest.raises(ConfigError, match=re.escape(f"{planted}: it belongs to another user")):
+            call()
+    assert planted.read_bytes() == content
