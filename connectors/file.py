@@ -19,10 +19,11 @@ a batch cut short by a crash was never acknowledged, so recovery drops it instea
 applying part of it or appending after a torn line.
 
 The three paths hold personal data and may sit in a directory others can write to, so each
-must be a regular file or missing: a link, FIFO, socket, device or directory there is refused
-before it is opened, and every open is ``O_NOFOLLOW | O_NONBLOCK`` and checked again with
-``fstat``, so a link planted in between cannot redirect a write and a FIFO cannot block.
-Files syncer creates are 0600; an existing file keeps its mode.
+must be missing or a regular file of syncer's own user: a link, FIFO, socket, device,
+directory or another user's file there is refused before it is opened, and every open is
+``O_NOFOLLOW | O_NONBLOCK`` and checked again with ``fstat``, so a link planted in between
+cannot redirect a write and a FIFO cannot block. Files syncer creates are 0600; an existing
+file keeps its mode (never loosened, and not tightened behind the user's back).
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ class FileConnector(Connector):
             if self._log_size() != offset or not os.path.lexists(self.path):
                 self._materialise()
             else:
-                if written is None or written != _signature(os.lstat(self.path)):
+                if written is None or written != self._members_signature():
                     self._validate_members()
                 self._probe_directory()
         except BaseException:
@@ -319,6 +320,12 @@ class FileConnector(Connector):
             os.unlink(tmp)
         except OSError as exc:
             raise _os_error("create files in", self.path.parent, exc) from None
+
+    def _members_signature(self) -> str | None:
+        try:
+            return _signature(os.lstat(self.path))
+        except OSError:
+            return None  # gone since: reading it through reports what is wrong
 
     @staticmethod
     def _temp_path(target: Path) -> Path:

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -426,7 +426,7 @@ def _link(path: Path) -> None:
     path.symlink_to(target)
 
 
-PLANTS = {
+PLANTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "fifo": (_fifo, "a FIFO"),
     "socket": (_socket, "a socket"),
     "device": (_device, "a character device"),

@@ -1,8 +1,8 @@
 """The file destination under hostile conditions, through the real CLI where a user sees it.
 
 Nothing is acknowledged that the connector cannot put in its members file; nothing but a
-regular file is used at its paths (a FIFO, link, socket, device or directory there is refused
-before anything is sent, without hanging or leaving the lease or a temp file behind); the files
+regular file is used at its paths (a FIFO, link, socket or device there is refused before
+anything is sent, without hanging or leaving the lease or a temp file behind); the files
 it and the state database create are the owner's only.
 """
 
@@ -228,10 +228,6 @@ def _socket(path: Path) -> None:
     sock.close()  # the socket file stays
 
 
-def _directory(path: Path) -> None:
-    path.mkdir()
-
-
 def _device(path: Path) -> None:
     try:
         os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
@@ -252,7 +248,6 @@ def _dangling_link(path: Path) -> None:
 PLANTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "fifo": (_fifo, "a FIFO"),
     "socket": (_socket, "a socket"),
-    "directory": (_directory, "a directory"),
     "device": (_device, "a character device"),
     "symlink": (_link, "a symbolic link"),
     "dangling-symlink": (_dangling_link, "a symbolic link"),
@@ -295,12 +290,13 @@ def test_anything_but_a_regular_file_at_a_path_is_refused(
     assert sorted(p.name for p in target.parent.iterdir()) == before, "something was created"
     if plant == "symlink":
         assert (story.root / "attacker-target").read_bytes() == b"the attacker's file\n"
+    assert not (story.root / "attacker-new-file").exists()
     if plant == "fifo":
         assert stat.S_ISFIFO(os.lstat(target).st_mode)
     if plant == "device":
         assert stat.S_ISCHR(os.lstat(target).st_mode), "the device node was replaced"
 
-    os.unlink(target) if not target.is_dir() or target.is_symlink() else target.rmdir()
+    target.unlink()  # the user removes it
     code, _, out = story.sync()
     assert code == 0, out
     assert story.members() == expected(rows)
