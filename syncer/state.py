@@ -7,8 +7,10 @@ one written by a newer syncer rather than guess.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -479,7 +481,13 @@ def state_engine(url: str) -> Engine:
             f"SYNCER_STATE_URL: state store {backend!r} is not supported (use sqlite or postgresql)"
         )
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        # It holds keys and the audit log: a new directory and file are the owner's only
+        # (SQLite gives -wal/-shm the file's mode). Existing ones keep their mode.
+        database = Path(parsed.database or "")
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not parsed.query.get("uri"):
+            with contextlib.suppress(OSError):  # exists already, or SQLite reports the problem
+                os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     engine = create_engine(parsed, pool_pre_ping=True)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

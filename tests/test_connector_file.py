@@ -5,10 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -318,3 +322,318 @@ def test_disk_error_is_transient_and_the_retry_is_logged_once(
 
     assert members(path) == expected(path, ADA, BOB)
     assert [c["key"] for c in changes(path)] == ["ada", "bob"]
+
+
+# -- what the connector refuses before anything is acknowledged ------------------------------
+
+
+@pytest.fixture
+def no_hang() -> Iterator[None]:
+    """Fail, not hang, if a regression blocks on a FIFO: SIGALRM aborts the blocked call."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked for 30 s (a FIFO opened or read?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+UNUSABLE = {
+    "csv-no-key-column": ("m.csv", b"email,first_name\nx@example.com,X\n"),
+    "csv-ragged-row": ("m.csv", b"key,email,first_name\nada,a@x,A\nbob,b@x,B,extra\n"),
+    "csv-short-row": ("m.csv", b"key,email,first_name\nada,a@x\n"),
+    "csv-not-utf-8": ("m.csv", b"key,email,first_name\nada,a@x,Andr\xe9\n"),
+    "csv-repeated-column": ("m.csv", b"key,email,email\nada,a@x,b@x\n"),
+    "csv-unclosed-quote": ("m.csv", b'key,email,first_name\n"ada,a@x,A\n'),
+    "jsonl-not-json": ("m.jsonl", b'{"key":"ada","fields":{}}\n{not json\n'),
+    "jsonl-no-key": ("m.jsonl", b'{"fields":{"email":"a@x"}}\n'),
+    "jsonl-number-key": ("m.jsonl", b'{"key":7,"fields":{}}\n'),
+    "jsonl-not-an-object": ("m.jsonl", b'["ada"]\n'),
+    "jsonl-fields-not-an-object": ("m.jsonl", b'{"key":"ada","fields":[1]}\n'),
+    "jsonl-not-utf-8": ("m.jsonl", b'{"key":"ada","fields":{"first_name":"Andr\xe9"}}\n'),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_unusable_members_file_is_refused_by_open_and_check(tmp_path: Path, case: str) -> None:
+    name, content = UNUSABLE[case]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        make(path).check()
+    conn = make(path)
+    with pytest.raises(ConfigError, match=re.escape(str(path))) as err:
+        conn.open()  # before any batch: nothing can be acknowledged
+    assert "a@x" not in str(err.value) and "x@example.com" not in str(err.value)
+    assert path.read_bytes() == content
+    with pytest.raises(ConfigError):  # not "being written by another run": the lock is free
+        make(path).open()
+
+
+def test_members_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Spreadsheet exports start with a BOM; it is not part of the first column's name."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"\xef\xbb\xbfkey,email,first_name\nbob,bob@example.com,Bob\n")
+    conn = make(path)
+    conn.check()
+    conn.open()
+    conn.add([ADA])
+    conn.close(True)
+    assert members(path) == expected(path, BOB, ADA)
+
+
+def test_unwritable_directory_is_found_by_open(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    path = tmp_path / "m.csv"
+    first_run(path)
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="could not create files in"):
+            make(path, "r2").open()
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX)
+    cwd = os.getcwd()
+    os.chdir(path.parent)  # bind() takes ~100 bytes of path at most
+    try:
+        sock.bind(path.name)
+    finally:
+        os.chdir(cwd)
+    sock.close()
+
+
+def _device(path: Path) -> None:
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+
+
+def _link(path: Path) -> None:
+    target = path.parent.parent / "target"
+    target.write_bytes(b"the attacker's file\n")
+    path.symlink_to(target)
+
+
+PLANTS: dict[str, tuple[Callable[[Path], object], str]] = {
+    "fifo": (_fifo, "a FIFO"),
+    "socket": (_socket, "a socket"),
+    "device": (_device, "a character device"),
+    "directory": (Path.mkdir, "a directory"),
+    "symlink": (_link, "a symbolic link"),
+    "dangling-symlink": (lambda p: p.symlink_to(p.parent.parent / "new"), "a symbolic link"),
+    "symlink-to-directory": (lambda p: p.symlink_to(p.parent), "a symbolic link"),
+}
+
+
+@pytest.mark.usefixtures("no_hang")
+@pytest.mark.parametrize("suffix", ["", ".changes.jsonl", ".applied"])
+@pytest.mark.parametrize("plant", list(PLANTS))
+def test_anything_but_a_regular_file_at_a_path_is_refused(
+    tmp_path: Path, suffix: str, plant: str
+) -> None:
+    path = tmp_path / "out" / "m.csv"
+    path.parent.mkdir()
+    target = path.with_name(path.name + suffix)
+    make_it, kind = PLANTS[plant]
+    make_it(target)
+    before = sorted(os.listdir(path.parent)), sorted(os.listdir(tmp_path))
+
+    with pytest.raises(ConfigError, match=re.escape(f"{target}: it is {kind}")):
+        make(path).check()
+    with pytest.raises(ConfigError, match=re.escape(f"{target}: it is {kind}")):
+        make(path).open()
+    assert (sorted(os.listdir(path.parent)), sorted(os.listdir(tmp_path))) == before
+    if plant == "symlink":
+        assert (tmp_path / "target").read_bytes() == b"the attacker's file\n"
+
+
+def test_symlinked_members_path_is_refused_even_if_meant(tmp_path: Path) -> None:
+    """A link the user made looks exactly like one an attacker planted: point path at the
+    real file (a linked directory is fine)."""
+    real = tmp_path / "real.csv"
+    first_run(real)
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        make(link).open()
+    (tmp_path / "dir").symlink_to(tmp_path)
+    conn = make(tmp_path / "dir" / "real.csv", "r2")
+    conn.open()
+    conn.add([CAROL])
+    conn.close(True)
+    assert members(real) == expected(real, ADA, BOB, CAROL)
+
+
+@pytest.mark.parametrize(
+    "applied", [b"garbage\n", b"\xff\xfe\n", b"-17\n", b"99999999\n", b"", b"12"]
+)
+def test_damaged_applied_offset_only_means_a_full_replay(path: Path, applied: bytes) -> None:
+    first_run(path)
+    conn = make(path, "r2")
+    conn.open()
+    conn.remove([Record(BOB.key)])
+    conn.add([CAROL])
+    conn.close(True)
+    path.with_name(path.name + ".applied").write_bytes(applied)
+    conn = make(path, "r3")
+    conn.check()
+    conn.open()
+    conn.close(True)
+    assert members(path) == expected(path, ADA, CAROL)
+
+
+def test_corrupt_unapplied_log_is_refused_naming_the_log_and_byte(path: Path) -> None:
+    first_run(path)
+    log = path.with_name(path.name + ".changes.jsonl")
+    size = log.stat().st_size
+    with open(log, "ab") as f:
+        f.write(b'{"key":"x","operation":"add","fields":{"email":"\xff"}}\n')
+    for call in (make(path).check, make(path, "r2").open):
+        with pytest.raises(ConfigError, match=rf"{re.escape(str(log))} is corrupt at byte {size}"):
+            call()
+    assert log.stat().st_size == size + 51 + 2  # check and a refused open change nothing
+
+
+def test_files_are_created_owner_only_whatever_the_umask(path: Path) -> None:
+    old = os.umask(0)
+    try:
+        first_run(path)
+    finally:
+        os.umask(old)
+    for suffix in ("", ".changes.jsonl", ".applied"):
+        assert stat.S_IMODE(os.stat(path.with_name(path.name + suffix)).st_mode) == 0o600
+
+
+def test_existing_members_file_keeps_its_mode(path: Path) -> None:
+    first_run(path)
+    path.chmod(0o640)
+    conn = make(path, "r2")
+    conn.open()
+    conn.add([CAROL])
+    conn.close(True)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+# -- a file changed under a running sync -----------------------------------------------------
+
+
+def _keys(path: Path) -> list[str]:
+    return sorted(members(path))
+
+
+@pytest.mark.usefixtures("no_hang")
+@pytest.mark.parametrize("damage", ["corrupt", "fifo"])
+def test_rebuild_that_fails_after_acknowledging_is_finished_next_run(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "members.csv"
+    conn = make(path, "r1")
+    conn.open()
+    conn.add([ADA])
+    conn.close(True)
+
+    conn = make(path, "r2")
+    conn.open()
+    conn.add([BOB])  # acknowledged: the engine commits it now
+    path.unlink()
+    if damage == "corrupt":
+        path.write_bytes(b"email,name\nx@example.com,X\n")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(ConfigError, match=r"members\.csv"):
+        conn.close(True)  # must fail fast, not block on the FIFO
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == []
+
+    path.unlink()  # the user fixes it
+    conn = make(path, "r3")
+    conn.open()
+    conn.close(True)
+    assert _keys(path) == ["ada", "bob"]
+
+
+@pytest.mark.parametrize("which", ["members", "applied"])
+def test_link_planted_during_a_run_is_not_followed(tmp_path: Path, which: str) -> None:
+    path = tmp_path / "members.csv"
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"precious\n")
+    conn = make(path, "r1")
+    conn.open()
+    conn.add([ADA])
+    planted = path if which == "members" else path.with_name("members.csv.applied")
+    if planted.exists():
+        planted.unlink()
+    planted.symlink_to(target)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        conn.close(True)
+    assert target.read_bytes() == b"precious\n"
+    planted.unlink()
+    conn = make(path, "r2")
+    conn.open()
+    conn.close(True)
+    assert _keys(path) == ["ada"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 300_000, "lone\rcarriage return", "crlf\r\ninside", "nul\x00byte", '"quoted", comma'],
+    ids=["over-128k", "lone-cr", "crlf", "nul", "quotes"],
+)
+def test_csv_values_syncer_wrote_read_back_exactly(tmp_path: Path, value: str) -> None:
+    """Every later run re-reads the members file: what syncer wrote must parse as written."""
+    path = tmp_path / "m.csv"
+    odd = Record("odd", {"email": "odd@example.com", "first_name": value})
+    conn = make(path)
+    conn.open()
+    conn.add([odd, ADA])
+    conn.close(True)
+    conn = make(path, "r2")
+    conn.check()
+    conn.open()
+    conn.add([BOB])
+    conn.close(True)
+    csv.field_size_limit(2**31 - 1)  # any reader of such a file needs this
+    assert members(path) == expected(path, odd, ADA, BOB)
+
+
+@pytest.mark.parametrize("edit", ["replaced", "appended-to"])
+def test_members_file_broken_between_runs_is_found_by_open(path: Path, edit: str) -> None:
+    """open() skips reading the file through only while it is exactly the one syncer wrote."""
+    first_run(path)
+    if edit == "replaced":
+        path.write_bytes(b"email,name\nx@example.com,X\n" if path.suffix == ".csv" else b"[1]\n")
+    else:
+        with open(path, "ab") as f:
+            f.write(b"carol,\xff,\n" if path.suffix == ".csv" else b"{not json\n")
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        make(path, "r2").open()
+
+
+@pytest.mark.parametrize("suffix", ["", ".changes.jsonl", ".applied"])
+def test_another_users_file_at_a_path_is_refused(tmp_path: Path, suffix: str) -> None:
+    """A file planted by another user (as in /tmp) would get emails appended or pass a
+    world-readable mode on."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    path = tmp_path / "m.csv"
+    planted = path.with_name(path.name + suffix)
+    content = b"key,email,first_name\n" if suffix == "" else b""
+    planted.write_bytes(content)
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o666)
+    for call in (make(path).check, make(path).open):
+        with pytest.raises(ConfigError, match=re.escape(f"{planted}: it belongs to another user")):
+            call()
+    assert planted.read_bytes() == content
