@@ -19,7 +19,14 @@ from pydantic import ConfigDict, Field, field_validator
 
 from syncer.connector import Connector, ConnectorConfig, Record
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, describe_host, raise_for_action, scrub, transport_error
+from syncer.http import (
+    DestinationClient,
+    describe_host,
+    raise_for_action,
+    scrub,
+    time_limit,
+    transport_error,
+)
 
 REASON_LIMIT = 200
 T = TypeVar("T")
@@ -184,7 +191,10 @@ class RestConnector(Connector, Generic[C]):
                 raise TransientError(f"{self.name}: stopped while {what} ran")
             waited += delay
             try:
-                answer = poll()
+                # The job was accepted: ``timeout`` bounds the wait for it, not the batch's
+                # time budget (which would resend an accepted batch).
+                with time_limit(None):
+                    answer = poll()
             except RateLimited as exc:
                 delay = exc.retry_after if exc.retry_after is not None else interval
                 continue
