@@ -17,8 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from syncer.http import STOP_GRACE
-from tests.fake_destination import Fault, Harness, harness, members_of, people
+from tests.fake_destination import (
+    Fault,
+    Harness,
+    fake_destination,
+    harness,
+    members_of,
+    people,
+)
 
 TRICKLE = 1.0  # seconds per byte: the fake's trickled answer would take about 28 hours
 
@@ -136,3 +145,21 @@ def test_an_endless_answer_is_refused_without_reading_it_all(tmp_path: Path) -> 
         assert sent < 64 * 1024**2
         assert h.converge(max_runs=1) == [0]
         assert h.dest.members == members_of(rows)
+
+
+def test_a_trickling_alert_webhook_cannot_hold_a_daemon_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncer import alerts
+    from syncer.state import state_engine
+
+    monkeypatch.setattr(alerts, "ALERT_TIMEOUT", 1.0)
+    engine = state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    with fake_destination() as (url, dest):
+        dest.script(Fault(trickle=TRICKLE))
+        alerter = alerts.Alerter(lambda: engine, url, 0.1)
+        started = time.monotonic()
+        assert alerter.observe("vip", "failed", {}, "run1") is None  # not sent: tried again
+        took = time.monotonic() - started
+        assert took < 5, f"the alert post took {took:.1f}s; its timeout is 1 s"
+        assert dest.streamed and dest.streamed[0] > 0  # it really was trickling
