@@ -192,6 +192,7 @@ _PLAIN_HEADERS = frozenset(
         "content-length",
         "content-type",
         "idempotency-key",
+        "x-syncer-timestamp",
     }
 )
 _MAX_BODY_SCAN = 16 * 1024 * 1024

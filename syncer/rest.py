@@ -115,9 +115,12 @@ class RestConnector(Connector, Generic[C]):
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        auth: httpx.Auth | None = None,
     ) -> httpx.Response:
         """One request; returns only an answer the HTTP layer accepted, raises syncer errors
-        (AuthError, RateLimited, TransientError, BatchRejected, ConfigError) otherwise."""
+        (AuthError, RateLimited, TransientError, BatchRejected, ConfigError) otherwise.
+        ``auth`` runs as the request leaves, after any wait for the rate limiter (signing
+        with a timestamp belongs there)."""
         all_headers = {**self.default_headers(), **self.auth_headers(), **(headers or {})}
         kwargs: dict[str, Any] = {"headers": all_headers}
         if json_body is not None:
@@ -134,7 +137,7 @@ class RestConnector(Connector, Generic[C]):
         try:
             # Never follow redirects: httpx would turn a redirected POST into a GET, and a
             # 2xx from that would look like an acknowledged batch.
-            response = self.http.send(request, follow_redirects=False)
+            response = self.http.send(request, auth=auth, follow_redirects=False)
         except httpx.RequestError as exc:  # only a plain client lets these through
             raise transport_error(exc, request) from None
         if not isinstance(self.http, DestinationClient):

@@ -197,8 +197,15 @@ class _Handler(BaseHTTPRequestHandler):
         if state.latency:
             time.sleep(state.latency)
         if state.secret is not None:
-            expected = "sha256=" + hmac.new(state.secret.encode(), body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(expected, self.headers.get("X-Syncer-Signature", "")):
+            # The README's check: HMAC-SHA256 over "<timestamp>.<idempotency key>.<body>".
+            signed = b"%s.%s." % (
+                self.headers.get("X-Syncer-Timestamp", "").encode(),
+                self.headers.get("Idempotency-Key", "").encode(),
+            )
+            digest = hmac.new(state.secret.encode(), signed + body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(
+                "sha256=" + digest, self.headers.get("X-Syncer-Signature", "")
+            ):
                 self._reply(state, hit, 401, {"error": "bad signature"})
                 return
         with state.lock:
