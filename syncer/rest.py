@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ConfigDict, Field, field_validator
 
-from syncer.connector import Connector, ConnectorConfig, Record
+from syncer.connector import Connector, ConnectorConfig, Record, credential_digest
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.http import (
     DestinationClient,
@@ -91,15 +91,17 @@ class RestConnector(Connector, Generic[C]):
         return {}
 
     def account_key(self) -> str:
-        """Connector name, API host and the account-identifying settings (never a secret)."""
+        """Connector name, API host and :meth:`account_id`: syncs with the same key share one
+        rate limiter (never a secret, never a list or audience id)."""
         host = (urlsplit(self.base_url).hostname or "").lower()
         return f"{self.name}:{host}:{self.account_id()}"
 
     def account_id(self) -> str:
-        """What tells two accounts on one API host apart for rate limiting; override it when
-        the config names the account (a Braze instance, a Salesforce org). The default is a
-        digest of the token, so syncs with the same credentials share one limiter."""
-        return super().account_key().rsplit(":", 1)[-1]
+        """What tells two accounts on one API host apart for rate limiting: the vendor's
+        account or workspace id and the credential, nothing per sync. The default is a
+        digest of the configured credentials (every ``SecretStr``); override it when the
+        config names the account, or when a credential rotates (an OAuth access token)."""
+        return credential_digest(*self.secret_values())
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
