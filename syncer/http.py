@@ -408,7 +408,8 @@ class _Stream(httpcore.NetworkStream):
         return self._sock.recv(max_bytes)
 
     def _send(self, data: memoryview, wait: float | None) -> int:
-        # A timed-out send wrote nothing (TLS too: it is repeated with the same bytes).
+        # Nothing is lost when this times out: a plain socket sent nothing, and TLS wants the
+        # same bytes again, which is what the next slice passes.
         self._sock.settimeout(wait)
         return self._sock.send(data)
 
@@ -565,7 +566,7 @@ class _Backend(httpcore.NetworkBackend):
                     wait = functools.partial(_connected, sock)
                     _blocking(wait, timeout, httpcore.ConnectTimeout, httpcore.ConnectError)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+            except (httpcore.ConnectError, OSError) as exc:  # refused: try the next address
                 sock.close()
                 error = exc
                 continue
