@@ -522,30 +522,31 @@ def test_over_tls_a_trickle_or_a_stalled_handshake_ends_at_the_deadline(
 
 
 def test_a_connect_that_never_completes_ends_at_the_deadline_or_a_stop() -> None:
-    # A listen backlog of 0 taken by one connection: the kernel drops every further SYN.
-    with raw_server(lambda server, conn: time.sleep(30), backlog=0) as server:
-        filler = socket.create_connection(("127.0.0.1", server.port))
-        time.sleep(0.05)
-        blocker = socket.socket()
-        blocker.settimeout(0.2)
-        with contextlib.suppress(OSError):
-            blocker.connect(("127.0.0.1", server.port))
-        try:
-            with make_client(1.0) as client:
-                error, took = timed(lambda: client.get(f"http://127.0.0.1:{server.port}/"))
-                assert isinstance(error, TransientError) and "within 1 s" in str(error), error
-                assert 0.9 <= took < 3
-                stop = threading.Event()
-                client.stop, client.stop_grace = stop, 0.0
-                threading.Timer(0.3, stop.set).start()
-                request = client.build_request("GET", f"http://127.0.0.1:{server.port}/")
-                request.extensions["timeout"] = {"connect": 60, "read": 60, "write": 60}
-                error, took = timed(lambda: client.send(request))
-                assert isinstance(error, TransientError) and "stop request" in str(error)
-                assert took < 2, "a stop must not wait out a 60 s connect timeout"
-        finally:
-            filler.close()
-            blocker.close()
+    # A listener that never accepts, its backlog of 0 taken: the kernel drops further SYNs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            probe.connect(("127.0.0.1", port))  # the premise: connecting now hangs
+        with make_client(1.0) as client:
+            error, took = timed(lambda: client.get(f"http://127.0.0.1:{port}/"))
+            assert isinstance(error, TransientError) and "within 1 s" in str(error), error
+            assert 0.9 <= took < 3
+            stop = threading.Event()
+            client.stop, client.stop_grace = stop, 0.0
+            threading.Timer(0.3, stop.set).start()
+            request = client.build_request("GET", f"http://127.0.0.1:{port}/", timeout=60)
+            error, took = timed(lambda: client.send(request))
+            assert isinstance(error, TransientError) and "stop request" in str(error), error
+            assert took < 2, "a stop must not wait out a 60 s connect timeout"
+    finally:
+        for sock in (probe, filler, listener):
+            sock.close()
 
 
 def test_a_stop_abandons_a_request_in_flight_after_the_grace() -> None:
