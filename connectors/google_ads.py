@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, JobStatus, Record
+from syncer.connector import BatchResult, Capabilities, JobStatus, Record, credential_digest
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.http import MAX_RETRY_AFTER, Action
 from syncer.identifiers import SUPPORTED, Kind, identifier
@@ -140,7 +140,10 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
         return {"login-customer-id": login} if login else {}
 
     def account_id(self) -> str:
-        return self.settings.customer_id
+        """The customer (account) and the developer token, not the user list; never the
+        OAuth access token, which is refreshed every hour."""
+        cfg = self.settings
+        return f"{cfg.customer_id}:{credential_digest(cfg.developer_token.get_secret_value())}"
 
     def classify(self, response: httpx.Response) -> Action | None:
         """429 / RESOURCE_EXHAUSTED is rate limiting (hold the account for ``retryDelay``);

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from pydantic import Field, SecretStr
 
-from syncer.connector import BatchResult, Capabilities, Record
+from syncer.connector import BatchResult, Capabilities, Record, credential_digest
 from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
@@ -104,6 +104,11 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
     max_concurrency: ClassVar[int] = 3
 
     # -- HTTP hooks ---------------------------------------------------------------------
+
+    def account_id(self) -> str:
+        """Klaviyo counts per account, which the private key belongs to: every list one
+        key writes to shares one limiter."""
+        return credential_digest(self.settings.api_key.get_secret_value())
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Klaviyo-API-Key {self.settings.api_key.get_secret_value()}"}

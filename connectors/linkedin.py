@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.connector import BatchResult, Capabilities, Operation, Record, credential_digest
 from syncer.errors import ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
@@ -120,6 +120,10 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
     max_concurrency: ClassVar[int] = 4
 
     # -- HTTP hooks ---------------------------------------------------------------------
+
+    def account_id(self) -> str:
+        """LinkedIn counts per member and app, that is per access token, not per segment."""
+        return credential_digest(self.settings.access_token.get_secret_value())
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Record
+from syncer.connector import BatchResult, Capabilities, Record, credential_digest
 from syncer.errors import BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.identifiers import SUPPORTED, Kind, date_parts, identifier, looks_hashed, sha256_hex
@@ -126,7 +126,11 @@ class MetaConnector(RestConnector[MetaConfig]):
     max_concurrency: ClassVar[int] = 2
 
     def account_id(self) -> str:
-        return self.settings.audience_id
+        """The token (and app secret), not the audience: Meta throttles per app, user and ad
+        account, so every audience one token writes to shares one limiter."""
+        cfg = self.settings
+        secret = cfg.app_secret.get_secret_value() if cfg.app_secret is not None else ""
+        return credential_digest(cfg.access_token.get_secret_value(), secret)
 
     # -- HTTP hooks ---------------------------------------------------------------------
 

@@ -109,7 +109,8 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         return {"Accept": "application/json"}
 
     def account_id(self) -> str:
-        """The instance host names the org; a refreshed token must not get a new limiter."""
+        """The instance host names the org, whose API allowance every user and campaign
+        shares; a refreshed token must not get a new limiter."""
         return "org"
 
     # -- contract -----------------------------------------------------------------------

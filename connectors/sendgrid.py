@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Record
+from syncer.connector import BatchResult, Capabilities, Record, credential_digest
 from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.rest import JobPolling, RestConnector, chunks, dig
@@ -92,6 +92,10 @@ class SendGridConnector(RestConnector[SendGridConfig]):
     max_concurrency: ClassVar[int] = 2
 
     # -- HTTP hooks ---------------------------------------------------------------------
+
+    def account_id(self) -> str:
+        """SendGrid counts per account and API key, whatever lists a sync writes to."""
+        return credential_digest(self.settings.api_key.get_secret_value())
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Record
+from syncer.connector import BatchResult, Capabilities, Record, credential_digest
 from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
@@ -108,6 +108,12 @@ class TikTokConnector(RestConnector[TikTokConfig]):
     max_concurrency: ClassVar[int] = 2
 
     # -- HTTP hooks ---------------------------------------------------------------------
+
+    def account_id(self) -> str:
+        """The access token (one app's grant), not the audience: every audience and
+        advertiser one token writes to shares one limiter, which never sends more than the
+        app may."""
+        return credential_digest(self.settings.access_token.get_secret_value())
 
     def auth_headers(self) -> dict[str, str]:
         return {"Access-Token": self.settings.access_token.get_secret_value()}

@@ -1,9 +1,18 @@
 """Webhook destination: POSTs each batch as signed JSON to a URL the user controls.
 
-Body: ``{"operation": ..., "records": [{"key": ..., "fields": {...}}], "sync": ...}`` serialised
-with sorted keys, so the same batch always yields the same bytes. That makes the
-``Idempotency-Key`` (sha256 of the body) stable when the engine re-sends a batch after a crash,
-and lets receivers verify ``X-Syncer-Signature: sha256=<HMAC-SHA256(secret, body)>``.
+Body: ``{"operation": ..., "records": [{"key": ..., "fields": {...}}], "run": ..., "sync": ...}``
+serialised with sorted keys, so one batch of one run always yields the same bytes. Headers:
+
+* ``X-Syncer-Timestamp``: Unix seconds when this try left, after any wait for the rate
+  limiter (signed then, by :class:`_Stamp`);
+* ``Idempotency-Key``: sha256 hex of ``"<batch timestamp>.<body>"``, the batch timestamp being
+  that of the batch's first attempt in this run. A retry of the same batch in the same run
+  keeps the key (a receiver can tell it from a new batch); a later run's batch with the same
+  records gets a new one (the body names the run), so a re-add after a remove is not mistaken
+  for a replay of the first add;
+* ``X-Syncer-Signature: sha256=<HMAC-SHA256(secret, "<timestamp>.<key>.<body>")>``, so a
+  captured request cannot be replayed once the receiver's window (README: 5 minutes) is over,
+  nor altered within it.
 
 The HTTP layer (:mod:`syncer.http`) classifies answers and builds error messages (host and
 status only, never the secret, header values, the URL's path or query, or record data); this
@@ -15,7 +24,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+import threading
+import time
+import uuid
+from collections.abc import Generator, Sequence
 from typing import ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -29,6 +41,7 @@ from syncer.connector import (
     ConnectorConfig,
     Operation,
     Record,
+    SyncContext,
 )
 from syncer.errors import BatchRejected, ConfigError
 from syncer.http import scrub
@@ -37,7 +50,9 @@ from syncer.rest import RestConnector, record_text
 MAX_BATCH = 10_000
 DEFAULT_BATCH = 500
 # Headers the connector sets itself; letting config override them would break signing.
-RESERVED_HEADERS = frozenset({"content-type", "x-syncer-signature", "idempotency-key"})
+RESERVED_HEADERS = frozenset(
+    {"content-type", "x-syncer-signature", "x-syncer-timestamp", "idempotency-key"}
+)
 _TEXT_LIMIT = 200
 
 
@@ -102,10 +117,11 @@ class WebhookConfig(ConnectorConfig):
         return value
 
 
-def encode_batch(sync: str, operation: Operation, records: Sequence[Record]) -> bytes:
-    """The exact request body; deterministic so the idempotency key and signature are too."""
+def encode_batch(sync: str, run: str, operation: Operation, records: Sequence[Record]) -> bytes:
+    """The exact request body; deterministic, so a retried batch has the same key."""
     payload = {
         "sync": sync,
+        "run": run,
         "operation": operation,
         "records": [{"key": r.key, "fields": dict(r.fields)} for r in records],
     }
@@ -119,9 +135,37 @@ def encode_batch(sync: str, operation: Operation, records: Sequence[Record]) -> 
     return text.encode("utf-8")
 
 
-def sign(secret: str, body: bytes) -> str:
-    """Value of ``X-Syncer-Signature`` for ``body``."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def idempotency_key(batch_timestamp: int, body: bytes) -> str:
+    """Value of ``Idempotency-Key``: one per batch and run, the same for its retries."""
+    return hashlib.sha256(b"%d." % batch_timestamp + body).hexdigest()
+
+
+def signed_text(timestamp: int, key: str, body: bytes) -> bytes:
+    """What ``X-Syncer-Signature`` signs: ``"<timestamp>.<idempotency key>.<body>"``."""
+    return b"%d.%s." % (timestamp, key.encode("ascii")) + body
+
+
+def sign(secret: str, timestamp: int, key: str, body: bytes) -> str:
+    """Value of ``X-Syncer-Signature`` for one attempt at sending ``body``."""
+    digest = hmac.new(secret.encode("utf-8"), signed_text(timestamp, key, body), hashlib.sha256)
+    return "sha256=" + digest.hexdigest()
+
+
+class _Stamp(httpx.Auth):
+    """Timestamps and signs a request as it leaves, after any wait for the rate limiter,
+    so the receiver's replay window only has to cover the request's way there."""
+
+    def __init__(self, secret: str | None, key: str, body: bytes) -> None:
+        self.secret = secret
+        self.key = key
+        self.body = body
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        now = int(time.time())
+        request.headers["X-Syncer-Timestamp"] = str(now)
+        if self.secret is not None:
+            request.headers["X-Syncer-Signature"] = sign(self.secret, now, self.key, self.body)
+        yield request
 
 
 class WebhookConnector(RestConnector[WebhookConfig]):
@@ -131,6 +175,13 @@ class WebhookConnector(RestConnector[WebhookConfig]):
     description: ClassVar[str] = "POST each batch as signed JSON to an HTTP(S) endpoint"
     config_model: ClassVar[type[ConnectorConfig]] = WebhookConfig
     capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_BATCH)
+
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: The run named in every body; outside the engine, a random id per instance.
+        self.run = context.run_id or uuid.uuid4().hex[:16]
+        self._stamps: dict[bytes, int] = {}  # body digest -> first attempt, per batch
+        self._stamps_lock = threading.Lock()
 
     # -- contract -----------------------------------------------------------------------
 
@@ -172,18 +223,26 @@ class WebhookConnector(RestConnector[WebhookConfig]):
 
     # -- internals ----------------------------------------------------------------------
 
+    def _batch_timestamp(self, body: bytes, now: int) -> int:
+        """When this batch was first sent in this run: the engine retries a batch by calling
+        ``write`` again with the same records (so the same body), on any worker thread."""
+        digest = hashlib.sha256(body).digest()
+        with self._stamps_lock:
+            return self._stamps.setdefault(digest, now)
+
     def _base_headers(self) -> dict[str, str]:
         return {name: value.get_secret_value() for name, value in self.settings.headers.items()}
 
     def _post(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
         cfg = self.settings
-        body = encode_batch(self.context.sync_name, operation, records)
+        body = encode_batch(self.context.sync_name, self.run, operation, records)
+        key = idempotency_key(self._batch_timestamp(body, int(time.time())), body)
         headers = self._base_headers()
         headers["Content-Type"] = "application/json"
-        headers["Idempotency-Key"] = hashlib.sha256(body).hexdigest()
-        if cfg.secret is not None:
-            headers["X-Syncer-Signature"] = sign(cfg.secret.get_secret_value(), body)
-        response = self.request("POST", cfg.url, headers=headers, content=body)
+        headers["Idempotency-Key"] = key
+        secret = cfg.secret.get_secret_value() if cfg.secret is not None else None
+        stamp = _Stamp(secret, key, body)
+        response = self.request("POST", cfg.url, headers=headers, content=body, auth=stamp)
         return self._parse_rejections(response, records)
 
     def _parse_rejections(self, response: httpx.Response, records: Sequence[Record]) -> BatchResult:

@@ -23,6 +23,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from syncer import metrics
+from syncer.errors import SyncerError
+from syncer.http import make_client
 from syncer.log import get_logger
 from syncer.state import alerts_table
 
@@ -64,9 +66,14 @@ def judge(status: str, counts: Mapping[str, int], threshold: float) -> Verdict:
     return Verdict(False)
 
 
+#: Seconds an alert post may take as a whole (syncer's HTTP client: an overall deadline, no
+#: redirects, a size limit), so a webhook that trickles its answer cannot hold a worker.
+ALERT_TIMEOUT = 10.0
+
+
 def _post(url: str, payload: dict[str, Any]) -> None:
-    response = httpx.post(url, json=payload, timeout=10.0, follow_redirects=False)
-    response.raise_for_status()
+    with make_client(ALERT_TIMEOUT) as http:
+        http.post(url, json=payload)  # raises a SyncerError unless the answer is a 2xx
 
 
 class Alerter:
@@ -103,7 +110,7 @@ class Alerter:
         text = self._text(sync, kind, status, counts, run_id, verdict.reason)
         try:
             self._post(self.url, {"text": text})
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, OSError, SyncerError) as exc:
             # Put the state back so the next run announces it instead.
             self._swap(sync, after, before, run_id, verdict.reason)
             metrics.ALERTS.labels(kind=kind, result="failed").inc()

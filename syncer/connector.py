@@ -9,7 +9,6 @@ Built-in and third-party connectors register the same way, in the entry-point gr
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -246,16 +245,16 @@ class Connector:
 
     def account_key(self) -> str:
         """Which vendor account this sync talks to: syncs with the same key share one rate
-        limiter. Override with something readable (a host, an account id); the default is a
-        digest of the settings that are not tuning knobs, so it never shows a secret."""
-        tuning = {"batch_size", "rate_limits", "max_concurrency", "timeout"}
-        identity = {
-            name: _reveal(getattr(self.config, name))
-            for name in type(self.config).model_fields
-            if name not in tuning
-        }
-        text = json.dumps(identity, sort_keys=True, default=str)
-        return f"{self.name}:{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
+        limiter, because vendors count per account and credential, never per list.
+
+        Build it from the account and the credential only (a host, an account or workspace
+        id, :func:`credential_digest` of the token), never from list or audience ids, field
+        mappings or other per-sync settings: two syncs to two lists of one account must share
+        one budget. It must never show a secret. The default is the connector's name and a
+        digest of every ``SecretStr`` in the config (no secrets: one limiter per connector);
+        override it when the config names the account.
+        """
+        return f"{self.name}:{credential_digest(*self.secret_values())}"
 
     def published_limits(self) -> tuple[RateLimit, ...]:
         """The vendor's limits for this account: ``rate_limits`` unless they depend on the
@@ -272,6 +271,14 @@ class Connector:
         found: list[str] = []
         _collect_secrets(self.config, found)
         return tuple(dict.fromkeys(s for s in found if s))
+
+
+def credential_digest(*secrets: str) -> str:
+    """A short SHA-256 of credentials, to tell accounts apart in a limiter key without
+    showing them ("none" without any)."""
+    if not secrets:
+        return "none"
+    return hashlib.sha256("\0".join(secrets).encode("utf-8")).hexdigest()[:16]
 
 
 def _plain_pause(seconds: float) -> bool:
@@ -296,18 +303,6 @@ def effective_limits(connector: Connector | type[Connector]) -> tuple[list[RateL
         if config.max_concurrency is not None:
             concurrency = min(concurrency, config.max_concurrency)
     return rates, max(1, concurrency)
-
-
-def _reveal(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, BaseModel):
-        return {k: _reveal(getattr(value, k)) for k in type(value).model_fields}
-    if isinstance(value, Mapping):
-        return {str(k): _reveal(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_reveal(v) for v in value]
-    return value
 
 
 def _collect_secrets(value: Any, into: list[str]) -> None:

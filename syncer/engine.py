@@ -49,7 +49,7 @@ from syncer.errors import (
     where,
 )
 from syncer.forking import run_in_progress
-from syncer.http import make_client
+from syncer.http import make_client, time_limit
 from syncer.lease import Lease
 from syncer.ledger import COUNTER, audit_key, mark_sent, settle
 from syncer.log import get_logger
@@ -813,7 +813,10 @@ class SyncEngine:
             sleep=self.sleep,
             reraise=True,
         )
-        return retrying(attempt)
+        # The budget also bounds each request (and a wait for the rate limiter) in real time,
+        # so a destination that trickles its answer cannot hold a batch past it.
+        with time_limit(settings.batch_time_budget):
+            return retrying(attempt)
 
     def _commit(
         self,

@@ -7,6 +7,13 @@ rest for every request it sends:
   concurrency cap, cool-down) and gives it back once the response body has been read;
 * never follows redirects (httpx would turn a redirected POST into a GET, and a 2xx from
   that would look like an acknowledged batch);
+* gives every request one overall deadline: httpx's timeouts are per phase and per read, so
+  a destination that trickles its answer a byte a second would never trip them. Every
+  blocking network call (connect, TLS handshake, each send and receive) waits in short
+  slices against that deadline, a thread's :func:`time_limit` (the engine's batch time
+  budget) and the stop event (after a stop request, :data:`STOP_GRACE` more seconds);
+* reads at most :data:`MAX_RESPONSE_BYTES` of an answer (decoded), refusing a bigger one
+  with a ``TransientError`` instead of holding it in memory;
 * maps transport failures and HTTP statuses to syncer's errors (:data:`DEFAULT_TABLE`, or
   the connector's ``classify`` override): ``TransientError`` (the engine retries the batch),
   ``RateLimited`` (cools the whole account down first), ``AuthError``, ``BatchRejected``;
@@ -23,17 +30,25 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import functools
 import json
 import math
+import os
 import re
+import selectors
+import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
+import httpcore
 import httpx
 
 from syncer import __version__
@@ -51,6 +66,16 @@ DEFAULT_COOL_DOWN = 1.0
 MAX_DEFAULT_COOL_DOWN = 60.0
 #: Upper bound for any Retry-After we honour.
 MAX_RETRY_AFTER = 300.0
+#: The largest answer syncer reads, after decompression. A bigger one is refused (a
+#: TransientError naming the limit) without reading the rest: no vendor answer to a batch
+#: comes near it, and an endless or compressed-bomb answer must not exhaust memory.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: Seconds a request already in flight when a stop is requested may still take to answer;
+#: then it is abandoned (its batch is resent by the next run).
+STOP_GRACE = 5.0
+#: Longest single blocking wait of a network call while a stop request may need noticing.
+_POLL = 0.1
+T = TypeVar("T")
 
 
 class Action(enum.Enum):
@@ -167,6 +192,7 @@ _PLAIN_HEADERS = frozenset(
         "content-length",
         "content-type",
         "idempotency-key",
+        "x-syncer-timestamp",
     }
 )
 _MAX_BODY_SCAN = 16 * 1024 * 1024
@@ -279,11 +305,344 @@ def _short_body(response: httpx.Response, secrets: list[str]) -> str:
     return scrub(text, secrets=secrets, limit=120)
 
 
+# -- deadlines ---------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Every request this thread sends inside the block must be over ``seconds`` from now
+    (never later than an enclosing limit): the engine wraps each batch's tries in its time
+    budget. ``None`` lifts any enclosing limit (a vendor job a batch waits for has its own)."""
+    before: float | None = getattr(_local, "limit", None)
+    if seconds is None:
+        _local.limit = None
+    else:
+        end = time.monotonic() + seconds
+        _local.limit = end if before is None else min(before, end)
+    try:
+        yield
+    finally:
+        _local.limit = before
+
+
+class _Guard:
+    """When the request being sent on this thread must be over, and why it ended early."""
+
+    def __init__(self, timeout: float | None, stop: threading.Event | None, grace: float) -> None:
+        now = time.monotonic()
+        own = math.inf if timeout is None else now + timeout
+        limit: float | None = getattr(_local, "limit", None)
+        self.timeout = timeout
+        self.by_budget = limit is not None and limit < own
+        self.deadline = min(own, limit) if limit is not None else own
+        self.stop = stop
+        self.grace = grace
+        self.stopped_at: float | None = None
+
+    def end(self) -> float:
+        """The monotonic time the request must be over by (notices a stop request)."""
+        if self.stopped_at is None and self.stop is not None and self.stop.is_set():
+            self.stopped_at = time.monotonic()
+        if self.stopped_at is None:
+            return self.deadline
+        return min(self.deadline, self.stopped_at + self.grace)
+
+    def watching(self) -> bool:
+        """True while a stop request could still come: waits are then cut into naps."""
+        return self.stop is not None and self.stopped_at is None
+
+    def over(self) -> bool:
+        return time.monotonic() >= self.end()
+
+
+def _blocking(
+    call: Callable[[float | None], T],
+    timeout: float | None,
+    timed_out: type[Exception],
+    failed: type[Exception],
+) -> T:
+    """``call(wait)`` blocks for at most ``wait`` seconds (None: no limit) and raises
+    ``TimeoutError`` when nothing happened; it is called again until it succeeds, the phase's
+    ``timeout`` passes or the current request's guard ends (both raise ``timed_out``).
+    Only calls that can be repeated after a timeout without losing data come here."""
+    guard: _Guard | None = getattr(_local, "guard", None)
+    phase_end = math.inf if timeout is None else time.monotonic() + timeout
+    while True:
+        end = phase_end if guard is None else min(phase_end, guard.end())
+        wait = end - time.monotonic()
+        if wait <= 0:
+            raise timed_out("timed out")
+        if guard is not None and guard.watching():
+            wait = min(wait, _POLL)
+        try:
+            return call(None if math.isinf(wait) else wait)
+        except (TimeoutError, httpcore.TimeoutException):
+            continue
+        except OSError as exc:
+            raise failed(type(exc).__name__) from exc
+
+
+def _readable(sock: socket.socket) -> bool:
+    """True if a read would not block (data or EOF waiting): httpcore then drops the idle
+    pooled connection instead of reusing it."""
+    try:
+        if sock.fileno() < 0:
+            return True
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ)
+            return bool(selector.select(0))
+    except (OSError, ValueError):
+        return True
+
+
+class _Stream(httpcore.NetworkStream):
+    """A TCP (or TLS) socket whose every blocking call honours the request's guard."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def _recv(self, max_bytes: int, wait: float | None) -> bytes:
+        self._sock.settimeout(wait)
+        return self._sock.recv(max_bytes)
+
+    def _send(self, data: memoryview, wait: float | None) -> int:
+        # Nothing is lost when this times out: a plain socket sent nothing, and TLS wants the
+        # same bytes again, which is what the next slice passes.
+        self._sock.settimeout(wait)
+        return self._sock.send(data)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        recv = functools.partial(self._recv, max_bytes)
+        return _blocking(recv, timeout, httpcore.ReadTimeout, httpcore.ReadError)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        view = memoryview(buffer)
+        while view:
+            send = functools.partial(self._send, view)
+            view = view[_blocking(send, timeout, httpcore.WriteTimeout, httpcore.WriteError) :]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            if isinstance(self._sock, ssl.SSLSocket):
+                return _tls_in_tls(self._sock, ssl_context, server_hostname, timeout)
+            sock = ssl_context.wrap_socket(
+                self._sock, server_hostname=server_hostname, do_handshake_on_connect=False
+            )
+            _blocking(
+                functools.partial(_handshake, sock),
+                timeout,
+                httpcore.ConnectTimeout,
+                httpcore.ConnectError,
+            )
+        except BaseException:
+            self.close()
+            raise
+        return _Stream(sock)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._sock if isinstance(self._sock, ssl.SSLSocket) else None
+        if info == "client_addr":
+            return self._sock.getsockname()
+        if info == "server_addr":
+            return self._sock.getpeername()
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            return _readable(self._sock)
+        return None
+
+
+def _handshake(sock: ssl.SSLSocket, wait: float | None) -> None:
+    sock.settimeout(wait)
+    sock.do_handshake()
+
+
+def _tls_in_tls(
+    sock: ssl.SSLSocket,
+    ssl_context: ssl.SSLContext,
+    server_hostname: str | None,
+    timeout: float | None,
+) -> httpcore.NetworkStream:
+    """TLS inside TLS (an ``https://`` proxy): httpcore's own stream does it. Its handshake
+    and writes keep httpcore's per-call timeouts, cut to the guard's end; reads are sliced."""
+    from httpcore._backends.sync import SyncStream
+
+    guard: _Guard | None = getattr(_local, "guard", None)
+    if guard is not None:
+        left = max(0.001, guard.end() - time.monotonic())
+        timeout = left if timeout is None else min(timeout, left)
+    return _Layered(SyncStream(sock).start_tls(ssl_context, server_hostname, timeout))
+
+
+class _Layered(httpcore.NetworkStream):
+    """Another stream, read in guarded slices; writes are cut to the guard's end."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return _blocking(
+            functools.partial(self._inner.read, max_bytes),
+            timeout,
+            httpcore.ReadTimeout,
+            httpcore.ReadError,
+        )
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        guard: _Guard | None = getattr(_local, "guard", None)
+        if guard is not None:
+            left = guard.end() - time.monotonic()
+            if left <= 0:
+                raise httpcore.WriteTimeout("timed out")
+            timeout = left if timeout is None else min(timeout, left)
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("TLS inside TLS inside TLS is not supported")
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _connected(sock: socket.socket, wait: float | None) -> None:
+    """Wait for a non-blocking connect to finish; raise its error, or TimeoutError."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        if not selector.select(wait):
+            raise TimeoutError
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
+class _Backend(httpcore.NetworkBackend):
+    """httpcore's network backend with guarded streams: connects without blocking, so a
+    stop request or the deadline ends a connect to a host that never answers, too."""
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(type(exc).__name__) from exc
+        error: Exception = httpcore.ConnectError("no address")
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                if local_address is not None:
+                    sock.bind((local_address, 0))
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                    raise httpcore.ConnectError(errno.errorcode.get(code, str(code)))
+                if code:
+                    wait = functools.partial(_connected, sock)
+                    _blocking(wait, timeout, httpcore.ConnectTimeout, httpcore.ConnectError)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (httpcore.ConnectError, OSError) as exc:  # refused: try the next address
+                sock.close()
+                error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return _Stream(sock)
+        if isinstance(error, OSError):
+            raise httpcore.ConnectError(type(error).__name__) from error
+        raise error
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return httpcore.SyncBackend().connect_unix_socket(path, timeout, socket_options)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def _guard_transports(client: httpx.Client) -> None:
+    """Give httpx's own transports of ``client`` (direct and proxies from the environment)
+    the guarded network backend; a transport handed in (tests' mocks) is left alone."""
+    for transport in [client._transport, *client._mounts.values()]:
+        if not isinstance(transport, httpx.HTTPTransport):
+            continue
+        pool = transport._pool
+        if isinstance(pool, httpcore.ConnectionPool):  # HTTP and SOCKS proxies are ones too
+            pool._network_backend = _Backend()
+
+
+def _request_timeout(request: httpx.Request) -> float | None:
+    """The request's overall limit: its largest httpx timeout (they are per phase)."""
+    phases = request.extensions.get("timeout") or {}
+    values = [float(v) for v in phases.values() if v is not None]
+    return max(values) if values else None
+
+
+class _StopOrLimit(threading.Event):
+    """Set once ``stop`` is set or the thread's time limit has passed: the limiter stops
+    waiting for either."""
+
+    def __init__(self, stop: threading.Event | None, limit: float) -> None:
+        super().__init__()
+        self._stop = stop
+        self._limit = limit
+
+    def is_set(self) -> bool:
+        return (self._stop is not None and self._stop.is_set()) or time.monotonic() >= self._limit
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = math.inf if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = min(end, self._limit) - time.monotonic()
+            if left <= 0:
+                break
+            if self._stop is not None:
+                self._stop.wait(min(left, _POLL))
+            else:
+                time.sleep(min(left, _POLL))
+        return self.is_set()
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
+
+
 # -- the client -------------------------------------------------------------------------
 
 
 class DestinationClient(httpx.Client):
-    """An ``httpx.Client`` that rate-limits, never follows redirects and raises syncer errors.
+    """An ``httpx.Client`` that rate-limits, never follows redirects, bounds every request in
+    time and size, and raises syncer errors.
 
     Attributes the engine sets per run (all optional):
 
@@ -291,13 +650,18 @@ class DestinationClient(httpx.Client):
     * ``classifier``: the connector's ``classify``; None, or a None answer, means the table.
     * ``secrets``: configured credentials to keep out of messages.
     * ``stop``: an event; a request still waiting for the limiter when it is set raises
-      ``TransientError`` instead of being sent.
+      ``TransientError`` instead of being sent, and one in flight gets ``stop_grace`` more
+      seconds to be answered, then is abandoned (``TransientError``).
     * ``max_wait``: the longest Retry-After honoured (seconds), for ``retry_after`` on the
       errors and for the account cool-down after a 429 (set it to the engine's
       ``max_retry_after`` so the two agree).
+    * ``max_body``: the most bytes of an answer read (:data:`MAX_RESPONSE_BYTES`).
 
-    Thread-safe like ``httpx.Client``: set the attributes before sharing it between threads.
-    Streaming is not supported: the body is always read before the permit is released.
+    A request's timeout (the client's, or the one passed to ``build_request``) is its overall
+    limit: connecting, sending and the whole answer; a thread's :func:`time_limit` can only
+    shorten it. Thread-safe like ``httpx.Client``: set the attributes before sharing it
+    between threads. Streaming is not supported: the body is always read before the permit
+    is released.
     """
 
     def __init__(
@@ -308,14 +672,19 @@ class DestinationClient(httpx.Client):
         secrets: Iterable[str] = (),
         stop: threading.Event | None = None,
         max_wait: float = MAX_RETRY_AFTER,
+        max_body: int = MAX_RESPONSE_BYTES,
+        stop_grace: float = STOP_GRACE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        _guard_transports(self)
         self.limiter = limiter
         self.classifier = classifier
         self.secrets: tuple[str, ...] = tuple(secrets)
         self.stop = stop
         self.max_wait = max_wait
+        self.max_body = max_body
+        self.stop_grace = stop_grace
         self._strikes = 0  # 429s in a row, for the growing default cool-down
         self._strikes_lock = threading.Lock()
 
@@ -329,22 +698,85 @@ class DestinationClient(httpx.Client):
     ) -> httpx.Response:
         """Send under a permit; return the read response or raise (see class docstring).
         ``stream`` and ``follow_redirects`` are ignored: never streamed, never redirected."""
+        where = f"{request.method} {describe_host(request)}"
         limiter = self.limiter
-        if limiter is not None and not limiter.acquire(self.stop):
-            raise TransientError(
-                f"{request.method} {describe_host(request)}: stopped while waiting to send"
-            )
+        if limiter is not None:
+            limit: float | None = getattr(_local, "limit", None)
+            stop = self.stop if limit is None else _StopOrLimit(self.stop, limit)
+            if not limiter.acquire(stop):
+                if self.stop is not None and self.stop.is_set():
+                    raise TransientError(f"{where}: stopped while waiting to send")
+                raise TransientError(
+                    f"{where}: not sent, the batch's time budget ran out while waiting for"
+                    " the rate limiter"
+                )
+        guard = _Guard(_request_timeout(request), self.stop, self.stop_grace)
+        outer, _local.guard = getattr(_local, "guard", None), guard
         try:
+            if guard.over():
+                raise TransientError(f"{where}: not sent, the batch's time budget is spent")
             try:
-                # stream=False: the body is read (and the connection freed) in here.
-                response = super().send(request, auth=auth, follow_redirects=False)
+                response = super().send(request, stream=True, auth=auth, follow_redirects=False)
+                try:
+                    self._read(response, guard, where)
+                finally:
+                    response.close()
             except httpx.RequestError as exc:
-                raise transport_error(exc, request) from None
+                raise self._failure(exc, request, guard, where) from None
         finally:
+            _local.guard = outer
             if limiter is not None:
                 limiter.release()
         self._check(response)
         return response
+
+    def _read(self, response: httpx.Response, guard: _Guard, where: str) -> None:
+        """Read the body into ``response`` (as ``read()`` would), refusing more than
+        ``max_body`` bytes and noticing the guard's end between chunks (for transports that
+        do not use the guarded network backend)."""
+        limit = self.max_body
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            raise TransientError(
+                f"{where}: HTTP {response.status_code} answer of {int(declared)} bytes refused"
+                f" unread; syncer reads at most {_size(limit)}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise TransientError(
+                    f"{where}: HTTP {response.status_code} answer larger than {_size(limit)};"
+                    " refused, the rest was not read"
+                )
+            chunks.append(chunk)
+            if guard.over():
+                raise httpx.ReadTimeout("timed out", request=response.request)
+        if guard.over():
+            raise httpx.ReadTimeout("timed out", request=response.request)
+        # What Response.read() does; iterating ourselves is what lets us stop early.
+        response._content = b"".join(chunks)
+
+    @staticmethod
+    def _failure(
+        exc: httpx.RequestError, request: httpx.Request, guard: _Guard, where: str
+    ) -> TransientError:
+        """The error for a request that did not complete, saying which limit ended it."""
+        if guard.stopped_at is not None and guard.over():
+            return TransientError(
+                f"{where}: abandoned {guard.grace:g} s after the stop request, before its"
+                " answer was complete"
+            )
+        if time.monotonic() >= guard.deadline:
+            if guard.by_budget:
+                return TransientError(
+                    f"{where}: the batch's time budget ran out before the answer was complete"
+                )
+            return TransientError(
+                f"{where}: no complete answer within {guard.timeout:g} s (the HTTP timeout)"
+            )
+        return transport_error(exc, request)
 
     def _check(self, response: httpx.Response) -> None:
         action = self.classifier(response) if self.classifier is not None else None
@@ -380,7 +812,8 @@ def make_client(
     max_wait: float = MAX_RETRY_AFTER,
 ) -> DestinationClient:
     """A :class:`DestinationClient`: TLS verification always on, syncer's user agent, no
-    redirects followed; ``transport`` lets tests hand in a respx router."""
+    redirects followed, ``timeout`` seconds for each whole request; ``transport`` lets tests
+    hand in a respx router."""
     return DestinationClient(
         limiter=limiter,
         max_wait=max_wait,

@@ -17,9 +17,16 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ConfigDict, Field, field_validator
 
-from syncer.connector import Connector, ConnectorConfig, Record
+from syncer.connector import Connector, ConnectorConfig, Record, credential_digest
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, describe_host, raise_for_action, scrub, transport_error
+from syncer.http import (
+    DestinationClient,
+    describe_host,
+    raise_for_action,
+    scrub,
+    time_limit,
+    transport_error,
+)
 
 REASON_LIMIT = 200
 T = TypeVar("T")
@@ -84,15 +91,17 @@ class RestConnector(Connector, Generic[C]):
         return {}
 
     def account_key(self) -> str:
-        """Connector name, API host and the account-identifying settings (never a secret)."""
+        """Connector name, API host and :meth:`account_id`: syncs with the same key share one
+        rate limiter (never a secret, never a list or audience id)."""
         host = (urlsplit(self.base_url).hostname or "").lower()
         return f"{self.name}:{host}:{self.account_id()}"
 
     def account_id(self) -> str:
-        """What tells two accounts on one API host apart for rate limiting; override it when
-        the config names the account (a Braze instance, a Salesforce org). The default is a
-        digest of the token, so syncs with the same credentials share one limiter."""
-        return super().account_key().rsplit(":", 1)[-1]
+        """What tells two accounts on one API host apart for rate limiting: the vendor's
+        account or workspace id and the credential, nothing per sync. The default is a
+        digest of the configured credentials (every ``SecretStr``); override it when the
+        config names the account, or when a credential rotates (an OAuth access token)."""
+        return credential_digest(*self.secret_values())
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -108,9 +117,12 @@ class RestConnector(Connector, Generic[C]):
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        auth: httpx.Auth | None = None,
     ) -> httpx.Response:
         """One request; returns only an answer the HTTP layer accepted, raises syncer errors
-        (AuthError, RateLimited, TransientError, BatchRejected, ConfigError) otherwise."""
+        (AuthError, RateLimited, TransientError, BatchRejected, ConfigError) otherwise.
+        ``auth`` runs as the request leaves, after any wait for the rate limiter (signing
+        with a timestamp belongs there)."""
         all_headers = {**self.default_headers(), **self.auth_headers(), **(headers or {})}
         kwargs: dict[str, Any] = {"headers": all_headers}
         if json_body is not None:
@@ -127,7 +139,7 @@ class RestConnector(Connector, Generic[C]):
         try:
             # Never follow redirects: httpx would turn a redirected POST into a GET, and a
             # 2xx from that would look like an acknowledged batch.
-            response = self.http.send(request, follow_redirects=False)
+            response = self.http.send(request, auth=auth, follow_redirects=False)
         except httpx.RequestError as exc:  # only a plain client lets these through
             raise transport_error(exc, request) from None
         if not isinstance(self.http, DestinationClient):
@@ -184,7 +196,10 @@ class RestConnector(Connector, Generic[C]):
                 raise TransientError(f"{self.name}: stopped while {what} ran")
             waited += delay
             try:
-                answer = poll()
+                # The job was accepted: ``timeout`` bounds the wait for it, not the batch's
+                # time budget (which would resend an accepted batch).
+                with time_limit(None):
+                    answer = poll()
             except RateLimited as exc:
                 delay = exc.retry_after if exc.retry_after is not None else interval
                 continue

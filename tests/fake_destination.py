@@ -58,6 +58,12 @@ class Fault:
     ``echo`` makes the body repeat the request's headers and body, as careless vendors do).
     ``delay`` waits that long first; with no ``status`` the batch is then applied and answered
     200 (too late, if the client timed out). ``reset`` closes the connection without answering.
+    ``trickle`` answers one byte every ``trickle`` seconds (status line, headers and a long
+    body), so no per-read timeout ever fires, until the client goes away; the batch is not
+    applied. ``huge`` answers 200 with that many bytes of body and no Content-Length (the
+    body ends when the connection closes), streamed until the client goes away;
+    ``huge_declared`` sends a Content-Length for it. Bytes actually written go to
+    ``DestinationState.streamed``.
     """
 
     status: int | None = None
@@ -65,6 +71,9 @@ class Fault:
     delay: float = 0.0
     reset: bool = False
     echo: bool = False
+    trickle: float = 0.0
+    huge: int = 0
+    huge_declared: bool = False
 
 
 @dataclass
@@ -106,6 +115,7 @@ class DestinationState:
     inflight: int = 0
     max_inflight: int = 0
     timeline: list[Hit] = field(default_factory=list)
+    streamed: list[int] = field(default_factory=list)  # bytes written per trickle/huge fault
     lock: threading.Lock = field(default_factory=threading.Lock)
     _admitted: collections.deque[float] = field(default_factory=collections.deque)
 
@@ -198,8 +208,15 @@ class _Handler(BaseHTTPRequestHandler):
         if state.latency:
             time.sleep(state.latency)
         if state.secret is not None:
-            expected = "sha256=" + hmac.new(state.secret.encode(), body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(expected, self.headers.get("X-Syncer-Signature", "")):
+            # The README's check: HMAC-SHA256 over "<timestamp>.<idempotency key>.<body>".
+            signed = b"%s.%s." % (
+                self.headers.get("X-Syncer-Timestamp", "").encode(),
+                self.headers.get("Idempotency-Key", "").encode(),
+            )
+            digest = hmac.new(state.secret.encode(), signed + body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(
+                "sha256=" + digest, self.headers.get("X-Syncer-Signature", "")
+            ):
                 self._reply(state, hit, 401, {"error": "bad signature"})
                 return
         with state.lock:
@@ -213,6 +230,9 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.delay)
             if fault.reset:
                 self._reset(state)
+                return
+            if fault.trickle or fault.huge:
+                self._stream(state, fault)
                 return
             if fault.status is not None:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
@@ -271,6 +291,39 @@ class _Handler(BaseHTTPRequestHandler):
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
+
+    def _stream(self, state: DestinationState, fault: Fault) -> None:
+        """A trickled or a huge answer, written until done or the client has gone."""
+        body = b'{"rejected": []}' + b" " * 100_000 if fault.trickle else b""
+        head = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+        if fault.trickle or fault.huge_declared:
+            head += b"Content-Length: %d\r\n" % (len(body) or fault.huge)
+        head += b"\r\n"
+        sent = 0
+        with state.lock:
+            state.streamed.append(0)
+            slot = len(state.streamed) - 1
+        try:
+            if fault.trickle:
+                for byte in head + body:
+                    self.connection.sendall(bytes([byte]))
+                    sent += 1
+                    with state.lock:
+                        state.streamed[slot] = sent
+                    time.sleep(fault.trickle)
+            else:
+                self.connection.sendall(head)
+                block = b"x" * 65536
+                while sent < fault.huge:
+                    piece = block[: fault.huge - sent]
+                    self.connection.sendall(piece)
+                    sent += len(piece)
+                    with state.lock:
+                        state.streamed[slot] = sent
+        except OSError:
+            with state.lock:
+                state.abandoned += 1
+        self.close_connection = True
 
     def _reset(self, state: DestinationState) -> None:
         """Close with SO_LINGER 0: the client gets a TCP RST and no response."""

@@ -558,7 +558,9 @@ def test_capabilities_and_secrets() -> None:
     with httpx.Client() as client:
         connector = make(client)
     assert set(connector.secret_values()) == {TOKEN, DEV}
-    assert connector.account_key() == f"google_ads:googleads.googleapis.com:{CID}"
+    # The customer and a digest of the developer token (the access token is refreshed).
+    assert connector.account_key().startswith(f"google_ads:googleads.googleapis.com:{CID}:")
+    assert DEV not in connector.account_key() and TOKEN not in connector.account_key()
 
 
 # -- volume -----------------------------------------------------------------------------

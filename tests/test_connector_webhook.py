@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 
 from connectors.webhook import WebhookConnector
 from syncer.connector import Record, SyncContext
+from syncer.demo.receiver import Refused, ReplayGuard
 from syncer.errors import (
     AuthError,
     BatchRejected,
@@ -26,6 +29,7 @@ from syncer.errors import (
     TransientError,
 )
 from syncer.http import make_client
+from syncer.ratelimit import AccountLimiter
 
 URL = "https://hooks.example.com/syncer"
 SECRET = "s3cr3t-hmac-key"
@@ -52,12 +56,14 @@ def sent(router: respx.Router, index: int = -1) -> httpx.Request:
 
 def test_batch_body_headers_and_signature(router: respx.Router, http: httpx.Client) -> None:
     router.post(URL).respond(200)
+    before = int(time.time())
     make(http).add([ADA, BOB])
 
     request = sent(router)
     body = json.loads(request.content)
     assert body == {
         "sync": "vip",
+        "run": "r1",
         "operation": "add",
         "records": [
             {"key": ADA.key, "fields": dict(ADA.fields)},
@@ -66,7 +72,12 @@ def test_batch_body_headers_and_signature(router: respx.Router, http: httpx.Clie
     }
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["Authorization"] == TOKEN
-    expected = hmac.new(SECRET.encode(), request.content, hashlib.sha256).hexdigest()
+    stamp = request.headers["X-Syncer-Timestamp"]
+    assert before <= int(stamp) <= time.time()
+    key = request.headers["Idempotency-Key"]
+    assert len(key) == 64
+    signed = f"{stamp}.{key}.".encode() + request.content  # what the README tells receivers
+    expected = hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert request.headers["X-Syncer-Signature"] == f"sha256={expected}"
 
 
@@ -84,32 +95,36 @@ def test_no_signature_header_without_secret(router: respx.Router, http: httpx.Cl
     router.post(URL).respond(200)
     make(http, secret=None).add([ADA])
     assert "X-Syncer-Signature" not in sent(router).headers
+    assert "X-Syncer-Timestamp" in sent(router).headers  # the key and timestamp still come
 
 
-def test_idempotency_key_is_stable_per_batch_content(
+def test_idempotency_key_is_kept_by_a_retry_and_new_for_another_batch_or_run(
     router: respx.Router, http: httpx.Client
 ) -> None:
     router.post(URL).respond(200)
-    make(http).add([ADA, BOB])
-    # A fresh connector (as after a crash and a new run) re-sending the same batch.
-    other_run = SyncContext("vip", "membership", ("email", "first_name"), run_id="r2")
-    again = WebhookConnector(make(http).config, other_run, http)
-    again.add([ADA, BOB])
-    make(http).remove([ADA, BOB])
-    make(http).add([ADA])
+    hook = make(http)
+    hook.add([ADA, BOB])
+    hook.add([ADA, BOB])  # the engine retrying the same batch, on this run's connector
+    hook.add([Record(ADA.key, {"first_name": "Ada", "email": ADA.key}), BOB])  # field order
+    hook.remove([ADA, BOB])
+    # A fresh connector of a later run sending the same records again: a new batch.
+    later = SyncContext("vip", "membership", ("email", "first_name"), run_id="r2")
+    WebhookConnector(hook.config, later, http).add([ADA, BOB])
 
     keys = [call.request.headers["Idempotency-Key"] for call in router.calls]
-    assert keys[0] == keys[1]
-    assert len({keys[0], keys[2], keys[3]}) == 3
+    assert keys[0] == keys[1] == keys[2]
+    assert len({keys[0], keys[3], keys[4]}) == 3
 
 
-def test_field_order_does_not_change_the_idempotency_key(
-    router: respx.Router, http: httpx.Client
-) -> None:
+def test_the_timestamp_is_taken_as_the_request_leaves(router: respx.Router) -> None:
+    """After any wait for the rate limiter, so the receiver's window only covers the way."""
+    limiter = AccountLimiter([], 1)
+    limiter.cool_down(1.2)  # the account was told to wait
     router.post(URL).respond(200)
-    make(http).add([Record("k", {"a": 1, "b": 2})])
-    make(http).add([Record("k", {"b": 2, "a": 1})])
-    assert sent(router, 0).headers["Idempotency-Key"] == sent(router, 1).headers["Idempotency-Key"]
+    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+        before = time.time()
+        make(client).add([ADA])
+    assert int(sent(router).headers["X-Syncer-Timestamp"]) >= int(before + 1.2)
 
 
 # -- responses ------------------------------------------------------------------------------
@@ -254,6 +269,7 @@ class MemberServer(ThreadingHTTPServer):
     members: dict[str, dict[str, Any]]
     seen_idempotency_keys: list[str]
     lock: threading.Lock
+    guard: ReplayGuard
 
 
 class MemberHandler(BaseHTTPRequestHandler):
@@ -261,9 +277,18 @@ class MemberHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(self.headers.get("X-Syncer-Signature", ""), expected):
+        try:
+            fresh = self.server.guard.admit(
+                self.headers.get("X-Syncer-Timestamp"),
+                self.headers.get("Idempotency-Key"),
+                self.headers.get("X-Syncer-Signature"),
+                body,
+            )
+        except Refused:
             self._reply(401, {"error": "bad signature"})
+            return
+        if not fresh:
+            self._reply(200, {"rejected": []})
             return
         batch = json.loads(body)
         rejected = []
@@ -294,6 +319,7 @@ class MemberHandler(BaseHTTPRequestHandler):
 def server() -> Iterator[MemberServer]:
     srv = MemberServer(("127.0.0.1", 0), MemberHandler)
     srv.members, srv.seen_idempotency_keys, srv.lock = {}, [], threading.Lock()
+    srv.guard = ReplayGuard(SECRET)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -343,3 +369,181 @@ def test_timeout_is_the_engine_setting_unless_the_mapping_sets_one(
     with make_client(timeout=2.5, transport=httpx.MockTransport(router.handler)) as client:
         make(client, **option).add([Record("a@example.com", {"n": 1})])
     assert route.calls.last.request.extensions["timeout"]["read"] == expected
+
+
+# -- replays and re-adds, checked the way the README tells receivers to ----------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_captured_request_cannot_be_replayed_or_altered(router: respx.Router) -> None:
+    router.post(URL).respond(200)
+    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+        make(client).add([ADA])
+    captured = sent(router)
+    headers, body = captured.headers, captured.content
+    clock = Clock()
+    receiver = ReplayGuard(SECRET, clock=clock)
+
+    def admit(body: bytes = body, **changed: str) -> bool:
+        values = {
+            name: changed.get(name, headers[name])
+            for name in ("X-Syncer-Timestamp", "Idempotency-Key", "X-Syncer-Signature")
+        }
+        return receiver.admit(*values.values(), body)
+
+    assert admit() is True  # delivered: apply it
+    clock.now += 10
+    assert admit() is False  # replayed within the window: answered, not applied again
+    clock.now += 600
+    with pytest.raises(Refused, match="replay window"):
+        admit()  # replayed after the window: refused
+    fresh = str(int(clock.now))
+    with pytest.raises(Refused, match="bad signature"):
+        admit(**{"X-Syncer-Timestamp": fresh})  # a new timestamp breaks the signature
+    with pytest.raises(Refused, match="bad signature"):
+        admit(**{"Idempotency-Key": "0" * 64})  # so does another key
+    with pytest.raises(Refused, match="bad signature"):
+        admit(body.replace(b'"add"', b'"remove"'))  # and any change to the body
+    with pytest.raises(Refused, match="missing"):
+        receiver.admit(None, headers["Idempotency-Key"], headers["X-Syncer-Signature"], body)
+
+
+def test_the_demo_receiver_refuses_a_replay_after_the_window() -> None:
+    from syncer.demo.receiver import start_receiver
+
+    server, port = start_receiver(SECRET)
+    clock = Clock()
+    assert server.receiver.guard is not None
+    server.receiver.guard = ReplayGuard(SECRET, clock=clock)
+    url = f"http://127.0.0.1:{port}/hook"
+    try:
+        seen: list[httpx.Request] = []
+        with httpx.Client(trust_env=False, event_hooks={"request": [seen.append]}) as client:
+            hook = WebhookConnector(
+                WebhookConnector.config_model(url=url, secret=SECRET), CONTEXT, client
+            )
+            hook.add([ADA])
+            captured = seen[-1]
+            replay = {k: v for k, v in captured.headers.items() if k.lower() != "content-length"}
+
+            assert client.post(url, content=captured.content, headers=replay).status_code == 200
+            assert server.receiver.duplicates == 1  # within the window: not applied twice
+            clock.now += 301
+            answer = client.post(url, content=captured.content, headers=replay)
+            assert answer.status_code == 401 and "replay window" in answer.text
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.receiver.members("vip") == {ADA.key: dict(ADA.fields)}
+
+
+def test_add_remove_add_across_runs_gives_three_keys_and_a_retry_keeps_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the engine: the re-add of run 4 is applied, not taken for a replay of run 2's
+    add, and run 2's retry (its first answer lost) is recognised and not applied twice."""
+    import sqlite3
+
+    from syncer.engine import SyncEngine
+    from syncer.mapping import load_file
+    from syncer.settings import Settings
+
+    warehouse = tmp_path / "w.db"
+
+    def segment(*keys: str) -> None:
+        with sqlite3.connect(warehouse) as conn:
+            conn.execute("DROP TABLE IF EXISTS s")
+            conn.execute("CREATE TABLE s (email TEXT)")
+            conn.executemany("INSERT INTO s VALUES (?)", [(k,) for k in keys])
+
+    mapping = tmp_path / "vip.yaml"
+    mapping.write_text(
+        "source: {query: 'select email from s', key: email}\nmode: mirror\n"
+        "guards: {max_remove_pct: 100}\n"
+        f"destination: {{connector: webhook, url: '{URL}', secret: '${{HOOK_SECRET}}'}}\n"
+    )
+    guard = ReplayGuard(SECRET)
+    members: set[str] = set()
+    log: list[tuple[str, str, str, bool]] = []  # (run, operation, key, applied)
+    lose_next_answer = [False]
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        headers = request.headers
+        fresh = guard.admit(
+            headers["X-Syncer-Timestamp"],
+            headers["Idempotency-Key"],
+            headers["X-Syncer-Signature"],
+            request.content,
+        )
+        batch = json.loads(request.content)
+        if fresh:
+            for record in batch["records"]:
+                (members.add if batch["operation"] == "add" else members.discard)(record["key"])
+        log.append((batch["run"], batch["operation"], headers["Idempotency-Key"], fresh))
+        if lose_next_answer[0]:  # applied, but the answer never reaches syncer
+            lose_next_answer[0] = False
+            return httpx.Response(503)
+        return httpx.Response(200, json={"rejected": []})
+
+    engine = SyncEngine(
+        Settings(
+            warehouse_url=f"sqlite:///{warehouse}", state_url=f"sqlite:///{tmp_path / 's.db'}"
+        ),
+        transport=httpx.MockTransport(receiver),
+        sleep=lambda _s: None,
+    )
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    sync = load_file(mapping)
+    results = []
+    # Run 1 adds bob; run 2 adds ada (answer lost once); run 3 removes her; run 4 re-adds.
+    for keys, lose in [(("bob",), False), (("bob", "ada"), True), (("bob",), False)]:
+        segment(*keys)
+        lose_next_answer[0] = lose
+        results.append(engine.run(sync))
+    segment("bob", "ada")
+    results.append(engine.run(sync))
+    assert [r.status for r in results] == ["succeeded"] * 4
+    assert members == {"bob", "ada"}
+
+    ada = [entry for entry in log if entry[0] != results[0].run_id]
+    (first_add, retry), remove, re_add = ada[:2], ada[2], ada[3]
+    assert first_add[1:] == ("add", retry[2], True)  # applied; its answer was lost
+    assert retry[3] is False  # the retry carried the same key: recognised, not applied twice
+    assert remove[1] == "remove" and remove[3] is True
+    assert re_add[1] == "add" and re_add[3] is True  # a new batch, not a replay
+    assert len({first_add[2], remove[2], re_add[2]}) == 3
+
+
+def test_the_readme_receiver_example_accepts_syncer_and_refuses_a_late_replay(
+    router: respx.Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**Checking requests on the receiving side.**") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("\n```", start)]
+    example: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), example)
+
+    router.post(URL).respond(200)
+    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+        make(client).add([ADA])
+        later_run = SyncContext("vip", "membership", ("email", "first_name"), run_id="r2")
+        WebhookConnector(make(client).config, later_run, client).add([ADA])  # a re-add
+    first, second = (call.request for call in router.calls)
+    check = example["check"]
+    assert check(SECRET.encode(), first.headers, first.content) is True
+    assert check(SECRET.encode(), first.headers, first.content) is False  # seen: not again
+    assert check(SECRET.encode(), second.headers, second.content) is True
+    with pytest.raises(PermissionError, match="bad signature"):
+        check(b"wrong", second.headers, second.content)
+    later = time.time() + 301
+    monkeypatch.setattr(example["time"], "time", lambda: later)
+    with pytest.raises(PermissionError, match="replay window"):
+        check(SECRET.encode(), first.headers, first.content)

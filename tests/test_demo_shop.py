@@ -9,6 +9,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import date, timedelta
@@ -219,8 +221,11 @@ def receiver() -> Iterator[tuple[ReceiverServer, str, list[str]]]:
 def post(url: str, payload: dict[str, Any], secret: str | None = SECRET) -> httpx.Response:
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
-    if secret is not None:
-        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if secret is not None:  # signed as the README says: "<timestamp>.<key>.<body>"
+        stamp, key = str(int(time.time())), uuid.uuid4().hex
+        signed = f"{stamp}.{key}.".encode() + body
+        digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+        headers["X-Syncer-Timestamp"], headers["Idempotency-Key"] = stamp, key
         headers["X-Syncer-Signature"] = f"sha256={digest}"
     return httpx.post(url, content=body, headers=headers, trust_env=False)
 

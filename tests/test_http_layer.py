@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +27,7 @@ from syncer.errors import (
     TransientError,
 )
 from syncer.http import (
+    MAX_RESPONSE_BYTES,
     Action,
     DestinationClient,
     classify_status,
@@ -29,6 +35,7 @@ from syncer.http import (
     parse_retry_after,
     raise_for_action,
     scrub,
+    time_limit,
 )
 from syncer.ratelimit import AccountLimiter
 
@@ -356,3 +363,326 @@ def test_make_client_defaults(router: respx.Router) -> None:
         assert client.timeout.read == 12.0
         assert client.follow_redirects is False
     assert router.calls[0].request.headers["User-Agent"] == f"syncer/{__version__}"
+
+
+# -- every request has an overall deadline, a stop ends it, answers have a size limit -------
+#
+# httpx's timeouts are per phase and per read: a server that sends one byte a second never
+# trips a 30 s read timeout. These tests use real sockets on 127.0.0.1, because the guard
+# lives in the network backend that a mock transport bypasses.
+
+TRICKLED = b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n" + b"x" * 400
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 running ``handle(conn)`` per connection on its own thread.
+
+    ``arrived`` is set once a request's first bytes were read (by ``read_request``);
+    ``written`` counts the bytes handlers wrote.
+    """
+
+    def __init__(self, handle: Any, tls: ssl.SSLContext | None = None, backlog: int = 16):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.handle = handle
+        self.tls = tls
+        self.arrived = threading.Event()
+        self.written = 0
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self.handle(self, conn)
+
+    def read_request(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        self.arrived.set()
+
+    def send(self, conn: socket.socket, data: bytes, every: float = 0.0) -> None:
+        """``data`` at once, or one byte every ``every`` seconds."""
+        if not every:
+            conn.sendall(data)
+            self.written += len(data)
+            return
+        for byte in data:
+            conn.sendall(bytes([byte]))
+            self.written += 1
+            time.sleep(every)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+@contextlib.contextmanager
+def raw_server(handle: Any, **kwargs: Any) -> Iterator[RawServer]:
+    server = RawServer(handle, **kwargs)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def trickle(server: RawServer, conn: socket.socket) -> None:
+    """Status line, headers and body one byte every 50 ms: 20 s for the whole answer, and
+    never a pause long enough for a per-read timeout."""
+    server.read_request(conn)
+    server.send(conn, TRICKLED, every=0.05)
+
+
+def timed(call: Any) -> tuple[Exception | None, float]:
+    started = time.monotonic()
+    try:
+        call()
+    except Exception as exc:
+        return exc, time.monotonic() - started
+    return None, time.monotonic() - started
+
+
+def test_a_trickled_answer_ends_at_the_overall_deadline() -> None:
+    with raw_server(trickle) as server, make_client(1.0) as client:
+        error, took = timed(lambda: client.post(f"http://127.0.0.1:{server.port}/hook"))
+    print(f"\n[deadline] trickled answer: refused after {took:.2f}s (timeout 1 s)")
+    assert isinstance(error, TransientError)
+    assert str(error) == (
+        f"POST 127.0.0.1:{server.port}: no complete answer within 1 s (the HTTP timeout)"
+    )
+    assert 0.9 <= took < 3, "the whole answer would have taken 20 s"
+
+
+def test_a_per_request_timeout_is_the_overall_limit_too() -> None:
+    with raw_server(trickle) as server, make_client(30.0) as client:
+        request = client.build_request("POST", f"http://127.0.0.1:{server.port}/", timeout=0.5)
+        error, took = timed(lambda: client.send(request))
+    assert isinstance(error, TransientError) and "within 0.5 s" in str(error)
+    assert took < 2.5
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting it) for localhost."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    authority.configure_trust(client)
+    return server, client
+
+
+def test_over_tls_answers_are_read_and_connections_reused(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    def keep_alive(server: RawServer, conn: socket.socket) -> None:
+        while conn.recv(65536):
+            server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    with (
+        raw_server(keep_alive, tls=tls[0]) as server,
+        DestinationClient(verify=tls[1], timeout=5.0) as client,
+    ):
+        answers = [client.get(f"https://localhost:{server.port}/").text for _ in range(3)]
+        assert answers == ["hello"] * 3
+        assert len(server.conns) == 1  # one connection, kept alive
+
+
+@pytest.mark.parametrize("where", ["answer", "handshake"])
+def test_over_tls_a_trickle_or_a_stalled_handshake_ends_at_the_deadline(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], where: str
+) -> None:
+    def stall(server: RawServer, conn: socket.socket) -> None:
+        server.arrived.set()
+        time.sleep(20)  # never answers the ClientHello
+
+    handle = trickle if where == "answer" else stall
+    server_tls = tls[0] if where == "answer" else None
+    with (
+        raw_server(handle, tls=server_tls) as server,
+        DestinationClient(verify=tls[1], timeout=1.0) as client,
+    ):
+        error, took = timed(lambda: client.get(f"https://localhost:{server.port}/"))
+    assert isinstance(error, TransientError) and "within 1 s" in str(error), error
+    assert 0.9 <= took < 3
+
+
+def test_a_connect_that_never_completes_ends_at_the_deadline_or_a_stop() -> None:
+    # A listener that never accepts, its backlog of 0 taken: the kernel drops further SYNs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            probe.connect(("127.0.0.1", port))  # the premise: connecting now hangs
+        with make_client(1.0) as client:
+            error, took = timed(lambda: client.get(f"http://127.0.0.1:{port}/"))
+            assert isinstance(error, TransientError) and "within 1 s" in str(error), error
+            assert 0.9 <= took < 3
+            stop = threading.Event()
+            client.stop, client.stop_grace = stop, 0.0
+            threading.Timer(0.3, stop.set).start()
+            request = client.build_request("GET", f"http://127.0.0.1:{port}/", timeout=60)
+            error, took = timed(lambda: client.send(request))
+            assert isinstance(error, TransientError) and "stop request" in str(error), error
+            assert took < 2, "a stop must not wait out a 60 s connect timeout"
+    finally:
+        for sock in (probe, filler, listener):
+            sock.close()
+
+
+def test_a_stop_abandons_a_request_in_flight_after_the_grace() -> None:
+    stop = threading.Event()
+    with raw_server(trickle) as server, make_client(60.0) as client:
+        client.stop, client.stop_grace = stop, 0.5
+
+        def signal_when_it_arrives() -> None:
+            server.arrived.wait(10)
+            stop.set()
+
+        threading.Thread(target=signal_when_it_arrives, daemon=True).start()
+        error, took = timed(lambda: client.post(f"http://127.0.0.1:{server.port}/"))
+    print(f"\n[stop] request in flight abandoned {took:.2f}s after it was sent (grace 0.5 s)")
+    assert isinstance(error, TransientError)
+    assert "abandoned 0.5 s after the stop request" in str(error)
+    assert 0.4 <= took < 2.5
+
+
+def test_an_answer_within_the_grace_after_a_stop_is_kept() -> None:
+    """The first SIGTERM lets requests in flight finish: their answers are committed."""
+    stop = threading.Event()
+
+    def slow(server: RawServer, conn: socket.socket) -> None:
+        server.read_request(conn)
+        stop.set()
+        time.sleep(0.5)
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with raw_server(slow) as server, make_client(60.0) as client:
+        client.stop, client.stop_grace = stop, 5.0
+        assert client.post(f"http://127.0.0.1:{server.port}/").text == "ok"
+
+
+def test_a_time_limit_shortens_requests_and_limiter_waits() -> None:
+    with raw_server(trickle) as server, make_client(60.0) as client:
+        with time_limit(0.5):
+            error, took = timed(lambda: client.post(f"http://127.0.0.1:{server.port}/"))
+        assert isinstance(error, TransientError)
+        assert "the batch's time budget ran out before the answer was complete" in str(error)
+        assert took < 2.5
+
+        limiter = AccountLimiter([], 1)
+        limiter.cool_down(60)  # a 429 asked for a minute of quiet
+        client.limiter = limiter
+        sent_before = len(server.conns)
+        with time_limit(0.3):
+            error, took = timed(lambda: client.post(f"http://127.0.0.1:{server.port}/"))
+        assert isinstance(error, TransientError) and "rate limiter" in str(error), error
+        assert took < 2 and len(server.conns) == sent_before and limiter.in_flight == 0
+
+
+def test_a_lifted_time_limit_leaves_the_request_its_own_timeout() -> None:
+    def slow(server: RawServer, conn: socket.socket) -> None:
+        server.read_request(conn)
+        time.sleep(0.5)
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with raw_server(slow) as server, make_client(10.0) as client:
+        with time_limit(0.2), time_limit(None):  # a vendor job's poll: job_timeout rules
+            assert client.get(f"http://127.0.0.1:{server.port}/").text == "ok"
+        with time_limit(0.2), time_limit(30):  # a nested limit never extends the outer one
+            error, _ = timed(lambda: client.get(f"http://127.0.0.1:{server.port}/"))
+        assert isinstance(error, TransientError) and "time budget" in str(error)
+
+
+class CountingStream(httpx.SyncByteStream):
+    """An endless answer that counts how many chunks the client pulled."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.pulled += 1
+            yield self.chunk
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_huge_answer_is_refused_without_reading_it_all(declared: bool) -> None:
+    stream = CountingStream(b"x" * 65536)
+    headers = {"Content-Length": str(10 * 1024**3)} if declared else {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=headers, stream=stream)
+
+    limiter = AccountLimiter([], 1)
+    with make_client(transport=httpx.MockTransport(handler), limiter=limiter) as client:
+        client.max_body = 1024 * 1024
+        with pytest.raises(TransientError) as caught:
+            client.post(URL)
+    if declared:
+        assert str(caught.value) == (
+            "POST api.vendor.example: HTTP 200 answer of 10737418240 bytes refused unread;"
+            " syncer reads at most 1 MiB"
+        )
+        assert stream.pulled == 0
+    else:
+        assert str(caught.value) == (
+            "POST api.vendor.example: HTTP 200 answer larger than 1 MiB; refused, the rest"
+            " was not read"
+        )
+        assert stream.pulled == 17  # 16 chunks fill the limit; the 17th is one too many
+    assert limiter.in_flight == 0
+
+
+def test_a_compressed_answer_is_limited_by_its_decoded_size() -> None:
+    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 MiB in about 8 KiB
+    headers = {"Content-Encoding": "gzip", "Content-Length": str(len(bomb))}
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, headers=headers, content=bomb))
+    with make_client(transport=transport) as client:
+        client.max_body = 1024 * 1024
+        with pytest.raises(TransientError, match="larger than 1 MiB"):
+            client.post(URL)
+        client.max_body = MAX_RESPONSE_BYTES
+        assert len(client.post(URL).content) == 8 * 1024 * 1024
+
+
+def test_a_huge_answer_over_the_network_stops_being_read() -> None:
+    def endless(server: RawServer, conn: socket.socket) -> None:
+        server.read_request(conn)
+        server.send(conn, b"HTTP/1.0 200 OK\r\n\r\n")
+        block = b"x" * 65536
+        while server.written < 1024**3:
+            server.send(conn, block)
+
+    with raw_server(endless) as server, make_client(30.0) as client:
+        client.max_body = 1024 * 1024
+        with pytest.raises(TransientError, match="larger than 1 MiB"):
+            client.post(f"http://127.0.0.1:{server.port}/")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and server.conns and server.written < 1024**3:
+            before = server.written
+            time.sleep(0.2)
+            if server.written == before:
+                break  # the server is stuck on a closed connection: the client has gone
+    print(f"\n[size] the server got {server.written / 2**20:.1f} MiB out before the client left")
+    assert server.written < 64 * 1024**2, "the client kept reading a 1 GiB answer"

@@ -1,8 +1,9 @@
 """A tiny local webhook receiver that plays a destination for the ``webhook`` connector.
 
 It keeps one member set per sync, so the demo can prove the destination ended up holding
-exactly the warehouse segment. It verifies ``X-Syncer-Signature`` the way a real receiver
-should, and never logs record keys or field values: they are email addresses.
+exactly the warehouse segment. It checks requests the way the README's webhook section tells
+a real receiver to (:class:`ReplayGuard`: signature, replay window, idempotency keys seen),
+and never logs record keys or field values: they are email addresses.
 """
 
 from __future__ import annotations
@@ -12,17 +13,72 @@ import hmac
 import json
 import sys
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 OPERATIONS = ("add", "remove", "update")
 MAX_BODY = 64 * 1024 * 1024
+#: Seconds a signed request stays valid (either way, for clock skew). Idempotency keys are
+#: remembered twice as long, so a request can never be replayed, inside the window or out.
+REPLAY_WINDOW = 300.0
 
 
 class PayloadError(ValueError):
     """A request body that is not a webhook batch (message names no record data)."""
+
+
+class Refused(ValueError):
+    """A request the receiver must refuse with 401: unsigned, forged, altered or stale."""
+
+
+class ReplayGuard:
+    """The receiver's check from the README, for one signing secret.
+
+    The signature is HMAC-SHA256 over ``"<X-Syncer-Timestamp>.<Idempotency-Key>.<body>"``.
+    A request signed more than ``window`` seconds away from now is refused, so a captured
+    request cannot be replayed later; a key seen within the window means a batch already
+    applied (a retry whose answer was lost, or a replay), to be answered 2xx and not applied
+    again. A later run's batch with the same records carries another key.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        window: float = REPLAY_WINDOW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret = secret.encode("utf-8")
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._order: deque[tuple[float, str]] = deque()
+
+    def admit(
+        self, timestamp: str | None, key: str | None, signature: str | None, body: bytes
+    ) -> bool:
+        """True: a new batch, apply it; False: already applied, answer 2xx only.
+        Raises :class:`Refused` for anything else."""
+        if not timestamp or not key or not signature or not timestamp.isdigit():
+            raise Refused("missing signature headers")
+        signed = f"{timestamp}.{key}.".encode() + body
+        expected = "sha256=" + hmac.new(self._secret, signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature.strip()):
+            raise Refused("bad signature")
+        now = self._clock()
+        if abs(now - int(timestamp)) > self.window:
+            raise Refused("signed outside the replay window")
+        with self._lock:
+            while self._order and now - self._order[0][0] > 2 * self.window:
+                self._seen.discard(self._order.popleft()[1])
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            self._order.append((now, key))
+        return True
 
 
 class DemoReceiver:
@@ -30,18 +86,30 @@ class DemoReceiver:
 
     def __init__(self, secret: str | None = None) -> None:
         self.secret = secret
+        self.guard = ReplayGuard(secret) if secret is not None else None
         self._lock = threading.Lock()
         self._members: dict[str, dict[str, dict[str, Any]]] = {}
         self.requests: Counter[str] = Counter()
+        self.duplicates = 0
+        """Requests whose idempotency key was already seen: answered, not applied again."""
         self.unknown_updates: Counter[str] = Counter()
         """Updates for keys that were never added, per sync: a sign of an engine bug."""
 
-    def verify(self, body: bytes, signature: str | None) -> bool:
-        """True when no secret is set or ``signature`` is the HMAC-SHA256 of ``body``."""
-        if self.secret is None:
+    def admit(self, headers: Any, body: bytes) -> bool:
+        """The README's check (see :class:`ReplayGuard`) when a secret is set: True to apply
+        the batch, False for one already applied; raises :class:`Refused`."""
+        if self.guard is None:
             return True
-        expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-        return signature is not None and hmac.compare_digest(signature.strip(), expected)
+        fresh = self.guard.admit(
+            headers.get("X-Syncer-Timestamp"),
+            headers.get("Idempotency-Key"),
+            headers.get("X-Syncer-Signature"),
+            body,
+        )
+        if not fresh:
+            with self._lock:
+                self.duplicates += 1
+        return fresh
 
     def apply(self, payload: Any) -> tuple[str, str, int]:
         """Apply one batch; returns (sync, operation, record count) for logging."""
@@ -123,9 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(length))
         receiver = self.server.receiver
-        if not receiver.verify(body, self.headers.get("X-Syncer-Signature")):
-            self._note("rejected a request with a missing or wrong signature")
-            self._reply(401, {"error": "bad signature"})
+        try:
+            fresh = receiver.admit(self.headers, body)
+        except Refused as exc:
+            self._note(f"refused a request: {exc}")
+            self._reply(401, {"error": str(exc)})
+            return
+        if not fresh:
+            self._note("a batch already applied came again; answered, not applied twice")
+            self._reply(200, {"rejected": []})
             return
         try:
             sync, operation, count = receiver.apply(json.loads(body))
