@@ -518,6 +518,10 @@ class Harness:
         self._outputs[proc.pid] = (self.root / f"bg-{n}.out", self.root / f"bg-{n}.err")
         return proc
 
+    def stderr_so_far(self, proc: subprocess.Popen[str]) -> str:
+        """What a ``popen`` process has written to stderr until now (it may still run)."""
+        return self._outputs[proc.pid][1].read_text()
+
     def output(self, proc: subprocess.Popen[str]) -> tuple[str, str]:
         """(stdout, stderr) of a finished ``popen`` process."""
         out, err = self._outputs[proc.pid]

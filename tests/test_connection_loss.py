@@ -17,7 +17,29 @@ from tests.fake_destination import harness, members_of, people
 APP = "syncer-under-test"
 
 
-def _terminate(url: str, min_killed: int = 1, timeout: float = 15.0) -> int:
+def _wait_for_query(url: str, fragment: str, timeout: float = 60.0) -> None:
+    """Until one of the CLI's connections is running a query containing ``fragment``."""
+    engine = sa.create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                running = conn.execute(
+                    sa.text(
+                        "select count(*) from pg_stat_activity where application_name = :app"
+                        " and state = 'active' and position(:fragment in query) > 0"
+                    ),
+                    {"app": APP, "fragment": fragment},
+                ).scalar_one()
+            if running:
+                return
+            assert time.monotonic() < deadline, f"no query with {fragment!r} started"
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
+
+
+def _terminate(url: str, min_killed: int = 1, timeout: float = 60.0) -> int:
     """Kill the CLI's backends once it has some; returns how many were terminated."""
     engine = sa.create_engine(url)
     deadline = time.monotonic() + timeout
@@ -44,8 +66,10 @@ def test_state_database_cut_mid_run(tmp_path: Path, postgres_url: str) -> None:
     with harness(tmp_path, postgres_url, batch_size=5, latency=0.05) as h:
         h.segment(rows)
         proc = h.popen(env={"PGAPPNAME": APP})
-        deadline = time.monotonic() + 20
-        while len(h.dest.requests) < 8 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while len(h.dest.requests) < 8:
+            assert proc.poll() is None, h.output(proc)
+            assert time.monotonic() < deadline, "the run never got going"
             time.sleep(0.01)
         assert _terminate(postgres_url) >= 1
         code = proc.wait(timeout=60)
@@ -71,7 +95,7 @@ def test_warehouse_drops_mid_stream(tmp_path: Path, postgres_url: str) -> None:
         )
         h.mapping(batch_size=50)
         proc = h.popen(env={"PGAPPNAME": APP, "SYNCER_READ_BATCH_SIZE": "100"})
-        time.sleep(0.8)
+        _wait_for_query(postgres_url, "pg_sleep")  # the segment is being read
         assert _terminate(postgres_url) >= 1
         code = proc.wait(timeout=60)
         out, err = h.output(proc)
