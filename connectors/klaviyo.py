@@ -236,7 +236,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         is a step: a retry polls the same job and reads only the pages not read yet."""
         job_id = steps.once("create job", lambda: self._create_job(records, to_list=to_list))
         try:
-            attributes = steps.once("job complete", lambda: self._wait_for_job(job_id))
+            attributes = steps.once("job complete", lambda: self._wait_for_job(job_id, steps))
         except _Cancelled:
             steps.forget("create job")  # that job will never run: the retry makes a new one
             raise
@@ -275,7 +275,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             raise TransientError("klaviyo: bulk import job created without an id")
         return job_id
 
-    def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
+    def _wait_for_job(self, job_id: str, steps: Steps) -> Mapping[str, Any]:
         """Poll until ``complete``; ``cancelled`` or a timeout leaves the batch unsynced."""
 
         def poll() -> Mapping[str, Any] | None:
@@ -285,6 +285,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             status = attributes.get("status") if isinstance(attributes, dict) else None
             if status == "cancelled":
                 raise _Cancelled(f"klaviyo: bulk import job {job_id} was cancelled")
+            steps.advanced()  # the job is there and running: a later 503 is no failed attempt
             return attributes if status == "complete" and isinstance(attributes, dict) else None
 
         cfg = self.settings

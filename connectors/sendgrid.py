@@ -193,7 +193,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
                 rest = sending
                 job_id = steps.once("upsert the rest", lambda: self._resubmit(rest, list_ids))
             final = job_id
-            job = steps.once("import job", lambda: self._wait_for_job(final))
+            job = steps.once("import job", lambda: self._wait_for_job(final, steps))
             ids = {r.key: r.destination_id for r in sending if r.destination_id}
             ids.update(self._find_ids([r for r in sending if not r.destination_id], steps))
             status = job.get("status")
@@ -238,13 +238,14 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             body["list_ids"] = list_ids
         return self.request("PUT", "/v3/marketing/contacts", json_body=body)
 
-    def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
+    def _wait_for_job(self, job_id: str, steps: Steps) -> Mapping[str, Any]:
         """Poll the import job until it finished; a timeout leaves the batch unsynced."""
 
         def poll() -> Mapping[str, Any] | None:
             response = self.request("GET", f"/v3/marketing/contacts/imports/{job_id}")
             self._expect(response, (), "import job", TransientError)
             job = self.json(response)
+            steps.advanced()  # the job is there: a later 503 is no failed attempt
             done = isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed")
             return job if done else None
 

@@ -11,7 +11,7 @@ import pytest
 
 from syncer.connector import BatchResult, Outcome, Record
 from syncer.errors import BatchRejected, RateLimited, TransientError
-from syncer.steps import BatchProgress, Steps, apply
+from syncer.steps import BatchProgress, StepFailed, Steps, apply
 
 RECORDS = [Record("a", {"n": 1}), Record("b", {"n": 2}, "id-b")]
 
@@ -19,7 +19,7 @@ RECORDS = [Record("a", {"n": 1}), Record("b", {"n": 2}, "id-b")]
 class Vendor:
     """Counts calls per step and fails the ones it is told to, once each."""
 
-    def __init__(self, *failing: str, error: type[Exception] = TransientError) -> None:
+    def __init__(self, *failing: str, error: Callable[[str], Exception] = TransientError) -> None:
         self.calls: dict[str, int] = {}
         self.failing = set(failing)
         self.error = error
@@ -195,3 +195,42 @@ def test_steps_count_what_they_skipped() -> None:
     steps.once("a", lambda: 1)
     assert steps.once("a", lambda: 2) == 1
     assert (steps.skipped, steps.completed) == (1, 1)
+
+
+def test_attempts_and_backoff_count_per_step() -> None:
+    """A call that got the batch a step further is not a failed attempt (it is retried as a
+    RateLimited, which the engine does not count), and the backoff starts again at 1 s for
+    the new step; a call that got nowhere is a failed attempt, with a growing backoff."""
+    progress, vendor = BatchProgress(), Vendor()
+    vendor.failing = {"read"}
+    with pytest.raises(StepFailed) as first:
+        two_steps(progress, vendor)  # create landed, read failed
+    assert isinstance(first.value, RateLimited) and 1 <= (first.value.retry_after or 0) < 2
+    assert str(first.value) == "read failed"
+
+    vendor.failing = {"read"}
+    with pytest.raises(TransientError) as second:
+        two_steps(progress, vendor)  # read failed again: nothing got further
+    assert not isinstance(second.value, RateLimited)
+    assert 2 <= (second.value.retry_after or 0) < 3
+
+    vendor.failing = {"read"}
+    vendor.error = lambda message: TransientError(message, retry_after=7.0)
+    with pytest.raises(TransientError) as third:
+        two_steps(progress, vendor)
+    assert third.value.retry_after == 7.0  # the vendor said when: that wins
+    assert two_steps(progress, vendor) == "read job-1"
+    assert vendor.calls == {"create": 1, "read": 4}
+
+
+def test_a_forgotten_step_is_no_progress() -> None:
+    """A Klaviyo job that was cancelled is forgotten: recreating it again and again must use
+    up attempts, or a vendor cancelling every job would be retried until the time budget."""
+    progress, vendor = BatchProgress(), Vendor()
+    for _ in range(2):
+        with pytest.raises(TransientError) as caught, progress.batch("add", RECORDS) as steps:
+            steps.once("create", vendor.step("create"))
+            steps.forget("create")
+            raise TransientError("cancelled")
+        assert not isinstance(caught.value, RateLimited)
+    assert vendor.calls == {"create": 2}

@@ -74,12 +74,15 @@ class VendorEmulator:
         self._faults: list[list[Any]] = []
         self._compiled = [(m, re.compile(p + r"$"), h) for m, p, h in self.routes]
         self._server: ThreadingHTTPServer | None = None
-        self._limit: tuple[int, float, Callable[[], float]] | None = None
-        self._admitted: collections.deque[float] = collections.deque()
+        # Rate windows: (requests, per seconds, admitted times), all on one clock.
+        self._limits: list[tuple[int, float, collections.deque[float]]] = []
+        self._clock: Callable[[], float] = time.monotonic
         self._chaos: tuple[float, random.Random, Reply] | None = None
         #: Requests answered by ``limit`` (429) and by ``chaos``.
         self.throttled = 0
         self.chaotic = 0
+        #: Requests a route handled (not a fault, the limit or chaos), with the status.
+        self.handled: list[tuple[CapturedRequest, int]] = []
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -101,9 +104,11 @@ class VendorEmulator:
     def limit(
         self, requests: int, per_seconds: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        """Answer :meth:`rate_limited` to requests beyond ``requests`` per ``per_seconds``."""
+        """Answer :meth:`rate_limited` to requests beyond ``requests`` per ``per_seconds``
+        (call it again to add windows; all apply, on the last ``clock`` given)."""
         with self.lock:
-            self._limit = (requests, per_seconds, clock)
+            self._limits.append((requests, per_seconds, collections.deque()))
+            self._clock = clock
 
     def chaos(self, share: float, seed: int, reply: Reply | None = None) -> None:
         """Answer a random ``share`` of the admitted requests with ``reply`` (a bare 503)."""
@@ -115,18 +120,22 @@ class VendorEmulator:
         return Reply(429, {"message": "Too Many Requests"}, headers={"Retry-After": f"{wait:.0f}"})
 
     def _over_limit(self) -> Reply | None:
-        """With the lock held: the 429 for a request over the rate, else None (admitted)."""
-        if self._limit is None:
+        """With the lock held: the 429 for a request over a rate, else None (admitted)."""
+        if not self._limits:
             return None
-        requests, per, clock = self._limit
-        now = clock()
-        while self._admitted and now - self._admitted[0] >= per:
-            self._admitted.popleft()
-        if len(self._admitted) < requests:
-            self._admitted.append(now)
-            return None
-        self.throttled += 1
-        return self.rate_limited(max(1.0, math.ceil(per - (now - self._admitted[0]))))
+        now = self._clock()
+        wait = 0.0
+        for requests, per, admitted in self._limits:
+            while admitted and now - admitted[0] >= per:
+                admitted.popleft()
+            if len(admitted) >= requests:
+                wait = max(wait, per - (now - admitted[0]))
+        if wait > 0:
+            self.throttled += 1
+            return self.rate_limited(max(1.0, math.ceil(wait)))
+        for _, _, admitted in self._limits:
+            admitted.append(now)
+        return None
 
     def pending_faults(self) -> int:
         with self.lock:
@@ -224,6 +233,7 @@ class VendorEmulator:
                 if match and method == req.method:
                     reply = getattr(self, handler)(req, match)
                     self.statuses[reply.status] += 1
+                    self.handled.append((req, reply.status))
                     return reply
             self.statuses[404] += 1
             return Reply(404, {"message": f"no route for {req.method} {path}"})
