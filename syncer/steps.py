@@ -22,9 +22,9 @@ it failed (or got an answer that moved it on, such as a poll of a job still runn
 Only calls that got nowhere use up attempts. The wait before the retry is the vendor's
 ``Retry-After`` if it gave one, else the engine's backoff counted from the step's own first
 failure (1, 2, 4... s plus up to 1 s of jitter, at most 60 s), not from the batch's first.
-``SYNCER_BATCH_TIME_BUDGET`` still bounds the whole batch. Without this
-a batch of 13 requests (a Klaviyo job of 1,000 profiles) at a 20% error rate would run out of
-its 5 attempts in one run out of four, though every step but the failed one had landed.
+``SYNCER_BATCH_TIME_BUDGET`` still bounds the whole batch. Counted per batch, a batch of 13
+requests (a Klaviyo job of 1,000 profiles) at a 20% error rate would run out of its 5 attempts
+about one time in four, though every step but the failed one had landed.
 
 What counts as "the same batch": the same operation and the same records (keys, fields and
 destination ids, in order). A batch the engine halves after a ``BatchRejected`` is a new batch.
@@ -84,6 +84,10 @@ class Steps:
 
     def __contains__(self, name: str) -> bool:
         return name in self._done
+
+    def _begin_call(self) -> None:
+        self._new.clear()
+        self._moved = False
 
     @property
     def progressed(self) -> bool:
@@ -186,8 +190,7 @@ class BatchProgress:
             if entry is None or entry.records != snapshot:
                 entry = self._batches[ident] = _Entry(snapshot)
         with entry.lock:
-            entry.steps._new.clear()
-            entry.steps._moved = False
+            entry.steps._begin_call()
             try:
                 yield entry.steps
             except RateLimited:
