@@ -77,7 +77,7 @@ class World:
             Settings(
                 warehouse_url=self.warehouse,
                 state_url=f"sqlite:///{root / 'state.db'}",
-                **{"http_timeout": 0.5, **settings},
+                **{"http_timeout": 10.0, **settings},
             ),
             sleep=self.time.sleep,
             clock=self.time.clock,

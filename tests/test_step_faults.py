@@ -409,7 +409,7 @@ def fault(kind: str, vendor: VendorEmulator) -> Reply:
     if kind == "reset":
         return Reply(reset=True)
     assert kind == "timeout"
-    return Reply(503, delay=1.5)  # the engine's HTTP timeout is 0.5 s here
+    return Reply(503, delay=3.0)  # the engine's HTTP timeout is 1 s in these tests
 
 
 PARAMS = [
@@ -444,7 +444,12 @@ def test_a_fault_at_one_step_retries_that_step_only(
     case = CASES[name]
     with case.vendor() as vendor:
         env = {**case.env, "SALESFORCE_INSTANCE_URL": vendor.url}
-        world = World(tmp_path, case.mapping.replace("{url}", vendor.url), env)
+        # A generous HTTP timeout, so a busy machine never adds a retry; 1 s where a timeout
+        # is the fault.
+        timeout = 1.0 if kind == "timeout" else 10.0
+        world = World(
+            tmp_path, case.mapping.replace("{url}", vendor.url), env, http_timeout=timeout
+        )
         for rows in case.before:
             world.segment(case.columns, rows)
             assert world.run().status == "succeeded"
