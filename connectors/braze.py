@@ -21,10 +21,18 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr
 
-from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Outcome,
+    Record,
+    SyncContext,
+)
 from syncer.errors import BatchRejected, ConfigError
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks
+from syncer.steps import BatchProgress, apply
 
 MAX_ATTRIBUTES = 75  # per /users/track attributes array [DOC]
 MAX_STATUS_IDS = 50  # external_ids or emails per subscription group entry [DOC]
@@ -81,6 +89,11 @@ class BrazeConnector(RestConnector[BrazeConfig]):
 
     # -- contract -------------------------------------------------------------------------
 
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
     def check(self) -> None:
         """A read that needs the key: the subscription group's state of a placeholder user
         when a group is configured (a wrong group id is a 400), else an empty track call."""
@@ -110,24 +123,32 @@ class BrazeConnector(RestConnector[BrazeConfig]):
         return self._track(records, subscribe=False)
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
-        """Unsubscribe from the group, 50 ids per call; the Braze user itself stays."""
-        cfg = self.settings
-        group = cfg.subscription_group_id
-        if group is None:
+        """Unsubscribe from the group, 50 ids per call (a step each: a retry of the batch
+        sends only the calls that did not succeed); the Braze user itself stays."""
+        if self.settings.subscription_group_id is None:
             raise ConfigError("braze: subscription_group_id is needed to remove members")
-        result = BatchResult(records)
+        with self.progress.batch("remove", records) as steps:
+            result = BatchResult(records)
+            for outcomes in steps.each(
+                "unsubscribe", chunks(records, MAX_STATUS_IDS), self._unsubscribe
+            ):
+                apply(result, outcomes)
+            return result
+
+    def _unsubscribe(self, part: Sequence[Record]) -> list[Outcome]:
+        cfg = self.settings
         id_list = "external_ids" if cfg.identifier == "external_id" else "emails"
-        for part in chunks(records, MAX_STATUS_IDS):
-            entry = {
-                "subscription_group_id": group,
-                "subscription_state": "unsubscribed",
-                id_list: [self._identity(r) for r in part],
-            }
-            response = self.request(
-                "POST", "/v2/subscription/status/set", json_body={"subscription_groups": [entry]}
-            )
-            self._errors(response, part, result, indexed=False)
-        return result
+        entry = {
+            "subscription_group_id": cfg.subscription_group_id,
+            "subscription_state": "unsubscribed",
+            id_list: [self._identity(r) for r in part],
+        }
+        response = self.request(
+            "POST", "/v2/subscription/status/set", json_body={"subscription_groups": [entry]}
+        )
+        answered = BatchResult(part)
+        self._errors(response, part, answered, indexed=False)
+        return answered.outcomes()
 
     # -- internals ------------------------------------------------------------------------
 

@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Outcome,
+    Record,
+    SyncContext,
+)
 from syncer.errors import BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks
+from syncer.steps import BatchProgress, Steps, apply
 
 MAX_BATCH = 100  # HubSpot's v3 batch limit (reference: standard, not in the spec)
 DEFAULT_INTERVAL = 10.0  # seconds; the documented window when the header is absent
@@ -121,6 +130,11 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
 
     # -- contract -----------------------------------------------------------------------
 
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
     def open(self) -> None:
         if self.context.mode in ("membership", "mirror") and not self.settings.list_id:
             raise ConfigError(f"hubspot: list_id is required in {self.context.mode} mode")
@@ -142,13 +156,17 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
             )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
-        result, ids = self._upsert(records)
-        if self.settings.list_id:
-            self._membership("add", ids, records, result)
-        return result
+        """Upsert, then add to the list. A retry of the batch resumes at the call that failed:
+        an upsert that succeeded is not sent again (syncer.steps)."""
+        with self.progress.batch("add", records) as steps:
+            outcomes, ids = steps.once("upsert", lambda: self._upsert(records))
+            result = apply(BatchResult(records), outcomes)
+            if self.settings.list_id:
+                apply(result, self._membership("add", ids, records, steps))
+            return result
 
     def update(self, records: Sequence[Record]) -> BatchResult:
-        return self._upsert(records)[0]
+        return apply(BatchResult(records), self._upsert(records)[0])
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
         result = BatchResult(records)
@@ -160,8 +178,8 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
                 ids[record.key] = record.destination_id
             else:
                 result.reject(record.key, "no HubSpot record id stored for this member")
-        self._membership("remove", ids, records, result)
-        return result
+        with self.progress.batch("remove", records) as steps:
+            return apply(result, self._membership("remove", ids, records, steps))
 
     # -- rate limits --------------------------------------------------------------------
 
@@ -193,20 +211,21 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
         value = "" if raw is None else str(raw).strip()
         return value.lower() if self.settings.id_property == "email" else value
 
-    def _upsert(self, records: Sequence[Record]) -> tuple[BatchResult, dict[str, str]]:
+    def _upsert(self, records: Sequence[Record]) -> tuple[list[Outcome], dict[str, str]]:
         """Upsert ``records``; returns the outcomes and key -> HubSpot record id of those
         that were accepted. Inputs resolving to one id value go once (HubSpot refuses the
         whole batch otherwise) and all of them get its record id."""
-        result = BatchResult(records)
+        outcomes: list[Outcome] = []
         by_value: dict[str, list[Record]] = {}
         for record in records:
             value = self._id_value(record)
             if not value:
-                result.reject(record.key, f"no value for {self.settings.id_property}")
+                reason = f"no value for {self.settings.id_property}"
+                outcomes.append(Outcome(record.key, "rejected", reason))
                 continue
             by_value.setdefault(value, []).append(record)
         if not by_value:
-            return result, {}
+            return outcomes, {}
         values = list(by_value)
         inputs = [
             {
@@ -236,12 +255,14 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
             for record in group:
                 if value in found:
                     ids[record.key] = found[value]
-                    result.accept(record.key, found[value])
+                    outcomes.append(Outcome(record.key, "accepted", destination_id=found[value]))
                 elif value in failed:
-                    result.reject(record.key, self.reason(failed[value], group))
+                    reason = self.reason(failed[value], group)
+                    outcomes.append(Outcome(record.key, "rejected", reason))
                 else:
-                    result.fail(record.key, "HubSpot answered without a result for this record")
-        return result, ids
+                    reason = "HubSpot answered without a result for this record"
+                    outcomes.append(Outcome(record.key, "failed", reason))
+        return outcomes, ids
 
     # -- lists --------------------------------------------------------------------------
 
@@ -250,36 +271,45 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
         action: Literal["add", "remove"],
         ids: Mapping[str, str],
         records: Sequence[Record],
-        result: BatchResult,
-    ) -> None:
-        """PUT the record ids to ``memberships/add|remove``. Already-members (add) and absent
-        records (remove) are ignored by HubSpot: both count as done. A record id HubSpot
-        reports missing on add cannot become a member and is rejected."""
+        steps: Steps,
+    ) -> list[Outcome]:
+        """PUT the record ids to ``memberships/add|remove``, one step per chunk. Already-members
+        (add) and absent records (remove) are ignored by HubSpot: both count as done. A record
+        id HubSpot reports missing on add cannot become a member and is rejected."""
         keys_by_id: dict[str, list[str]] = {}
         for key, record_id in ids.items():
             keys_by_id.setdefault(record_id, []).append(key)
         by_key = {r.key: r for r in records}
-        for chunk in chunks(list(keys_by_id), self.settings.membership_chunk_size):
-            try:
-                response = self.request(
-                    "PUT", self.list_path(f"/memberships/{action}"), json_body=list(chunk)
-                )
-            except BatchRejected as exc:
-                # The ids came from HubSpot itself: a refusal means the list is wrong (a
-                # DYNAMIC list, another object type), which no halving of the batch fixes.
-                raise ConfigError(f"hubspot: list_id: membership {action} refused: {exc}") from None
-            body = self.json(response)
-            missing = body.get("recordIdsMissing") if isinstance(body, dict) else None
-            if action == "remove" or not isinstance(missing, list):
-                continue
-            for record_id in map(str, missing):
+        parts = [
+            list(part) for part in chunks(list(keys_by_id), self.settings.membership_chunk_size)
+        ]
+        outcomes: list[Outcome] = []
+        for missing in steps.each(f"list {action}", parts, partial(self._membership_call, action)):
+            for record_id in missing:
                 for key in keys_by_id.get(record_id, []):
-                    result.reject(
-                        key,
-                        self.reason(
-                            "HubSpot list: record id not found (recordIdsMissing)", [by_key[key]]
-                        ),
+                    reason = self.reason(
+                        "HubSpot list: record id not found (recordIdsMissing)", [by_key[key]]
                     )
+                    outcomes.append(Outcome(key, "rejected", reason))
+        return outcomes
+
+    def _membership_call(
+        self, action: Literal["add", "remove"], record_ids: list[str]
+    ) -> list[str]:
+        """One membership PUT; the record ids HubSpot reports missing on add."""
+        try:
+            response = self.request(
+                "PUT", self.list_path(f"/memberships/{action}"), json_body=record_ids
+            )
+        except BatchRejected as exc:
+            # The ids came from HubSpot itself: a refusal means the list is wrong (a
+            # DYNAMIC list, another object type), which no halving of the batch fixes.
+            raise ConfigError(f"hubspot: list_id: membership {action} refused: {exc}") from None
+        body = self.json(response)
+        missing = body.get("recordIdsMissing") if isinstance(body, dict) else None
+        if action == "remove" or not isinstance(missing, list):
+            return []
+        return [str(record_id) for record_id in missing]
 
 
 def _int(value: str | None) -> int | None:

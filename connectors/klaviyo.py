@@ -20,17 +20,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from pydantic import Field, SecretStr
 
-from syncer.connector import BatchResult, Capabilities, Record, credential_digest
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Record,
+    SyncContext,
+    credential_digest,
+)
 from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
 from syncer.rest import JobPolling, RestConnector, chunks, dig
+from syncer.steps import BatchProgress, Steps
 
 DEFAULT_REVISION = "2026-07-15"
 JSON_API = "application/vnd.api+json"
@@ -68,6 +77,10 @@ LOCATION_ATTRIBUTES = frozenset(
     }
 )
 Identifier = Literal["email", "phone_number", "external_id"]
+
+
+class _Cancelled(TransientError):
+    """Klaviyo cancelled the batch's import job: retrying means a new job."""
 
 
 class KlaviyoConfig(JobPolling):
@@ -133,6 +146,11 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
 
     # -- contract -----------------------------------------------------------------------
 
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
     def check(self) -> None:
         """``GET /api/lists/{id}`` (or the job list when no list is set): cheap, authenticated."""
         cfg = self.settings
@@ -150,32 +168,39 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             raise ConfigError(f"klaviyo: list_id is required in {self.context.mode} mode")
 
     def add(self, records: Sequence[Record]) -> BatchResult:
-        return self._upsert(records, to_list=self.settings.list_id is not None)
+        return self._upsert("add", records, to_list=self.settings.list_id is not None)
 
     def update(self, records: Sequence[Record]) -> BatchResult:
-        return self._upsert(records, to_list=False)
+        return self._upsert("update", records, to_list=False)
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
         """Take profiles off the list by the ids kept from their upsert. A record without a
-        kept id (synced before ids were kept) is looked up once; no profile means not a member."""
-        known = [r for r in records if r.destination_id]
-        unknown = [r for r in records if not r.destination_id]
-        if unknown:
-            found = self._lookup_ids(unknown)
-            known += [Record(r.key, r.fields, found[r.key]) for r in unknown if r.key in found]
-        for part in chunks(known, MAX_LIST_IDS):
-            self._list_relationship("DELETE", part)
+        kept id (synced before ids were kept) is looked up once; no profile means not a member.
+        A retry of the batch resumes: lookups and list calls that succeeded are not repeated."""
+        with self.progress.batch("remove", records) as steps:
+            known = [r for r in records if r.destination_id]
+            unknown = [r for r in records if not r.destination_id]
+            if unknown:
+                found = self._lookup_ids(unknown, steps)
+                known += [Record(r.key, r.fields, found[r.key]) for r in unknown if r.key in found]
+            steps.each(
+                "list remove",
+                chunks(known, MAX_LIST_IDS),
+                lambda part: self._list_relationship("DELETE", part),
+            )
         return BatchResult(records)
 
-    def _lookup_ids(self, records: Sequence[Record]) -> dict[str, str]:
+    def _lookup_ids(self, records: Sequence[Record], steps: Steps) -> dict[str, str]:
         """Record key -> profile id via ``GET /api/profiles?filter=any(...)``, 100 a call."""
         ident = self.settings.identifier
         found: dict[str, str] = {}
-        for part in chunks(records, PAGE_SIZE):
+        for index, part in enumerate(chunks(records, PAGE_SIZE)):
             by_value = {self._identity(r): r.key for r in part}
             values = json.dumps(list(by_value), separators=(",", ":"))
             params = {"filter": f"any({ident},{values})", "fields[profile]": ident}
-            for item in self._pages("/api/profiles", params):
+            for item in steps.pages(
+                f"lookup {index}", partial(self._page, "/api/profiles", params)
+            ):
                 value = _normal(ident, dig(item, "attributes", ident))
                 profile_id = dig(item, "id")
                 if value in by_value and isinstance(profile_id, str):
@@ -184,36 +209,70 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
 
     # -- upsert -------------------------------------------------------------------------
 
-    def _upsert(self, records: Sequence[Record], *, to_list: bool) -> BatchResult:
-        if len(records) >= self.settings.bulk_threshold:
-            return self._bulk_import(records, to_list=to_list)
-        result = BatchResult(records)
-        imported: list[Record] = []
-        for record in records:
-            profile_id = self._import_one(record, result)
-            if profile_id is not None:
-                imported.append(Record(record.key, record.fields, profile_id))
-        if to_list and imported:
-            self._list_relationship("POST", imported)
-        for record in imported:
-            result.accept(record.key, destination_id=record.destination_id)
-        return result
+    def _upsert(self, operation: str, records: Sequence[Record], *, to_list: bool) -> BatchResult:
+        """Import the profiles (and add them to the list); a retry of the batch resumes at the
+        step that failed: no second import job, no second import of a profile."""
+        with self.progress.batch(operation, records) as steps:
+            if len(records) >= self.settings.bulk_threshold:
+                return self._bulk_import(records, steps, to_list=to_list)
+            result = BatchResult(records)
+            imported: list[Record] = []
+            answers = steps.each("profile-import", records, self._import_one)
+            for record, (profile_id, reason) in zip(records, answers, strict=True):
+                if profile_id is None:
+                    result.reject(record.key, reason or "rejected")
+                else:
+                    imported.append(Record(record.key, record.fields, profile_id))
+            if to_list and imported:
+                steps.once("list add", lambda: self._list_relationship("POST", imported))
+            for record in imported:
+                result.accept(record.key, destination_id=record.destination_id)
+            return result
 
-    def _import_one(self, record: Record, result: BatchResult) -> str | None:
-        """One ``profile-import``; the profile id, or None with the record rejected."""
+    def _import_one(self, record: Record) -> tuple[str | None, str | None]:
+        """One ``profile-import``: (the profile id, None), or (None, Klaviyo's reason)."""
         body = {"data": self.profile(record)}
         response = self.request("POST", "/api/profile-import", json_body=body)
         if response.status_code >= 400:
-            result.reject(record.key, self._error_text(response, [record]))
-            return None
+            return None, self._error_text(response, [record])
         data = self.json(response)
         profile_id = dig(data, "data", "id")
         if not isinstance(profile_id, str) or not profile_id:
             raise TransientError("klaviyo: profile-import answered without a profile id")
-        return profile_id
+        return profile_id, None
 
-    def _bulk_import(self, records: Sequence[Record], *, to_list: bool) -> BatchResult:
-        """One bulk import job: create, poll to completion, read errors and profile ids."""
+    def _bulk_import(
+        self, records: Sequence[Record], steps: Steps, *, to_list: bool
+    ) -> BatchResult:
+        """One bulk import job: create, poll to completion, read errors and profile ids. Each
+        is a step: a retry polls the same job and reads only the pages not read yet."""
+        job_id = steps.once("create job", lambda: self._create_job(records, to_list=to_list))
+        try:
+            attributes = steps.once("job complete", lambda: self._wait_for_job(job_id, steps))
+        except _Cancelled:
+            steps.forget("create job")  # that job will never run: the retry makes a new one
+            raise
+        result = BatchResult(records)
+        rejected: set[str] = set()
+        if int(attributes.get("failed_count") or 0) > 0:
+            for index, reason in self._import_errors(job_id, records, steps):
+                record = records[index]
+                rejected.add(record.key)
+                result.reject(record.key, self.reason(reason, [record]))
+        # Ids already kept (updates, re-adds) need no listing of the job's profiles.
+        missing = [r for r in records if not r.destination_id and r.key not in rejected]
+        ids = self._job_profile_ids(job_id, missing, steps) if missing else {}
+        for record in records:
+            if record.key in rejected:
+                continue
+            profile_id = record.destination_id or ids.get(self._identity(record))
+            if profile_id is None:
+                result.fail(record.key, "not in the bulk import job's profiles")
+            else:
+                result.accept(record.key, destination_id=profile_id)
+        return result
+
+    def _create_job(self, records: Sequence[Record], *, to_list: bool) -> str:
         cfg = self.settings
         job: dict[str, Any] = {
             "type": "profile-bulk-import-job",
@@ -226,28 +285,9 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         job_id = dig(self.json(response), "data", "id")
         if not isinstance(job_id, str) or not job_id:
             raise TransientError("klaviyo: bulk import job created without an id")
-        attributes = self._wait_for_job(job_id)
-        result = BatchResult(records)
-        rejected: set[str] = set()
-        if int(attributes.get("failed_count") or 0) > 0:
-            for index, reason in self._import_errors(job_id, records):
-                record = records[index]
-                rejected.add(record.key)
-                result.reject(record.key, self.reason(reason, [record]))
-        # Ids already kept (updates, re-adds) need no listing of the job's profiles.
-        missing = [r for r in records if not r.destination_id and r.key not in rejected]
-        ids = self._job_profile_ids(job_id, missing) if missing else {}
-        for record in records:
-            if record.key in rejected:
-                continue
-            profile_id = record.destination_id or ids.get(self._identity(record))
-            if profile_id is None:
-                result.fail(record.key, "not in the bulk import job's profiles")
-            else:
-                result.accept(record.key, destination_id=profile_id)
-        return result
+        return job_id
 
-    def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
+    def _wait_for_job(self, job_id: str, steps: Steps) -> Mapping[str, Any]:
         """Poll until ``complete``; ``cancelled`` or a timeout leaves the batch unsynced."""
 
         def poll() -> Mapping[str, Any] | None:
@@ -256,7 +296,8 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             attributes = dig(self.json(response), "data", "attributes")
             status = attributes.get("status") if isinstance(attributes, dict) else None
             if status == "cancelled":
-                raise TransientError(f"klaviyo: bulk import job {job_id} was cancelled")
+                raise _Cancelled(f"klaviyo: bulk import job {job_id} was cancelled")
+            steps.advanced()  # the job is there and running: a later 503 is no failed attempt
             return attributes if status == "complete" and isinstance(attributes, dict) else None
 
         cfg = self.settings
@@ -268,11 +309,13 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             timeout=cfg.job_timeout,
         )
 
-    def _import_errors(self, job_id: str, records: Sequence[Record]) -> Iterator[tuple[int, str]]:
+    def _import_errors(
+        self, job_id: str, records: Sequence[Record], steps: Steps
+    ) -> Iterator[tuple[int, str]]:
         """(index of the record in the batch, reason) for each import error we can place."""
         by_identity = {self._identity(r): i for i, r in enumerate(records)}
         path = f"/api/profile-bulk-import-jobs/{job_id}/import-errors"
-        for item in self._pages(path):
+        for item in steps.pages("import errors", partial(self._page, path, None)):
             attributes = item.get("attributes") if isinstance(item, dict) else None
             if not isinstance(attributes, dict):
                 continue
@@ -286,32 +329,37 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             if index is not None:
                 yield index, _describe_error(attributes)
 
-    def _job_profile_ids(self, job_id: str, records: Sequence[Record]) -> dict[str, str]:
+    def _job_profile_ids(
+        self, job_id: str, records: Sequence[Record], steps: Steps
+    ) -> dict[str, str]:
         """Identity value -> profile id, from the job's imported profiles."""
         ident = self.settings.identifier
         wanted = {self._identity(r) for r in records}
         found: dict[str, str] = {}
         path = f"/api/profile-bulk-import-jobs/{job_id}/profiles"
-        for item in self._pages(path, {"fields[profile]": ident}):
+        fetch = partial(self._page, path, {"fields[profile]": ident})
+        for item in steps.pages("job profiles", fetch):
             profile_id = item.get("id") if isinstance(item, dict) else None
             value = _normal(ident, dig(item, "attributes", ident))
             if isinstance(profile_id, str) and value in wanted:
                 found[value] = profile_id
         return found
 
-    def _pages(self, path: str, params: Mapping[str, str] | None = None) -> Iterator[Any]:
-        """Every item of a cursor-paginated JSON:API collection (100 per page)."""
+    def _page(
+        self, path: str, params: Mapping[str, str] | None, cursor: str | None
+    ) -> tuple[list[Any], str | None]:
+        """One page (100 items) of a cursor-paginated JSON:API collection, and the cursor of
+        the next page (None after the last)."""
         query: dict[str, str] = {"page[size]": str(PAGE_SIZE), **(params or {})}
-        while True:
-            response = self.request("GET", path, params=query)
-            self._expect(response, (), "listing", TransientError)
-            data = self.json(response)
-            items = dig(data, "data")
-            yield from items if isinstance(items, list) else ()
-            cursor = _next_cursor(dig(data, "links", "next"))
-            if cursor is None:
-                return
-            query = {**query, "page[cursor]": cursor}
+        if cursor is not None:
+            query["page[cursor]"] = cursor
+        response = self.request("GET", path, params=query)
+        self._expect(response, (), "listing", TransientError)
+        data = self.json(response)
+        items = dig(data, "data")
+        return (list(items) if isinstance(items, list) else []), _next_cursor(
+            dig(data, "links", "next")
+        )
 
     # -- list membership ----------------------------------------------------------------
 

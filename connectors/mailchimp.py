@@ -18,15 +18,24 @@ import hashlib
 import re
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
-from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record, SyncContext
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Outcome,
+    Record,
+    SyncContext,
+)
 from syncer.errors import AuthError, BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.rest import RestConfig, RestConnector
+from syncer.steps import BatchProgress, Steps, apply
 
 MAX_MEMBERS = 500  # batch subscribe and each segment array [CODE]
 SEGMENT_PAGE = 1000  # segments listed per request while looking a tag up (Mailchimp's max count)
@@ -98,6 +107,8 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
         #: several threads: the lock makes one lookup, and at most one creation, per run).
         self._tag_id: int | None = None
         self._resolving = threading.Lock()
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
 
     @property
     def base_url(self) -> str:
@@ -157,21 +168,26 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
             )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
-        """Upsert the members, then put the subscribed ones in the tag or segment."""
-        result, subscribed = self._subscribe(records)
-        if subscribed:
-            self._membership(subscribed, result, active=True)
-        return result
+        """Upsert the members, then put the subscribed ones in the tag or segment. A retry of
+        the batch (after a 429 or a 5xx on the tag call, say) resumes at the call that failed:
+        the batch subscribe that succeeded is not sent again (syncer.steps)."""
+        with self.progress.batch("add", records) as steps:
+            subscribed = steps.once("subscribe", lambda: self._subscribe(records))
+            result = apply(BatchResult(records), subscribed)
+            accepted = {o.key for o in subscribed if o.status == "accepted"}
+            on_list = [r for r in records if r.key in accepted]
+            if on_list:
+                apply(result, self._membership(on_list, steps, active=True))
+            return result
 
     def update(self, records: Sequence[Record]) -> BatchResult:
         """Changed fields only: membership is already in place from the add."""
-        return self._subscribe(records)[0]
+        return apply(BatchResult(records), self._subscribe(records))
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
         """Take members out of the tag or segment; the audience member itself stays."""
-        result = BatchResult(records)
-        self._membership(list(records), result, active=False)
-        return result
+        with self.progress.batch("remove", records) as steps:
+            return apply(BatchResult(records), self._membership(list(records), steps, active=False))
 
     # -- upsert ---------------------------------------------------------------------------
 
@@ -198,22 +214,22 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
             member["merge_fields"] = merge
         return member
 
-    def _subscribe(self, records: Sequence[Record]) -> tuple[BatchResult, list[Record]]:
-        """Batch subscribe; returns the outcomes and the records now on the list."""
+    def _subscribe(self, records: Sequence[Record]) -> list[Outcome]:
+        """Batch subscribe; every record's outcome (accepted ones are now on the list)."""
         cfg = self.settings
-        result = BatchResult(records)
+        outcomes: list[Outcome] = []
         by_email: dict[str, list[Record]] = {}
         members: list[dict[str, Any]] = []
         for record in records:
             email = self.email_of(record)
             if email is None:
-                result.reject(record.key, "no email address for this member")
+                outcomes.append(Outcome(record.key, "rejected", "no email address for this member"))
                 continue
             if email not in by_email:
                 members.append(self._member(record, email))
             by_email.setdefault(email, []).append(record)
         if not members:
-            return result, []
+            return outcomes
         body = {"members": members, "update_existing": cfg.update_existing, "sync_tags": False}
         params = {"skip_merge_validation": "true"} if cfg.skip_merge_validation else None
         response = self.request("POST", f"/lists/{cfg.list_id}", json_body=body, params=params)
@@ -225,16 +241,15 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
             if error.get("error_code") == "ERROR_CONTACT_EXISTS" or _ALREADY.search(text):
                 continue
             for record in by_email.get(email, []):
-                result.reject(record.key, self.reason(f"mailchimp: {text}", [record]))
+                reason = self.reason(f"mailchimp: {text}", [record])
+                outcomes.append(Outcome(record.key, "rejected", reason))
                 refused.add(record.key)
-        on_list: list[Record] = []
         for email, group in by_email.items():
             for record in group:
-                if record.key in refused:
-                    continue
-                result.accept(record.key, destination_id=self._remembered(email))
-                on_list.append(record)
-        return result, on_list
+                if record.key not in refused:
+                    remembered = self._remembered(email)
+                    outcomes.append(Outcome(record.key, "accepted", destination_id=remembered))
+        return outcomes
 
     def _by_address(self) -> bool:
         """Membership changed through segment calls, which take addresses."""
@@ -248,23 +263,26 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
 
     # -- membership -----------------------------------------------------------------------
 
-    def _membership(self, records: list[Record], result: BatchResult, *, active: bool) -> None:
+    def _membership(self, records: list[Record], steps: Steps, *, active: bool) -> list[Outcome]:
+        """The records' outcomes of going into (or out of) the tag or segment; each request is
+        a step of the batch, so a retry sends only those that did not succeed yet."""
         cfg = self.settings
         if cfg.segment_id is not None:
-            self._segment(records, cfg.segment_id, result, active=active, label="segment")
-        elif cfg.tag is not None and cfg.tag_method == "member":
-            for record in records:
-                self._tag(record, cfg.tag, result, active=active)
-        elif cfg.tag is not None:
-            addressed = [r for r in records if self.email_of(r) is not None]
-            if addressed:
-                segment_id = self._tag_segment_id(cfg.tag)
-                self._segment(addressed, segment_id, result, active=active, label="tag")
-            # Only a subscriber hash in state (written by tag_method: member) and no email key:
-            # the per-member call is the one way to reach these members.
-            for record in records:
-                if self.email_of(record) is None:
-                    self._tag(record, cfg.tag, result, active=active)
+            return self._segment(records, cfg.segment_id, steps, active=active, label="segment")
+        if cfg.tag is None:
+            return []
+        tag = partial(self._tag, tag=cfg.tag, active=active)
+        if cfg.tag_method == "member":
+            return steps.each("member tag", records, tag)
+        outcomes: list[Outcome] = []
+        addressed = [r for r in records if self.email_of(r) is not None]
+        if addressed:
+            segment_id = self._tag_segment_id(cfg.tag)
+            outcomes += self._segment(addressed, segment_id, steps, active=active, label="tag")
+        # Only a subscriber hash in state (written by tag_method: member) and no email key:
+        # the per-member call is the one way to reach these members.
+        hashed = [r for r in records if self.email_of(r) is None]
+        return outcomes + steps.each("member tag", hashed, tag)
 
     # -- tag as a static segment ----------------------------------------------------------
 
@@ -325,69 +343,83 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
         email = self.email_of(record)
         return subscriber_hash(email) if email else None
 
-    def _tag(self, record: Record, tag: str, result: BatchResult, *, active: bool) -> None:
+    def _tag(self, record: Record, *, tag: str, active: bool) -> Outcome:
         """One member's tag on or off through the member's own tags endpoint."""
         member = self._hash_of(record)
         if member is None:
-            result.reject(record.key, "no email address or subscriber hash for this member")
-            return
+            return Outcome(record.key, "rejected", "no email address or subscriber hash")
         path = f"/lists/{self.settings.list_id}/members/{member}/tags"
         body = {"tags": [{"name": tag, "status": "active" if active else "inactive"}]}
         try:
             response = self.request("POST", path, json_body=body)
         except BatchRejected as exc:  # one member, so one record's refusal
-            result.reject(record.key, self.reason(f"mailchimp tag: {exc}", [record]))
-            return
+            return Outcome(record.key, "rejected", self.reason(f"mailchimp tag: {exc}", [record]))
         if response.status_code == 404:
             if active:
-                result.reject(record.key, "mailchimp tag: member not found in the audience")
-            else:  # not on the list at all: not tagged either
-                result.accept(record.key)
-            return
-        result.accept(record.key, destination_id=member)
+                return Outcome(record.key, "rejected", "mailchimp tag: member not found")
+            return Outcome(record.key, "accepted")  # not on the list at all: not tagged either
+        return Outcome(record.key, "accepted", destination_id=member)
 
     def _segment(
         self,
         records: list[Record],
         segment_id: int,
-        result: BatchResult,
+        steps: Steps,
         *,
         active: bool,
         label: str,
-    ) -> None:
-        """Segment members in one call per 500 addresses; errors[] mapped back by address.
+    ) -> list[Outcome]:
+        """Segment members in one call per 500 addresses (one step each); errors[] mapped
+        back by address.
 
         Mailchimp ignores addresses that are not on the list: on removal that is success
         (nothing to remove), on add an error saying so rejects the record, as it was never
         subscribed."""
+        outcomes: list[Outcome] = []
         by_email: dict[str, list[Record]] = {}
         for record in records:
             email = self.email_of(record)
             if email is None:
-                result.reject(record.key, "no email address stored for this member")
+                reason = "no email address stored for this member"
+                outcomes.append(Outcome(record.key, "rejected", reason))
                 continue
             by_email.setdefault(email, []).append(record)
+        call = partial(self._segment_call, segment_id, by_email, active=active, label=label)
+        for answer in steps.each(label, _chunked(list(by_email), MAX_MEMBERS), call):
+            outcomes += answer
+        return outcomes
+
+    def _segment_call(
+        self,
+        segment_id: int,
+        by_email: dict[str, list[Record]],
+        chunk: list[str],
+        *,
+        active: bool,
+        label: str,
+    ) -> list[Outcome]:
+        """One ``members_to_add``/``members_to_remove`` call; the records it refused."""
         path = f"/lists/{self.settings.list_id}/segments/{segment_id}"
         array = "members_to_add" if active else "members_to_remove"
-        for chunk in _chunked(list(by_email), MAX_MEMBERS):
-            try:
-                response = self.request("POST", path, json_body={array: chunk})
-            except AuthError as exc:
-                if label != "tag":
-                    raise
-                raise AuthError(f"{exc}{_FORBIDDEN_HINT}") from None
-            for error in _items(self.json(response), "errors"):
-                text = str(error.get("error") or "rejected")
-                if (_ALREADY if active else _NOT_THERE).search(text):
-                    continue
-                if active and _NOT_THERE.search(text):
-                    text = f"not in the audience (not subscribed), so not added: {text}"
-                addresses = error.get("email_addresses") or []
-                for email in addresses if isinstance(addresses, list) else []:
-                    for record in by_email.get(str(email).strip().lower(), []):
-                        result.reject(
-                            record.key, self.reason(f"mailchimp {label}: {text}", [record])
-                        )
+        try:
+            response = self.request("POST", path, json_body={array: chunk})
+        except AuthError as exc:
+            if label != "tag":
+                raise
+            raise AuthError(f"{exc}{_FORBIDDEN_HINT}") from None
+        refused: list[Outcome] = []
+        for error in _items(self.json(response), "errors"):
+            text = str(error.get("error") or "rejected")
+            if (_ALREADY if active else _NOT_THERE).search(text):
+                continue
+            if active and _NOT_THERE.search(text):
+                text = f"not in the audience (not subscribed), so not added: {text}"
+            addresses = error.get("email_addresses") or []
+            for email in addresses if isinstance(addresses, list) else []:
+                for record in by_email.get(str(email).strip().lower(), []):
+                    reason = self.reason(f"mailchimp {label}: {text}", [record])
+                    refused.append(Outcome(record.key, "rejected", reason))
+        return refused
 
 
 def _items(data: Any, name: str) -> list[dict[str, Any]]:

@@ -25,18 +25,28 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Record, credential_digest
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Outcome,
+    Record,
+    SyncContext,
+    credential_digest,
+)
 from syncer.errors import BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.identifiers import SUPPORTED, Kind, date_parts, identifier, looks_hashed, sha256_hex
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
+from syncer.steps import BatchProgress, Steps, apply
 
 DEFAULT_VERSION = "v24.0"
 #: Most rows in one ``/users`` call (Meta's documented maximum).
@@ -221,6 +231,11 @@ class MetaConnector(RestConnector[MetaConfig]):
             )
         raise ConfigError(f"meta: audience_id {cfg.audience_id}: {meta}")
 
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
     def open(self) -> None:
         """Refuse mapped fields that are not identifier kinds Meta takes."""
         for name in self.context.field_names:
@@ -231,12 +246,12 @@ class MetaConnector(RestConnector[MetaConfig]):
                 )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
-        return self._add(records)
+        return self._add("add", records)
 
     def update(self, records: Sequence[Record]) -> BatchResult:
         """Mirror mode, identifiers changed: Meta has no field update, so the new row is
         added; the rows sent before stay kept so a later removal takes them all out."""
-        return self._add(records)
+        return self._add("update", records)
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
         """Send back the hashed rows kept when each member was added."""
@@ -249,12 +264,13 @@ class MetaConnector(RestConnector[MetaConfig]):
             else:
                 result.reject(record.key, "no hashed identifiers were kept for this member")
         if sendable:
-            self._send("DELETE", sendable, result)
+            with self.progress.batch("remove", records) as steps:
+                self._send("DELETE", sendable, result, steps)
         return result
 
     # -- rows ---------------------------------------------------------------------------
 
-    def _add(self, records: Sequence[Record]) -> BatchResult:
+    def _add(self, operation: str, records: Sequence[Record]) -> BatchResult:
         result = BatchResult(records)
         sendable: list[tuple[Record, list[Row]]] = []
         for record in records:
@@ -265,7 +281,8 @@ class MetaConnector(RestConnector[MetaConfig]):
                 continue
             sendable.append((record, [row]))
         if sendable:
-            accepted = self._send("POST", sendable, result)
+            with self.progress.batch(operation, records) as steps:
+                accepted = self._send("POST", sendable, result, steps)
             for record, rows in accepted:
                 kept = _stored_rows(record.destination_id)
                 merged = [*(r for r in kept if r not in rows), *rows]
@@ -299,33 +316,50 @@ class MetaConnector(RestConnector[MetaConfig]):
         return row
 
     def _send(
-        self, method: str, items: Sequence[tuple[Record, list[Row]]], result: BatchResult
+        self,
+        method: str,
+        items: Sequence[tuple[Record, list[Row]]],
+        result: BatchResult,
+        steps: Steps,
     ) -> list[tuple[Record, list[Row]]]:
-        """One call per 10,000 rows; returns the items Meta took. A refusal of the edit by
-        the audience rejects that call's records with Meta's reason."""
+        """One call per 10,000 rows (a step each: a retry of the batch sends only the calls
+        that did not succeed); returns the items Meta took. A refusal of the edit by the
+        audience rejects that call's records with Meta's reason."""
         taken: list[tuple[Record, list[Row]]] = []
-        for part in _row_chunks(items, MAX_ROWS):
-            rows = [row for _, item_rows in part for row in item_rows]
-            schema = [key for key in ORDER if any(key in row for row in rows)]
-            payload = {"schema": schema, "data": [[row.get(k, "") for k in schema] for row in rows]}
-            records = [record for record, _ in part]
-            response = self.request(
-                method,
-                f"{self._path()}/users",
-                params=self.auth_params(),
-                json_body={"payload": payload},
-            )
-            if response.status_code >= 400:
-                self._refused(response, records, result)
-                continue
-            data = self.json(response)
-            counts = data if isinstance(data, dict) else {}
-            self.report(
-                num_received=_int(counts.get("num_received")) or 0,
-                num_invalid_entries=_int(counts.get("num_invalid_entries")) or 0,
-            )
-            taken += part
+        parts = _row_chunks(items, MAX_ROWS)
+        answers = steps.each(f"{method} users", parts, partial(self._send_part, method))
+        for part, refused in zip(parts, answers, strict=True):
+            if refused is None:
+                taken += part
+            else:
+                apply(result, refused)
         return taken
+
+    def _send_part(
+        self, method: str, part: Sequence[tuple[Record, list[Row]]]
+    ) -> list[Outcome] | None:
+        """One call; None when Meta took it, else its records' rejections."""
+        rows = [row for _, item_rows in part for row in item_rows]
+        schema = [key for key in ORDER if any(key in row for row in rows)]
+        payload = {"schema": schema, "data": [[row.get(k, "") for k in schema] for row in rows]}
+        records = [record for record, _ in part]
+        response = self.request(
+            method,
+            f"{self._path()}/users",
+            params=self.auth_params(),
+            json_body={"payload": payload},
+        )
+        if response.status_code >= 400:
+            refused = BatchResult(records)
+            self._refused(response, records, refused)
+            return refused.outcomes()
+        data = self.json(response)
+        counts = data if isinstance(data, dict) else {}
+        self.report(
+            num_received=_int(counts.get("num_received")) or 0,
+            num_invalid_entries=_int(counts.get("num_invalid_entries")) or 0,
+        )
+        return None
 
     def _refused(
         self, response: httpx.Response, records: Sequence[Record], result: BatchResult

@@ -24,11 +24,19 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, ConnectorConfig, Record
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Outcome,
+    Record,
+    SyncContext,
+)
 from syncer.errors import ConfigError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
+from syncer.steps import BatchProgress, Steps, apply
 
 MAX_BATCH = 200  # sObject Collections limit per request
 QUOTA_COOL_DOWN = 300.0  # the allocation is a rolling 24 h: hold for the longest allowed wait
@@ -115,6 +123,11 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
 
     # -- contract -----------------------------------------------------------------------
 
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
     def open(self) -> None:
         if self.context.mode in ("membership", "mirror") and not self.settings.campaign_id:
             raise ConfigError(f"salesforce: campaign_id is required in {self.context.mode} mode")
@@ -149,13 +162,17 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
             )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
-        result, ids = self._upsert(records)
-        if self.settings.campaign_id and ids:
-            self._add_members(ids, records, result)
-        return result
+        """Upsert, then insert CampaignMembers. A retry of the batch resumes at the call that
+        failed: an upsert that succeeded is not sent again (syncer.steps)."""
+        with self.progress.batch("add", records) as steps:
+            outcomes, ids = steps.once("upsert", lambda: self._upsert(records))
+            result = apply(BatchResult(records), outcomes)
+            if self.settings.campaign_id and ids:
+                apply(result, self._add_members(ids, records, steps))
+            return result
 
     def update(self, records: Sequence[Record]) -> BatchResult:
-        return self._upsert(records)[0]
+        return apply(BatchResult(records), self._upsert(records)[0])
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
         """DELETE the stored CampaignMember ids; the contact or lead itself stays."""
@@ -205,20 +222,21 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         raw = record.fields.get(source) if source else record.key
         return "" if raw is None else str(raw).strip()
 
-    def _upsert(self, records: Sequence[Record]) -> tuple[BatchResult, dict[str, str]]:
+    def _upsert(self, records: Sequence[Record]) -> tuple[list[Outcome], dict[str, str]]:
         """Upsert by external id; returns outcomes and key -> contact/lead id of those
         accepted. Records sharing an external id go once (one record in Salesforce)."""
         cfg = self.settings
-        result = BatchResult(records)
+        outcomes: list[Outcome] = []
         groups: dict[str, list[Record]] = {}
         for record in records:
             value = self._external_id(record)
             if not value:
-                result.reject(record.key, f"no value for {cfg.external_id_field}")
+                reason = f"no value for {cfg.external_id_field}"
+                outcomes.append(Outcome(record.key, "rejected", reason))
             else:
                 groups.setdefault(value, []).append(record)
         if not groups:
-            return result, {}
+            return outcomes, {}
         body = {
             "allOrNone": False,
             "records": [
@@ -241,21 +259,25 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
             item = items[index] if index < len(items) else None  # answered in order
             for record in group:
                 if item is None:
-                    result.fail(record.key, "Salesforce answered without a result for this record")
+                    reason = "Salesforce answered without a result for this record"
+                    outcomes.append(Outcome(record.key, "failed", reason))
                 elif item.get("success") and item.get("id"):
                     ids[record.key] = str(item["id"])
                     # Keep a known CampaignMember id: removal needs it later.
-                    result.accept(record.key, _join(str(item["id"]), record.destination_id))
+                    kept = _join(str(item["id"]), record.destination_id)
+                    outcomes.append(Outcome(record.key, "accepted", destination_id=kept))
                 else:
-                    result.reject(record.key, self.reason(_errors_text(item), group))
-        return result, ids
+                    reason = self.reason(_errors_text(item), group)
+                    outcomes.append(Outcome(record.key, "rejected", reason))
+        return outcomes, ids
 
     # -- campaign members ---------------------------------------------------------------
 
     def _add_members(
-        self, ids: Mapping[str, str], records: Sequence[Record], result: BatchResult
-    ) -> None:
-        """Insert a CampaignMember per upserted record; ``DUPLICATE_VALUE`` is success."""
+        self, ids: Mapping[str, str], records: Sequence[Record], steps: Steps
+    ) -> list[Outcome]:
+        """Insert a CampaignMember per upserted record; ``DUPLICATE_VALUE`` is success. The
+        insert and the look-up of already-members are steps of the batch."""
         cfg = self.settings
         lookup = "LeadId" if cfg.sobject == "Lead" else "ContactId"
         by_key = {r.key: r for r in records}
@@ -263,24 +285,16 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         for key, parent in ids.items():
             keys_by_parent.setdefault(parent, []).append(key)
         parents = list(keys_by_parent)
-        member: dict[str, Any] = {"attributes": {"type": "CampaignMember"}}
-        member["CampaignId"] = cfg.campaign_id
-        if cfg.member_status is not None:
-            member["Status"] = cfg.member_status
-        response = self.request(
-            "POST",
-            f"{self.api}/composite/sobjects",
-            json_body={"allOrNone": False, "records": [{**member, lookup: p} for p in parents]},
-        )
-        items = _items(self.json(response))
+        items = steps.once("campaign members", lambda: self._insert_members(lookup, parents))
+        outcomes: list[Outcome] = []
         member_ids: dict[str, str] = {}
         duplicates: list[str] = []
         for index, parent in enumerate(parents):
             item = items[index] if index < len(items) else None
             keys = keys_by_parent[parent]
             if item is None:
-                for key in keys:
-                    result.fail(key, "Salesforce answered without a result for this member")
+                reason = "Salesforce answered without a result for this member"
+                outcomes += [Outcome(key, "failed", reason) for key in keys]
             elif item.get("success") and item.get("id"):
                 member_ids[parent] = str(item["id"])
             elif "DUPLICATE_VALUE" in _codes(item):
@@ -290,18 +304,34 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
                 else:
                     duplicates.append(parent)
             else:
-                group = [by_key[k] for k in keys]
-                for key in keys:
-                    result.reject(key, self.reason(_errors_text(item), group))
-        member_ids.update(self._existing_members(lookup, duplicates))
+                reason = self.reason(_errors_text(item), [by_key[k] for k in keys])
+                outcomes += [Outcome(key, "rejected", reason) for key in keys]
+        if duplicates:
+            found = steps.once("members query", lambda: self._existing_members(lookup, duplicates))
+            member_ids.update(found)
         for parent in parents:
             for key in keys_by_parent[parent]:
                 if parent in member_ids:
-                    result.accept(key, f"{parent}:{member_ids[parent]}")
+                    kept = f"{parent}:{member_ids[parent]}"
+                    outcomes.append(Outcome(key, "accepted", destination_id=kept))
                 elif parent in duplicates:
-                    result.fail(
-                        key, "already a campaign member, but its CampaignMember id was not found"
-                    )
+                    reason = "already a campaign member, but its CampaignMember id was not found"
+                    outcomes.append(Outcome(key, "failed", reason))
+        return outcomes
+
+    def _insert_members(self, lookup: str, parents: Sequence[str]) -> list[dict[str, Any]]:
+        """One Collections insert of CampaignMembers; Salesforce's answers, in order."""
+        cfg = self.settings
+        member: dict[str, Any] = {"attributes": {"type": "CampaignMember"}}
+        member["CampaignId"] = cfg.campaign_id
+        if cfg.member_status is not None:
+            member["Status"] = cfg.member_status
+        response = self.request(
+            "POST",
+            f"{self.api}/composite/sobjects",
+            json_body={"allOrNone": False, "records": [{**member, lookup: p} for p in parents]},
+        )
+        return _items(self.json(response))
 
     def _existing_members(self, lookup: str, parents: Sequence[str]) -> dict[str, str]:
         """One SOQL query for the CampaignMember ids of records that already were members.

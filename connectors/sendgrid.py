@@ -23,15 +23,24 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Record, credential_digest
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Record,
+    SyncContext,
+    credential_digest,
+)
 from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.rest import JobPolling, RestConnector, chunks, dig
+from syncer.steps import BatchProgress, Steps
 
 #: Most contacts in one upsert (SendGrid also caps the body at 6 MB).
 MAX_CONTACTS = 30_000
@@ -122,6 +131,11 @@ class SendGridConnector(RestConnector[SendGridConfig]):
 
     # -- contract -----------------------------------------------------------------------
 
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
     def check(self) -> None:
         """``GET /v3/marketing/lists/{id}`` for every list: authenticated and cheap."""
         for list_id in self.settings.list_ids:
@@ -131,22 +145,24 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             self._expect(response, (), "list_ids", ConfigError)
 
     def add(self, records: Sequence[Record]) -> BatchResult:
-        return self._upsert(records, self.settings.list_ids)
+        return self._upsert("add", records, self.settings.list_ids)
 
     def update(self, records: Sequence[Record]) -> BatchResult:
-        return self._upsert(records, [])
+        return self._upsert("update", records, [])
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
         """Take contacts off every configured list by the ids kept from their upsert. A record
         without a kept id (synced before ids were kept) is searched for once by email; no
-        contact means it is on no list."""
-        ids = [str(r.destination_id) for r in records if r.destination_id]
-        unknown = [r for r in records if not r.destination_id]
-        if unknown:
-            ids += list(self._find_ids(unknown).values())
-        for list_id in self.settings.list_ids:
-            for part in chunks(ids, REMOVE_CHUNK):
-                self._remove_from_list(list_id, list(part))
+        contact means it is on no list. A retry of the batch resumes: searches and removals
+        that succeeded are not sent again."""
+        with self.progress.batch("remove", records) as steps:
+            ids = [str(r.destination_id) for r in records if r.destination_id]
+            unknown = [r for r in records if not r.destination_id]
+            if unknown:
+                ids += list(self._find_ids(unknown, steps).values())
+            for list_id in self.settings.list_ids:
+                parts = [list(part) for part in chunks(ids, REMOVE_CHUNK)]
+                steps.each(f"remove {list_id}", parts, partial(self._remove_from_list, list_id))
         return BatchResult(records)
 
     # -- upsert -------------------------------------------------------------------------
@@ -168,39 +184,64 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             contact["custom_fields"] = custom
         return contact
 
-    def _upsert(self, records: Sequence[Record], list_ids: list[str]) -> BatchResult:
-        result = BatchResult(records)
-        sending = list(records)
-        response = self._put_contacts(sending, list_ids)
+    def _upsert(
+        self, operation: str, records: Sequence[Record], list_ids: list[str]
+    ) -> BatchResult:
+        """PUT the contacts, wait for the import job, find the new contacts' ids. Each is a
+        step: a retry of the batch polls the same job instead of importing again."""
+        with self.progress.batch(operation, records) as steps:
+            result = BatchResult(records)
+            sending = list(records)
+            job_id, bad = steps.once("upsert", lambda: self._submit(sending, list_ids))
+            if job_id is None:
+                # Validation errors name the contact (``contacts[3].email``): reject those and
+                # send the others once more.
+                for index, reason in bad.items():
+                    result.reject(sending[index].key, reason)
+                sending = [r for i, r in enumerate(sending) if i not in bad]
+                if not sending:
+                    return result
+                rest = sending
+                job_id = steps.once("upsert the rest", lambda: self._resubmit(rest, list_ids))
+            final = job_id
+            job = steps.once("import job", lambda: self._wait_for_job(final, steps))
+            ids = {r.key: r.destination_id for r in sending if r.destination_id}
+            ids.update(self._find_ids([r for r in sending if not r.destination_id], steps))
+            status = job.get("status")
+            for record in sending:
+                contact_id = ids.get(record.key)
+                if contact_id:
+                    result.accept(record.key, destination_id=contact_id)
+                elif status in ("errored", "failed"):
+                    result.reject(record.key, self._job_reason(job))
+                else:
+                    result.fail(record.key, "contact not found by email after the import job")
+            return result
+
+    def _submit(
+        self, records: Sequence[Record], list_ids: list[str]
+    ) -> tuple[str | None, dict[int, str]]:
+        """One upsert: (the import job id, {}), or (None, index -> reason) when SendGrid
+        refused contacts it names; any other refusal refuses the batch."""
+        response = self._put_contacts(records, list_ids)
         if response.status_code >= 400:
-            # Validation errors name the contact (``contacts[3].email``): reject those and
-            # send the others once more; anything else refuses the batch as a whole.
-            bad = self._contact_errors(response, sending)
+            bad = self._contact_errors(response, records)
             if not bad:
-                self._expect(response, sending, "upsert")
-            for index, reason in bad.items():
-                result.reject(sending[index].key, reason)
-            sending = [r for i, r in enumerate(sending) if i not in bad]
-            if not sending:
-                return result
-            response = self._put_contacts(sending, list_ids)
-            self._expect(response, sending, "upsert")
+                self._expect(response, records, "upsert")
+            return None, bad
+        return self._job_id(response), {}
+
+    def _resubmit(self, records: Sequence[Record], list_ids: list[str]) -> str:
+        """The upsert without the contacts SendGrid named; a refusal now refuses the batch."""
+        response = self._put_contacts(records, list_ids)
+        self._expect(response, records, "upsert")
+        return self._job_id(response)
+
+    def _job_id(self, response: httpx.Response) -> str:
         job_id = dig(self.json(response), "job_id")
         if not isinstance(job_id, str) or not job_id:
             raise TransientError("sendgrid: upsert accepted without a job_id")
-        job = self._wait_for_job(job_id)
-        ids = {r.key: r.destination_id for r in sending if r.destination_id}
-        ids.update(self._find_ids([r for r in sending if not r.destination_id]))
-        status = job.get("status")
-        for record in sending:
-            contact_id = ids.get(record.key)
-            if contact_id:
-                result.accept(record.key, destination_id=contact_id)
-            elif status in ("errored", "failed"):
-                result.reject(record.key, self._job_reason(job))
-            else:
-                result.fail(record.key, "contact not found by email after the import job")
-        return result
+        return job_id
 
     def _put_contacts(self, records: Sequence[Record], list_ids: list[str]) -> httpx.Response:
         body: dict[str, Any] = {"contacts": [self.contact(r) for r in records]}
@@ -208,13 +249,14 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             body["list_ids"] = list_ids
         return self.request("PUT", "/v3/marketing/contacts", json_body=body)
 
-    def _wait_for_job(self, job_id: str) -> Mapping[str, Any]:
+    def _wait_for_job(self, job_id: str, steps: Steps) -> Mapping[str, Any]:
         """Poll the import job until it finished; a timeout leaves the batch unsynced."""
 
         def poll() -> Mapping[str, Any] | None:
             response = self.request("GET", f"/v3/marketing/contacts/imports/{job_id}")
             self._expect(response, (), "import job", TransientError)
             job = self.json(response)
+            steps.advanced()  # the job is there: a later 503 is no failed attempt
             done = isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed")
             return job if done else None
 
@@ -227,22 +269,27 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             timeout=cfg.job_timeout,
         )
 
-    def _find_ids(self, records: Sequence[Record]) -> dict[str, str]:
-        """Record key -> contact id, by email, 100 emails a call."""
+    def _find_ids(self, records: Sequence[Record], steps: Steps) -> dict[str, str]:
+        """Record key -> contact id, by email, 100 emails a call (a step each)."""
         found: dict[str, str] = {}
-        for part in chunks(records, SEARCH_CHUNK):
-            emails = {_email(r): r.key for r in part}
-            body = {"emails": list(emails)}
-            response = self.request("POST", "/v3/marketing/contacts/search/emails", json_body=body)
-            if response.status_code == 404:  # none of them matched
-                continue
-            self._expect(response, part, "contact search", TransientError)
-            result = dig(self.json(response), "result")
-            for email, item in (result or {}).items() if isinstance(result, dict) else ():
-                contact_id = dig(item, "contact", "id")
-                key = emails.get(str(email).lower())
-                if key is not None and isinstance(contact_id, str) and contact_id:
-                    found[key] = contact_id
+        for part in steps.each("search", chunks(records, SEARCH_CHUNK), self._search):
+            found.update(part)
+        return found
+
+    def _search(self, records: Sequence[Record]) -> dict[str, str]:
+        emails = {_email(r): r.key for r in records}
+        body = {"emails": list(emails)}
+        response = self.request("POST", "/v3/marketing/contacts/search/emails", json_body=body)
+        if response.status_code == 404:  # none of them matched
+            return {}
+        self._expect(response, records, "contact search", TransientError)
+        found: dict[str, str] = {}
+        result = dig(self.json(response), "result")
+        for email, item in (result or {}).items() if isinstance(result, dict) else ():
+            contact_id = dig(item, "contact", "id")
+            key = emails.get(str(email).lower())
+            if key is not None and isinstance(contact_id, str) and contact_id:
+                found[key] = contact_id
         return found
 
     def _job_reason(self, job: Mapping[str, Any]) -> str:

@@ -28,7 +28,14 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Record, credential_digest
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    ConnectorConfig,
+    Record,
+    SyncContext,
+    credential_digest,
+)
 from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
@@ -42,6 +49,7 @@ from syncer.identifiers import (
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
+from syncer.steps import BatchProgress
 
 #: Users per mapping call. TikTok publishes no maximum for this route [U]: a conservative
 #: default, configurable up to MAX_USERS.
@@ -133,6 +141,11 @@ class TikTokConnector(RestConnector[TikTokConfig]):
 
     # -- contract -----------------------------------------------------------------------
 
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
     def open(self) -> None:
         """Refuse mapped fields TikTok cannot take, and a mapping with nothing to match."""
         check_mapped_kinds("tiktok", self.context.field_names, ID_KINDS)
@@ -179,8 +192,10 @@ class TikTokConnector(RestConnector[TikTokConfig]):
             old = {k: v for k, v in _kept_ids(by_key[key]).items() if ids.get(k) != v}
             if old:
                 stale.append(old)
-        self._send("delete", stale)
-        self._send("add", list(members.values()))
+        # Two calls: a retry of the batch after the second failed does not repeat the first.
+        with self.progress.batch("update", records) as steps:
+            steps.once("delete stale ids", lambda: self._send("delete", stale))
+            steps.once("add", lambda: self._send("add", list(members.values())))
         for key, ids in members.items():
             result.accept(key, destination_id=kept_ids(ids))
         return result

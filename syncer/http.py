@@ -54,16 +54,15 @@ import httpx
 from syncer import __version__
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.metrics import rate_limited_response
-from syncer.ratelimit import AccountLimiter
+from syncer.ratelimit import DEFAULT_COOL_DOWN as DEFAULT_COOL_DOWN  # re-exported
+from syncer.ratelimit import MAX_DEFAULT_COOL_DOWN as MAX_DEFAULT_COOL_DOWN
+from syncer.ratelimit import AccountLimiter, Strikes
 
 if TYPE_CHECKING:
     from httpx._client import UseClientDefault
     from httpx._types import AuthTypes
 
 USER_AGENT = f"syncer/{__version__}"
-#: Cool-down after a 429 without a usable Retry-After; doubles on each 429 in a row.
-DEFAULT_COOL_DOWN = 1.0
-MAX_DEFAULT_COOL_DOWN = 60.0
 #: Upper bound for any Retry-After we honour.
 MAX_RETRY_AFTER = 300.0
 #: The largest answer syncer reads, after decompression. A bigger one is refused (a
@@ -685,8 +684,9 @@ class DestinationClient(httpx.Client):
         self.max_wait = max_wait
         self.max_body = max_body
         self.stop_grace = stop_grace
-        self._strikes = 0  # 429s in a row, for the growing default cool-down
-        self._strikes_lock = threading.Lock()
+        # The 429 history lives in the account's limiter (shared by every sync and thread of
+        # the account); a client without a limiter keeps its own.
+        self._strikes = Strikes()
 
     def send(
         self,
@@ -782,19 +782,19 @@ class DestinationClient(httpx.Client):
         action = self.classifier(response) if self.classifier is not None else None
         if action is None:
             action = classify_status(response.status_code)
+        limiter = self.limiter
         wait = DEFAULT_COOL_DOWN
-        with self._strikes_lock:
-            if action is Action.RATE_LIMITED:
-                wait = min(DEFAULT_COOL_DOWN * 2**self._strikes, MAX_DEFAULT_COOL_DOWN)
-                self._strikes = min(self._strikes + 1, 16)
-            elif action is Action.SUCCESS:
-                self._strikes = 0
         if action is Action.RATE_LIMITED:
-            rate_limited_response(self.limiter.connector if self.limiter is not None else "")
+            rate_limited_response(limiter.connector if limiter is not None else "")
             header = parse_retry_after(response.headers.get("Retry-After"), max_wait=self.max_wait)
-            wait = min(wait, self.max_wait) if header is None else header
-            if self.limiter is not None:
-                self.limiter.cool_down(wait)
+            if limiter is not None:
+                # Cools the account down and adds to its 429 history (see syncer.ratelimit).
+                wait = limiter.rate_limited(header, self.max_wait)
+            else:
+                default = self._strikes.hit()
+                wait = min(default, self.max_wait) if header is None else header
+        elif action is Action.SUCCESS:
+            (limiter.succeeded if limiter is not None else self._strikes.success)()
         raise_for_action(
             response,
             secrets=self.secrets,

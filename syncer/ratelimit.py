@@ -13,8 +13,17 @@ syncs to the same account must draw from one budget: :func:`limiter_for` hands o
   windows (hourly/daily quotas) are only counted: pacing to a daily average would make a
   short sync crawl, and once a quota is spent the vendor would refuse us anyway;
 * at most ``max_concurrency`` permits out at a time (requests in flight);
-* a cool-down: after a 429 the HTTP layer calls :meth:`AccountLimiter.cool_down` and every
-  thread sending to that account waits, not just the one that was told off.
+* a cool-down: after a 429 the HTTP layer calls :meth:`AccountLimiter.rate_limited` and every
+  thread sending to that account waits, not just the one that was told off;
+* the account's 429 history (:class:`Strikes`): the cool-down after a 429 without a
+  ``Retry-After`` doubles with the account's *recent* 429s, and that history fades with time
+  and successes instead of resetting on one success, so a vendor that answers
+  success, 429, success, 429... is backed off from, not hammered;
+* adaptive pacing: a 429 without ``Retry-After`` (the vendor said "too fast" and not when to
+  come back) also spaces the account's requests further apart, at least as far apart as they
+  were in the second before the 429 and twice as far as before; the extra spacing fades with
+  every success and with time, so an unpublished limit (Mailchimp's, say) is found and kept
+  instead of being hit again by every batch.
 
 Why not pyrate-limiter (4.5)? It covers the first point only, and in the bursty way: its
 buckets are sliding-window logs that grant a whole window's worth at once. It has no
@@ -49,6 +58,21 @@ from syncer.metrics import rate_limit_waited
 
 #: Windows no longer than this (seconds) set the pacing; longer ones are only counted.
 PACING_HORIZON = 60.0
+#: Cool-down after a 429 without a usable Retry-After: this, doubling with the account's
+#: recent 429s (:class:`Strikes`), at most MAX_DEFAULT_COOL_DOWN (and the engine's longest wait).
+DEFAULT_COOL_DOWN = 1.0
+MAX_DEFAULT_COOL_DOWN = 60.0
+#: The 429 history halves every STRIKE_HALF_LIFE seconds and shrinks to this share with every
+#: success: a 429 right after one success still counts nearly in full.
+STRIKE_HALF_LIFE = 300.0
+STRIKE_SUCCESS_DECAY = 0.75
+#: Adaptive pacing: the extra spacing after bare 429s shrinks to this share with every success
+#: and halves every PACE_HALF_LIFE seconds; below PACE_FLOOR seconds it is dropped, and it
+#: never exceeds MAX_DEFAULT_COOL_DOWN. The rate before a 429 is counted over PACE_SAMPLE s.
+PACE_SUCCESS_DECAY = 0.98
+PACE_HALF_LIFE = 120.0
+PACE_FLOOR = 0.001
+PACE_SAMPLE = 1.0
 #: Every window is stretched by this share. Requests reach the vendor a few milliseconds
 #: apart from when we granted them, so pacing at exactly the published limit lets the
 #: vendor's window now and then see one request too many, and each 429 costs a whole
@@ -113,6 +137,55 @@ class _Window:
         self.count += 1
 
 
+class Strikes:
+    """An account's recent 429s as a score, and the cool-down it earns.
+
+    Each 429 adds 1; the score halves every :data:`STRIKE_HALF_LIFE` seconds and shrinks to
+    :data:`STRIKE_SUCCESS_DECAY` of itself with each success. The default cool-down is
+    ``DEFAULT_COOL_DOWN * 2 ** (round(score) - 1)``: 1 s for a first 429, 2, 4, 8 s... for 429s
+    in a row, and still growing when successes and 429s alternate (the score settles at 4,
+    an 8 s cool-down), where resetting on each success would retry at 1 s forever.
+    Thread-safe.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._score = 0.0
+        self._at = 0.0
+
+    def _now_score(self, now: float) -> float:
+        return self._score * float(0.5 ** (max(0.0, now - self._at) / STRIKE_HALF_LIFE))
+
+    @property
+    def score(self) -> float:
+        with self._lock:
+            return self._now_score(self._clock())
+
+    def hit(self) -> float:
+        """Count a 429; the default cool-down it earns (seconds)."""
+        with self._lock:
+            now = self._clock()
+            self._score, self._at = self._now_score(now) + 1.0, now
+            return self._wait()
+
+    def wait(self) -> float:
+        """The default cool-down the history earns now, without counting a new 429."""
+        with self._lock:
+            now = self._clock()
+            self._score, self._at = self._now_score(now), now
+            return self._wait()
+
+    def success(self) -> None:
+        with self._lock:
+            now = self._clock()
+            self._score, self._at = self._now_score(now) * STRIKE_SUCCESS_DECAY, now
+
+    def _wait(self) -> float:
+        doublings = max(0, math.floor(self._score + 0.5) - 1)
+        return min(DEFAULT_COOL_DOWN * 2.0 ** min(doublings, 16), MAX_DEFAULT_COOL_DOWN)
+
+
 class AccountLimiter:
     """Blocking, thread-safe permits for one destination account (see module docstring).
 
@@ -143,6 +216,14 @@ class AccountLimiter:
         self._next_at = -math.inf
         self._cool_until = -math.inf
         self._in_flight = 0
+        # The 429 history and adaptive pacing (see the module docstring).
+        self.strikes = Strikes(clock)
+        self._pace = 0.0  # extra spacing after bare 429s, as of _pace_at
+        self._pace_at = 0.0
+        self._last_grant = -math.inf
+        self._recent: deque[float] = deque()  # grant times of the last PACE_SAMPLE seconds
+        self._last_strike = -math.inf  # when the last 429 that counted was noted
+        self._mine = threading.local()  # .granted: when this thread's last permit was granted
         self.max_concurrency = max_concurrency
         # Counters for benchmarks and logs; written under the lock, read freely.
         self.acquired = 0
@@ -174,8 +255,21 @@ class AccountLimiter:
         paced = [w.rate.interval for w in self._windows if w.rate.per_seconds <= PACING_HORIZON]
         self._spacing = max(paced, default=0.0) * (1 + SAFETY_MARGIN)
 
+    @property
+    def pace(self) -> float:
+        """Extra seconds between requests that 429s without Retry-After asked for, now."""
+        with self._cond:
+            return self._pace_now(self._clock())
+
+    def _pace_now(self, now: float) -> float:
+        if self._pace <= 0:
+            return 0.0
+        pace = self._pace * float(0.5 ** (max(0.0, now - self._pace_at) / PACE_HALF_LIFE))
+        return pace if pace >= PACE_FLOOR else 0.0
+
     def _time_to_wait(self, now: float) -> float:
-        waits = [self._cool_until - now, self._next_at - now]
+        pace = self._pace_now(now)
+        waits = [self._cool_until - now, self._next_at - now, self._last_grant + pace - now]
         waits += [w.wait(now) for w in self._windows]
         return max(0.0, *waits)
 
@@ -208,6 +302,11 @@ class AccountLimiter:
             self._next_at = (self._next_at if on_time else now) + self._spacing
         self._in_flight += 1
         self.acquired += 1
+        self._last_grant = now
+        self._mine.granted = now
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - PACE_SAMPLE:
+            self._recent.popleft()
 
     def release(self) -> None:
         """Give back a permit taken by :meth:`acquire`."""
@@ -235,6 +334,49 @@ class AccountLimiter:
         with self._cond:
             self._cool_until = max(self._cool_until, self._clock() + seconds)
             self.cooldowns += 1
+
+    def rate_limited(self, retry_after: float | None, max_wait: float = math.inf) -> float:
+        """The vendor answered this thread's latest request with a 429: add it to the account's
+        history, cool the account down, and return the wait (``retry_after`` when the vendor
+        gave one, else the default cool-down the history earns, at most ``max_wait``).
+
+        Only a 429 on a request granted after the previous counted 429 was noted counts: the
+        requests already in flight then were sent at the old pace and say nothing new, so a
+        burst of ten 429s is one strike, not ten. A 429 without ``Retry-After`` that counts
+        also slows the account's pace (see the module docstring).
+        """
+        with self._cond:
+            now = self._clock()
+            granted = getattr(self._mine, "granted", None)
+            counted = granted is None or granted >= self._last_strike
+            if counted:
+                self._last_strike = now
+                default = self.strikes.hit()
+                if retry_after is None:
+                    self._slow_pace(now)
+            else:
+                default = self.strikes.wait()
+            wait = min(default, max_wait) if retry_after is None else retry_after
+        self.cool_down(wait)
+        return wait
+
+    def _slow_pace(self, now: float) -> None:
+        """At least the spacing of the last PACE_SAMPLE seconds' grants, and twice the
+        spacing in force; never above MAX_DEFAULT_COOL_DOWN."""
+        while self._recent and self._recent[0] <= now - PACE_SAMPLE:
+            self._recent.popleft()
+        observed = PACE_SAMPLE / max(1, len(self._recent))
+        current = max(self._spacing, self._pace_now(now))
+        self._pace = min(max(2 * current, observed), MAX_DEFAULT_COOL_DOWN)
+        self._pace_at = now
+
+    def succeeded(self) -> None:
+        """The vendor accepted a request: the 429 history and the extra pacing fade a little."""
+        self.strikes.success()
+        with self._cond:
+            now = self._clock()
+            self._pace = self._pace_now(now) * PACE_SUCCESS_DECAY
+            self._pace_at = now
 
 
 _registry: dict[str, AccountLimiter] = {}

@@ -44,6 +44,13 @@ class FakeKlaviyo(VendorEmulator):
 
     # -- helpers ------------------------------------------------------------------------
 
+    def rate_limited(self, wait: float) -> Reply:
+        """Klaviyo's 429: a JSON:API error with ``Retry-After`` in whole seconds."""
+        detail = f"Request was throttled. Expected available in {wait:.0f} seconds."
+        reply = error(429, "throttled", detail)
+        reply.headers["Retry-After"] = f"{wait:.0f}"
+        return reply
+
     def member_emails(self) -> set[str]:
         return {self.profiles[pid]["email"] for pid in self.members}
 

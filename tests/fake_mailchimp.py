@@ -8,7 +8,8 @@ by id. It answers as the reference describes Mailchimp: batch subscribe takes at
 members and reports per-record ``errors[]`` in a 200; the per-member tags call sets a tag
 ``active``/``inactive`` (creating an unknown tag, 404 for someone not on the list); segment
 add/remove ignores addresses not on the list; more than 10 requests at once get a bare 429 (no
-headers); bad credentials get a 401.
+headers), and so do requests over a rate set with ``limit`` (Mailchimp publishes none; the
+issue's model vendor allows one a second); bad credentials get a 401.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class FakeMailchimp(VendorEmulator):
         finally:
             with self._gate:
                 self._inflight -= 1
+
+    def rate_limited(self, wait: float) -> Reply:
+        """Mailchimp's 429 has no Retry-After and no rate-limit headers."""
+        return Reply(429, {"title": "Too Many Requests", "status": 429})
 
     def _authorised(self, req: CapturedRequest) -> bool:
         header = {k.lower(): v for k, v in req.headers.items()}.get("authorization", "")

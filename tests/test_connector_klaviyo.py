@@ -294,11 +294,30 @@ def test_record_missing_from_job_profiles_fails_so_it_is_resent(
     ]
 
 
-def test_cancelled_job_is_transient(router: respx.Router, http: httpx.Client) -> None:
-    BulkJobs(router, bad=set(), statuses=["processing", "cancelled"])
+def test_cancelled_job_is_transient_and_the_retry_creates_a_new_one(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    BulkJobs(router, bad=set(), statuses=["processing", "cancelled", "complete"])
     connector, _ = make(http, bulk_threshold=1)
     with pytest.raises(TransientError, match="cancelled"):
         connector.add([person(1)])
+    assert [o.status for o in connector.add([person(1)]).outcomes()] == ["accepted"]
+    paths = [c.request.url.path for c in router.calls]
+    assert paths.count("/api/profile-bulk-import-jobs") == 2  # that job will never run
+
+
+def test_a_job_still_running_at_the_timeout_is_polled_again_not_created_again(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    """The engine retries the batch after the timeout: the retry polls the same job."""
+    BulkJobs(router, bad=set(), statuses=["processing", "processing", "complete"])
+    connector, _ = make(http, bulk_threshold=1, job_timeout=3)
+    with pytest.raises(TransientError, match="not finished"):
+        connector.add([person(1)])
+    assert [o.status for o in connector.add([person(1)]).outcomes()] == ["accepted"]
+    paths = [c.request.url.path for c in router.calls]
+    assert paths.count("/api/profile-bulk-import-jobs") == 1
+    assert paths.count("/api/profile-bulk-import-jobs/J1") == 3
 
 
 def test_job_poll_times_out_and_stop_is_honoured(router: respx.Router, http: httpx.Client) -> None:

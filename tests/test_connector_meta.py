@@ -241,6 +241,29 @@ def test_remove_sends_the_kept_rows_without_raw_data(
     assert len(router.calls) == 1  # no lookup of any kind
 
 
+def test_a_retried_removal_resends_only_the_calls_that_failed(
+    router: respx.Router, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members keep every row they were added with, so one removal batch can take several
+    calls of 10,000 rows (2 here). A 503 on the second: the retry of the batch sends only
+    the second again, and Meta's counts are reported once per call that landed."""
+    monkeypatch.setattr("connectors.meta.MAX_ROWS", 2)
+    answers = iter([counts, lambda request: httpx.Response(503), counts, counts])
+    route = router.delete(USERS).mock(side_effect=lambda request: next(answers)(request))
+    connector = make(http)
+    kept = [
+        Record(f"k{n}", {}, json.dumps([{"EMAIL": sha(f"{n}a@x.com")}, {"EMAIL": sha(f"{n}b")}]))
+        for n in range(2)
+    ]
+    with pytest.raises(TransientError):
+        connector.remove(kept)
+    result = connector.remove(kept)  # what the engine does after a TransientError
+    assert {o.status for o in result.outcomes()} == {"accepted"}
+    sent = [payload(call.request)["data"] for call in route.calls]
+    assert sent[0] != sent[1] and sent[1] == sent[2] and len(sent) == 3
+    assert connector.stats["num_received"] == 4
+
+
 def test_remove_without_kept_rows_is_rejected(router: respx.Router, http: httpx.Client) -> None:
     route = router.delete(USERS).mock(side_effect=counts)
     result = make(http).remove([Record("k1", {}, None)])

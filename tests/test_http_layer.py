@@ -202,7 +202,15 @@ def test_rate_limited_without_header_backs_off_more_each_time(
     route.respond(429)
     with pytest.raises(RateLimited) as caught:
         client.post(URL)
-    assert caught.value.retry_after == 1.0  # a success resets the back-off
+    # One success does not wipe the history (success, 429, success, 429... must back off)...
+    assert caught.value.retry_after == 4.0
+    route.respond(200)
+    for _ in range(10):
+        client.post(URL)
+    route.respond(429)
+    with pytest.raises(RateLimited) as caught:
+        client.post(URL)
+    assert caught.value.retry_after == 1.0  # ...a run of successes does
 
 
 # -- network failures -----------------------------------------------------------------------

@@ -300,3 +300,133 @@ def test_default_account_key_tells_accounts_apart_without_showing_secrets() -> N
     assert make("key-aaaa") == make("key-aaaa", batch_size=10)
     assert make("key-aaaa") != make("key-bbbb")
     assert "key-aaaa" not in make("key-aaaa")
+
+
+# -- 429 history and adaptive pacing ----------------------------------------------------------
+
+
+def test_alternating_success_and_429_still_backs_off() -> None:
+    """success, 429, success, 429...: each success used to reset the back-off to 1 s, so the
+    vendor was asked again at once, forever. The account's history now keeps growing."""
+    fake = FakeClock()
+    lim = limiter(fake, [])
+    waits = []
+    for _ in range(6):
+        assert lim.acquire()
+        lim.release()
+        lim.succeeded()
+        assert lim.acquire()
+        lim.release()
+        waits.append(lim.rate_limited(None))
+    assert waits[0] == 1.0
+    assert waits == sorted(waits) and waits[-1] >= 4.0
+
+
+def test_429s_in_a_row_double_up_to_the_cap_and_successes_fade_them() -> None:
+    fake = FakeClock()
+    lim = limiter(fake, [])
+    waits = []
+    for _ in range(10):
+        assert lim.acquire()  # waits out the previous cool-down (the fake clock moves)
+        lim.release()
+        waits.append(lim.rate_limited(None, max_wait=120))
+    assert waits[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    assert waits[-1] == 60.0 and max(waits) == 60.0
+    assert lim.rate_limited(None, max_wait=20) == 20.0  # and never above the longest wait
+    for _ in range(20):
+        lim.succeeded()
+    assert lim.acquire()
+    lim.release()
+    assert lim.rate_limited(None) == 1.0
+
+
+def test_the_history_fades_with_time() -> None:
+    fake = FakeClock()
+    lim = limiter(fake, [])
+    for _ in range(4):
+        assert lim.acquire()
+        lim.release()
+        lim.rate_limited(None)
+    fake.now += 3600  # an hour later, the account starts afresh
+    assert lim.acquire()
+    lim.release()
+    assert lim.rate_limited(None) == 1.0
+
+
+def test_429s_on_requests_already_in_flight_count_once() -> None:
+    """Ten requests sent together and all answered 429 are one strike, not ten: they were
+    sent before the first 429 said anything. The next request sent after it counts."""
+    fake = FakeClock()
+    lim = limiter(fake, [])
+    granted = threading.Barrier(10)
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def request() -> None:
+        assert lim.acquire()
+        lim.release()
+        granted.wait(5)  # all ten are in flight before the first answer
+        with lock:
+            fake.now += 0.01
+            waits.append(lim.rate_limited(None))
+
+    threads = [threading.Thread(target=request) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert waits == [1.0] * 10
+    assert lim.acquire()
+    lim.release()
+    assert lim.rate_limited(None) == 2.0
+
+
+def test_a_bare_429_slows_the_pace_and_successes_bring_it_back() -> None:
+    """No published limit, a vendor that says "too many" without saying when to come back:
+    after the 429, requests are spaced at least as far apart as in the second before it."""
+    fake = FakeClock()
+    lim = limiter(fake, [])
+    grant_times(lim, fake, 10)  # ten requests at once
+    wait = lim.rate_limited(None)
+    assert lim.pace == pytest.approx(0.1)
+    fake.now += wait
+    times = grant_times(lim, fake, 5)
+    assert all(b - a >= 0.099 for a, b in itertools.pairwise(times))
+    pace = lim.pace
+    for _ in range(200):
+        lim.succeeded()
+    assert lim.pace < pace / 10
+    fake.now += 1000
+    assert lim.pace == 0.0
+
+
+def test_a_429_with_retry_after_leaves_the_pace_alone() -> None:
+    """The vendor said when to come back: the cool-down is exactly that, the pace unchanged."""
+    fake = FakeClock()
+    lim = limiter(fake, [RateLimit(50, 1)])
+    grant_times(lim, fake, 5)
+    assert lim.rate_limited(7.0) == 7.0
+    assert lim.pace == 0.0
+    assert grant_times(lim, fake, 1)[0] >= 7.0
+
+
+def test_one_accounts_history_is_shared_by_its_syncs() -> None:
+    """Two syncs (two clients) to one account: the second sync's 429 continues the first's
+    history instead of starting at 1 s."""
+    from syncer.errors import RateLimited
+    from syncer.http import make_client
+
+    fake = FakeClock()
+    registry: dict[str, AccountLimiter] = {}
+    shared = limiter_for("acme:1", [], 4, registry=registry, clock=fake, sleep=fake.sleep)
+    transport = httpx.MockTransport(lambda request: httpx.Response(429))
+    waits = []
+    with (
+        make_client(transport=transport, limiter=shared) as one,
+        make_client(transport=transport, limiter=shared) as two,
+    ):
+        for client in (one, two, one, two):
+            with pytest.raises(RateLimited) as caught:
+                client.post("https://api.acme.example/members")
+            waits.append(caught.value.retry_after)
+    assert waits == [1.0, 2.0, 4.0, 8.0]

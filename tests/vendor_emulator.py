@@ -13,7 +13,12 @@ A subclass declares routes and keeps whatever the vendor keeps (contacts, lists,
 mapping). Every request is kept in ``vendor.requests`` (as :class:`CapturedRequest`, for contract
 checks) and handled under one lock, so handlers need no locking of their own.
 ``vendor.fail_next(r"/batch/upsert", Reply(429, ..., headers={"Retry-After": "1"}))`` answers the
-next matching request with that reply instead of handling it (a 429, a 500, a timeout-like delay).
+next matching request with that reply instead of handling it (a 429, a 500, a timeout-like delay,
+``Reply(reset=True)``: the connection closed without an answer); ``after=2`` lets two matching
+requests through first. ``vendor.limit(1, 1.0)`` answers 429 (``rate_limited``) beyond a rate,
+counted over a sliding window of admitted requests, and ``vendor.chaos(0.2, seed=7)`` answers a
+seeded-random 20% of the admitted requests with a 503; both take a ``clock`` so tests can run
+them on the engine's scaled or fake time. Neither the limit's nor chaos's answers change state.
 
 ``SyncRun`` wires one mapping, a SQLite warehouse table and a state database to the real CLI.
 """
@@ -22,13 +27,16 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
+import random
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,6 +51,7 @@ class Reply:
     body: Any = None  # JSON-encoded unless bytes
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering
+    reset: bool = False  # close the connection without answering (after ``delay``)
 
     def encoded(self) -> bytes:
         if self.body is None:
@@ -61,19 +70,72 @@ class VendorEmulator:
         self.requests: list[CapturedRequest] = []
         self.statuses: collections.Counter[int] = collections.Counter()
         self.lock = threading.RLock()
-        self._faults: list[tuple[re.Pattern[str], str | None, Reply]] = []
+        # (path, method, reply, matching requests still to let through first)
+        self._faults: list[list[Any]] = []
         self._compiled = [(m, re.compile(p + r"$"), h) for m, p, h in self.routes]
         self._server: ThreadingHTTPServer | None = None
+        # Rate windows: (requests, per seconds, admitted times), all on one clock.
+        self._limits: list[tuple[int, float, collections.deque[float]]] = []
+        self._clock: Callable[[], float] = time.monotonic
+        self._chaos: tuple[float, random.Random, Reply] | None = None
+        #: Requests answered by ``limit`` (429) and by ``chaos``.
+        self.throttled = 0
+        self.chaotic = 0
+        #: Requests a route handled (not a fault, the limit or chaos), with the status.
+        self.handled: list[tuple[CapturedRequest, int]] = []
 
     # -- scripting ----------------------------------------------------------------------
 
     def fail_next(
-        self, path: str, reply: Reply, *, method: str | None = None, times: int = 1
+        self,
+        path: str,
+        reply: Reply,
+        *,
+        method: str | None = None,
+        times: int = 1,
+        after: int = 0,
     ) -> None:
-        """Answer the next ``times`` requests whose path matches ``path`` with ``reply``."""
+        """Answer the next ``times`` requests whose path matches ``path`` with ``reply``,
+        after letting ``after`` matching requests through."""
         with self.lock:
             for _ in range(times):
-                self._faults.append((re.compile(path), method, reply))
+                self._faults.append([re.compile(path), method, reply, after])
+
+    def limit(
+        self, requests: int, per_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Answer :meth:`rate_limited` to requests beyond ``requests`` per ``per_seconds``
+        (call it again to add windows; all apply, on the last ``clock`` given)."""
+        with self.lock:
+            self._limits.append((requests, per_seconds, collections.deque()))
+            self._clock = clock
+
+    def chaos(self, share: float, seed: int, reply: Reply | None = None) -> None:
+        """Answer a random ``share`` of the admitted requests with ``reply`` (a bare 503)."""
+        with self.lock:
+            self._chaos = (share, random.Random(seed), reply or Reply(503, {"error": "busy"}))
+
+    def rate_limited(self, wait: float) -> Reply:
+        """The vendor's own 429 (override it: bare, Retry-After, JSON:API...)."""
+        return Reply(429, {"message": "Too Many Requests"}, headers={"Retry-After": f"{wait:.0f}"})
+
+    def _over_limit(self) -> Reply | None:
+        """With the lock held: the 429 for a request over a rate, else None (admitted)."""
+        if not self._limits:
+            return None
+        now = self._clock()
+        wait = 0.0
+        for requests, per, admitted in self._limits:
+            while admitted and now - admitted[0] >= per:
+                admitted.popleft()
+            if len(admitted) >= requests:
+                wait = max(wait, per - (now - admitted[0]))
+        if wait > 0:
+            self.throttled += 1
+            return self.rate_limited(max(1.0, math.ceil(wait)))
+        for _, _, admitted in self._limits:
+            admitted.append(now)
+        return None
 
     def pending_faults(self) -> int:
         with self.lock:
@@ -111,14 +173,21 @@ class VendorEmulator:
                 reply = emulator.dispatch(captured)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.reset:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 data = reply.encoded()
-                self.send_response(reply.status)
                 headers = {"Content-Type": "application/json", **reply.headers}
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(reply.status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (timed out) first
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
@@ -127,7 +196,9 @@ class VendorEmulator:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -139,16 +210,30 @@ class VendorEmulator:
         path = req.url.split("?", 1)[0]
         with self.lock:
             self.requests.append(req)
-            for i, (pattern, method, reply) in enumerate(self._faults):
+            for i, (pattern, method, reply, after) in enumerate(self._faults):
                 if pattern.search(path) and (method is None or method == req.method):
+                    if after:
+                        self._faults[i][3] -= 1
+                        break
                     del self._faults[i]
-                    self.statuses[reply.status] += 1
+                    self.statuses[0 if reply.reset else reply.status] += 1
                     return reply
+            limited = self._over_limit()
+            if limited is not None:
+                self.statuses[limited.status] += 1
+                return limited
+            if self._chaos is not None:
+                share, rng, chaotic = self._chaos
+                if rng.random() < share:
+                    self.chaotic += 1
+                    self.statuses[chaotic.status] += 1
+                    return chaotic
             for method, pattern, handler in self._compiled:
                 match = pattern.match(path)
                 if match and method == req.method:
                     reply = getattr(self, handler)(req, match)
                     self.statuses[reply.status] += 1
+                    self.handled.append((req, reply.status))
                     return reply
             self.statuses[404] += 1
             return Reply(404, {"message": f"no route for {req.method} {path}"})
