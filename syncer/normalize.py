@@ -3,6 +3,10 @@
 This runs once per source row, so it is the hot path: converters are chosen once per sync and
 the common case (plain values, string keys) does no per-field dispatch at all. Reasons never
 quote the value: it may be an email address or a phone number.
+
+A value goes out exactly as it is or not at all: what the JSON payload cannot carry unchanged
+(NaN and infinity, which orjson would write as null; integers beyond 64 bits; decimals with
+more digits than a float keeps; lone surrogates; binary) makes the row invalid, with a reason.
 """
 
 from __future__ import annotations
@@ -208,7 +212,7 @@ def _decimal(value: Decimal) -> int | float:
     if number.is_integer():
         if value == value.to_integral_value():
             return int(value)
-    elif number != number or number in (_INF, -_INF):  # beyond a float; int() could take ages
+    elif not math.isfinite(number):  # beyond any float: int() of 1E+999999999 takes ages
         raise InvalidValue(TOO_LARGE)
     # A float keeps any 15 significant digits in its normal range (rounding to 15 digits
     # leaves such a decimal equal to itself); longer ones (avg() results, NUMERIC(38,18))
@@ -218,7 +222,6 @@ def _decimal(value: Decimal) -> int | float:
     return number
 
 
-_INF = float("inf")
 _FLOAT_DIGITS = Context(prec=15, Emin=-300, Emax=300, traps=[])
 
 
@@ -619,11 +622,12 @@ class RowEncoder:
                 digest_of(digest(payload))
         except (InvalidValue, TypeError, orjson.JSONEncodeError):
             return None
-        if b"null" in blob and self._hidden_nulls(rows, blob):
+        nulls = blob.count(b"null")  # one C-level scan; "null" cannot overlap itself
+        if nulls and self._hidden_nulls(rows, nulls):
             return None
         return blob, sizes, digests
 
-    def _hidden_nulls(self, rows: Sequence[Sequence[Any]], blob: bytearray) -> bool:
+    def _hidden_nulls(self, rows: Sequence[Sequence[Any]], nulls: int) -> bool:
         """Whether orjson wrote a NaN or an infinity in these rows' payloads (as ``null``).
 
         Every null field is one ``null``; only when the payloads hold more (a NaN, a null in
@@ -631,7 +635,7 @@ class RowEncoder:
         NaN and are null exactly where the row is, so the rows' own values are counted,
         C-level, whole rows when the fields are exactly the row's columns."""
         fields = rows if self._fields_are_row else map(self._pick, rows)
-        if blob.count(b"null") == operator.countOf(chain.from_iterable(fields), None):
+        if nulls == operator.countOf(chain.from_iterable(fields), None):
             return False
         return _nonfinite(chain.from_iterable(map(self._pick, rows)))
 
