@@ -119,6 +119,9 @@ def looks_hashed(value: Any) -> bool:
 def _text(value: Any) -> str:
     if value is None or isinstance(value, bool):
         raise InvalidValue("empty")
+    if isinstance(value, float | list | dict):
+        # str() would hash Python's spelling ("94035.0", "['a']"), which matches nobody.
+        raise InvalidValue("not text or a whole number; cast it to text in the query")
     return str(value)
 
 

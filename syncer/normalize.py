@@ -3,11 +3,16 @@
 This runs once per source row, so it is the hot path: converters are chosen once per sync and
 the common case (plain values, string keys) does no per-field dispatch at all. Reasons never
 quote the value: it may be an email address or a phone number.
+
+A value goes out exactly as it is or not at all: what the JSON payload cannot carry unchanged
+(NaN and infinity, which orjson would write as null; integers beyond 64 bits; decimals with
+more digits than a float keeps; lone surrogates; binary) makes the row invalid, with a reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import operator
 import os
 import re
@@ -16,10 +21,10 @@ import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 from functools import partial
 from hashlib import sha256
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, compress, repeat
 from typing import Any
 
 import orjson
@@ -165,7 +170,9 @@ def normalize_email(value: Any) -> str:
 
 def normalize_phone(value: Any, region: str | None = None) -> str:
     """E.164 phone number; numbers without a country code need the mapping's region."""
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool | float | bytes | bytearray | memoryview):
+        # str() of a float ("447911123456.0") or of bytes ("b'+44...'") is not the number
+        # the warehouse holds, however leniently phonenumbers reads it.
         raise InvalidValue("not a valid phone number")
     text = str(value).strip()
     try:
@@ -177,31 +184,78 @@ def normalize_phone(value: Any, region: str | None = None) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+# What a JSON payload cannot carry as it is. Each is a reason: it names no value.
+NOT_FINITE = "not a finite number (NaN or infinity)"
+TOO_LARGE = "integer beyond the 64-bit range cannot be sent; cast it to text in the query"
+TOO_PRECISE = (
+    "number has more significant digits than a JSON number keeps (a 64-bit float);"
+    " round it or cast it to text in the query"
+)
+NOT_UNICODE = "text is not valid Unicode (a lone surrogate)"
+BINARY = "binary value cannot be sent"
+UNENCODABLE = "cannot be encoded as JSON"
+# The integers orjson writes and reads back exactly.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _finite(number: float) -> float:
+    if not math.isfinite(number):
+        raise InvalidValue(NOT_FINITE)
+    return number
+
+
+def _decimal(value: Decimal) -> int | float:
+    """An exact integer, or the float that reads back as the same decimal; else refused."""
+    if not value.is_finite():
+        raise InvalidValue(NOT_FINITE)
+    number = float(value)
+    if number.is_integer():
+        if value == value.to_integral_value():
+            return int(value)
+    elif not math.isfinite(number):  # beyond any float: int() of 1E+999999999 takes ages
+        raise InvalidValue(TOO_LARGE)
+    # A float keeps any 15 significant digits in its normal range (rounding to 15 digits
+    # leaves such a decimal equal to itself); longer ones (avg() results, NUMERIC(38,18))
+    # are compared with what the float reads back as.
+    if _FLOAT_DIGITS.plus(value) != value and Decimal(repr(number)) != value:
+        raise InvalidValue(TOO_PRECISE)
+    return number
+
+
+_FLOAT_DIGITS = Context(prec=15, Emin=-300, Emax=300, traps=[])
+
+
 def _number(value: Any) -> int | float:
     if isinstance(value, bool):
         raise InvalidValue("not a number")
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidValue("not a finite number")
+        _finite(value)
         return int(value) if value.is_integer() and abs(value) < 2**53 else value
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidValue("not a finite number")
-        return int(value) if value == value.to_integral_value() else float(value)
+        return _decimal(value)
     if isinstance(value, str):
         try:
-            return _number(Decimal(value.strip()))
+            parsed = Decimal(value.strip())
         except ArithmeticError:
             raise InvalidValue("not a number") from None
+        return _decimal(parsed)
     raise InvalidValue("not a number")
 
 
 def _integer(value: Any) -> int:
     number = _number(value)
-    if not isinstance(number, int):
-        raise InvalidValue("not a whole number")
+    if isinstance(number, int):
+        return number
+    if number.is_integer():  # beyond 2**53 a float no longer holds every whole number
+        raise InvalidValue("a float this large is not an exact whole number")
+    raise InvalidValue("not a whole number")
+
+
+def _in_range(number: int | float) -> int | float:
+    if type(number) is int and not _INT_MIN <= number <= _INT_MAX:
+        raise InvalidValue(TOO_LARGE)
     return number
 
 
@@ -252,20 +306,115 @@ def _datetime(value: Any) -> str:
 
 
 def _string(value: Any) -> str:
+    """Text as it is; other values as SQL and JSON spell them, never Python's own spelling
+    ("True", "nan", "{'a': None}")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, bytes | bytearray | memoryview):
-        raise InvalidValue("binary value cannot be sent as text")
-    return value if isinstance(value, str) else str(value)
+        raise InvalidValue(BINARY)
+    if isinstance(value, float):
+        _finite(value)
+    elif isinstance(value, Decimal) and not value.is_finite():
+        raise InvalidValue(NOT_FINITE)
+    elif isinstance(value, list | tuple | dict):  # JSON or an array: its JSON text
+        detail = _problem(value)
+        if detail is not None:
+            raise InvalidValue(detail)
+        try:
+            return orjson.dumps(value, default=_auto).decode()
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise InvalidValue(_refusal(exc)) from None
+    return str(value)
 
 
 def _auto(value: Any) -> Any:
     """Values orjson cannot encode itself: decimals become numbers, the rest text."""
     if isinstance(value, Decimal):
-        return _number(value)
+        number = _decimal(value)
+        if type(number) is int and not _INT_MIN <= number <= _INT_MAX:
+            raise InvalidValue(TOO_LARGE)
+        return number
+    if isinstance(value, float):  # a subclass (numpy.float64): orjson takes plain floats only
+        return _finite(float(value))
     if isinstance(value, bytes | bytearray | memoryview):
-        raise InvalidValue("binary value cannot be sent")
+        raise InvalidValue(BINARY)
     if isinstance(value, dt.time | dt.timedelta):
         return str(value)
     raise InvalidValue(f"unsupported value type {type(value).__name__}")
+
+
+def _problem(value: Any) -> str | None:
+    """Why orjson would not write ``value`` (a field's value after conversion) as it is: the
+    reason, or None. orjson writes NaN and infinities as ``null`` without a word, so they are
+    looked for here; the rest it refuses, and this names why. Slow: only for bad rows."""
+    if isinstance(value, str):
+        return None if value.isascii() or _utf8(value) else NOT_UNICODE
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if _INT_MIN <= value <= _INT_MAX else TOO_LARGE
+    if isinstance(value, list | tuple):
+        return next(filter(None, map(_problem, value)), None)
+    if isinstance(value, dict):
+        return next(filter(None, map(_problem, [*value, *value.values()])), None)
+    if isinstance(value, float | Decimal | bytes | bytearray | memoryview):
+        try:
+            _auto(value)
+        except InvalidValue as exc:
+            return str(exc)
+    return None
+
+
+def _refusal(exc: Exception) -> str:
+    """Why orjson refused a value: an error in the default hook reaches us wrapped, its
+    reason as the cause."""
+    cause = exc.__cause__
+    return str(cause) if isinstance(cause, InvalidValue) else UNENCODABLE
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _nonfinite(values: Iterable[Any]) -> bool:
+    """Whether any value (or any value inside a list or object) is NaN or an infinity.
+
+    C-level filters over the values; only lists and objects are walked in Python."""
+    flat = list(values)
+    if not all(map(math.isfinite, filter(float.__instancecheck__, flat))):
+        return True
+    nested = compress(flat, map(_CONTAINERS.__contains__, map(type, flat)))
+    for container in nested:
+        items = container.values() if isinstance(container, dict) else container
+        if _nonfinite(items):
+            return True
+    return False
+
+
+_CONTAINERS = frozenset({list, tuple, dict})
+
+
+def _number_field(value: Any) -> int | float:
+    return _in_range(_number(value))
+
+
+def _integer_field(value: Any) -> int | float:
+    return _in_range(_integer(value))
+
+
+def _key_text(text: str) -> str:
+    """A text key as it is, unless the state database could not store it faithfully."""
+    if "\x00" in text:
+        raise InvalidValue("contains a NUL character")
+    if not (text.isascii() or _utf8(text)):
+        raise InvalidValue("not valid Unicode (a lone surrogate)")
+    return text
 
 
 def field_converter(spec: FieldSpec) -> Callable[[Any], Any] | None:
@@ -280,8 +429,8 @@ def field_converter(spec: FieldSpec) -> Callable[[Any], Any] | None:
         return lambda v: normalize_phone(v, region)
     return {
         "string": _string,
-        "number": _number,
-        "integer": _integer,
+        "number": _number_field,
+        "integer": _integer_field,
         "boolean": _boolean,
         "date": _date,
         "datetime": _datetime,
@@ -297,7 +446,7 @@ def key_converter(definition: SyncDefinition) -> Callable[[Any], str]:
         return lambda v: normalize_phone(v, region)
     if source.key_type == "integer":
         return lambda v: str(_integer(v))
-    return lambda v: (v if isinstance(v, str) else _string(v)).strip()
+    return lambda v: _key_text((v if isinstance(v, str) else _string(v)).strip())
 
 
 _SIGN_SHIFT = 1 << 63
@@ -364,6 +513,12 @@ class RowEncoder:
         self._hash_keys = hash_keys
         self.field_names = tuple(name for name, _, _ in self._fields)
         positions = [i for _, i, _ in self._fields]
+        # Each column mapped once, and the key (never null in a whole chunk) at most also:
+        # a row's nulls are then its fields' nulls, counted without picking the fields.
+        self._fields_are_row = len(set(positions)) == len(positions) and {
+            *positions,
+            self._key_index,
+        } == set(range(len(columns)))
         # The payload is a JSON array in field_names order: no dict per row on the hot path.
         self._pick = _picker(positions)
         self._dumps = partial(orjson.dumps, default=_auto)
@@ -435,6 +590,8 @@ class RowEncoder:
                     keys = list(map(str.strip, raw))
                 except TypeError:  # not all text (integer ids): the general conversion
                     keys = list(map(self._key, raw))
+                else:
+                    _key_text("".join(keys))  # one C-level scan for what _key_text refuses
             else:
                 keys = list(map(self._key, raw))
         except InvalidValue:
@@ -454,7 +611,8 @@ class RowEncoder:
         sizes: list[int] = []
         digests: list[int] = []
         size_of, digest_of, digest = sizes.append, digests.append, xxh3_64_intdigest
-        values = map(self._pick, rows) if self._plain else map(self._convert, rows)
+        pick = self._pick
+        values = map(pick, rows) if self._plain else map(self._convert, rows)
         try:
             # Each payload is dropped as soon as it is copied: orjson's bytes carry spare
             # capacity, and holding a chunk's worth of them costs far more than encoding.
@@ -464,7 +622,22 @@ class RowEncoder:
                 digest_of(digest(payload))
         except (InvalidValue, TypeError, orjson.JSONEncodeError):
             return None
+        nulls = blob.count(b"null")  # one C-level scan; "null" cannot overlap itself
+        if nulls and self._hidden_nulls(rows, nulls):
+            return None
         return blob, sizes, digests
+
+    def _hidden_nulls(self, rows: Sequence[Sequence[Any]], nulls: int) -> bool:
+        """Whether orjson wrote a NaN or an infinity in these rows' payloads (as ``null``).
+
+        Every null field is one ``null``; only when the payloads hold more (a NaN, a null in
+        a list, "null" in some text) are the values looked at. Converted fields never hold
+        NaN and are null exactly where the row is, so the rows' own values are counted,
+        C-level, whole rows when the fields are exactly the row's columns."""
+        fields = rows if self._fields_are_row else map(self._pick, rows)
+        if nulls == operator.countOf(chain.from_iterable(fields), None):
+            return False
+        return _nonfinite(chain.from_iterable(map(self._pick, rows)))
 
     def _convert(self, row: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(
@@ -499,6 +672,12 @@ class RowEncoder:
             raw_key = row[key_index]
             if string_keys and type(raw_key) is str:
                 key = raw_key.strip()
+                if "\x00" in key or not key.isascii():
+                    try:
+                        _key_text(key)
+                    except InvalidValue as exc:
+                        refuse((rownum, None, f"row {rownum}: key {self.key_column}: {exc}"))
+                        continue
             elif raw_key is None:
                 refuse((rownum, None, f"row {rownum}: null key ({self.key_column})"))
                 continue
@@ -514,8 +693,16 @@ class RowEncoder:
             if hash_keys:
                 key = sha256(key.encode("utf-8")).hexdigest()
             try:
-                payload = dumps(pick(row) if plain else convert(row))
+                values = pick(row) if plain else convert(row)
+                payload = dumps(values)
             except (InvalidValue, TypeError, orjson.JSONEncodeError):
+                refuse((rownum, key, f"row {rownum}: {self._explain(row)}"))
+                continue
+            if (
+                b"null" in payload
+                and payload.count(b"null") != values.count(None)
+                and _nonfinite(values)
+            ):  # orjson wrote a NaN or an infinity as null (see _whole_payloads)
                 refuse((rownum, key, f"row {rownum}: {self._explain(row)}"))
                 continue
             keep(payload)
@@ -528,14 +715,20 @@ class RowEncoder:
         return EncodedChunk(start, keys, hashes, None if not invalid else rownums, invalid)
 
     def _explain(self, row: Sequence[Any]) -> str:
-        """Find which field broke (slow path, only for bad rows)."""
+        """Find which field broke, and why (slow path, only for bad rows)."""
         for name, i, conv in self._fields:
             value = row[i]
             if value is None:
                 continue
             try:
-                orjson.dumps(conv(value) if conv else value, default=_auto)
-            except (InvalidValue, TypeError, orjson.JSONEncodeError) as exc:
-                detail = str(exc) if isinstance(exc, InvalidValue) else "cannot be encoded"
+                converted = conv(value) if conv else value
+                detail = _problem(converted)
+                if detail is None:
+                    orjson.dumps(converted, default=_auto)
+            except InvalidValue as exc:
+                detail = str(exc)
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                detail = _refusal(exc)
+            if detail is not None:
                 return f"field {name}: {detail}"
         return "row cannot be encoded"

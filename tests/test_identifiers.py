@@ -255,6 +255,12 @@ BAD = [
     ("external_id", ""),
     ("email", None),
     ("phone", True),
+    # A float or a JSON value has no identifier text: str() would send Python's spelling.
+    ("external_id", 12345.0),
+    ("postcode", 94035.0),
+    ("phone", 447911123456.0),
+    ("maid", ["6d92078a-8246-4ba4-ae5b-76104861e7dc"]),
+    ("external_id", {"id": 7}),
 ]
 
 
@@ -420,3 +426,11 @@ def test_emails_hash_the_normalised_text(raw: str) -> None:
             continue
         assert text == text.strip() and text == text.lower()
         assert identifier(platform, "email", raw) == sha(text)
+
+
+def test_whole_numbers_are_identifier_text() -> None:
+    """An integer column (an id, a phone kept as a number) is its digits; only a float or a
+    JSON value, whose str() is Python's own spelling, is refused."""
+    assert identifier("meta", "external_id", 42) == "42"
+    assert identifier("google", "phone", 447911123456) == sha("+447911123456")
+    assert identifier("meta", "postcode", 94035) == sha("94035")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import phonenumbers
 import pytest
 from email_validator import EmailNotValidError, validate_email
@@ -16,6 +18,11 @@ from hypothesis import strategies as st
 from syncer.errors import ConfigError
 from syncer.mapping import FieldSpec, SyncDefinition
 from syncer.normalize import (
+    BINARY,
+    NOT_FINITE,
+    NOT_UNICODE,
+    TOO_LARGE,
+    TOO_PRECISE,
     InvalidValue,
     RowEncoder,
     field_converter,
@@ -445,15 +452,60 @@ def test_payload_spill_reads_back_every_payload_across_chunks() -> None:
 
 # -- the whole-chunk fast path gives exactly what the row-by-row path gives -----------------------
 
+# Values a warehouse driver can hand over that JSON cannot carry as they are, or nearly so.
+SPECIAL_VALUES: list[Any] = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    -0.0,
+    1e308,
+    5e-324,
+    Decimal("NaN"),
+    Decimal("-NaN"),
+    Decimal("sNaN"),
+    Decimal("Infinity"),
+    Decimal("-Infinity"),
+    Decimal("-0"),
+    Decimal("3.3333333333333333"),  # Postgres 10/3: 17 digits, more than a float keeps
+    Decimal("1.6666666666666667"),  # 17 digits that a float does keep
+    Decimal("0.100000000000000000000"),
+    Decimal("1E-400"),
+    Decimal("1E+400"),
+    Decimal("18446744073709551615"),
+    2**64 - 1,
+    2**64,
+    -(2**63),
+    -(2**63) - 1,
+    2**53 + 1,
+    "NaN",
+    "Infinity",
+    "-inf",
+    "null",
+    "a\x00b",
+    "\ud800",
+    "x\udfffy",
+    b"\x00\xff",
+    [1.0, float("nan")],
+    [None, 1],
+    {"a": float("inf")},
+    {"n": None, "d": Decimal("1.5")},
+    [Decimal("NaN")],
+    [2**64],
+]
+
 _cell = st.one_of(
     st.none(),
     st.text(max_size=12),
+    st.text(st.characters(codec=None, categories=["Cs", "Cc", "Ll"]), max_size=4),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.decimals(allow_nan=False, places=2, min_value=-1000, max_value=1000),
+    st.decimals(allow_nan=True, allow_infinity=True),
     st.booleans(),
     st.binary(max_size=3),
     st.sampled_from(["ada@example.com", " Bob@Example.COM ", "not an email", "", "  "]),
+    st.sampled_from(SPECIAL_VALUES),
+    st.lists(st.one_of(st.none(), st.floats(), st.integers()), max_size=3),
 )
 _fast_rows = st.lists(st.tuples(_cell, _cell, _cell, _cell, _cell), max_size=12)
 
@@ -465,6 +517,34 @@ _fast_rows = st.lists(st.tuples(_cell, _cell, _cell, _cell, _cell), max_size=12)
     typed=st.booleans(),
     hashed=st.booleans(),
     good_keys=st.booleans(),
+)
+@example(  # a lone surrogate in a text key, hashed: neither path may crash
+    rows=[(None, " \ud800 ", None, None, None), (None, "k\x00", 1, None, None)],
+    key_type="string",
+    typed=False,
+    hashed=True,
+    good_keys=False,
+)
+@example(  # NaN among clean rows: the fast path must notice what orjson wrote as null
+    rows=[(None, None, 1.5, None, None), (None, None, float("nan"), None, None)],
+    key_type="string",
+    typed=False,
+    hashed=False,
+    good_keys=True,
+)
+@example(  # more nulls than None values, none of them a NaN: the chunk is still taken whole
+    rows=[(None, None, [None, 1.0], None, None), (None, None, "null", None, None)],
+    key_type="string",
+    typed=False,
+    hashed=False,
+    good_keys=True,
+)
+@example(
+    rows=[("a@example.com", "Ada", 2**64, "1", None), ("b@example.com", "Bo", "NaN", 2, None)],
+    key_type="email",
+    typed=True,
+    hashed=False,
+    good_keys=True,
 )
 def test_chunk_fast_path_matches_row_by_row(
     rows: list[tuple[Any, ...]], key_type: str, typed: bool, hashed: bool, good_keys: bool
@@ -505,3 +585,356 @@ def test_chunk_fast_path_matches_row_by_row(
             spill.close()
     assert results[0] == results[1]
     assert results[0][3] == len(rows)
+
+
+# -- special values: sent faithfully, or the row is invalid and says why ----------------------
+
+INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson writes and reads back exactly
+
+
+def auto_outcome(value: Any) -> tuple[str, Any]:
+    """("sent", what the destination decodes) or ("invalid", the words of the reason) for a
+    value of an ``auto`` field: the rules the README states, written out independently."""
+    if value is None or isinstance(value, bool):
+        return "sent", value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "invalid", "not valid Unicode"
+        return "sent", value
+    if isinstance(value, int):
+        return ("sent", value) if INT_RANGE[0] <= value <= INT_RANGE[1] else ("invalid", "64-bit")
+    if isinstance(value, float):
+        return ("sent", value) if math.isfinite(value) else ("invalid", "not a finite number")
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return "invalid", "not a finite number"
+        if value == value.to_integral_value():
+            whole = int(value)
+            in_range = INT_RANGE[0] <= whole <= INT_RANGE[1]
+            return ("sent", whole) if in_range else ("invalid", "64-bit")
+        if Decimal(repr(float(value))) != value:
+            return "invalid", "significant digits"
+        return "sent", float(value)
+    if isinstance(value, bytes):
+        return "invalid", "binary"
+    if isinstance(value, list | dict):
+        items = value if isinstance(value, list) else value.values()
+        outcomes = [auto_outcome(item) for item in items]
+        bad = [o for o in outcomes if o[0] == "invalid"]
+        if bad:
+            return bad[0]
+        sent = [o[1] for o in outcomes]
+        return "sent", sent if isinstance(value, list) else dict(zip(value, sent, strict=True))
+    raise AssertionError(f"no rule for {type(value)}")
+
+
+def same(decoded: Any, expected: Any) -> bool:
+    """Equal, and of the same kind: 1 is not 1.0, -0.0 is not 0.0, True is not 1."""
+    if isinstance(expected, float):
+        return isinstance(decoded, float) and repr(decoded) == repr(expected)
+    if isinstance(expected, list):
+        return (
+            isinstance(decoded, list)
+            and len(decoded) == len(expected)
+            and all(same(d, e) for d, e in zip(decoded, expected, strict=True))
+        )
+    if isinstance(expected, dict):
+        return (
+            isinstance(decoded, dict)
+            and decoded.keys() == expected.keys()
+            and all(same(decoded[k], expected[k]) for k in expected)
+        )
+    return type(decoded) is type(expected) and decoded == expected
+
+
+def encode_both_ways(
+    defn: SyncDefinition, rows: list[tuple[Any, ...]], columns: list[str]
+) -> list[list[tuple[int, str | None, bytes | None, str | None]]]:
+    """Each row as (row number, key, payload, reason), by the whole-chunk path and row by row."""
+    from syncer.normalize import PayloadSpill
+
+    results = []
+    for whole in (True, False):
+        encoder = RowEncoder(defn, columns, ORIGIN)
+        spill = PayloadSpill()
+        try:
+            chunk = (
+                encoder.encode_chunk(rows, 0, spill)
+                if whole
+                else encoder._encode_rows(rows, 0, spill)
+            )
+            spill.flush()
+            staged: dict[int, tuple[int, str | None, bytes | None, str | None]] = {
+                n: (n, key, spill.read(n), None) for n, key, _ in chunk.valid
+            }
+            staged.update({n: (n, key, None, why) for n, key, why in chunk.invalid})
+            results.append([staged[n] for n in sorted(staged)])
+        finally:
+            spill.close()
+    return results
+
+
+REASON_WORDS = " ".join([NOT_FINITE, TOO_LARGE, TOO_PRECISE, NOT_UNICODE, BINARY, "row field"])
+AUTO = definition({"a": "first_name", "b": "ltv"}, key="email", key_type="string")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_cell, _cell), min_size=1, max_size=8))
+@example([(float("nan"), 1.5)])
+@example([("ok", float("-inf")), ("fine", 2)])
+@example([(Decimal("NaN"), None), ([1.0, float("inf")], "null")])
+@example([(2**64, "x"), ("\ud800", -0.0)])
+def test_no_auto_value_changes_silently(cells: list[tuple[Any, Any]]) -> None:
+    """Whatever the values, on both encoding paths, each ``auto`` field arrives as exactly
+    the value it was (kind included), or its row is invalid with a reason naming the row and
+    the field and not the value."""
+    rows = [(f"k{i}", a, b, None, None) for i, (a, b) in enumerate(cells)]
+    for staged in encode_both_ways(AUTO, rows, COLUMNS):
+        for (rownum, key, payload, reason), (a, b) in zip(staged, cells, strict=True):
+            outcomes = {"a": auto_outcome(a), "b": auto_outcome(b)}
+            bad = [name for name, (kind, _) in outcomes.items() if kind == "invalid"]
+            assert key == f"k{rownum - 1}"
+            if not bad:
+                assert reason is None and payload is not None
+                decoded = dict(zip(("a", "b"), orjson.loads(payload), strict=True))
+                for name, (_, expected) in outcomes.items():
+                    assert same(decoded[name], expected), (name, decoded[name], expected)
+            else:
+                assert payload is None and reason is not None
+                name = bad[0]
+                assert reason.startswith(f"row {rownum}: field {name}: "), reason
+                assert outcomes[name][1] in reason
+                for value in (a, b):
+                    text = str(value)
+                    if len(text) > 3 and text not in REASON_WORDS:
+                        assert text not in reason
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (float("nan"), "not a finite number"),
+        (float("inf"), "not a finite number"),
+        (float("-inf"), "not a finite number"),
+        (Decimal("NaN"), "not a finite number"),
+        (Decimal("sNaN"), "not a finite number"),
+        (Decimal("-Infinity"), "not a finite number"),
+        ([1.0, float("nan")], "not a finite number"),
+        ({"deep": [{"x": float("inf")}]}, "not a finite number"),
+        (2**64, "64-bit"),
+        (-(2**63) - 1, "64-bit"),
+        (Decimal("1E+400"), "64-bit"),
+        ([2**70], "64-bit"),
+        (Decimal("3.3333333333333333"), "round it or cast it to text"),
+        (Decimal("1E-400"), "significant digits"),
+        ("\ud800", "not valid Unicode"),
+        (["ok", "x\udfffy"], "not valid Unicode"),
+        (b"\x00", "binary value"),
+        (bytearray(b"1"), "binary value"),
+        (memoryview(b"1"), "binary value"),
+    ],
+)
+def test_auto_values_json_cannot_carry_make_the_row_invalid(value: Any, words: str) -> None:
+    for staged in encode_both_ways(
+        AUTO, [("k1", "fine", 1, None, None), ("k2", 1, value, None, None)], COLUMNS
+    ):
+        assert staged[0][3] is None  # the other row is sent
+        _, key, payload, reason = staged[1]
+        assert (key, payload) == ("k2", None)
+        assert reason is not None and reason.startswith("row 2: field b: ") and words in reason
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        (-0.0, "-0.0"),
+        (5e-324, "5e-324"),
+        (1e308, "1e+308"),
+        (2**64 - 1, "18446744073709551615"),
+        (-(2**63), "-9223372036854775808"),
+        (2**53 + 1, "9007199254740993"),
+        (Decimal("18446744073709551615"), "18446744073709551615"),
+        (Decimal("1.6666666666666667"), "1.6666666666666667"),
+        (Decimal("120.50"), "120.5"),
+        (Decimal("0.100000000000000000000"), "0.1"),
+        (Decimal("-0"), "0"),
+        ("NaN", '"NaN"'),
+        ("Infinity", '"Infinity"'),
+        ("null", '"null"'),
+        ("a\x00b", '"a\\u0000b"'),
+        ([None, 1.5], "[null,1.5]"),
+        ({"n": None}, '{"n":null}'),
+        (dt.datetime(2024, 1, 2, 3, 4, 5), '"2024-01-02T03:04:05"'),  # naive stays naive
+        (
+            dt.datetime(2024, 1, 2, 3, 4, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            '"2024-01-02T03:04:00+02:00"',
+        ),
+        (True, "true"),
+    ],
+)
+def test_auto_values_json_can_carry_are_sent_exactly(value: Any, sent: str) -> None:
+    for staged in encode_both_ways(AUTO, [("k1", None, value, None, None)], COLUMNS):
+        ((_, _, payload, reason),) = staged
+        assert reason is None
+        assert payload == f"[null,{sent}]".encode()
+
+
+def test_a_huge_exponent_is_refused_at_once() -> None:
+    """int() of Decimal('1E+999999999') would take minutes and gigabytes: refused first."""
+    for value in (Decimal("1E+999999999"), "1e999999999"):
+        with pytest.raises(InvalidValue, match="64-bit"):
+            convert("number", value)
+    staged = encode_both_ways(AUTO, [("k1", None, Decimal("1E+999999999"), None, None)], COLUMNS)
+    assert all("64-bit" in (rows[0][3] or "") for rows in staged)
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "words"),
+    [
+        ("string", float("nan"), "not a finite number"),
+        ("string", float("-inf"), "not a finite number"),
+        ("string", Decimal("NaN"), "not a finite number"),
+        ("string", Decimal("sNaN"), "not a finite number"),
+        ("string", [1.0, float("inf")], "not a finite number"),
+        ("string", b"abc", "binary value"),
+        ("string", {"big": 2**70}, "64-bit"),
+        ("number", float("nan"), "not a finite number"),
+        ("number", Decimal("sNaN"), "not a finite number"),
+        ("number", "NaN", "not a finite number"),
+        ("number", " -Infinity ", "not a finite number"),
+        ("number", "sNaN", "not a finite number"),
+        ("number", 2**64, "64-bit"),
+        ("number", "1e400", "64-bit"),
+        ("number", "3.14159265358979323846", "significant digits"),
+        ("number", "1e-400", "significant digits"),
+        ("integer", float("inf"), "not a finite number"),
+        ("integer", Decimal("-Infinity"), "not a finite number"),
+        ("integer", 2**64, "64-bit"),
+        ("integer", -(2**63) - 1, "64-bit"),
+        ("integer", 1e16, "not an exact whole number"),
+        ("boolean", float("nan"), "not a boolean"),
+        ("boolean", Decimal("1"), "not a boolean"),
+        ("boolean", 1.0, "not a boolean"),
+        ("date", float("nan"), "not a date"),
+        ("date", "infinity", "not a date"),
+        ("datetime", float("inf"), "not a timestamp"),
+        ("datetime", "-infinity", "not an ISO 8601 timestamp"),
+        ("email", float("nan"), "not a valid email"),
+        ("email", "ada\x00@example.com", "not a valid email"),
+        ("email", "ada\ud800@example.com", "not a valid email"),
+        ("phone", float("nan"), "not a valid phone"),
+        ("phone", 447911123456.0, "not a valid phone"),
+        ("phone", b"+447911123456", "not a valid phone"),
+    ],
+)
+def test_typed_fields_refuse_special_values_with_a_reason(kind: str, raw: Any, words: str) -> None:
+    with pytest.raises(InvalidValue, match=words) as info:
+        convert(kind, raw)
+    if isinstance(raw, str) and len(raw) > 3:
+        assert raw not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "expected"),
+    [
+        ("string", True, "true"),  # not Python's "True"
+        ("string", False, "false"),
+        ("string", "NaN", "NaN"),  # text stays the text it is
+        ("string", "a\x00b", "a\x00b"),
+        ("string", -0.0, "-0.0"),
+        ("string", Decimal("120.50"), "120.50"),
+        ("string", [1, None, "x"], '[1,null,"x"]'),  # JSON text, not Python's repr
+        ("string", {"a": None, "b": Decimal("1.5")}, '{"a":null,"b":1.5}'),
+        ("number", 2**64 - 1, 2**64 - 1),
+        ("number", -0.0, 0),
+        ("number", Decimal("-0"), 0),
+        ("number", "1.6666666666666667", 1.6666666666666667),
+        ("number", 1e300, 1e300),
+        ("integer", -(2**63), -(2**63)),
+        ("integer", Decimal("18446744073709551615"), 2**64 - 1),
+    ],
+)
+def test_typed_fields_send_what_they_can_exactly(kind: str, raw: Any, expected: Any) -> None:
+    result = convert(kind, raw)
+    assert same(result, expected)
+
+
+TEXT_KEY = definition({"name": "first_name"}, key="email", key_type="string")
+
+
+@pytest.mark.parametrize(
+    ("key_type", "raw", "words"),
+    [
+        ("string", float("nan"), "not a finite number"),
+        ("string", float("inf"), "not a finite number"),
+        ("string", Decimal("NaN"), "not a finite number"),
+        ("string", Decimal("sNaN"), "not a finite number"),
+        ("string", "a\x00b", "NUL"),
+        ("string", " \ud800 ", "not valid Unicode"),
+        ("string", b"\x01", "binary value"),
+        ("integer", float("nan"), "not a finite number"),
+        ("integer", Decimal("Infinity"), "not a finite number"),
+        ("integer", "NaN", "not a finite number"),
+        ("integer", 1e16, "not an exact whole number"),
+        ("email", float("nan"), "not a valid email"),
+        ("email", "a\ud800@example.com", "not a valid email"),
+        ("phone", float("inf"), "not a valid phone"),
+    ],
+)
+@pytest.mark.parametrize("hashed", [False, True])
+def test_special_keys_make_the_row_invalid_on_both_paths(
+    key_type: str, raw: Any, words: str, hashed: bool
+) -> None:
+    """A NaN key would become the text "nan" (shared by every NaN row); a NUL or a lone
+    surrogate cannot be stored or hashed: each row is invalid, the others go on."""
+    from syncer.normalize import PayloadSpill
+
+    defn = definition({"name": "first_name"}, key="email", key_type=key_type)
+    good = {"string": "k", "integer": 7, "email": "ada@example.com", "phone": "+447911123456"}
+    rows = [(good[key_type], "Ada", None, None, None), (raw, "Bad", None, None, None)]
+    for whole in (True, False):
+        encoder = RowEncoder(defn, COLUMNS, ORIGIN, hash_keys=hashed)
+        spill = PayloadSpill()
+        try:
+            chunk = (
+                encoder.encode_chunk(rows, 0, spill)
+                if whole
+                else encoder._encode_rows(rows, 0, spill)
+            )
+        finally:
+            spill.close()
+        assert [n for n, _, _ in chunk.valid] == [1]
+        ((rownum, key, reason),) = chunk.invalid
+        assert (rownum, key) == (2, None)
+        assert reason.startswith("row 2: key email: ") and words in reason
+
+
+def test_big_integer_keys_are_kept_as_text() -> None:
+    """Keys are text: an id beyond 64 bits is still exactly itself."""
+    defn = definition({}, key="orders", key_type="integer")
+    _, staged = encode(defn, [(None, None, None, Decimal("123456789012345678901234567890"), None)])
+    assert staged[0][1] == "123456789012345678901234567890"
+
+
+@pytest.mark.parametrize(
+    ("cells", "whole"),
+    [
+        ([("a", 1.5), (None, None)], True),
+        ([([None, 1.0], "null"), ({"n": None}, "annulled")], True),  # nulls that are no NaN
+        ([(-0.0, 0.0), (1e308, 5e-324)], True),
+        ([("a", 1.5), (None, float("nan"))], False),
+        ([("a", [1.0, float("-inf")]), ("null", None)], False),
+        ([({"x": {"y": float("inf")}}, 1), ("b", 2)], False),
+    ],
+)
+def test_whole_chunk_path_is_kept_unless_a_value_is_nan(
+    cells: list[tuple[Any, Any]], whole: bool
+) -> None:
+    """The cheap path gives up only for what orjson would hide: nulls alone do not cost it."""
+    rows = [(f"k{i}", a, b, None, None) for i, (a, b) in enumerate(cells)]
+    encoder = RowEncoder(AUTO, COLUMNS, ORIGIN)
+    assert (encoder._encode_whole(rows, 0) is not None) is whole
+    narrow = RowEncoder(AUTO, COLUMNS[:3], ORIGIN)  # the fields are then the whole row
+    assert (narrow._encode_whole([r[:3] for r in rows], 0) is not None) is whole
