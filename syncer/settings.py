@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SYNCER_",
         env_file=".env",
-        env_file_encoding="utf-8-sig",
+        env_file_encoding="utf-8",
         env_nested_delimiter="__",
         env_ignore_empty=True,
         extra="ignore",

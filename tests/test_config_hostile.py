@@ -201,15 +201,18 @@ def test_an_env_file_that_is_a_directory_is_a_usage_error(site: Site) -> None:
 
 def test_an_existing_env_file_is_read_for_settings_and_variables(site: Site) -> None:
     # Saved by an editor that writes a byte-order mark: the first setting still counts.
+    defs = site.root / "defs"
+    defs.mkdir()
     (site.root / "prod.env").write_text(
-        f"\ufeffSYNCER_MAPPINGS_DIR={site.mappings}\nPATH_VAR=out/from-env-file.csv\n"
+        f"\ufeffSYNCER_MAPPINGS_DIR={defs}\nPATH_VAR=out/from-env-file.csv\n"
     )
     mapping = VIP.format(query='"select email, name from people"')
-    site.write("vip.yaml", mapping.replace("out/vip.csv", "${PATH_VAR}"))
+    (defs / "vip.yaml").write_text(mapping.replace("out/vip.csv", "${PATH_VAR}"))
     env = {k: v for k, v in site.env.items() if k != "SYNCER_MAPPINGS_DIR"}
     proc = run_cli("--env-file", "prod.env", "sync", "now", "vip", env=env, cwd=site.root)
     assert proc.returncode == 0, proc.stderr
     assert (site.root / "out" / "from-env-file.csv").exists()
+    assert not (site.root / "out" / "vip.csv").exists()
 
 
 # -- 9: YAML bombs, huge files, deep nesting, big scalars, tags --------------------------------
