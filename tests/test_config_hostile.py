@@ -244,8 +244,9 @@ HOSTILE = {
         "MiB of text",
     ),
     "alias-loop": (BASE + "loop: &loop [1, *loop]\n", "(a loop)"),
-    "deep-nesting": (BASE + "description: " + "[" * 10_000 + "]" * 10_000 + "\n", "nested"),
-    "deep-mappings": (BASE + "d: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "nested"),
+    "deep-nesting": (BASE + "description: " + "[" * 10_000 + "]" * 10_000 + "\n", "nest"),
+    "deep-mappings": (BASE + "d: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "nest"),
+    "deep-40": (BASE + "d: " + "[" * 40 + "]" * 40 + "\n", "nested more than 32 levels"),
     "huge-file": (BASE + "# " + "x" * (2 * 1024 * 1024) + "\n", "larger than 1 MiB"),
     "huge-integer": (
         BASE.replace("out/x.csv}", "out/x.csv, batch_size: " + "9" * 5000 + "}"),
@@ -267,12 +268,12 @@ def test_hostile_yaml_is_refused_quickly_with_a_clear_message(
     site.write("bomb.yaml", text)
     started = time.monotonic()
     for command in (("plan", "bomb"), ("sync", "now", "--all"), ("check",)):
-        proc = site.cli(*command, timeout=60)
+        proc = site.cli(*command, "--json", timeout=60)
         assert proc.returncode == 78, (command, proc.stderr[-2000:])
-        assert "bomb.yaml" in proc.stderr + proc.stdout
-        assert says in proc.stderr + proc.stdout, proc.stderr[-2000:]
+        said = problems(json.loads(proc.stdout))
+        assert "bomb.yaml" in said and says in said, said
         no_traceback(proc)
-        assert len(proc.stderr) < 5000, "the error quotes the file"
+        assert len(proc.stdout + proc.stderr) < 5000, "the error quotes the file"
     # Three commands, each refusing before any cost is paid (a bomb took minutes before).
     assert time.monotonic() - started < 45
     assert not (site.root / "pwned").exists()
