@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    ResourceClosedError,
+    SQLAlchemyError,
+)
 
 from syncer.errors import ConfigError, TransientError
 from syncer.http import scrub
@@ -190,17 +196,15 @@ def stream(
             # (execution_options(yield_per=) alone hands SQLite rows back one at a time).
             result = conn.execution_options(stream_results=True).execute(text(sql))
             result = result.yield_per(batch_size)
+            columns = list(result.keys())
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise TransientError(
                     f"{origin}: warehouse connection lost: {_short(exc)}"
                 ) from None
             raise ConfigError(f"{origin}: source.query failed: {_short(exc, sql)}") from None
-        except SQLAlchemyError as exc:  # e.g. a statement that returns no rows
-            raise ConfigError(
-                f"{origin}: source.query failed: {type(exc).__name__}: it returns no rows"
-            ) from None
-        columns = list(result.keys())
+        except ResourceClosedError:
+            raise ConfigError(f"{origin}: source.query failed: it returns no rows") from None
         dbapi: Any = getattr(conn.dialect, "loaded_dbapi", None)
         dbapi_error = getattr(dbapi, "Error", None) or DBAPIError
 
