@@ -1,4 +1,9 @@
-"""``syncer check``: everything that can be verified without changing anything."""
+"""``syncer check``: everything that can be verified without changing anything.
+
+The query is probed through the same code as ``sync now`` (the same text, the same read-only
+connection), stopped after ``PROBE_ROWS`` rows, so both accept and refuse the same queries
+with the same messages.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import httpx
 from syncer.connector import SyncContext
 from syncer.engine import SyncEngine
 from syncer.errors import ExitCode, SyncerError
-from syncer.mapping import LoadedSync, load_file, load_named, mapping_files
+from syncer.mapping import LoadedSync, load_directory, load_named
 from syncer.normalize import RowEncoder
 from syncer.settings import Settings
 from syncer.state import state_engine
@@ -84,14 +89,14 @@ def run_checks(
             return [*results, _broken(", ".join(names), exc)]
     else:
         try:
-            files = mapping_files(settings.mappings_dir)
+            found = load_directory(settings.mappings_dir, env_file)
         except SyncerError as exc:
             return [*results, _broken(str(settings.mappings_dir), exc)]
-        for path in files:
-            try:
-                loaded.append(load_file(path, env_file))
-            except SyncerError as exc:
-                results.append(_broken(Path(path).name, exc))
+        for path, item in found:
+            if isinstance(item, LoadedSync):
+                loaded.append(item)
+            else:
+                results.append(_broken(path.name, item))
     results.extend(_check_sync(settings, sync, transport) for sync in loaded)
     return results
 

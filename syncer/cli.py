@@ -95,8 +95,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON doc
 @click.version_option(__version__, prog_name="syncer")
 @click.option(
     "--env-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Read settings from this file instead of ./.env.",
+    # exists=True: a mistyped path is a usage error (2), not a silent run without its settings.
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read settings and ${VAR}s from this file instead of ./.env (it must exist).",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]))

@@ -44,7 +44,7 @@ from sqlalchemy import Engine, func, select, text
 from syncer import metrics
 from syncer.alerts import Alerter
 from syncer.claims import Claims, replica_name
-from syncer.errors import ConfigError, ExitCode
+from syncer.errors import ConfigError, ExitCode, where
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync, load_all, mapping_files
 from syncer.schedules import Schedule, ScheduleError, parse_schedule, tick_id
@@ -89,9 +89,14 @@ def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
         return ()
     found = []
     for path in files:
-        with contextlib.suppress(OSError):
+        try:
             stat = path.stat()
-            found.append((path.name, stat.st_mtime_ns, stat.st_size))
+        except OSError:  # a broken link or a loop: its own change still counts
+            with contextlib.suppress(OSError):
+                stat = path.lstat()
+                found.append((path.name, stat.st_mtime_ns, -1))
+            continue
+        found.append((path.name, stat.st_mtime_ns, stat.st_size))
     return tuple(found)
 
 
@@ -169,11 +174,14 @@ class Daemon:
         """Re-read the mappings and replace the jobs; running syncs are left alone."""
         try:
             self.load()
-        except ConfigError as exc:
-            # Keep the previous definitions: a typo must not stop every other sync.
+        except Exception as exc:
+            # Keep the previous definitions: a typo (or a file that is not a mapping at all)
+            # must not stop every other sync, nor the daemon. An unexpected exception is a
+            # bug: it is named by type and place only, as its text may quote the file.
             self._fingerprint = fingerprint(self.settings.mappings_dir)
             metrics.RELOADS.labels(result="error").inc()
-            log.error("daemon.reload_failed", why=why, error=str(exc))
+            error = str(exc) if isinstance(exc, ConfigError) else f"internal error ({where(exc)})"
+            log.error("daemon.reload_failed", why=why, error=error, keeping=len(self.syncs))
             return False
         self._apply_jobs()
         metrics.RELOADS.labels(result="ok").inc()

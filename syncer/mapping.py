@@ -2,11 +2,17 @@
 
 The YAML shape is the public interface. Validation errors name the file and the dotted field;
 ``${NAME}`` pulls a value from the environment (or ``.env``), and is the only way a secret may
-enter a mapping: a connector setting typed ``SecretStr`` given literally is refused.
+enter a mapping: a connector setting typed ``SecretStr`` must be exactly one ``${NAME}``.
+
+Mapping files are treated as hostile input: they are read only if they are regular UTF-8
+files of at most ``MAX_CONFIG_BYTES``; YAML that would expand (aliases), nest or tag its way
+past the bounds below is refused before it is built; a key given twice is refused; and no
+error quotes more of a file than the offending key (see ``_errors_text``).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import types
@@ -18,9 +24,12 @@ from typing import Any, Literal
 import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from syncer.connector import Connector, ConnectorConfig, Operation, load_connector
 from syncer.errors import ConfigError
+from syncer.http import scrub
+from syncer.settings import default_env_file, read_config_text
 
 Mode = Literal["membership", "upsert", "mirror", "update_only"]
 FieldType = Literal[
@@ -30,6 +39,25 @@ KeyType = Literal["string", "email", "phone", "integer"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ONE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+
+#: Most values (mappings, lists and scalars) a mapping file may hold once its ``*aliases`` are
+#: expanded; a real one has a few dozen. A "billion laughs" file is refused before it is built.
+MAX_NODES = 20_000
+#: Most characters its scalars may add up to, aliases expanded.
+MAX_CHARS = 4 * 1024 * 1024
+#: Deepest nesting of mappings and lists; a real mapping is four or five levels deep.
+MAX_DEPTH = 32
+#: Longest integer literal, in characters (Python refuses to parse past 4300 digits anyway).
+MAX_INT_CHARS = 64
+#: Explicit YAML tags a mapping may use: the plain types. Anything else (``!!binary``,
+#: ``!!python/...``, ``!include``) is refused.
+_PLAIN_TAGS = frozenset(
+    {None, "!"}
+    | {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+)
+#: Most problems listed for one file: a file that is not a mapping at all stops here.
+_MAX_PROBLEMS = 20
 
 
 class _Strict(BaseModel):
@@ -54,6 +82,13 @@ class Source(_Strict):
     key: str = Field(min_length=1, description="Identity column: one row per member.")
     key_type: KeyType = "string"
     key_region: str | None = Field(default=None, description="Default region for phone keys.")
+
+    @field_validator("query")
+    @classmethod
+    def _one_reading_query(cls, value: str) -> str:
+        """Checked at load time, so ``check``, ``plan``, ``sync now`` and the daemon accept and
+        refuse exactly the same queries, with the same message."""
+        return normalize_query(value)
 
 
 class Guards(_Strict):
@@ -114,6 +149,9 @@ class SyncDefinition(_Strict):
         }
 
 
+_TOP_LEVEL_KEYS = frozenset(SyncDefinition.model_fields)
+
+
 class LoadedSync:
     """A validated sync definition with its resolved connector class and settings."""
 
@@ -133,23 +171,329 @@ class LoadedSync:
     def name(self) -> str:
         return self.definition.name
 
+    def __repr__(self) -> str:
+        # Never the settings: they hold the connector's secrets.
+        return (
+            f"LoadedSync({self.name!r}, {str(self.path)!r}, connector={self.connector_cls.name!r})"
+        )
+
+
+# -- the query -------------------------------------------------------------------------------
+
+#: First words of a statement that only reads. DuckDB also takes ``FROM t SELECT ...``.
+_READING = frozenset({"select", "with", "values", "table", "from"})
+_WORD = re.compile(r"\w+")
+_DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def normalize_query(sql: str) -> str:
+    """``sql`` without trailing comments, semicolons and whitespace; ValueError unless it is
+    one statement that starts like a query that only reads.
+
+    One lexer pass that knows quotes ('' "" ``), E'' strings, $$ dollar quotes, -- and /* */
+    comments, so a ``;`` or ``--`` inside a string is not mistaken for the end. Writing
+    statements are refused here (a source query that drops a table would do so on every run,
+    and ``check`` would run it too); the warehouse connection is also read-only where the
+    database allows (see ``syncer.warehouse``).
+    """
+    i, n, end = 0, len(sql), 0
+    first: str | None = None
+    ended = False
+    while i < n:
+        char = sql[i]
+        if char.isspace():
+            i += 1
+            continue
+        if sql.startswith("--", i):
+            newline = sql.find("\n", i)
+            i = n if newline < 0 else newline + 1
+            continue
+        if sql.startswith("/*", i):
+            close = sql.find("*/", i + 2)
+            i = n if close < 0 else close + 2
+            continue
+        if char == ";":
+            ended = first is not None
+            i += 1
+            continue
+        if ended:
+            raise ValueError("holds more than one statement; give one query (a ; may only end it)")
+        if char in "'\"`":
+            i = _past_quote(sql, i, backslash=False)
+        elif char == "$" and (dollar := _DOLLAR_QUOTE.match(sql, i)):
+            close = sql.find(dollar.group(0), dollar.end())
+            i = n if close < 0 else close + len(dollar.group(0))
+        elif char.isalpha() or char == "_":
+            word = _WORD.match(sql, i)
+            assert word is not None
+            i = word.end()
+            if first is None:
+                first = word.group(0).lower()
+            if word.group(0) in ("E", "e") and sql.startswith("'", i):
+                i = _past_quote(sql, i, backslash=True)
+        else:
+            i += 1
+            if first is None and char != "(":
+                first = char
+        end = i
+    if first is None:
+        raise ValueError("is empty (only comments and semicolons)")
+    if first not in _READING:
+        shown = first.upper() if first.isidentifier() and len(first) <= 20 else "something else"
+        raise ValueError(
+            f"must be one query that only reads (SELECT, WITH, VALUES, TABLE or FROM);"
+            f" this one starts with {shown}"
+        )
+    return sql[:end].strip()
+
+
+def _past_quote(sql: str, start: int, *, backslash: bool) -> int:
+    """Index just past the quoted text opening at ``start`` (doubled quotes escape)."""
+    quote, i, n = sql[start], start + 1, len(sql)
+    while i < n:
+        char = sql[i]
+        if backslash and char == "\\":
+            i += 2
+            continue
+        if char == quote:
+            if i + 1 < n and sql[i + 1] == quote:
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return n
+
+
+# -- reading YAML safely ---------------------------------------------------------------------
+
+
+class _Refused(yaml.YAMLError):
+    """A YAML file refused by syncer's own rules, at a place in the file."""
+
+    def __init__(self, message: str, mark: Any = None) -> None:
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+# libyaml's parser when PyYAML was built with it: some twenty times faster on a large file.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last one
+    silently) and values Python cannot build (``2020-13-45``, a 5000-digit number)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                key: Any = "<<"
+            elif isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node)
+            else:
+                continue  # a complex key: the constructor refuses it as unhashable
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue
+            if first is not None:
+                raise _Refused(
+                    f"key {_show_key(key)} is given twice (first on line {first});"
+                    " YAML would silently keep only the last",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    if len(node.value) > MAX_INT_CHARS:
+        raise _Refused(f"a number longer than {MAX_INT_CHARS} characters", node.start_mark)
+    return int(loader.construct_yaml_int(node))
+
+
+def _construct_timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        raise _Refused(
+            "not a valid date or time (quote it if it is meant as text)", node.start_mark
+        ) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+
+def _precheck(text: str) -> None:
+    """Walk the YAML events (no objects built) and refuse what would cost too much to build:
+    aliases expanding past ``MAX_NODES``/``MAX_CHARS``, an alias inside its own anchor (a
+    loop), nesting past ``MAX_DEPTH``, and tags that are not plain types."""
+    nodes = chars = 0
+    anchors: dict[str, tuple[int, int]] = {}
+    open_: list[tuple[str | None, int, int]] = []
+    for event in yaml.parse(text, Loader=_BaseLoader):
+        if isinstance(event, yaml.CollectionStartEvent | yaml.ScalarEvent):
+            tag = event.tag
+            if tag not in _PLAIN_TAGS:
+                raise _Refused(
+                    f"the YAML tag {_show_tag(tag)} is not allowed (only plain values,"
+                    " lists and mappings)",
+                    event.start_mark,
+                )
+        if isinstance(event, yaml.CollectionStartEvent):
+            nodes += 1
+            open_.append((event.anchor, nodes - 1, chars))
+            if len(open_) > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, nodes_before, chars_before = open_.pop()
+            if anchor is not None:
+                anchors[anchor] = (nodes - nodes_before, chars - chars_before)
+        elif isinstance(event, yaml.ScalarEvent):
+            nodes += 1
+            chars += len(event.value)
+            if event.anchor is not None:
+                anchors[event.anchor] = (1, len(event.value))
+        elif isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _, _ in open_):
+                raise _Refused(
+                    "an alias refers to a mapping or list it is inside of (a loop)",
+                    event.start_mark,
+                )
+            size = anchors.get(event.anchor or "")
+            if size is not None:  # an undefined alias is the parser's error, reported later
+                nodes += size[0]
+                chars += size[1]
+        if nodes > MAX_NODES or chars > MAX_CHARS:
+            raise _Refused(
+                f"expands to more than {MAX_NODES} values or {MAX_CHARS // (1024 * 1024)} MiB"
+                " of text (through & anchors and * aliases); a sync definition is far smaller",
+                event.start_mark,
+            )
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    try:
+        _precheck(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except _Refused as exc:
+        raise ConfigError(f"{_at(path, exc.mark)}: {exc.message}") from None
+    except yaml.MarkedYAMLError as exc:
+        problem = _quiet(exc.problem or exc.context or "invalid YAML")
+        raise ConfigError(f"{_at(path, exc.problem_mark)}: broken YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        code = f" (#x{exc.character:04x})" if isinstance(exc.character, int) else ""
+        raise ConfigError(
+            f"{path}: line {line}: broken YAML: a control character{code} YAML does not allow"
+        ) from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: broken YAML") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # a limit above missed something
+        raise ConfigError(f"{path}: cannot be read as YAML ({type(exc).__name__})") from None
+
+
+def _at(path: Path, mark: Any) -> str:
+    return (
+        f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    )
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _quiet(problem: str) -> str:
+    """PyYAML's problem text without what it quotes from the file (an alias name, a token),
+    keeping single characters ('\\t', ':') and token kinds ('<block end>')."""
+
+    def keep(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        shown = len(inner) <= 2 or (inner.startswith("<") and inner.endswith(">"))
+        return match.group(0) if shown else "'…'"
+
+    return _QUOTED.sub(keep, problem)
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_. -]{0,63}\Z")
+
+
+def _show_key(key: Any) -> str:
+    """A key as errors quote it: as written if it looks like a key, else not at all."""
+    if isinstance(key, bool | int):
+        return str(key)
+    text = str(key)
+    return repr(text) if _PLAIN_KEY.match(text) else "(a key that is not a plain name)"
+
+
+def _show_tag(tag: str | None) -> str:
+    text = str(tag).replace("tag:yaml.org,2002:", "!!")
+    return text if re.fullmatch(r"[!\w:/.,-]{1,40}", text) else "(unnamed)"
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path``: every way it can fail is a ConfigError naming it."""
+    raw = _parse_yaml(read_config_text(path, "mapping file"), path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys (name, source, destination...)")
+    if not any(isinstance(key, str) and key in _TOP_LEVEL_KEYS for key in raw):
+        # Not a sync definition at all (a symlink to a system file, say): its keys are not
+        # listed, since they may be whole lines of it.
+        raise ConfigError(
+            f"{path}: not a sync definition: it has none of the keys"
+            f" {', '.join(sorted(_TOP_LEVEL_KEYS))}"
+        )
+    return raw
+
+
+# -- validation messages ---------------------------------------------------------------------
+
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+    return ".".join(str(p) if isinstance(p, int) else _loc_part(p) for p in loc) or "(top level)"
+
+
+def _loc_part(part: Any) -> str:
+    text = str(part)
+    return text if _PLAIN_KEY.match(text) else "(a key that is not a plain name)"
+
+
+def _message(err: ErrorDetails) -> str:
+    """Pydantic's message without the value it was given (which may be a secret or a line
+    of a file that is not a mapping): a key is quoted, a value never."""
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, str) and value:
+        msg = msg.replace(repr(value), "the value")
+        if len(value) >= 8:  # shorter ones would match words of the message itself
+            msg = msg.replace(value, "the value")
+    return scrub(msg, limit=300)
 
 
 def _errors_text(path: Path, exc: ValidationError, prefix: str = "") -> str:
+    errors = exc.errors()
     lines = []
-    for err in exc.errors():
+    for err in errors[:_MAX_PROBLEMS]:
         loc = _format_loc(tuple(err["loc"]))
         where = f"{prefix}{loc}" if prefix else loc
-        lines.append(f"{path}: {where}: {err['msg']}")
+        lines.append(f"{path}: {where}: {_message(err)}")
+    if len(errors) > _MAX_PROBLEMS:
+        lines.append(f"{path}: ... and {len(errors) - _MAX_PROBLEMS} more problems")
     return "\n".join(lines)
 
 
+# -- ${VAR} and secrets ----------------------------------------------------------------------
+
+
 def _environment(env_file: Path | None = None) -> dict[str, str]:
-    """The variables ``${NAME}`` may use: the process environment over the env file."""
-    env = {k: v for k, v in dotenv_values(env_file or ".env").items() if v is not None}
+    """The variables ``${NAME}`` may use: the process environment over the env file
+    (``env_file``, else ``./.env`` if present; unreadable or not UTF-8 is a ConfigError)."""
+    source = default_env_file(env_file)
+    values: dict[str, str | None] = {}
+    if source is not None:
+        values = dotenv_values(stream=io.StringIO(read_config_text(source, "env file")))
+    env = {k: v for k, v in values.items() if v is not None}
     env.update(os.environ)
     return env
 
@@ -166,39 +510,91 @@ def _interpolate(value: Any, env: MappingABC[str, str], path: Path, loc: str) ->
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
         return {
-            k: _interpolate(v, env, path, f"{loc}.{k}" if loc else str(k)) for k, v in value.items()
+            k: _interpolate(v, env, path, f"{loc}.{_loc_part(k)}" if loc else _loc_part(k))
+            for k, v in value.items()
         }
     if isinstance(value, list):
         return [_interpolate(v, env, path, f"{loc}[{i}]") for i, v in enumerate(value)]
     return value
 
 
-def _is_secret(annotation: Any) -> bool:
+def _is_secret(annotation: Any, seen: frozenset[type] = frozenset()) -> bool:
+    """Whether a value of this type holds a SecretStr anywhere (unions, containers, models)."""
     if annotation is SecretStr:
         return True
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, dict, list, tuple):
-        return any(_is_secret(arg) for arg in typing.get_args(annotation))
+    if origin is not None:
+        return any(_is_secret(arg, seen) for arg in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation in seen:
+            return False
+        return any(
+            _is_secret(info.annotation, seen | {annotation})
+            for info in annotation.model_fields.values()
+        )
     return False
 
 
-def _refuse_literal_secrets(raw: dict[str, Any], model: type[ConnectorConfig], path: Path) -> None:
-    for name, info in model.model_fields.items():
-        if name not in raw or not _is_secret(info.annotation):
-            continue
-        value = raw[name]
-        items = (
-            [(f"{name}.{key}", v) for key, v in value.items()]
-            if isinstance(value, dict)
-            else [(name, value)]
-        )
-        for where, value in items:
-            if value is not None and not (isinstance(value, str) and _VAR.search(value)):
-                raise ConfigError(
-                    f"{path}: destination.{where}: secrets must come from the environment;"
-                    f" write ${{SOME_VARIABLE}} and set it in the environment or .env"
-                )
+def _refuse_literal_secrets(
+    value: Any, annotation: Any, where: str, path: Path, env: MappingABC[str, str]
+) -> None:
+    """Walk the raw (not yet interpolated) ``value`` along its type: every place typed
+    SecretStr, however deep, must be exactly one ``${NAME}`` whose variable is not empty."""
+    if value is None or not _is_secret(annotation):
+        return
+    if annotation is SecretStr:
+        match = _ONE_VAR.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigError(
+                f"{path}: {where}: secrets must come from the environment; write exactly"
+                " ${SOME_VARIABLE} (nothing before or after it) and set it in the environment"
+                " or .env"
+            )
+        if not env.get(match.group(1), "").strip():
+            raise ConfigError(
+                f"{path}: {where}: environment variable {match.group(1)} is empty;"
+                " a secret needs a value"
+            )
+        return
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arm = next(arg for arg in args if _is_secret(arg))
+        _refuse_literal_secrets(value, arm, where, path, env)
+    elif origin is typing.Annotated:
+        _refuse_literal_secrets(value, args[0], where, path, env)
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(value, dict):
+            _refuse_model_secrets(value, annotation, f"{where}.", path, env)
+        else:  # a scalar where a model of secrets belongs: refused as a literal all the same
+            _refuse_literal_secrets(value, SecretStr, where, path, env)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_literal_secrets(
+                item, args[-1] if args else SecretStr, f"{where}.{key}", path, env
+            )
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_literal_secrets(
+                item, args[0] if args else SecretStr, f"{where}[{i}]", path, env
+            )
+    else:  # a scalar where a container of secrets belongs
+        _refuse_literal_secrets(value, SecretStr, where, path, env)
 
+
+def _refuse_model_secrets(
+    raw: dict[str, Any],
+    model: type[BaseModel],
+    prefix: str,
+    path: Path,
+    env: MappingABC[str, str],
+) -> None:
+    for name, info in model.model_fields.items():
+        key = info.alias if info.alias is not None and info.alias in raw else name
+        if key in raw:
+            _refuse_literal_secrets(raw[key], info.annotation, f"{prefix}{key}", path, env)
+
+
+# -- loading ---------------------------------------------------------------------------------
 
 _MODE_OPERATIONS: dict[str, frozenset[Operation]] = {
     "membership": frozenset({"add", "remove"}),
@@ -213,20 +609,13 @@ def load_file(path: Path, env_file: Path | None = None) -> LoadedSync:
 
     ``env_file`` is read (under the process environment) to resolve ``${NAME}``; default .env.
     """
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: broken YAML: {problem}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys (name, source, destination...)")
+    return _load(path, _environment(env_file))
+
+
+def _load(path: Path, env: MappingABC[str, str], raw: dict[str, Any] | None = None) -> LoadedSync:
+    raw = dict(_read_raw(path) if raw is None else raw)
     raw.setdefault("name", path.stem)
     raw_destination = raw.get("destination") if isinstance(raw.get("destination"), dict) else None
-    env = _environment(env_file)
     try:
         definition = SyncDefinition.model_validate(_interpolate(raw, env, path, ""))
     except ValidationError as exc:
@@ -237,7 +626,7 @@ def load_file(path: Path, env_file: Path | None = None) -> LoadedSync:
         raise ConfigError(f"{path}: destination.connector: {exc}") from None
     model = connector_cls.config_model
     if raw_destination is not None:
-        _refuse_literal_secrets(raw_destination, model, path)
+        _refuse_model_secrets(raw_destination, model, "destination.", path, env)
     try:
         connector_config = model.model_validate(definition.destination.settings())
     except ValidationError as exc:
@@ -254,69 +643,150 @@ def load_file(path: Path, env_file: Path | None = None) -> LoadedSync:
             f"{path}: mode: mode {definition.mode!r} needs {', '.join(sorted(lacking))},"
             f" which connector {connector_cls.name!r} does not support"
         )
+    # The definition keeps the settings as the connector typed them, so its repr (and any
+    # dump) shows SecretStr('**********') where the YAML had a ${VAR}, never the value.
+    destination = Destination.model_validate(
+        {
+            "connector": definition.destination.connector,
+            **connector_config.model_dump(exclude_unset=True),
+        }
+    )
+    definition = definition.model_copy(update={"destination": destination})
     return LoadedSync(definition, path, connector_cls, connector_config)
 
 
 def mapping_files(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        raise ConfigError(f"mappings directory {directory} does not exist (SYNCER_MAPPINGS_DIR)")
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    """Every ``*.yaml``/``*.yml`` entry of ``directory`` whose name does not start with a dot
+    (editor lock files, Kubernetes' ``..data``), whatever it is: a broken link, a loop or a
+    directory is returned too, so loading it reports it instead of skipping it."""
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"mappings directory {directory} does not exist (SYNCER_MAPPINGS_DIR)"
+        ) from None
+    except NotADirectoryError:
+        raise ConfigError(
+            f"mappings directory {directory} is not a directory (SYNCER_MAPPINGS_DIR)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"mappings directory {directory} cannot be read: {exc.strerror or exc}"
+            " (SYNCER_MAPPINGS_DIR)"
+        ) from None
+    return sorted(
+        p for p in entries if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")
+    )
 
 
-def _load_each(directory: Path, env_file: Path | None) -> tuple[list[LoadedSync], list[str]]:
-    loaded: list[LoadedSync] = []
-    problems: list[str] = []
+def _scan(directory: Path) -> list[tuple[Path, dict[str, Any] | ConfigError]]:
+    """Each mapping file with its parsed YAML, or the problem reading it."""
+    found: list[tuple[Path, dict[str, Any] | ConfigError]] = []
     for path in mapping_files(directory):
         try:
-            loaded.append(load_file(path, env_file))
+            found.append((path, _read_raw(path)))
         except ConfigError as exc:
-            problems.append(str(exc))
-    seen: dict[str, Path] = {}
-    for sync in loaded:
-        if sync.name in seen:
-            problems.append(
-                f"{sync.path}: name: sync {sync.name!r} is already defined in {seen[sync.name]}"
+            found.append((path, exc))
+    return found
+
+
+def _declared_name(path: Path, raw: dict[str, Any] | ConfigError, env: MappingABC[str, str]) -> str:
+    """The sync name a file declares; a file that cannot be read counts as its stem."""
+    if isinstance(raw, ConfigError):
+        return path.stem
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str):
+        return path.stem
+    try:
+        return str(_interpolate(name, env, path, "name"))
+    except ConfigError:
+        return path.stem
+
+
+def load_directory(
+    directory: Path, env_file: Path | None = None
+) -> list[tuple[Path, LoadedSync | ConfigError]]:
+    """Every mapping file with its sync, or the ConfigError it is refused with. A sync name
+    declared by more than one file is refused in each of them."""
+    env = _environment(env_file)
+    results: list[tuple[Path, LoadedSync | ConfigError]] = []
+    for path, raw in _scan(directory):
+        if isinstance(raw, ConfigError):
+            results.append((path, raw))
+            continue
+        try:
+            results.append((path, _load(path, env, raw)))
+        except ConfigError as exc:
+            results.append((path, exc))
+    files_of: dict[str, list[Path]] = {}
+    for path, item in results:
+        if isinstance(item, LoadedSync):
+            files_of.setdefault(item.name, []).append(path)
+    for i, (path, item) in enumerate(results):
+        if isinstance(item, LoadedSync) and len(files_of[item.name]) > 1:
+            others = ", ".join(str(p) for p in files_of[item.name] if p != path)
+            results[i] = (
+                path,
+                ConfigError(f"{path}: name: sync {item.name!r} is also defined in {others}"),
             )
-        seen[sync.name] = sync.path
-    return loaded, problems
+    return results
 
 
 def load_all(directory: Path, env_file: Path | None = None) -> list[LoadedSync]:
     """Every sync in ``directory``; all problems reported together, then raised."""
-    loaded, problems = _load_each(directory, env_file)
+    results = load_directory(directory, env_file)
+    problems = [str(item) for _, item in results if isinstance(item, ConfigError)]
     if problems:
         raise ConfigError("\n".join(problems))
-    return loaded
+    return [item for _, item in results if isinstance(item, LoadedSync)]
 
 
 def load_named(directory: Path, names: list[str], env_file: Path | None = None) -> list[LoadedSync]:
-    """The named syncs. A file named after the sync is read alone, so others cannot break it."""
-    found: dict[str, LoadedSync] = {}
-    missing: list[str] = []
+    """The named syncs. Other files are only parsed to learn the names they declare, so a
+    broken neighbour cannot stop these; a name declared by two files is refused."""
+    env = _environment(env_file)
+    scanned = _scan(directory)
+    files_of: dict[str, list[tuple[Path, dict[str, Any] | ConfigError]]] = {}
+    for path, raw in scanned:
+        files_of.setdefault(_declared_name(path, raw, env), []).append((path, raw))
+    found: list[LoadedSync] = []
     for name in names:
-        for suffix in (".yaml", ".yml"):
-            candidate = directory / f"{name}{suffix}"
-            if candidate.is_file():
-                sync = load_file(candidate, env_file)
-                if sync.name == name:
-                    found[name] = sync
-                break
-        if name not in found:
-            missing.append(name)
-    if missing:
-        loaded, problems = _load_each(directory, env_file)
-        everything = {s.name: s for s in loaded}
-        for name in missing:
-            if name in everything:
-                found[name] = everything[name]
-                continue
-            known = ", ".join(sorted(everything)) or "none"
-            detail = f"; {len(problems)} file(s) could not be read:\n" + "\n".join(problems)
+        entries = files_of.get(name, [])
+        if len(entries) > 1:
+            files = ", ".join(str(path) for path, _ in entries)
             raise ConfigError(
-                f"no sync named {name!r} in {directory} (defined: {known})"
-                + (detail if problems else "")
+                f"sync {name!r} is defined in {len(entries)} files ({files}); a sync name must"
+                " be unique, so none of them is run until one is renamed"
             )
-    return [found[name] for name in names]
+        if not entries:
+            raise ConfigError(_not_found(directory, name, scanned, env))
+        path, raw = entries[0]
+        if isinstance(raw, ConfigError):
+            raise raw
+        found.append(_load(path, env, raw))
+    return found
+
+
+def _not_found(
+    directory: Path,
+    name: str,
+    scanned: list[tuple[Path, dict[str, Any] | ConfigError]],
+    env: MappingABC[str, str],
+) -> str:
+    known: list[str] = []
+    problems: list[str] = []
+    for path, raw in scanned:
+        try:
+            if isinstance(raw, ConfigError):
+                raise raw
+            known.append(_load(path, env, raw).name)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    defined = ", ".join(sorted(set(known))) or "none"
+    message = f"no sync named {name!r} in {directory} (defined: {defined})"
+    if problems:
+        message += f"; {len(problems)} file(s) could not be read:\n" + "\n".join(problems)
+    return message
 
 
 def json_schema() -> dict[str, Any]:

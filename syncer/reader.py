@@ -22,7 +22,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import make_url
@@ -65,7 +65,7 @@ def can_fork_reader(url: str) -> bool:
 class ReadJob:
     """What to read and how to encode it: the same for this process and a forked reader."""
 
-    url: str
+    url: str = field(repr=False)  # may carry the warehouse password
     definition: SyncDefinition
     origin: str
     batch_size: int

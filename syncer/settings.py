@@ -6,7 +6,10 @@ because they often carry passwords.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +19,67 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from syncer.errors import ConfigError
 
 DEFAULT_STATE_URL = "sqlite:///.syncer/state.db"
+
+#: Most bytes read from one configuration file (a mapping or an env file). Real ones are a few
+#: kilobytes; the bound keeps a wrong path (a log, a disk image) from being read into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def read_config_text(path: Path, what: str) -> str:
+    """The text of a configuration file, or a ConfigError naming ``path`` that says what is
+    wrong with it without quoting anything in it.
+
+    Only regular files are opened (a FIFO would block, a device would never end), at most
+    ``MAX_CONFIG_BYTES`` are read, and the text must be UTF-8 (a leading BOM is allowed).
+    """
+    try:
+        # Stat first so no device or FIFO is ever opened, then fstat what was opened, in case
+        # the path was swapped in between.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(_not_a_file(path, what))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(_not_a_file(path, what))
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ConfigError(
+                f"{path}: {what} is a symbolic link to something that does not exist"
+            ) from None
+        raise ConfigError(f"{path}: {what} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{path}: {what} is a symbolic link loop") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: {what} is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
+            " (a real one is a few KiB)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: {what} is not UTF-8 text (line {line} has a byte that is not UTF-8);"
+            " save it as UTF-8"
+        ) from None
+
+
+def _not_a_file(path: Path, what: str) -> str:
+    if path.is_dir():
+        return f"{path}: {what} is a directory"
+    return f"{path}: {what} is not a regular file (a device, pipe or socket)"
+
+
+def default_env_file(env_file: Path | None) -> Path | None:
+    """The env file to read: ``env_file`` if given, else ``./.env`` if there is anything by
+    that name (a broken link or a directory is reported, not skipped)."""
+    if env_file is not None:
+        return env_file
+    dotenv = Path(".env")
+    return dotenv if dotenv.exists() or dotenv.is_symlink() else None
 
 
 class Settings(BaseSettings):
@@ -123,7 +187,14 @@ class Settings(BaseSettings):
 
 
 def load_settings(env_file: Path | None = None) -> Settings:
-    """Settings from the environment (and ``env_file`` / ``.env``), as a ConfigError if invalid."""
+    """Settings from the environment (and ``env_file`` / ``.env``), as a ConfigError if invalid.
+
+    The env file is checked first (it exists, is a regular file, is UTF-8): pydantic-settings
+    would skip a missing one silently and stop with a traceback on one that is not UTF-8.
+    """
+    source = default_env_file(env_file)
+    if source is not None:
+        read_config_text(source, "env file")
     try:
         if env_file is not None:
             return Settings(_env_file=env_file)  # type: ignore[call-arg]

@@ -20,7 +20,7 @@ from tests.fake_destination import SECRET, Fault, Harness, harness, people
 
 TOKEN = "tok_live_Q8vR2mZ5xK7pL3nW"
 DOMAIN = "victim-corp.example"
-HEADERS = "  headers:\n    Authorization: Bearer ${HOOK_TOKEN}\n"
+HEADERS = "  headers:\n    Authorization: ${HOOK_TOKEN}\n"  # a secret is exactly one ${VAR}
 LOUD = ("--log-level", "debug", "--log-format", "json")
 
 
@@ -47,7 +47,7 @@ def stored_text(state_url: str) -> list[str]:
 def test_secrets_and_emails_never_leak(tmp_path: Path) -> None:
     rows = people(24, domain=DOMAIN)
     emails = [r[0] for r in rows]
-    env = {"HOOK_TOKEN": TOKEN}
+    env = {"HOOK_TOKEN": f"Bearer {TOKEN}"}
     with harness(tmp_path, batch_size=6, extra=HEADERS, env=env) as h:
         h.segment(rows)
         out: list[str] = []

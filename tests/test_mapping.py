@@ -218,13 +218,12 @@ def test_literal_secret_refused_even_when_other_settings_are_wrong(tmp_path: Pat
 def test_secret_header_from_variable_is_accepted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HOOK_TOKEN", "tok-123")
+    # The whole header value comes from the variable: "Bearer ${HOOK_TOKEN}" is refused.
+    monkeypatch.setenv("HOOK_TOKEN", "Bearer tok-123")
     path = write(
         tmp_path,
         "hook.yaml",
-        webhook(
-            url="https://hooks.example.com/in", headers={"Authorization": "Bearer ${HOOK_TOKEN}"}
-        ),
+        webhook(url="https://hooks.example.com/in", headers={"Authorization": "${HOOK_TOKEN}"}),
     )
     headers = load_file(path).connector_config.model_dump()["headers"]
     assert headers["Authorization"].get_secret_value() == "Bearer tok-123"
