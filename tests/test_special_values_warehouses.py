@@ -15,7 +15,7 @@ from syncer.warehouse import stream
 DEFINITION = SyncDefinition.model_validate(
     {
         "name": "special",
-        "source": {"query": "unused", "key": "k"},
+        "source": {"query": "select 1 as k", "key": "k"},  # each case streams its own
         "fields": {"v": "v"},
         "destination": {"connector": "file", "path": "out.csv"},
     }
