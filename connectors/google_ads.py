@@ -30,7 +30,14 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, JobStatus, Record, credential_digest
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    JobStatus,
+    Operation,
+    Record,
+    credential_digest,
+)
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.http import MAX_RETRY_AFTER, Action
 from syncer.identifiers import SUPPORTED, Kind, identifier
@@ -323,16 +330,24 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
             result.reject(record.key, "no usable identifier (address needs all four parts)")
             return [], None
         kept = _compact(new)
-        ops: list[dict[str, Any]] = []
-        if operation == "update":
-            old = _stored(record.destination_id) or []
-            if kept == record.destination_id:
-                return [], kept
-            gone = [ident for ident in old if ident not in new]
-            if gone:
-                ops.append({"remove": {"userIdentifiers": gone}})
+        if operation == "update" and kept == record.destination_id:
+            return [], kept
+        # Identifiers kept that the member no longer has (they changed in mirror mode, or a
+        # send whose answer never arrived used others) are taken off before adding.
+        gone = [ident for ident in _stored(record.destination_id) or [] if ident not in new]
+        ops: list[dict[str, Any]] = [{"remove": {"userIdentifiers": gone}}] if gone else []
         ops.append({"create": {"userIdentifiers": new}})
         return ops, kept
+
+    def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
+        """The identifiers already kept plus those this send adds: if it never lands in a
+        job that runs, the member may be in the list under either, and a removal sends all."""
+        try:
+            new = self.user_identifiers(record.fields)
+        except InvalidValue:
+            return None  # refused before sending: nothing new can land
+        old = _stored(record.destination_id) or []
+        return _compact([*old, *(ident for ident in new if ident not in old)]) if new else None
 
     def user_identifiers(self, fields: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Google ``UserIdentifier`` objects (one oneof field each) for a record's fields."""

@@ -36,6 +36,7 @@ from syncer.rest import RestConfig, RestConnector, chunks
 from syncer.steps import BatchProgress, Steps, apply
 
 MAX_BATCH = 100  # HubSpot's v3 batch limit (reference: standard, not in the spec)
+READ_CHUNK = 100  # inputs per batch/read, the same v3 limit
 DEFAULT_INTERVAL = 10.0  # seconds; the documented window when the header is absent
 DAILY_COOL_DOWN = 300.0  # the daily quota resets at the account's midnight: wait long
 Tier = Literal["starter", "professional", "enterprise", "limit_increase", "public_app"]
@@ -173,13 +174,52 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
         if not self.settings.list_id:
             raise ConfigError("hubspot: removing needs list_id")
         ids: dict[str, str] = {}
+        unknown: list[Record] = []
         for record in records:
             if record.destination_id:
                 ids[record.key] = record.destination_id
+            elif self.settings.id_field is None:
+                unknown.append(record)  # its key is the id property's value: look it up
             else:
-                result.reject(record.key, "no HubSpot record id stored for this member")
+                result.reject(
+                    record.key,
+                    "no HubSpot record id stored for this member, and its key is not"
+                    f" {self.settings.id_property}: remove it from the list in HubSpot",
+                )
         with self.progress.batch("remove", records) as steps:
+            if unknown:
+                # Its add was sent but never confirmed (a crash, a timeout): HubSpot may have
+                # it under an id syncer never learnt. A contact that is not there is not in
+                # the list either, which is what a removal wants.
+                ids.update(steps.once("look up record ids", lambda: self._record_ids(unknown)))
             return apply(result, self._membership("remove", ids, records, steps))
+
+    def _record_ids(self, records: Sequence[Record]) -> dict[str, str]:
+        """Key -> HubSpot record id of the contacts that exist, by the id property."""
+        by_value: dict[str, list[str]] = {}
+        for record in records:
+            value = self._id_value(record)
+            if value:
+                by_value.setdefault(value, []).append(record.key)
+        found: dict[str, str] = {}
+        values = list(by_value)
+        for part in chunks(values, READ_CHUNK):
+            response = self.request(
+                "POST",
+                f"{self.contacts_path}/batch/read",
+                json_body={
+                    "idProperty": self.settings.id_property,
+                    "inputs": [{"id": value} for value in part],
+                    "properties": [self.settings.id_property],
+                },
+            )
+            body = self.json(response)
+            for item in _dicts(body.get("results") if isinstance(body, dict) else None):
+                answered = _result_value(item, list(part), self.settings.id_property)
+                if answered is not None and item.get("id") is not None:
+                    for key in by_value[answered]:
+                        found[key] = str(item["id"])
+        return found
 
     # -- rate limits --------------------------------------------------------------------
 

@@ -40,8 +40,9 @@ from syncer.identifiers import (
     check_mapped_kinds,
     kept_ids,
     normalize,
-    read_kept_ids,
+    read_kept_id_sets,
     record_identifiers,
+    stale_id_sets,
 )
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
@@ -187,22 +188,32 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
     def _member(self, operation: Operation, record: Record) -> _Member:
         member = _Member(record)
         if operation == "remove":
-            old = _kept_ids(record)
-            if not old:
+            # Every id set kept: one, or several while a send is unconfirmed.
+            kept = read_kept_id_sets(record.destination_id, ID_TYPES)
+            if not kept:
                 raise InvalidValue("no kept identifiers to remove this member by")
-            member.elements.append(_element("REMOVE", old))
+            member.elements.extend(_element("REMOVE", ids) for ids in kept)
             return member
         ids = self._ids(record)
         if not ids:
             raise InvalidValue("no email or mobile advertiser id to match on")
         member.destination_id = kept_ids(ids)
-        if operation == "update":
-            # The member's ids changed (mirror mode): take the old ones off, then add anew.
-            stale = {k: v for k, v in _kept_ids(record).items() if ids.get(k) != v}
-            if stale:
-                member.elements.append(_element("REMOVE", stale))
+        # Ids kept that the member no longer has (its ids changed in mirror mode, or a send
+        # whose answer never arrived used others): take them off, then add anew.
+        for stale in stale_id_sets(record.destination_id, ID_TYPES, ids):
+            member.elements.append(_element("REMOVE", stale))
         member.elements.append({**_element("ADD", ids), **self._hints(record)})
         return member
+
+    def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
+        """The ids this send adds, beside those already kept: if its answer never arrives,
+        the member is under one or the other, and a removal takes off both."""
+        try:
+            ids = self._ids(record)
+        except InvalidValue:
+            return None  # refused before sending: nothing new can land
+        kept = read_kept_id_sets(record.destination_id, ID_TYPES)
+        return kept_ids(*kept, ids) if ids else None
 
     def _ids(self, record: Record) -> dict[str, str]:
         """Kind -> what LinkedIn matches on (email hashed, advertiser id in one case)."""
@@ -275,11 +286,6 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 def _element(action: ElementAction, ids: Mapping[str, str]) -> dict[str, Any]:
     user_ids = [{"idType": ID_TYPES[k], "idValue": v} for k, v in sorted(ids.items())]
     return {"action": action, "userIds": user_ids}
-
-
-def _kept_ids(record: Record) -> dict[str, str]:
-    """The ids kept at ADD time (``{"email": sha256, "maid": ...}``)."""
-    return read_kept_ids(record.destination_id, ID_TYPES)
 
 
 def _blank(value: Any) -> bool:

@@ -35,6 +35,7 @@ from syncer.connector import (
     BatchResult,
     Capabilities,
     ConnectorConfig,
+    Operation,
     Outcome,
     Record,
     SyncContext,
@@ -267,6 +268,16 @@ class MetaConnector(RestConnector[MetaConfig]):
             with self.progress.batch("remove", records) as steps:
                 self._send("DELETE", sendable, result, steps)
         return result
+
+    def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
+        """The rows already kept plus the one this send adds: if its answer never arrives,
+        the member may be in the audience under it, and a removal sends them all."""
+        try:
+            row = self.row(record)
+        except InvalidValue:
+            return None  # refused before sending: nothing new can land
+        kept = _stored_rows(record.destination_id)
+        return _dump([*(r for r in kept if r != row), row])
 
     # -- rows ---------------------------------------------------------------------------
 

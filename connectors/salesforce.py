@@ -35,10 +35,11 @@ from syncer.connector import (
 from syncer.errors import ConfigError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector
+from syncer.rest import RestConfig, RestConnector, chunks
 from syncer.steps import BatchProgress, Steps, apply
 
 MAX_BATCH = 200  # sObject Collections limit per request
+QUERY_CHUNK = 200  # values per SOQL IN list: well inside the query length limit
 QUOTA_COOL_DOWN = 300.0  # the allocation is a rolling 24 h: hold for the longest allowed wait
 #: Delete errors that mean the CampaignMember is already gone: the goal is met.
 GONE = frozenset({"ENTITY_IS_DELETED"})
@@ -175,17 +176,74 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         return apply(BatchResult(records), self._upsert(records)[0])
 
     def remove(self, records: Sequence[Record]) -> BatchResult:
-        """DELETE the stored CampaignMember ids; the contact or lead itself stays."""
+        """DELETE the stored CampaignMember ids; the contact or lead itself stays.
+
+        A member whose add was sent but never confirmed (a crash, a timeout) has no stored
+        CampaignMember id, though Salesforce may have made one: it is looked up, by the
+        contact or lead id if known, else by the external id when that is the record's key.
+        A member that is not found is not in the campaign, which is what a removal wants."""
         result = BatchResult(records)
         members: dict[str, Record] = {}
+        unknown: list[Record] = []
         for record in records:
             member = _member_id(record.destination_id)
-            if member is None:
-                result.reject(record.key, "no CampaignMember id stored for this member")
-            else:
+            if member is not None:
                 members[member] = record
-        if not members:
-            return result
+            elif record.destination_id or self.settings.external_id_source is None:
+                unknown.append(record)
+            else:
+                result.reject(
+                    record.key,
+                    "no CampaignMember id stored for this member, and its key is not the"
+                    f" {self.settings.external_id_field} value: remove it from the campaign"
+                    " in Salesforce",
+                )
+        with self.progress.batch("remove", records) as steps:
+            if unknown:
+                found = steps.once("look up members", lambda: self._members_of(unknown))
+                members.update({member: r for r in unknown if (member := found.get(r.key))})
+            if not members:
+                return result
+            return self._delete_members(members, result)
+
+    def _members_of(self, records: Sequence[Record]) -> dict[str, str]:
+        """Key -> CampaignMember id of those that are members, found by their contact or
+        lead id, or by their external id (the key) when no id was stored."""
+        cfg = self.settings
+        lookup = "LeadId" if cfg.sobject == "Lead" else "ContactId"
+        parents: dict[str, str] = {}
+        by_external: dict[str, str] = {}
+        for record in records:
+            parent = (record.destination_id or "").split(":", 1)[0]
+            if parent:
+                parents[record.key] = parent
+            else:
+                by_external[record.key] = record.key
+        if by_external:
+            found = self._parents_by_external_id(list(by_external.values()))
+            parents.update({k: found[v] for k, v in by_external.items() if v in found})
+        members = self._existing_members(lookup, sorted(set(parents.values())))
+        return {key: members[parent] for key, parent in parents.items() if parent in members}
+
+    def _parents_by_external_id(self, values: Sequence[str]) -> dict[str, str]:
+        """External id -> contact or lead id, by SOQL, the values quoted as SOQL strings."""
+        cfg = self.settings
+        found: dict[str, str] = {}
+        for part in chunks(list(values), QUERY_CHUNK):
+            quoted = ",".join(_soql_string(v) for v in part)
+            soql = (
+                f"SELECT Id, {cfg.external_id_field} FROM {cfg.sobject}"
+                f" WHERE {cfg.external_id_field} IN ({quoted})"
+            )
+            response = self.request("GET", f"{self.api}/query", params={"q": soql})
+            body = self.json(response)
+            rows = body.get("records") if isinstance(body, dict) else None
+            for row in rows if isinstance(rows, list) else []:
+                if isinstance(row, dict) and row.get("Id") and row.get(cfg.external_id_field):
+                    found[str(row[cfg.external_id_field])] = str(row["Id"])
+        return found
+
+    def _delete_members(self, members: dict[str, Record], result: BatchResult) -> BatchResult:
         response = self.request(
             "DELETE",
             f"{self.api}/composite/sobjects",
@@ -352,6 +410,12 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
             if isinstance(row, dict) and row.get("Id") and row.get(lookup):
                 found[str(row[lookup])] = str(row["Id"])
         return found
+
+
+def _soql_string(value: str) -> str:
+    """``value`` as a SOQL string literal: backslashes and quotes escaped."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
 
 
 def _join(parent: str, previous: str | None) -> str:

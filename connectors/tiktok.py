@@ -32,6 +32,7 @@ from syncer.connector import (
     BatchResult,
     Capabilities,
     ConnectorConfig,
+    Operation,
     Record,
     SyncContext,
     credential_digest,
@@ -43,8 +44,9 @@ from syncer.identifiers import (
     Kind,
     check_mapped_kinds,
     kept_ids,
-    read_kept_ids,
+    read_kept_id_sets,
     record_identifiers,
+    stale_id_sets,
 )
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
@@ -175,41 +177,54 @@ class TikTokConnector(RestConnector[TikTokConfig]):
             )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
-        result = BatchResult(records)
-        members = self._members(records, result)
-        self._send("add", list(members.values()))
-        for key, ids in members.items():
-            result.accept(key, destination_id=kept_ids(ids))
-        return result
+        """Add the members' ids. Ids kept for one of them that it no longer has (a send whose
+        answer never arrived, or an earlier member of the audience under other ids) are
+        taken off first, as in an update."""
+        return self._put("add", records)
 
     def update(self, records: Sequence[Record]) -> BatchResult:
         """Mirror mode: a member whose ids changed loses the old ones first, then is added."""
+        return self._put("update", records)
+
+    def remove(self, records: Sequence[Record]) -> BatchResult:
+        """Delete every id set kept for each member (one, or several while a send is
+        unconfirmed: see ``expected_destination_id``)."""
+        result = BatchResult(records)
+        users = []
+        for record in records:
+            sets = read_kept_id_sets(record.destination_id, SCHEMA)
+            if sets:
+                users.extend(sets)
+            else:
+                result.reject(record.key, "no kept identifiers to remove this member by")
+        self._send("delete", users)
+        return result
+
+    def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
+        """The ids this send adds, beside those already kept: if its answer never arrives,
+        the member is under one or the other, and a removal takes off both."""
+        try:
+            ids = self._ids(record)
+        except InvalidValue:
+            return None  # refused before sending: nothing new can land
+        kept = read_kept_id_sets(record.destination_id, SCHEMA)
+        return kept_ids(*kept, ids) if ids else None
+
+    def _put(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
         result = BatchResult(records)
         members = self._members(records, result)
         by_key = {r.key: r for r in records}
-        stale = []
-        for key, ids in members.items():
-            old = {k: v for k, v in _kept_ids(by_key[key]).items() if ids.get(k) != v}
-            if old:
-                stale.append(old)
+        stale = [
+            gone
+            for key, ids in members.items()
+            for gone in stale_id_sets(by_key[key].destination_id, SCHEMA, ids)
+        ]
         # Two calls: a retry of the batch after the second failed does not repeat the first.
-        with self.progress.batch("update", records) as steps:
+        with self.progress.batch(operation, records) as steps:
             steps.once("delete stale ids", lambda: self._send("delete", stale))
             steps.once("add", lambda: self._send("add", list(members.values())))
         for key, ids in members.items():
             result.accept(key, destination_id=kept_ids(ids))
-        return result
-
-    def remove(self, records: Sequence[Record]) -> BatchResult:
-        result = BatchResult(records)
-        users = []
-        for record in records:
-            ids = _kept_ids(record)
-            if ids:
-                users.append(ids)
-            else:
-                result.reject(record.key, "no kept identifiers to remove this member by")
-        self._send("delete", users)
         return result
 
     # -- building -----------------------------------------------------------------------
@@ -290,8 +305,3 @@ def _code(response: httpx.Response) -> int | None:
 def _listed(data: Any) -> bool:
     items = data.get("list") if isinstance(data, dict) else None
     return isinstance(items, list) and bool(items)
-
-
-def _kept_ids(record: Record) -> dict[str, str]:
-    """The hashes kept at add time (``{"email": sha256, ...}``)."""
-    return read_kept_ids(record.destination_id, SCHEMA)

@@ -352,20 +352,51 @@ def record_identifiers(
     return found
 
 
-def kept_ids(ids: Mapping[str, str]) -> str:
-    """The ``destination_id`` that lets a later run remove the member: its sent ids as
-    compact JSON (hashes, or ids the platform takes in clear)."""
-    return json.dumps(dict(ids), separators=(",", ":"), sort_keys=True)
+def kept_ids(*id_sets: Mapping[str, str]) -> str:
+    """The ``destination_id`` that lets a later run remove the member: the id sets it may be
+    known by (hashes, or ids the platform takes in clear), as compact JSON.
+
+    One set is the usual case: the ids the platform acknowledged. Several are kept while a
+    send is unconfirmed (the engine stores ``expected_destination_id`` before the request
+    leaves): an update whose answer never arrived leaves the member under its old ids or its
+    new ones, and removing it must take both off. Empty and repeated sets are dropped.
+    """
+    sets: list[dict[str, str]] = []
+    for ids in id_sets:
+        one = dict(sorted(ids.items()))
+        if one and one not in sets:
+            sets.append(one)
+    if len(sets) == 1:
+        return json.dumps(sets[0], separators=(",", ":"))
+    return json.dumps(sets, separators=(",", ":"))
 
 
-def read_kept_ids(destination_id: str | None, kinds: Collection[str]) -> dict[str, str]:
-    """The ids :func:`kept_ids` stored, restricted to ``kinds``; empty if none or unreadable."""
+def read_kept_id_sets(destination_id: str | None, kinds: Collection[str]) -> list[dict[str, str]]:
+    """Every id set :func:`kept_ids` stored, restricted to ``kinds``; empty if none or
+    unreadable."""
     if not destination_id:
-        return {}
+        return []
     try:
         data = json.loads(destination_id)
     except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): v for k, v in data.items() if k in kinds and isinstance(v, str) and v}
+        return []
+    found = []
+    for item in data if isinstance(data, list) else [data]:
+        if isinstance(item, dict):
+            ids = {str(k): v for k, v in item.items() if k in kinds and isinstance(v, str) and v}
+            if ids and ids not in found:
+                found.append(ids)
+    return found
+
+
+def stale_id_sets(
+    destination_id: str | None, kinds: Collection[str], current: Mapping[str, str]
+) -> list[dict[str, str]]:
+    """The ids kept for a member that ``current`` does not have any more: what an update (or
+    a re-add after an unconfirmed send) must take off before it adds ``current``."""
+    stale = []
+    for ids in read_kept_id_sets(destination_id, kinds):
+        gone = {k: v for k, v in ids.items() if current.get(k) != v}
+        if gone and gone not in stale:
+            stale.append(gone)
+    return stale

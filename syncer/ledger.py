@@ -111,7 +111,7 @@ def settle(
     _put_back(writer, sync, batch, [o.key for o in rejected])
     # A job the vendor took may apply later, or in part even if it fails: keep what removal
     # will need beside the mark.
-    writer.set_destination_ids(
+    writer.fill_destination_ids(
         sync,
         [(o.key, o.destination_id) for o in outcomes if o.status == "pending" and o.destination_id],
     )

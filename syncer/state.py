@@ -215,7 +215,10 @@ class BulkWriter:
             f" WHERE sync = {m} AND key = {m}"
         )
         self._mark = f"UPDATE syncer_records SET unsure = {m} WHERE sync = {m} AND key = {m}"
-        self._ids = f"UPDATE syncer_records SET destination_id = {m} WHERE sync = {m} AND key = {m}"
+        self._ids = (
+            f"UPDATE syncer_records SET destination_id = COALESCE(destination_id, {m})"
+            f" WHERE sync = {m} AND key = {m}"
+        )
         self._delete = f"DELETE FROM syncer_records WHERE sync = {m} AND key = {m}"
         self._events = (
             "INSERT INTO syncer_events (run_id, key, operation, outcome, reason, at)"
@@ -254,8 +257,9 @@ class BulkWriter:
         if keys:
             self.conn.exec_driver_sql(self._mark, [(unsure, sync, key) for key in keys])
 
-    def set_destination_ids(self, sync: str, rows: list[tuple[str, str]]) -> None:
-        """(key, destination id) of existing rows, leaving everything else."""
+    def fill_destination_ids(self, sync: str, rows: list[tuple[str, str]]) -> None:
+        """(key, destination id) for existing rows that have none yet (one a connector told
+        before sending is kept: it may name more than this one)."""
         if rows:
             self.conn.exec_driver_sql(self._ids, [(dest, sync, key) for key, dest in rows])
 

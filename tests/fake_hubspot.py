@@ -25,6 +25,7 @@ class FakeHubSpot(VendorEmulator):
 
     routes: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", r"/crm/v3/objects/contacts/batch/upsert", "upsert"),
+        ("POST", r"/crm/v3/objects/contacts/batch/read", "batch_read"),
         ("GET", r"/crm/v3/objects/contacts", "read_contacts"),
         ("GET", _LIST, "get_list"),
         ("PUT", _LIST + r"/memberships/(?P<action>add|remove)", "membership"),
@@ -136,6 +137,30 @@ class FakeHubSpot(VendorEmulator):
         if errors:
             body.update(numErrors=len(errors), errors=errors)
         return Reply(207 if errors else 200, body)
+
+    def batch_read(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        """Contacts by email; the ones that do not exist are errors of a 207, as HubSpot does."""
+        body = req.json() or {}
+        if body.get("idProperty") != "email":
+            return Reply(400, {"category": "VALIDATION_ERROR", "message": "bad idProperty"})
+        results, missing = [], []
+        for item in body.get("inputs") or []:
+            email = str(item.get("id", "")).lower()
+            record_id = self.by_email.get(email)
+            if record_id is None:
+                missing.append(email)
+            else:
+                results.append({"id": record_id, "properties": dict(self.contacts[record_id])})
+        answer: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if missing:
+            error = {
+                "status": "error",
+                "category": "OBJECT_NOT_FOUND",
+                "message": "Could not get some CONTACT objects, they may be deleted or not exist.",
+                "context": {"ids": missing},
+            }
+            answer.update(numErrors=len(missing), errors=[error])
+        return Reply(207 if missing else 200, answer)
 
     def read_contacts(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         return Reply(200, {"results": []})

@@ -19,6 +19,14 @@ from tests.vendor_emulator import Reply, VendorEmulator
 
 V = r"/services/data/v(?P<version>\d+\.\d)"
 _IN = re.compile(r"ContactId IN \(([^)]*)\)")
+_BY_EXTERNAL = re.compile(
+    r"SELECT Id, (?P<field>\w+) FROM Contact WHERE (?P=field) IN \((?P<values>.*)\)"
+)
+_SOQL_STRING = re.compile(r"'((?:[^'\\]|\\.)*)'")
+
+
+def _unquote(literal: str) -> str:
+    return re.sub(r"\\(.)", r"\1", literal)
 
 
 class FakeSalesforce(VendorEmulator):
@@ -162,6 +170,15 @@ class FakeSalesforce(VendorEmulator):
 
     def query(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         soql = parse_qs(urlsplit(req.url).query).get("q", [""])[0]
+        by_external = _BY_EXTERNAL.fullmatch(soql)
+        if by_external is not None:  # contacts by their external id (SOQL strings)
+            wanted = {_unquote(v) for v in _SOQL_STRING.findall(by_external["values"])}
+            rows = [
+                {"attributes": {"type": "Contact"}, "Id": contact, by_external["field"]: ext}
+                for ext, contact in self.by_external.items()
+                if ext in wanted
+            ]
+            return Reply(200, {"totalSize": len(rows), "done": True, "records": rows})
         found = _IN.search(soql)
         if not soql.startswith("SELECT Id, ContactId FROM CampaignMember") or not found:
             return Reply(400, [{"errorCode": "MALFORMED_QUERY", "message": "unsupported"}])

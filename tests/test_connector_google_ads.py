@@ -356,6 +356,30 @@ def test_update_removes_changed_identifiers_and_creates_the_new_set(
     assert outcomes[1] == Outcome("b" * 64, "accepted", None, unchanged)  # nothing to send
 
 
+def test_an_unconfirmed_send_keeps_old_and_new_identifiers_for_removal(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    """``expected_destination_id`` (stored before the request leaves): an update that never
+    lands in a job that runs leaves the member under its old identifiers or the new ones, so
+    both are kept; a removal sends them all, and a re-add takes the old ones off first."""
+    _, ops = job_routes(router)
+    connector = make(http, ctx=context(("email",), mode="mirror"))
+    old = json.dumps([{"hashedEmail": sha("old@example.com")}], separators=(",", ":"))
+    moved = Record("a" * 64, {"email": "new@example.com"}, old)
+    expected = connector.expected_destination_id("update", moved)
+    both = [{"hashedEmail": sha("old@example.com")}, {"hashedEmail": sha("new@example.com")}]
+    assert expected is not None and json.loads(expected) == both
+    assert connector.expected_destination_id("add", Record("c" * 64, {"email": "x"})) is None
+
+    connector.remove([Record("a" * 64, {}, expected)])
+    connector.add([Record("a" * 64, {"email": "new@example.com"}, expected)])
+    assert body(ops.calls[0].request)["operations"] == [{"remove": {"userIdentifiers": both}}]
+    assert body(ops.calls[1].request)["operations"] == [
+        {"remove": {"userIdentifiers": [{"hashedEmail": sha("old@example.com")}]}},
+        {"create": {"userIdentifiers": [{"hashedEmail": sha("new@example.com")}]}},
+    ]
+
+
 # -- run and poll -----------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from tests.conftest import FakeClock
 BASE = "https://api.hubapi.com"
 TOKEN = "pat-na1-0000-secret-token"
 UPSERT = f"{BASE}/crm/v3/objects/contacts/batch/upsert"
+BATCH_READ = f"{BASE}/crm/v3/objects/contacts/batch/read"
 LIST_ADD = f"{BASE}/crm/v3/lists/77/memberships/add"
 LIST_REMOVE = f"{BASE}/crm/v3/lists/77/memberships/remove"
 ADA = Record("ada@example.com", {"email": "ada@example.com", "firstname": "Ada", "ltv": 120})
@@ -210,23 +211,71 @@ def test_record_ids_missing_on_add_are_rejected(router: respx.Router, http: http
     assert bob.status == "rejected" and "recordIdsMissing" in (bob.reason or "")
 
 
-def test_remove_uses_stored_ids_and_never_searches(
+def test_remove_uses_stored_ids_and_never_searches_for_them(
     router: respx.Router, http: httpx.Client
 ) -> None:
     router.put(LIST_REMOVE).respond(
         200, json={"recordsIdsAdded": [], "recordIdsRemoved": ["101"], "recordIdsMissing": ["102"]}
     )
     gone = [Record("ada@example.com", {}, "101"), Record("bob@example.com", {}, "102")]
-    unknown = Record("eve@example.com", {}, None)
-    out = make(http).remove([*gone, unknown]).outcomes()
+    out = make(http).remove(gone).outcomes()
 
     assert len(router.calls) == 1  # one PUT, no search, no read
     put = sent(router, 0)
     assert put.method == "PUT" and str(put.url) == LIST_REMOVE
     assert json.loads(put.content) == ["101", "102"]
     # A record HubSpot no longer has is not on the list either: removal done.
-    assert [o.status for o in out] == ["accepted", "accepted", "rejected"]
-    assert out[2].reason == "no HubSpot record id stored for this member"
+    assert [o.status for o in out] == ["accepted", "accepted"]
+
+
+def test_a_member_whose_add_was_never_confirmed_is_looked_up_and_removed(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    """No record id was stored (the add's answer never arrived): HubSpot may still have made
+    the contact and put it on the list. It is read by email, and removed if it exists."""
+    router.post(BATCH_READ).respond(
+        207,
+        json={
+            "status": "COMPLETE",
+            "results": [{"id": "105", "properties": {"email": "eve@example.com"}}],
+            "numErrors": 1,
+            "errors": [{"category": "OBJECT_NOT_FOUND", "context": {"ids": ["zed@example.com"]}}],
+        },
+    )
+    router.put(LIST_REMOVE).respond(
+        200, json={"recordsIdsAdded": [], "recordIdsRemoved": ["101", "105"]}
+    )
+    records = [
+        Record("ada@example.com", {}, "101"),
+        Record("eve@example.com", {}, None),
+        Record("Zed@Example.com", {}, None),
+    ]
+    out = make(http).remove(records).outcomes()
+
+    read, put = sent(router, 0), sent(router, 1)
+    assert read.method == "POST" and str(read.url) == BATCH_READ
+    assert json.loads(read.content) == {
+        "idProperty": "email",
+        "inputs": [{"id": "eve@example.com"}, {"id": "zed@example.com"}],
+        "properties": ["email"],
+    }
+    assert json.loads(put.content) == ["101", "105"]
+    # A contact HubSpot does not have is on no list: nothing left to remove.
+    assert [o.status for o in out] == ["accepted", "accepted", "accepted"]
+
+
+def test_without_a_record_id_or_an_email_key_a_removal_says_what_to_do(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    out = (
+        make(http, id_property="customer_no", id_field="customer_no")
+        .remove([Record("c-17", {}, None)])
+        .outcomes()
+    )
+    assert router.calls.call_count == 0
+    (outcome,) = out
+    assert outcome.status == "rejected"
+    assert outcome.reason is not None and "remove it from the list in HubSpot" in outcome.reason
 
 
 def test_dynamic_list_refusal_is_a_config_error(router: respx.Router, http: httpx.Client) -> None:

@@ -240,6 +240,33 @@ def test_update_with_a_new_email_removes_the_old_hash_and_adds_the_new(
     ]
 
 
+def test_an_unconfirmed_send_keeps_both_id_sets_so_a_removal_takes_off_either(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    """An update whose answer never arrived leaves the member under its old ids or its new
+    ones (the engine keeps ``expected_destination_id`` from before the request left): a
+    removal takes off both, and a re-add takes off the stale one first."""
+    route = router.post(USERS).mock(side_effect=created)
+    connector = make(http, mode="mirror")
+    moved = Record(key(1), {"email": "new@example.com"}, kept("old@example.com"))
+    expected = connector.expected_destination_id("update", moved)
+    assert expected is not None
+    assert json.loads(expected) == [
+        json.loads(kept("old@example.com")),
+        json.loads(kept("new@example.com")),
+    ]
+
+    (gone,) = connector.remove([Record(key(1), destination_id=expected)]).outcomes()
+    assert gone.status == "accepted"
+    assert body(route.calls[0])["elements"] == [
+        {"action": "REMOVE", "userIds": [{"idType": "SHA256_EMAIL", "idValue": sha(e)}]}
+        for e in ("old@example.com", "new@example.com")
+    ]
+    (added,) = connector.add([Record(key(1), {"email": "new@example.com"}, expected)]).outcomes()
+    assert [e["action"] for e in body(route.calls[1])["elements"]] == ["REMOVE", "ADD"]
+    assert added.destination_id == kept("new@example.com")
+
+
 # -- answers -----------------------------------------------------------------------------
 
 

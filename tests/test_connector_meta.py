@@ -285,6 +285,33 @@ def test_update_adds_the_new_row_and_keeps_the_old_for_removal(
     assert kept == [{"EMAIL": sha("old@example.com")}, {"EMAIL": sha("new@example.com")}]
 
 
+def test_the_row_a_send_adds_is_kept_before_its_answer_arrives(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    """``expected_destination_id`` (stored by the engine before the request leaves): the kept
+    rows plus the new one, so a member whose add or update was never confirmed can still be
+    removed by every row it may be in the audience under."""
+    route = router.delete(USERS).mock(side_effect=counts)
+    connector = make(http, SyncContext("vip", "mirror", ("email",)))
+    old = json.dumps([{"EMAIL": sha("old@example.com")}])
+    moved = Record("k1", {"email": "new@example.com"}, old)
+    expected = connector.expected_destination_id("update", moved)
+    assert expected is not None
+    assert json.loads(expected) == [
+        {"EMAIL": sha("old@example.com")},
+        {"EMAIL": sha("new@example.com")},
+    ]
+    new = connector.expected_destination_id("add", Record("k2", {"email": "b@example.com"}))
+    assert new is not None and json.loads(new) == [{"EMAIL": sha("b@example.com")}]
+    assert connector.expected_destination_id("add", Record("k3", {"email": "nope"})) is None
+
+    connector.remove([Record("k1", {}, expected)])
+    assert payload(route.calls.last.request)["data"] == [
+        [sha("old@example.com")],
+        [sha("new@example.com")],
+    ]
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -276,17 +276,61 @@ def test_remove_deletes_stored_member_ids_without_a_query(
             },
         ],
     )
-    records = [
-        Record("c-1", {}, f"{C1}:{M1}"),
-        Record("c-2", {}, f"{C2}:{M2}"),
-        Record("c-3", {}, "003xx000001CcccAAA"),  # upserted, never a member
-    ]
+    records = [Record("c-1", {}, f"{C1}:{M1}"), Record("c-2", {}, f"{C2}:{M2}")]
     out = make(http).remove(records).outcomes()
     assert len(router.calls) == 1 and route.called
     query = parse_qs(urlsplit(str(route.calls[0].request.url)).query)
     assert query == {"ids": [f"{M1},{M2}"], "allOrNone": ["false"]}
-    assert [o.status for o in out] == ["accepted", "accepted", "rejected"]
-    assert out[2].reason == "no CampaignMember id stored for this member"
+    assert [o.status for o in out] == ["accepted", "accepted"]
+
+
+def test_a_member_whose_add_was_never_confirmed_is_looked_up_and_removed(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    """No CampaignMember id was stored (the add's answer never arrived): Salesforce may have
+    made the contact and the member anyway. They are found by the contact id when it was
+    stored, else by the external id (the key), and deleted; one that is not there is done."""
+    c3, c4, m4 = "003xx000001CcccAAA", "003xx000001DdddAAA", "00vxx000001DdddAAA"
+    queries: list[str] = []
+
+    def query(request: httpx.Request) -> httpx.Response:
+        soql = parse_qs(urlsplit(str(request.url)).query)["q"][0]
+        queries.append(soql)
+        if soql.startswith("SELECT Id, Warehouse_Id__c FROM Contact"):
+            rows = [{"Id": c4, "Warehouse_Id__c": "c-4"}]
+        else:
+            rows = [{"Id": m4, "ContactId": c4}]
+        return httpx.Response(200, json={"totalSize": len(rows), "done": True, "records": rows})
+
+    router.get(f"{API}/query").mock(side_effect=query)
+    delete = router.delete(COLLECTIONS).respond(200, json=[{"id": m4, "success": True}])
+    records = [
+        Record("c-3", {}, c3),  # upserted, never confirmed as a member: it is not one
+        Record("c-4", {}, None),  # nothing stored: found by its external id, and a member
+        Record("it's\\odd", {}, None),  # quoted safely, and not in Salesforce at all
+    ]
+    out = make(http).remove(records).outcomes()
+
+    assert queries[0] == (
+        "SELECT Id, Warehouse_Id__c FROM Contact WHERE Warehouse_Id__c IN ('c-4','it\\'s\\\\odd')"
+    )
+    assert queries[1] == (
+        f"SELECT Id, ContactId FROM CampaignMember WHERE CampaignId = '{CAMPAIGN}'"
+        f" AND ContactId IN ('{c3}','{c4}')"
+    )
+    query_ids = parse_qs(urlsplit(str(delete.calls[0].request.url)).query)["ids"]
+    assert query_ids == [m4]
+    assert [o.status for o in out] == ["accepted", "accepted", "accepted"]
+
+
+def test_without_a_stored_id_or_an_external_id_key_a_removal_says_what_to_do(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    connector = make(http, external_id_source="Email")
+    (outcome,) = connector.remove([Record("ada@example.com", {}, None)]).outcomes()
+    assert router.calls.call_count == 0
+    assert outcome.status == "rejected"
+    assert outcome.reason is not None and "remove it from the campaign" in outcome.reason
 
 
 def test_remove_error_rejects(router: respx.Router, http: httpx.Client) -> None:

@@ -214,6 +214,41 @@ def test_update_deletes_changed_hashes_then_adds(router: respx.Router, http: htt
     assert outcomes[0].destination_id == kept(email=sha("new@example.com"))
 
 
+def test_an_unconfirmed_send_keeps_both_id_sets_so_a_removal_takes_off_either(
+    router: respx.Router, http: httpx.Client
+) -> None:
+    """The engine stores ``expected_destination_id`` before a request leaves. An update whose
+    answer never arrived leaves the member under its old ids or its new ones; removing it (it
+    left the segment meanwhile) takes off both, and a re-add takes off the stale one."""
+    route = router.post(MAPPING).respond(200, json=OK)
+    connector = make(http, mode="mirror")
+    moved = Record(key(1), {"email": "new@example.com"}, kept(email=sha("old@example.com")))
+    expected = connector.expected_destination_id("update", moved)
+    assert expected is not None
+    assert json.loads(expected) == [
+        {"email": sha("old@example.com")},
+        {"email": sha("new@example.com")},
+    ]
+    assert connector.expected_destination_id("add", person(2)) == kept(
+        email=sha("user2@example.com")
+    )
+    assert (
+        connector.expected_destination_id("add", Record(key(3), {"email": "not an email"})) is None
+    )
+
+    (gone,) = connector.remove([Record(key(1), destination_id=expected)]).outcomes()
+    assert gone.status == "accepted"
+    assert body(route.calls[0])["batch_data"] == [
+        [entry(sha("old@example.com"))],
+        [entry(sha("new@example.com"))],
+    ]
+    back = Record(key(1), {"email": "new@example.com"}, expected)
+    (added,) = connector.add([back]).outcomes()
+    assert [body(c)["action"] for c in route.calls[1:]] == ["delete", "add"]
+    assert body(route.calls[1])["batch_data"] == [[entry(sha("old@example.com"))]]
+    assert added.destination_id == kept(email=sha("new@example.com"))
+
+
 # -- errors inside HTTP 200 ----------------------------------------------------------------
 
 
