@@ -184,7 +184,24 @@ def normalize_phone(value: Any, region: str | None = None) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+class Infinite:
+    """A date or timestamp a database keeps as plus or minus infinity (PostgreSQL's
+    ``'infinity'``), as the warehouse reader hands it over: no JSON, ISO 8601 or calendar
+    value says that, so a row holding one is invalid unless its field is text."""
+
+    __slots__ = ("negative",)
+
+    def __init__(self, negative: bool) -> None:
+        self.negative = negative
+
+    def __str__(self) -> str:  # PostgreSQL's own spelling, for a text field
+        return "-infinity" if self.negative else "infinity"
+
+    __repr__ = __str__
+
+
 # What a JSON payload cannot carry as it is. Each is a reason: it names no value.
+INFINITE_TIME = "an infinite date or time ('infinity') is not a calendar value"
 NOT_FINITE = "not a finite number (NaN or infinity)"
 TOO_LARGE = "integer beyond the 64-bit range cannot be sent; cast it to text in the query"
 TOO_PRECISE = (
@@ -288,6 +305,8 @@ def _date(value: Any) -> str:
             return dt.datetime.fromisoformat(text).date().isoformat()
         except ValueError:
             raise InvalidValue("not a date (YYYY-MM-DD)") from None
+    if isinstance(value, Infinite):
+        raise InvalidValue(INFINITE_TIME)
     raise InvalidValue("not a date")
 
 
@@ -302,6 +321,8 @@ def _datetime(value: Any) -> str:
         return moment.isoformat()
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day).isoformat()
+    if isinstance(value, Infinite):
+        raise InvalidValue(INFINITE_TIME)
     raise InvalidValue("not a timestamp")
 
 
@@ -342,6 +363,8 @@ def _auto(value: Any) -> Any:
         raise InvalidValue(BINARY)
     if isinstance(value, dt.time | dt.timedelta):
         return str(value)
+    if isinstance(value, Infinite):
+        raise InvalidValue(INFINITE_TIME)
     raise InvalidValue(f"unsupported value type {type(value).__name__}")
 
 

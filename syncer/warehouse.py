@@ -31,6 +31,7 @@ from sqlalchemy.exc import (
 
 from syncer.errors import ConfigError, TransientError
 from syncer.http import scrub
+from syncer.normalize import Infinite
 
 # Dialects whose streamed result is the driver's plain cursor with nothing read ahead (SQLite
 # steps lazily; duckdb hands out its own chunks). PostgreSQL's server-side cursor is buffered
@@ -64,7 +65,37 @@ def new_warehouse_engine(url: str) -> Engine:
         raise ConfigError(f"warehouse driver not installed: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_query_only)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+        event.listen(engine, "connect", _postgres_infinite_times)
     return engine
+
+
+def _postgres_infinite_times(dbapi_connection: Any, _record: Any) -> None:
+    """Read ``'infinity'`` and ``'-infinity'`` dates and timestamps as
+    :class:`~syncer.normalize.Infinite`: psycopg's own loaders raise "date too large" for them,
+    which would fail the whole read for one row. The normaliser makes such a row invalid with
+    a reason (or sends the text, in a text field)."""
+    from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
+
+    for name, base in (
+        ("date", DateLoader),
+        ("timestamp", TimestampLoader),
+        ("timestamptz", TimestamptzLoader),
+    ):
+        dbapi_connection.adapters.register_loader(name, _infinity_aware(base))
+
+
+@functools.cache
+def _infinity_aware(base: type[Any]) -> type[Any]:
+    class Loader(base):  # type: ignore[misc]
+        def load(self, data: Any) -> Any:
+            raw = bytes(data)
+            if raw in (b"infinity", b"-infinity"):
+                return Infinite(raw.startswith(b"-"))
+            return super().load(data)
+
+    Loader.__name__ = f"Infinite{base.__name__}"
+    return Loader
 
 
 def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
