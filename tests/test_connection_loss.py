@@ -18,7 +18,8 @@ APP = "syncer-under-test"
 
 
 def _wait_for_query(url: str, fragment: str, timeout: float = 60.0) -> None:
-    """Until one of the CLI's connections is running a query containing ``fragment``."""
+    """Until one of the CLI's connections is reading the query containing ``fragment``: running
+    it, or fetching from its server-side cursor (``FETCH ...``) between rows."""
     engine = sa.create_engine(url)
     deadline = time.monotonic() + timeout
     try:
@@ -27,7 +28,7 @@ def _wait_for_query(url: str, fragment: str, timeout: float = 60.0) -> None:
                 running = conn.execute(
                     sa.text(
                         "select count(*) from pg_stat_activity where application_name = :app"
-                        " and state = 'active' and position(:fragment in query) > 0"
+                        " and (position(:fragment in query) > 0 or query ilike 'fetch%')"
                     ),
                     {"app": APP, "fragment": fragment},
                 ).scalar_one()
