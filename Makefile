@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m syncer.demo run
 
+# Bytecode first: the suite starts the CLI hundreds of times, and where PYTHONDONTWRITEBYTECODE
+# is set each start would compile syncer again (about 0.3 s); compileall skips what is current.
 test: $(STAMP)
+	@$(BIN)/python -m compileall -q syncer connectors tests >/dev/null
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

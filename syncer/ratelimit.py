@@ -362,11 +362,13 @@ class AccountLimiter:
 
     def _slow_pace(self, now: float) -> None:
         """At least the spacing of the last PACE_SAMPLE seconds' grants, and twice the
-        spacing in force; never above MAX_DEFAULT_COOL_DOWN."""
+        spacing in force; never above MAX_DEFAULT_COOL_DOWN. A 429 on a lone request in that
+        second says nothing about our pace (a throttle of another kind, or a window we cannot
+        see): only the cool-down, and twice a pace already in force, answer it."""
         while self._recent and self._recent[0] <= now - PACE_SAMPLE:
             self._recent.popleft()
-        observed = PACE_SAMPLE / max(1, len(self._recent))
         current = max(self._spacing, self._pace_now(now))
+        observed = PACE_SAMPLE / len(self._recent) if len(self._recent) >= 2 else 0.0
         self._pace = min(max(2 * current, observed), MAX_DEFAULT_COOL_DOWN)
         self._pace_at = now
 

@@ -400,6 +400,19 @@ def test_a_bare_429_slows_the_pace_and_successes_bring_it_back() -> None:
     assert lim.pace == 0.0
 
 
+def test_a_429_on_a_lone_request_leaves_the_pace_to_the_cool_down() -> None:
+    """One request in the last second and a bare 429: our pace was not the problem (the
+    vendor throttles for another reason), so only the cool-down holds the account."""
+    fake = FakeClock()
+    lim = limiter(fake, [])
+    grant_times(lim, fake, 1)
+    wait = lim.rate_limited(None)
+    assert wait == 1.0 and lim.pace == 0.0
+    fake.now += wait
+    times = grant_times(lim, fake, 3)
+    assert times[0] >= 1.0 and times[-1] - times[0] < 0.01  # then at full speed again
+
+
 def test_a_429_with_retry_after_leaves_the_pace_alone() -> None:
     """The vendor said when to come back: the cool-down is exactly that, the pace unchanged."""
     fake = FakeClock()
