@@ -22,7 +22,7 @@ demo: $(STAMP)
 # is set each start would compile syncer again (about 0.3 s); compileall skips what is current.
 test: $(STAMP)
 	@$(BIN)/python -m compileall -q syncer connectors tests >/dev/null
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
