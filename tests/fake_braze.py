@@ -28,7 +28,7 @@ class User:
 
 
 class FakeBraze(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", r"/users/track", "track"),
         ("POST", r"/v2/subscription/status/set", "status_set"),
         ("GET", r"/subscription/status/get", "status_get"),

@@ -20,7 +20,7 @@ def error(status: int, code: str, detail: str) -> Reply:
 
 
 class FakeKlaviyo(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"/api/lists/(?P<list_id>[^/]+)", "get_list"),
         ("POST", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_add"),
         ("DELETE", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_remove"),

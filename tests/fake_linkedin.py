@@ -25,7 +25,7 @@ def error(status: int, message: str) -> Reply:
 
 
 class FakeLinkedIn(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"/rest/dmpSegments/(?P<id>\d+)", "get_segment"),
         ("POST", r"/rest/dmpSegments/(?P<id>\d+)/users", "users"),
     ]

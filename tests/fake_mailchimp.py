@@ -63,7 +63,7 @@ def problem(status: int, title: str, detail: str) -> Reply:
 
 
 class FakeMailchimp(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"/3\.0/lists/(?P<list>[^/]+)", "get_list"),
         ("POST", r"/3\.0/lists/(?P<list>[^/]+)", "batch_subscribe"),
         ("POST", r"/3\.0/lists/(?P<list>[^/]+)/members/(?P<hash>[0-9a-f]{32})/tags", "tags"),

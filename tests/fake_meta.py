@@ -69,7 +69,7 @@ def too_small() -> Reply:
 
 
 class FakeMeta(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)", "get_audience"),
         ("POST", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)/users", "add_users"),
         ("DELETE", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)/users", "remove_users"),

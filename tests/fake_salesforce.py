@@ -32,7 +32,7 @@ def _unquote(literal: str) -> str:
 class FakeSalesforce(VendorEmulator):
     """``reject_last_names`` holds LastName values the org's validation rule refuses."""
 
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("PATCH", V + r"/composite/sobjects/(?P<sobject>\w+)/(?P<field>\w+)", "upsert"),
         ("POST", V + r"/composite/sobjects", "insert"),
         ("DELETE", V + r"/composite/sobjects", "delete"),

@@ -19,7 +19,7 @@ def errors(status: int, message: str, field: str | None = None) -> Reply:
 
 
 class FakeSendGrid(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("PUT", r"/v3/marketing/contacts", "upsert"),
         ("GET", r"/v3/marketing/contacts/imports/(?P<job>[^/]+)", "get_job"),
         ("POST", r"/v3/marketing/contacts/search/emails", "search"),

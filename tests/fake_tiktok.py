@@ -28,7 +28,7 @@ def answer(code: int = 0, message: str = "OK", data: Any = None) -> Reply:
 
 
 class FakeTikTok(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", rf"{PREFIX}/segment/mapping/", "mapping"),
         ("GET", rf"{PREFIX}/advertiser/info/", "advertiser_info"),
         ("GET", rf"{PREFIX}/dmp/custom_audience/get/", "audience_get"),
