@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from connectors.hubspot import HubSpotConnector
+from connectors.salesforce import SalesforceConnector
 from connectors.webhook import WebhookConnector
 from syncer.testing import ConnectorSuite
 from tests.fake_hubspot import FakeHubSpot
+from tests.fake_salesforce import FakeSalesforce
 from tests.fake_webhook import FakeReceiver
 
 
@@ -29,3 +31,28 @@ class TestHubSpot(ConnectorSuite):
 
     def make_fake(self) -> FakeHubSpot:
         return FakeHubSpot(HUBSPOT_TOKEN)
+
+
+SALESFORCE_TOKEN = "00Dxx0000001gPL!kit-access-token"
+SALESFORCE_CAMPAIGN = "701xx000000AbCdAAK"
+
+
+class TestSalesforce(ConnectorSuite):
+    connector = SalesforceConnector
+    destination = {
+        "base_url": FakeSalesforce.base_url,
+        "access_token": "${SALESFORCE_ACCESS_TOKEN}",
+        "external_id_field": "Warehouse_Id__c",
+        "campaign_id": SALESFORCE_CAMPAIGN,
+    }
+    secrets = {"SALESFORCE_ACCESS_TOKEN": SALESFORCE_TOKEN}
+    fields = {
+        "Email": {"column": "email", "type": "email"},
+        "FirstName": "first_name",
+        "LastName": "last_name",
+    }
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeSalesforce:
+        return FakeSalesforce(SALESFORCE_TOKEN, SALESFORCE_CAMPAIGN)
