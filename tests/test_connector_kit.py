@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from connectors.hubspot import HubSpotConnector
 from connectors.salesforce import SalesforceConnector
+from connectors.sendgrid import SendGridConnector
 from connectors.webhook import WebhookConnector
 from syncer.testing import ConnectorSuite
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_salesforce import FakeSalesforce
+from tests.fake_sendgrid import FakeSendGrid
 from tests.fake_webhook import FakeReceiver
 
 
@@ -56,3 +58,22 @@ class TestSalesforce(ConnectorSuite):
 
     def make_fake(self) -> FakeSalesforce:
         return FakeSalesforce(SALESFORCE_TOKEN, SALESFORCE_CAMPAIGN)
+
+
+SENDGRID_KEY = "SG.kit-key-0123456789abcdef"
+SENDGRID_LIST = "5f0c1a5e-7d1b-4a8e-9b0e-3f2d6c8a9b10"
+
+
+class TestSendGrid(ConnectorSuite):
+    connector = SendGridConnector
+    destination = {
+        "api_key": "${SENDGRID_API_KEY}",
+        "list_ids": [SENDGRID_LIST],
+        "base_url": FakeSendGrid.base_url,
+        "poll_interval": 1,
+    }
+    secrets = {"SENDGRID_API_KEY": SENDGRID_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "first_name": "first_name"}
+
+    def make_fake(self) -> FakeSendGrid:
+        return FakeSendGrid(SENDGRID_KEY, SENDGRID_LIST)
