@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from connectors.hubspot import HubSpotConnector
+from connectors.mailchimp import MailchimpConnector
 from connectors.salesforce import SalesforceConnector
 from connectors.sendgrid import SendGridConnector
 from connectors.webhook import WebhookConnector
 from syncer.testing import ConnectorSuite
 from tests.fake_hubspot import FakeHubSpot
+from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_salesforce import FakeSalesforce
 from tests.fake_sendgrid import FakeSendGrid
 from tests.fake_webhook import FakeReceiver
@@ -77,3 +79,21 @@ class TestSendGrid(ConnectorSuite):
 
     def make_fake(self) -> FakeSendGrid:
         return FakeSendGrid(SENDGRID_KEY, SENDGRID_LIST)
+
+
+MAILCHIMP_KEY = "kit0123456789abcdef0123456789ab-us21"
+
+
+class TestMailchimp(ConnectorSuite):
+    connector = MailchimpConnector
+    destination = {
+        "api_key": "${MAILCHIMP_API_KEY}",
+        "base_url": f"{FakeMailchimp.base_url}/3.0",
+        "list_id": "aud123",
+        "tag": "vip",
+    }
+    secrets = {"MAILCHIMP_API_KEY": MAILCHIMP_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "FNAME": "first_name"}
+
+    def make_fake(self) -> FakeMailchimp:
+        return FakeMailchimp(MAILCHIMP_KEY, "aud123")
