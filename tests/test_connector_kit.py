@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from connectors.hubspot import HubSpotConnector
+from connectors.klaviyo import KlaviyoConnector
 from connectors.mailchimp import MailchimpConnector
 from connectors.salesforce import SalesforceConnector
 from connectors.sendgrid import SendGridConnector
 from connectors.webhook import WebhookConnector
 from syncer.testing import ConnectorSuite
 from tests.fake_hubspot import FakeHubSpot
+from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_salesforce import FakeSalesforce
 from tests.fake_sendgrid import FakeSendGrid
@@ -97,3 +99,22 @@ class TestMailchimp(ConnectorSuite):
 
     def make_fake(self) -> FakeMailchimp:
         return FakeMailchimp(MAILCHIMP_KEY, "aud123")
+
+
+KLAVIYO_KEY = "pk_kit_0123456789abcdef"
+
+
+class TestKlaviyo(ConnectorSuite):
+    connector = KlaviyoConnector
+    destination = {
+        "api_key": "${KLAVIYO_API_KEY}",
+        "list_id": "XyZ123",
+        "base_url": FakeKlaviyo.base_url,
+        "bulk_threshold": 4,
+        "poll_interval": 1,
+    }
+    secrets = {"KLAVIYO_API_KEY": KLAVIYO_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "first_name": "first_name"}
+
+    def make_fake(self) -> FakeKlaviyo:
+        return FakeKlaviyo(KLAVIYO_KEY, "XyZ123")
