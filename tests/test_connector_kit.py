@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from connectors.braze import BrazeConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.klaviyo import KlaviyoConnector
 from connectors.mailchimp import MailchimpConnector
@@ -9,6 +10,7 @@ from connectors.salesforce import SalesforceConnector
 from connectors.sendgrid import SendGridConnector
 from connectors.webhook import WebhookConnector
 from syncer.testing import ConnectorSuite
+from tests.fake_braze import FakeBraze
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_mailchimp import FakeMailchimp
@@ -118,3 +120,22 @@ class TestKlaviyo(ConnectorSuite):
 
     def make_fake(self) -> FakeKlaviyo:
         return FakeKlaviyo(KLAVIYO_KEY, "XyZ123")
+
+
+BRAZE_KEY = "braze-kit-rest-key-0123456789"
+
+
+class TestBraze(ConnectorSuite):
+    connector = BrazeConnector
+    destination = {
+        "api_key": "${BRAZE_API_KEY}",
+        "base_url": FakeBraze.base_url,
+        "subscription_group_id": "sg-vip",
+    }
+    secrets = {"BRAZE_API_KEY": BRAZE_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "first_name": "first_name"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeBraze:
+        return FakeBraze(BRAZE_KEY, "sg-vip")
