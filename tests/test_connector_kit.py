@@ -6,14 +6,16 @@ from connectors.braze import BrazeConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.klaviyo import KlaviyoConnector
 from connectors.mailchimp import MailchimpConnector
+from connectors.meta import MetaConnector
 from connectors.salesforce import SalesforceConnector
 from connectors.sendgrid import SendGridConnector
 from connectors.webhook import WebhookConnector
-from syncer.testing import ConnectorSuite
+from syncer.testing import ConnectorSuite, Row, sha256_email
 from tests.fake_braze import FakeBraze
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_mailchimp import FakeMailchimp
+from tests.fake_meta import FakeMeta
 from tests.fake_salesforce import FakeSalesforce
 from tests.fake_sendgrid import FakeSendGrid
 from tests.fake_webhook import FakeReceiver
@@ -139,3 +141,27 @@ class TestBraze(ConnectorSuite):
 
     def make_fake(self) -> FakeBraze:
         return FakeBraze(BRAZE_KEY, "sg-vip")
+
+
+META_TOKEN = "EAAB-kit-system-user-token-0123456789"
+META_AUDIENCE = "23850000000000042"
+
+
+class TestMeta(ConnectorSuite):
+    connector = MetaConnector
+    destination = {
+        "access_token": "${META_ACCESS_TOKEN}",
+        "audience_id": META_AUDIENCE,
+        "base_url": FakeMeta.base_url,
+        "region": "US",
+    }
+    secrets = {"META_ACCESS_TOKEN": META_TOKEN}
+    fields = {"email": "email", "phone": "phone", "first_name": "first_name", "country": "country"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeMeta:
+        return FakeMeta(META_TOKEN, META_AUDIENCE)
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)

@@ -35,7 +35,7 @@ def member(n: int) -> dict[str, str]:
         "email": f"kit.member{n}@example.com",
         "first_name": f"Firstkit{n}",
         "last_name": f"Lastkit{n}",
-        "phone": f"+1415555{n:04d}",
+        "phone": f"+1415{2_000_000 + n:07d}",
         "country": "US",
     }
 
