@@ -5,6 +5,7 @@ from __future__ import annotations
 from connectors.braze import BrazeConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.klaviyo import KlaviyoConnector
+from connectors.linkedin import LinkedInConnector
 from connectors.mailchimp import MailchimpConnector
 from connectors.meta import MetaConnector
 from connectors.salesforce import SalesforceConnector
@@ -14,6 +15,7 @@ from syncer.testing import ConnectorSuite, Row, sha256_email
 from tests.fake_braze import FakeBraze
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
+from tests.fake_linkedin import FakeLinkedIn
 from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_meta import FakeMeta
 from tests.fake_salesforce import FakeSalesforce
@@ -162,6 +164,28 @@ class TestMeta(ConnectorSuite):
 
     def make_fake(self) -> FakeMeta:
         return FakeMeta(META_TOKEN, META_AUDIENCE)
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)
+
+
+LINKEDIN_TOKEN = "AQX-kit-linkedin-token-0123456789"
+
+
+class TestLinkedIn(ConnectorSuite):
+    connector = LinkedInConnector
+    destination = {
+        "access_token": "${LINKEDIN_ACCESS_TOKEN}",
+        "segment_id": "555",
+        "base_url": f"{FakeLinkedIn.base_url}/rest",
+    }
+    secrets = {"LINKEDIN_ACCESS_TOKEN": LINKEDIN_TOKEN}
+    fields = {"email": "email", "first_name": "first_name", "country": "country"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeLinkedIn:
+        return FakeLinkedIn(LINKEDIN_TOKEN, "555")
 
     def vendor_key(self, row: Row) -> str:
         return sha256_email(row)
