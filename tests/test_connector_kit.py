@@ -10,6 +10,7 @@ from connectors.mailchimp import MailchimpConnector
 from connectors.meta import MetaConnector
 from connectors.salesforce import SalesforceConnector
 from connectors.sendgrid import SendGridConnector
+from connectors.tiktok import TikTokConnector
 from connectors.webhook import WebhookConnector
 from syncer.testing import ConnectorSuite, Row, sha256_email
 from tests.fake_braze import FakeBraze
@@ -20,6 +21,7 @@ from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_meta import FakeMeta
 from tests.fake_salesforce import FakeSalesforce
 from tests.fake_sendgrid import FakeSendGrid
+from tests.fake_tiktok import FakeTikTok
 from tests.fake_webhook import FakeReceiver
 
 
@@ -186,6 +188,30 @@ class TestLinkedIn(ConnectorSuite):
 
     def make_fake(self) -> FakeLinkedIn:
         return FakeLinkedIn(LINKEDIN_TOKEN, "555")
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)
+
+
+TIKTOK_TOKEN = "tt-kit-access-token-0123456789"
+
+
+class TestTikTok(ConnectorSuite):
+    connector = TikTokConnector
+    destination = {
+        "access_token": "${TIKTOK_ACCESS_TOKEN}",
+        "advertiser_id": "7000123",
+        "audience_id": "123456",
+        "region": "US",
+        "base_url": f"{FakeTikTok.base_url}/open_api/v1.3",
+    }
+    secrets = {"TIKTOK_ACCESS_TOKEN": TIKTOK_TOKEN}
+    fields = {"email": "email", "phone": "phone"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeTikTok:
+        return FakeTikTok(TIKTOK_TOKEN, "7000123", "123456")
 
     def vendor_key(self, row: Row) -> str:
         return sha256_email(row)
