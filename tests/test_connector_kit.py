@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from connectors.braze import BrazeConnector
+from connectors.google_ads import GoogleAdsConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.klaviyo import KlaviyoConnector
 from connectors.linkedin import LinkedInConnector
@@ -14,6 +15,7 @@ from connectors.tiktok import TikTokConnector
 from connectors.webhook import WebhookConnector
 from syncer.testing import ConnectorSuite, Row, sha256_email
 from tests.fake_braze import FakeBraze
+from tests.fake_google_ads import FakeGoogleAds
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_linkedin import FakeLinkedIn
@@ -212,6 +214,37 @@ class TestTikTok(ConnectorSuite):
 
     def make_fake(self) -> FakeTikTok:
         return FakeTikTok(TIKTOK_TOKEN, "7000123", "123456")
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)
+
+
+GOOGLE_TOKEN = "ya29.kit-oauth-token-0123456789"
+GOOGLE_DEVELOPER_TOKEN = "dev-kit-token-ABCDEF"
+
+
+class TestGoogleAds(ConnectorSuite):
+    connector = GoogleAdsConnector
+    destination = {
+        "access_token": "${GOOGLE_ADS_ACCESS_TOKEN}",
+        "developer_token": "${GOOGLE_ADS_DEVELOPER_TOKEN}",
+        "customer_id": "123-456-7890",
+        "user_list_id": "4567",
+        "base_url": FakeGoogleAds.base_url,
+        "region": "US",
+        "ad_user_data": "GRANTED",
+        "ad_personalization": "GRANTED",
+    }
+    secrets = {
+        "GOOGLE_ADS_ACCESS_TOKEN": GOOGLE_TOKEN,
+        "GOOGLE_ADS_DEVELOPER_TOKEN": GOOGLE_DEVELOPER_TOKEN,
+    }
+    fields = {"email": "email", "phone": "phone"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeGoogleAds:
+        return FakeGoogleAds(GOOGLE_TOKEN, GOOGLE_DEVELOPER_TOKEN, "1234567890", "4567")
 
     def vendor_key(self, row: Row) -> str:
         return sha256_email(row)

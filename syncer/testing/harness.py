@@ -4,6 +4,7 @@ engine waits (backoffs, Retry-After, cool-downs cost no real time)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,11 @@ SEGMENT_COLUMNS: tuple[str, ...] = ("id", "email", "first_name", "last_name", "p
 
 #: A row of the segment: column to value (missing columns are NULL).
 Row = Mapping[str, str | None]
+
+
+def _unsettled(result: RunResult) -> bool:
+    """Whether vendor jobs of the sync are still out after ``result``."""
+    return str(result.status) in ("submitted", "waiting") or bool(result.counts.get("pending"))
 
 
 class FakeClock:
@@ -167,15 +173,19 @@ class SyncHarness:
         """One run, as ``syncer sync now`` would do it."""
         return self.engine.run(self.sync, full_resync=full_resync)
 
-    def settle(self, *, full_resync: bool = False, runs: int = 5) -> RunResult:
-        """Run, then run again while vendor jobs are pending (a later run settles them); the
-        last run's result."""
-        result = self.run(full_resync=full_resync)
-        for _ in range(runs - 1):
-            if not result.counts.get("pending"):
-                break
-            result = self.run()
-        return result
+    def settle(self, *, full_resync: bool = False, runs: int = 10) -> RunResult:
+        """Run, then run again while vendor jobs are still out (a later run settles them):
+        the last run's result, with the counts summed over every run made."""
+        results = [self.run(full_resync=full_resync)]
+        while len(results) < runs and _unsettled(results[-1]):
+            results.append(self.run())
+        totals: dict[str, int] = {}
+        for result in results:
+            for name, value in result.counts.items():
+                if name != "source_rows":
+                    totals[name] = totals.get(name, 0) + value
+        totals["source_rows"] = results[0].counts.get("source_rows", 0)
+        return dataclasses.replace(results[-1], counts=totals)
 
     def plan(self, *, full_resync: bool = False) -> PlanResult:
         """What a run would send now; nothing is sent."""
