@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from connectors.braze import BrazeConnector
+from connectors.file import FileConnector
 from connectors.google_ads import GoogleAdsConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.klaviyo import KlaviyoConnector
@@ -13,8 +16,9 @@ from connectors.salesforce import SalesforceConnector
 from connectors.sendgrid import SendGridConnector
 from connectors.tiktok import TikTokConnector
 from connectors.webhook import WebhookConnector
-from syncer.testing import ConnectorSuite, Row, sha256_email
+from syncer.testing import ConnectorSuite, FakeVendor, Row, SyncHarness, sha256_email
 from tests.fake_braze import FakeBraze
+from tests.fake_file import MembersFile
 from tests.fake_google_ads import FakeGoogleAds
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
@@ -248,3 +252,16 @@ class TestGoogleAds(ConnectorSuite):
 
     def vendor_key(self, row: Row) -> str:
         return sha256_email(row)
+
+
+class TestFile(ConnectorSuite):
+    connector = FileConnector
+    destination = {"path": "${KIT_ROOT}/out/members.jsonl"}
+
+    def make_fake(self) -> MembersFile:
+        return MembersFile()
+
+    def harness(self, tmp_path: Path, fake: FakeVendor) -> SyncHarness:
+        assert isinstance(fake, MembersFile)
+        fake.path = tmp_path / "out" / "members.jsonl"
+        return super().harness(tmp_path, fake)

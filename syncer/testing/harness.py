@@ -24,6 +24,9 @@ from syncer.settings import Settings
 #: The columns of the harness's ``segment`` table, every one text.
 SEGMENT_COLUMNS: tuple[str, ...] = ("id", "email", "first_name", "last_name", "phone", "country")
 
+#: The ``${NAME}`` a destination setting may use for the harness's directory.
+ROOT_VARIABLE = "KIT_ROOT"
+
 #: A row of the segment: column to value (missing columns are NULL).
 Row = Mapping[str, str | None]
 
@@ -85,7 +88,7 @@ class SyncHarness:
 
     ``destination`` is the mapping's ``destination:`` block without ``connector:``; secrets in
     it are ``${NAME}`` references resolved from ``secrets`` (written to a ``.env`` beside the
-    mapping, as a user would). Requests go to ``router`` (made when not given): mount a
+    mapping, as a user would), and ``${KIT_ROOT}`` is ``root`` (for a path setting). Requests go to ``router`` (made when not given): mount a
     ``FakeVendor`` on it, or add respx routes. The connector must be installed under its
     ``name`` in the ``syncer.connectors`` entry points, as the engine loads it from there.
     """
@@ -119,9 +122,9 @@ class SyncHarness:
             encoding="utf-8",
         )
         self.env_path = root / ".env"
+        env = {ROOT_VARIABLE: str(root), **(secrets or {})}
         self.env_path.write_text(
-            "".join(f"{name}={value}\n" for name, value in (secrets or {}).items()),
-            encoding="utf-8",
+            "".join(f"{name}={value}\n" for name, value in env.items()), encoding="utf-8"
         )
         self.segment([])
         self.sync = self._load(connector)

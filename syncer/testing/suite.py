@@ -262,7 +262,7 @@ class ConnectorSuite:
         the connector's own cap must keep every request within the vendor's."""
         fake = self.make_fake()
         if fake.batch_cap is None:
-            pytest.skip(f"{type(fake).__name__} declares no batch_cap")
+            pytest.skip(f"{type(fake).__name__} declares no batch_cap: no vendor cap to respect")
         capabilities = self.connector.capabilities
         assert capabilities.max_batch_size <= fake.batch_cap, (
             f"capabilities.max_batch_size {capabilities.max_batch_size} is over the vendor's"
@@ -276,12 +276,13 @@ class ConnectorSuite:
         assert self.held(fake) == self.expect(rows)
 
     def test_resending_converges_without_duplicates(self, tmp_path: Path) -> None:
-        """An answer lost after the vendor applied the batch, then a full resync: the
-        destination holds each member once, as the segment says."""
-        fake, h = self.start(tmp_path, "http")
+        """An answer lost after the vendor applied the batch (HTTP vendors), then a full
+        resync: the destination holds each member once, as the segment says."""
+        fake, h = self.start(tmp_path)
         rows = [member(n) for n in range(self.size)]
         h.segment(rows)
-        fake.lose_next_answers(1)
+        if "http" not in fake.lacks:
+            fake.lose_next_answers(1)
         self.assert_run(h.settle())
         self.assert_run(h.settle(full_resync=True))
         self.assert_run(h.settle())
