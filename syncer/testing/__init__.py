@@ -17,11 +17,20 @@ Needs the ``testing`` extra (pytest, respx). See docs/testing-a-connector.md.
 """
 
 from syncer.testing.fake import FakeVendor, Feature, Fields
-from syncer.testing.harness import SEGMENT_COLUMNS, FakeClock, Row, SyncHarness, mapping_yaml
+from syncer.testing.harness import (
+    ROOT_VARIABLE,
+    SEGMENT_COLUMNS,
+    FakeClock,
+    Row,
+    SyncHarness,
+    engine_client,
+    mapping_yaml,
+)
 from syncer.testing.suite import EXIT_CONFIG, ConnectorSuite, member, sha256_email
 
 __all__ = [
     "EXIT_CONFIG",
+    "ROOT_VARIABLE",
     "SEGMENT_COLUMNS",
     "ConnectorSuite",
     "FakeClock",
@@ -30,6 +39,7 @@ __all__ = [
     "Fields",
     "Row",
     "SyncHarness",
+    "engine_client",
     "mapping_yaml",
     "member",
     "sha256_email",

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from syncer.connector import Connector
 from syncer.engine import PlanResult, RunResult, SyncEngine
 from syncer.errors import ConfigError
 from syncer.mapping import LoadedSync, load_file
+from syncer.ratelimit import AccountLimiter
 from syncer.settings import Settings
 
 #: The columns of the harness's ``segment`` table, every one text.
@@ -29,6 +31,19 @@ ROOT_VARIABLE = "KIT_ROOT"
 
 #: A row of the segment: column to value (missing columns are NULL).
 Row = Mapping[str, str | None]
+
+
+@contextmanager
+def engine_client(
+    router: respx.Router, *, limiter: AccountLimiter | None = None, timeout: float = 30.0
+) -> Iterator[httpx.Client]:
+    """The engine's HTTP client (classification, scrubbing, ``limiter``) sending to
+    ``router``: what a connector gets inside a run, for tests that call it directly."""
+    from syncer.http import make_client
+
+    transport = httpx.MockTransport(router.handler)
+    with make_client(timeout, transport=transport, limiter=limiter) as client:
+        yield client
 
 
 def _unsettled(result: RunResult) -> bool:
@@ -88,9 +103,10 @@ class SyncHarness:
 
     ``destination`` is the mapping's ``destination:`` block without ``connector:``; secrets in
     it are ``${NAME}`` references resolved from ``secrets`` (written to a ``.env`` beside the
-    mapping, as a user would), and ``${KIT_ROOT}`` is ``root`` (for a path setting). Requests go to ``router`` (made when not given): mount a
-    ``FakeVendor`` on it, or add respx routes. The connector must be installed under its
-    ``name`` in the ``syncer.connectors`` entry points, as the engine loads it from there.
+    mapping, as a user would), and ``${KIT_ROOT}`` is ``root`` (for a path setting).
+    Requests go to ``router`` (made when not given): mount a ``FakeVendor`` on it, or add
+    respx routes. The connector must be installed under its ``name`` in the
+    ``syncer.connectors`` entry points, as the engine loads it from there.
     """
 
     def __init__(
