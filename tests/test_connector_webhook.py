@@ -30,6 +30,7 @@ from syncer.errors import (
 )
 from syncer.http import make_client
 from syncer.ratelimit import AccountLimiter
+from syncer.testing import engine_client
 
 URL = "https://hooks.example.com/syncer"
 SECRET = "s3cr3t-hmac-key"
@@ -121,7 +122,7 @@ def test_the_timestamp_is_taken_as_the_request_leaves(router: respx.Router) -> N
     limiter = AccountLimiter([], 1)
     limiter.cool_down(1.2)  # the account was told to wait
     router.post(URL).respond(200)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         before = time.time()
         make(client).add([ADA])
     assert int(sent(router).headers["X-Syncer-Timestamp"]) >= int(before + 1.2)
@@ -384,7 +385,7 @@ class Clock:
 
 def test_a_captured_request_cannot_be_replayed_or_altered(router: respx.Router) -> None:
     router.post(URL).respond(200)
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         make(client).add([ADA])
     captured = sent(router)
     headers, body = captured.headers, captured.content
@@ -532,7 +533,7 @@ def test_the_readme_receiver_example_accepts_syncer_and_refuses_a_late_replay(
     exec(compile(code, "README.md", "exec"), example)
 
     router.post(URL).respond(200)
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         make(client).add([ADA])
         later_run = SyncContext("vip", "membership", ("email", "first_name"), run_id="r2")
         WebhookConnector(make(client).config, later_run, client).add([ADA])  # a re-add
