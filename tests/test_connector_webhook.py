@@ -31,6 +31,7 @@ from syncer.errors import (
 from syncer.http import make_client
 from syncer.ratelimit import AccountLimiter
 from syncer.testing import engine_client
+from syncer.testing.fixtures import HarnessFactory
 
 URL = "https://hooks.example.com/syncer"
 SECRET = "s3cr3t-hmac-key"
@@ -446,30 +447,21 @@ def test_the_demo_receiver_refuses_a_replay_after_the_window() -> None:
 
 
 def test_add_remove_add_across_runs_gives_three_keys_and_a_retry_keeps_its_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    harness: HarnessFactory, router: respx.Router
 ) -> None:
     """Through the engine: the re-add of run 4 is applied, not taken for a replay of run 2's
     add, and run 2's retry (its first answer lost) is recognised and not applied twice."""
-    import sqlite3
-
-    from syncer.engine import SyncEngine
-    from syncer.mapping import load_file
-    from syncer.settings import Settings
-
-    warehouse = tmp_path / "w.db"
+    h = harness(
+        WebhookConnector,
+        {"url": URL, "secret": "${HOOK_SECRET}"},
+        fields={},
+        key_type="string",
+        secrets={"HOOK_SECRET": SECRET},
+    )
 
     def segment(*keys: str) -> None:
-        with sqlite3.connect(warehouse) as conn:
-            conn.execute("DROP TABLE IF EXISTS s")
-            conn.execute("CREATE TABLE s (email TEXT)")
-            conn.executemany("INSERT INTO s VALUES (?)", [(k,) for k in keys])
+        h.segment([{"email": key} for key in keys])
 
-    mapping = tmp_path / "vip.yaml"
-    mapping.write_text(
-        "source: {query: 'select email from s', key: email}\nmode: mirror\n"
-        "guards: {max_remove_pct: 100}\n"
-        f"destination: {{connector: webhook, url: '{URL}', secret: '${{HOOK_SECRET}}'}}\n"
-    )
     guard = ReplayGuard(SECRET)
     members: set[str] = set()
     log: list[tuple[str, str, str, bool]] = []  # (run, operation, key, applied)
@@ -493,23 +485,15 @@ def test_add_remove_add_across_runs_gives_three_keys_and_a_retry_keeps_its_key(
             return httpx.Response(503)
         return httpx.Response(200, json={"rejected": []})
 
-    engine = SyncEngine(
-        Settings(
-            warehouse_url=f"sqlite:///{warehouse}", state_url=f"sqlite:///{tmp_path / 's.db'}"
-        ),
-        transport=httpx.MockTransport(receiver),
-        sleep=lambda _s: None,
-    )
-    monkeypatch.setenv("HOOK_SECRET", SECRET)
-    sync = load_file(mapping)
+    router.post(URL).mock(side_effect=receiver)
     results = []
     # Run 1 adds bob; run 2 adds ada (answer lost once); run 3 removes her; run 4 re-adds.
     for keys, lose in [(("bob",), False), (("bob", "ada"), True), (("bob",), False)]:
         segment(*keys)
         lose_next_answer[0] = lose
-        results.append(engine.run(sync))
+        results.append(h.run())
     segment("bob", "ada")
-    results.append(engine.run(sync))
+    results.append(h.run())
     assert [r.status for r in results] == ["succeeded"] * 4
     assert members == {"bob", "ada"}
 
