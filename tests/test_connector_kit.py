@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import httpx
+import pytest
 
 from connectors.braze import BrazeConnector
 from connectors.file import FileConnector
@@ -265,3 +269,44 @@ class TestFile(ConnectorSuite):
         assert isinstance(fake, MembersFile)
         fake.path = tmp_path / "out" / "members.jsonl"
         return super().harness(tmp_path, fake)
+
+
+# -- the kit catches what it is for -----------------------------------------------------------
+
+
+class SmallReceiver(FakeReceiver):
+    """A receiver taking fewer records per request than the webhook connector may send."""
+
+    batch_cap = 100
+
+
+class DuplicatingReceiver(FakeReceiver):
+    """A receiver that creates a second copy of anyone added twice, as a create endpoint."""
+
+    def receive(self, request: httpx.Request) -> httpx.Response:
+        batch = json.loads(request.content)
+        if batch["operation"] != "remove":
+            for record in batch["records"]:
+                if record["key"] in self.held:
+                    self.held[f"{record['key']}#copy"] = record["fields"]
+        return super().receive(request)
+
+
+def test_the_kit_fails_a_connector_whose_batches_exceed_the_vendor_cap(tmp_path: Path) -> None:
+    suite = TestWebhook()
+    suite.make_fake = SmallReceiver  # type: ignore[method-assign]
+    with pytest.raises(AssertionError, match="over the vendor's cap 100"):
+        suite.test_no_request_exceeds_the_vendor_batch_cap(tmp_path)
+
+
+def test_the_kit_sees_duplicates_left_by_re_sends(tmp_path: Path) -> None:
+    suite = TestWebhook()
+    suite.make_fake = DuplicatingReceiver  # type: ignore[method-assign]
+    with pytest.raises(AssertionError, match="#copy"):
+        suite.test_resending_converges_without_duplicates(tmp_path)
+
+
+def test_the_kit_reports_what_a_fake_lacks_as_the_skip_reason(tmp_path: Path) -> None:
+    suite = TestFile()
+    with pytest.raises(pytest.skip.Exception, match="MembersFile lacks http: the file connector"):
+        suite.test_5xx_is_retried(tmp_path, 503)

@@ -16,8 +16,13 @@ Fixtures for your own tests: ``pytest_plugins = ["syncer.testing.fixtures"]`` in
 Needs the ``testing`` extra (pytest, respx). See docs/testing-a-connector.md.
 """
 
-from syncer.testing.fake import FakeVendor, Feature, Fields
-from syncer.testing.harness import (
+import pytest
+
+# The suite's asserts show their operands on failure, as a test module's do.
+pytest.register_assert_rewrite("syncer.testing.suite")
+
+from syncer.testing.fake import FakeVendor, Feature, Fields  # noqa: E402
+from syncer.testing.harness import (  # noqa: E402
     ROOT_VARIABLE,
     SEGMENT_COLUMNS,
     FakeClock,
@@ -26,7 +31,7 @@ from syncer.testing.harness import (
     engine_client,
     mapping_yaml,
 )
-from syncer.testing.suite import EXIT_CONFIG, ConnectorSuite, member, sha256_email
+from syncer.testing.suite import EXIT_CONFIG, ConnectorSuite, member, sha256_email  # noqa: E402
 
 __all__ = [
     "EXIT_CONFIG",
