@@ -46,9 +46,15 @@ def engine_client(
         yield client
 
 
+def status_of(result: RunResult) -> str:
+    """A run's status as its word ("succeeded", "partial"...), whether the engine gives a
+    string or an enum."""
+    return str(getattr(result.status, "value", result.status))
+
+
 def _unsettled(result: RunResult) -> bool:
     """Whether vendor jobs of the sync are still out after ``result``."""
-    return str(result.status) in ("submitted", "waiting") or bool(result.counts.get("pending"))
+    return status_of(result) in ("submitted", "waiting") or bool(result.counts.get("pending"))
 
 
 class FakeClock:

@@ -22,7 +22,7 @@ import structlog
 from syncer.connector import Connector, Operation
 from syncer.engine import RunResult
 from syncer.testing.fake import FakeVendor, Feature
-from syncer.testing.harness import Row, SyncHarness
+from syncer.testing.harness import Row, SyncHarness, status_of
 
 #: The exit code of a run stopped by a configuration problem (bad credentials included).
 EXIT_CONFIG = 78
@@ -109,13 +109,17 @@ class ConnectorSuite:
         return fake, self.harness(tmp_path, fake)
 
     def held(self, fake: FakeVendor) -> set[str]:
+        """The keys the destination holds."""
         return set(fake.members())
 
     def expect(self, rows: list[dict[str, str]]) -> set[str]:
+        """The keys ``rows`` should be held under."""
         return {self.vendor_key(row) for row in rows}
 
     def assert_run(self, result: RunResult, status: str = "succeeded") -> None:
-        assert result.status == status, f"{result.status}: {result.message} {result.counts}"
+        """``result`` has ``status``; else the run's message and counts say why not."""
+        got = status_of(result)
+        assert got == status, f"{got}: {result.message} {result.counts}"
 
     # -- the standard tests ---------------------------------------------------------------
 
@@ -226,7 +230,7 @@ class ConnectorSuite:
         h.segment([member(n) for n in range(self.size)])
         fake.answer_next(401, 1000)
         result = h.run()
-        assert (result.status, result.exit_code) == ("failed", EXIT_CONFIG), result
+        assert (status_of(result), result.exit_code) == ("failed", EXIT_CONFIG), result
         assert 1000 - fake.faults_left <= 2, "kept sending with refused credentials"
         assert fake.members() == {}
 
