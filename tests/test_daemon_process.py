@@ -216,11 +216,18 @@ def test_a_run_longer_than_the_grace_period_exits_75(tmp_path: Path) -> None:
 
 
 def test_sync_now_while_the_daemon_runs_the_sync_is_locked_out(tmp_path: Path) -> None:
-    with harness(tmp_path, batch_size=1, latency=1.0, extra="schedule: every 1s\n") as h:
-        h.segment(people(6))  # 6 batches of 1 s, 4 at a time: ~2 s
+    with harness(tmp_path, batch_size=1, extra="schedule: every 1s\n") as h:
+        h.segment(people(6))
+        h.dest.gate.clear()  # the daemon's run is held at the destination until sync now is seen
         with running(h) as d:
-            d.wait_for("run.started")
-            code, doc, proc = h.sync()
+            deadline = time.monotonic() + 60
+            while h.dest.hits == 0:  # the daemon's run holds its lease and is sending
+                assert time.monotonic() < deadline, d.stderr()
+                time.sleep(0.02)
+            try:
+                code, doc, proc = h.sync()
+            finally:
+                h.dest.gate.set()
             assert code == 75, proc.stdout + proc.stderr
             assert doc is not None and doc["runs"][0]["status"] == "locked"
             assert "already running" in proc.stderr
