@@ -82,7 +82,7 @@ class DaemonProc:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.lines() if line.get("event") == name]
 
-    def wait_for(self, event: str, n: int = 1, timeout: float = 20, **match: Any) -> None:
+    def wait_for(self, event: str, n: int = 1, timeout: float = 60, **match: Any) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             hits = [e for e in self.events(event) if all(e.get(k) == v for k, v in match.items())]
@@ -184,14 +184,20 @@ def test_a_changed_mappings_directory_is_picked_up_without_a_signal(tmp_path: Pa
 
 
 def test_sigterm_lets_the_running_sync_finish_in_flight_batches(tmp_path: Path) -> None:
-    rows = people(60)  # 30 batches of 2, 0.3 s each, 4 at a time: a few seconds of sending
-    with harness(tmp_path, batch_size=2, latency=0.3, extra="schedule: every 1s\n") as h:
+    rows = people(60)  # 30 batches of 2, 4 at a time
+    with harness(tmp_path, batch_size=2, extra="schedule: every 1s\n") as h:
         h.segment(rows)
+        h.dest.gate.clear()  # the first 4 batches wait at the destination: the run cannot end
         with running(h, {"SYNCER_SHUTDOWN_GRACE": "20"}) as d:
-            d.wait_for("run.started")
+            deadline = time.monotonic() + 60
             while h.dest.hits < 4:
+                assert time.monotonic() < deadline, d.stderr()
                 time.sleep(0.02)
-            code, took = d.stop()
+            started = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            d.wait_for("daemon.stopping", timeout=60)
+            h.dest.gate.set()  # the in-flight batches get their answers only now
+            code, took = d.proc.wait(timeout=60), time.monotonic() - started
         assert code == 0, d.stderr()
         assert took < 20
         (finished,) = d.events("tick.finished")
