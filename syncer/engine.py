@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer import audit, recorder
@@ -34,7 +34,6 @@ from syncer.lease import Lease
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
 from syncer.ratelimit import AccountLimiter, limiter_for
-from syncer.reader import ReadJob, encoded_chunks
 from syncer.results import (
     Guard,
     PlanResult,
@@ -48,6 +47,7 @@ from syncer.retry import RetryPolicy
 from syncer.runcontext import ProgressFn, RunContext
 from syncer.sender import OPERATIONS, send_all
 from syncer.settings import Settings
+from syncer.snapshot import stage
 from syncer.state import is_state_error, reading, state_engine, state_errors, state_failure
 
 __all__ = ["Guard", "PlanResult", "ProgressFn", "RunResult", "SyncEngine", "check_guards"]
@@ -96,7 +96,7 @@ class SyncEngine:
             reading(conn)
             staging: Staging | None = None
             try:
-                staging = self._stage(conn, sync, full_resync)
+                staging = stage(self.settings, conn, sync, full_resync, fork=self.fork_reader)
                 counts = staging.counts()
                 key_type = definition.source.key_type
                 sample = {
@@ -169,79 +169,60 @@ class SyncEngine:
                 bound.warning("lease.release_failed")
 
     def _run_leased(self, engine: Engine, run: RunContext) -> RunResult:
-        """The run's steps, holding the lease; the outcome is recorded whatever happens."""
-        tally = run.tally
+        """Holding the lease: record the run, take its steps, record how it ended."""
         with engine.connect() as conn:
             run.conn = reading(conn)
             recorder.start_run(run)
             run.log.info("run.started", trigger=run.trigger, full_resync=run.full_resync)
-            status, message, code = RunStatus.FAILED, None, ExitCode.PROBLEMS
-            staging: Staging | None = None
             try:
-                settle_jobs(run)
-                staging = self._stage(conn, run.sync, run.full_resync)
-                counts = staging.counts()
-                recorder.record_invalid(run, staging, counts)
-                guard = check_guards(run.definition.guards, counts)
-                if guard.blocked and not run.force:
-                    status, message = RunStatus.BLOCKED, guard.reason
-                else:
-                    send_all(run, staging, counts)
-                    status = sent_status(tally)
-                code = exit_code(status, tally)
-            except Waiting as exc:
-                conn.commit()
-                status, message, code = RunStatus.WAITING, str(exc), ExitCode.OK
-            except Interrupted as exc:
-                conn.rollback()
-                status, message, code = RunStatus.INTERRUPTED, str(exc), exc.exit_code
-            except SyncerError as exc:
-                conn.rollback()
-                message, code = str(exc), exc.exit_code
-            except Exception as exc:
-                conn.rollback()
-                if is_state_error(exc):  # busy, full, damaged...: see state_failure
-                    failure = self._state_failure(exc)
-                    message, code = str(failure), failure.exit_code
-                else:  # a bug: record it, keep other syncs of --all running
-                    message, code = f"internal error ({where(exc)})", ExitCode.PROBLEMS
-                    run.log.error("run.crashed", where=where(exc))
-            except BaseException:
-                conn.rollback()
-                recorder.finish_run(run, RunStatus.INTERRUPTED, "stopped by signal or error")
-                raise
+                status, message = self._steps(run)
+                code = exit_code(status, run.tally)
+            except BaseException as exc:
+                status, message, code = self._stopped(run, exc)
             recorder.finish_run(run, status, message)
-            if staging is not None:
-                staging.close()
+            if run.staging is not None:
+                run.staging.close()
                 conn.invalidate()  # closing the connection drops staging in one go
         duration = time.monotonic() - run.started
-        run.log.info("run.finished", status=status, duration_s=round(duration, 3), **tally.values)
-        final = dict(tally.values)
-        return RunResult(run.id, run.name, status, final, message, int(code), duration)
+        values = run.tally.values
+        run.log.info("run.finished", status=status, duration_s=round(duration, 3), **values)
+        return RunResult(run.id, run.name, status, dict(values), message, int(code), duration)
 
-    def _stage(self, conn: Connection, sync: LoadedSync, full_resync: bool) -> Staging:
-        """The warehouse snapshot, read (in a forked reader unless told not to) into a
-        staging table on ``conn`` and diffed against state."""
-        definition = sync.definition
-        fields = tuple(sorted(definition.fields))
-        staging = Staging(conn, definition.name, definition.mode, fields, full_resync)
-        staging.create()
-        url = self.settings.warehouse(definition.source.warehouse)
-        try:
-            job = ReadJob(
-                url,
-                definition,
-                str(sync.path),
-                self.settings.read_batch_size,
-                hash_keys=sync.connector_cls.capabilities.hashed_keys,
-            )
-            with encoded_chunks(job, staging.spill, fork=self.fork_reader) as chunks:
-                staging.load(chunks)
-            staging.finalize(definition.source.key)
-        except BaseException:
-            staging.close()
-            raise
-        return staging
+    def _steps(self, run: RunContext) -> tuple[RunStatus, str | None]:
+        """The run's steps in order; each commits what it did (see syncer.recorder)."""
+        settle_jobs(run)  # raises Waiting while an earlier run's vendor job still runs
+        staging = run.staging = stage(
+            self.settings, run.conn, run.sync, run.full_resync, fork=self.fork_reader
+        )
+        counts = staging.counts()
+        recorder.record_invalid(run, staging, counts)
+        guard = check_guards(run.definition.guards, counts)
+        if guard.blocked and not run.force:
+            return RunStatus.BLOCKED, guard.reason
+        send_all(run, staging, counts)
+        return sent_status(run.tally), None
+
+    def _stopped(
+        self, run: RunContext, exc: BaseException
+    ) -> tuple[RunStatus, str | None, ExitCode]:
+        """How a run whose steps raised ``exc`` ended; what it had not committed is rolled
+        back. A signal (not an Exception) is recorded as interrupted and raised again."""
+        if isinstance(exc, Waiting):
+            run.conn.commit()
+            return RunStatus.WAITING, str(exc), ExitCode.OK
+        run.conn.rollback()
+        if isinstance(exc, Interrupted):
+            return RunStatus.INTERRUPTED, str(exc), exc.exit_code
+        if isinstance(exc, SyncerError):
+            return RunStatus.FAILED, str(exc), exc.exit_code
+        if not isinstance(exc, Exception):
+            recorder.finish_run(run, RunStatus.INTERRUPTED, "stopped by signal or error")
+            raise exc
+        if is_state_error(exc):  # busy, full, damaged...: see state_failure
+            failure = self._state_failure(exc)
+            return RunStatus.FAILED, str(failure), failure.exit_code
+        run.log.error("run.crashed", where=where(exc))  # a bug: keep other syncs of --all going
+        return RunStatus.FAILED, f"internal error ({where(exc)})", ExitCode.PROBLEMS
 
     @contextmanager
     def connector_session(self, sync: LoadedSync, context: SyncContext) -> Iterator[Connector]:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from syncer.connector import Connector, SyncContext
+from syncer.diff import Staging
 from syncer.lease import Lease
 from syncer.mapping import LoadedSync, SyncDefinition
 from syncer.retry import RetryPolicy
@@ -63,7 +64,8 @@ def add_counts(values: dict[str, int], delta: dict[str, int]) -> dict[str, int]:
 
 @dataclass(slots=True, eq=False)
 class RunContext:
-    """One run's working set. ``conn`` and ``lease`` are set once the run holds them."""
+    """One run's working set. ``conn``, ``lease`` and ``staging`` are set once the run
+    holds them."""
 
     id: str
     sync: LoadedSync
@@ -78,6 +80,7 @@ class RunContext:
     progress: ProgressFn | None
     started: float
     tally: Tally = field(default_factory=Tally)
+    staging: Staging | None = None
     conn: Connection = field(init=False)
     lease: Lease = field(init=False)
 
