@@ -14,6 +14,7 @@ from syncer.connector import (
     Record,
     SyncContext,
 )
+from syncer.enums import RunStatus, SyncMode
 from syncer.errors import (
     AuthError,
     BatchRejected,
@@ -34,7 +35,9 @@ __all__ = [
     "ExitCode",
     "Outcome",
     "Record",
+    "RunStatus",
     "SyncContext",
+    "SyncMode",
     "SyncerError",
     "TransientError",
     "__version__",

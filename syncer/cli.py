@@ -285,7 +285,9 @@ def plan(ctx: Ctx, name: str, full_resync: bool, as_json: bool) -> None:
 @handles_errors
 def runs(ctx: Ctx, sync_name: str | None, limit: int, as_json: bool) -> None:
     """List recent runs with status and counts."""
-    rows = ctx.engine().runs(sync_name, limit)
+    from syncer.audit import runs as read_runs
+
+    rows = read_runs(ctx.settings, sync_name, limit)
     if as_json:
         _emit_json({"schema_version": JSON_SCHEMA_VERSION, "runs": rows})
     else:
@@ -313,7 +315,9 @@ def run_group() -> None:
 @handles_errors
 def run_show(ctx: Ctx, run_id: str, limit: int, as_json: bool) -> None:
     """Show one run and its per-record outcomes (rejected records with reasons)."""
-    detail = ctx.engine().run_detail(run_id, limit)
+    from syncer.audit import run_detail as read_run
+
+    detail = read_run(ctx.settings, run_id, limit)
     if detail is None:
         raise click.UsageError(f"no run with id {run_id!r} (see `syncer runs`)")
     if as_json:

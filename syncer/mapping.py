@@ -19,19 +19,32 @@ import types
 import typing
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from syncer.connector import Connector, ConnectorConfig, Operation, load_connector
+from syncer.enums import SyncMode
 from syncer.errors import ConfigError
 from syncer.http import scrub
 from syncer.settings import default_env_file, read_config_text
 
-Mode = Literal["membership", "upsert", "mirror", "update_only"]
+#: A mapping's ``mode:``, validated into a SyncMode; its schema stays the plain string enum.
+Mode = Annotated[
+    SyncMode,
+    WithJsonSchema({"enum": [m.value for m in SyncMode], "title": "Mode", "type": "string"}),
+]
 FieldType = Literal[
     "auto", "string", "email", "phone", "number", "integer", "boolean", "date", "datetime"
 ]
@@ -114,7 +127,7 @@ class SyncDefinition(_Strict):
     name: str
     description: str | None = None
     source: Source
-    mode: Mode = "membership"
+    mode: Mode = SyncMode.MEMBERSHIP
     fields: dict[str, str | FieldSpec] = Field(default_factory=dict)
     destination: Destination
     schedule: str | None = None
@@ -596,11 +609,11 @@ def _refuse_model_secrets(
 
 # -- loading ---------------------------------------------------------------------------------
 
-_MODE_OPERATIONS: dict[str, frozenset[Operation]] = {
-    "membership": frozenset({"add", "remove"}),
-    "upsert": frozenset({"add", "update"}),
-    "mirror": frozenset({"add", "update", "remove"}),
-    "update_only": frozenset({"update"}),
+_MODE_OPERATIONS: dict[SyncMode, frozenset[Operation]] = {
+    SyncMode.MEMBERSHIP: frozenset({"add", "remove"}),
+    SyncMode.UPSERT: frozenset({"add", "update"}),
+    SyncMode.MIRROR: frozenset({"add", "update", "remove"}),
+    SyncMode.UPDATE_ONLY: frozenset({"update"}),
 }
 
 

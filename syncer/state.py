@@ -576,3 +576,14 @@ def _describe(url: str | None) -> str:
     if parsed.get_backend_name() == "sqlite":
         return str(parsed.database or ":memory:")
     return f"({parsed.get_backend_name()}, SYNCER_STATE_URL)"
+
+
+@contextmanager
+def state_errors(url: str) -> Iterator[None]:
+    """State database errors raised inside as the SyncerError they mean (see state_failure)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_state_error(exc):
+            raise state_failure(exc, url) from None
+        raise
