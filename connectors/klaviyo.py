@@ -394,7 +394,8 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         except TransientError:
             data = None
         errors = dig(data, "errors")
-        parts = [_describe_error(e) for e in errors if isinstance(e, dict)] if errors else []
+        listed = errors if isinstance(errors, list) else []
+        parts = [_describe_error(e) for e in listed if isinstance(e, dict)]
         text = "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
         return self.reason(text, records)
 

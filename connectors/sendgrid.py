@@ -223,8 +223,9 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             self._expect(response, (), "import job", TransientError)
             job = self.json(response)
             steps.advanced()  # the job is there: a later 503 is no failed attempt
-            done = isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed")
-            return job if done else None
+            if isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed"):
+                return job
+            return None
 
         cfg = self.settings
         return self.wait_for_job(

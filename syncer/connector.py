@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from syncer.errors import ConfigError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
+from syncer.types import FieldValue
 
 ENTRY_POINT_GROUP = "syncer.connectors"
 
@@ -34,7 +35,7 @@ class Record:
     """One member as the destination sees it: identity key plus mapped fields."""
 
     key: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, FieldValue] = field(default_factory=dict)
     destination_id: str | None = None
 
 
@@ -142,7 +143,7 @@ class Capabilities:
             async_jobs=async_jobs,
         )
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, list[str] | int | bool]:
         return {
             "operations": sorted(self.operations),
             "modes": sorted(self.modes),

@@ -37,6 +37,7 @@ from syncer.http import (
     transport_error,
 )
 from syncer.steps import BatchProgress
+from syncer.types import JSON, JSONBody, QueryParams
 
 REASON_LIMIT = 200
 T = TypeVar("T")
@@ -209,8 +210,8 @@ class RestConnector(Connector, Generic[C]):
         method: str,
         path: str,
         *,
-        json_body: Any = None,
-        params: Mapping[str, Any] | None = None,
+        json_body: JSONBody | None = None,
+        params: QueryParams | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         auth: httpx.Auth | None = None,
@@ -262,18 +263,19 @@ class RestConnector(Connector, Generic[C]):
         if limiter is not None and seconds > 0:
             limiter.cool_down(min(seconds, float(getattr(self.http, "max_wait", 300.0))))
 
-    def json(self, response: httpx.Response) -> Any:
+    def json(self, response: httpx.Response) -> JSON:
         """The body as JSON; an empty body is None. A 2xx with a body we cannot read is a
         transient failure: we cannot tell what the vendor accepted, so nothing advances."""
         if not response.content.strip():
             return None
         try:
-            return json.loads(response.content)
+            data: JSON = json.loads(response.content)
         except (ValueError, UnicodeDecodeError):
             host = describe_host(response.request)
             raise TransientError(
                 f"HTTP {response.status_code} from {host}: unreadable JSON body"
             ) from None
+        return data
 
     def wait_for_job(
         self,
@@ -312,15 +314,24 @@ class RestConnector(Connector, Generic[C]):
             interval = min(interval * 2, max_wait)
             delay = interval
 
-    def probe(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+    def probe(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json_body: JSONBody | None = None,
+        params: QueryParams | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         """A ``check()`` call: a 4xx (other than auth, which is AuthError) means the setting
         named ``what`` is wrong, so it becomes a ConfigError that names it."""
         try:
-            return self.request(method, path, **kwargs)
+            return self.request(method, path, json_body=json_body, params=params, headers=headers)
         except BatchRejected as exc:
             raise ConfigError(f"{self.name}: {what}: {exc}") from None
 
-    def reason(self, text: Any, records: Iterable[Record] = ()) -> str:
+    def reason(self, text: object, records: Iterable[Record] = ()) -> str:
         """A vendor's reason, fit for the audit log: no secrets, no record keys or values,
         no emails or phone numbers, one line of at most 200 characters."""
         hidden = [*self.secret_values(), *record_text(records)]
@@ -336,16 +347,17 @@ def record_text(records: Iterable[Record]) -> list[str]:
     return found
 
 
-def dig(value: Any, *path: str) -> Any:
+def dig(value: object, *path: str) -> JSON:
     """``value[path[0]][path[1]]...`` through nested JSON objects; None where one is missing."""
+    found: object = value
     for part in path:
-        if not isinstance(value, dict):
+        if not isinstance(found, dict):
             return None
-        value = value.get(part)
-    return value
+        found = found.get(part)
+    return cast(JSON, found)
 
 
-def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """``items`` cut into pieces of at most ``size`` (for vendors with a smaller sub-limit)."""
     return [items[i : i + size] for i in range(0, len(items), max(1, size))]
 
