@@ -62,6 +62,8 @@ class BrazeConnector(RestConnector[BrazeConfig]):
     max_concurrency = 8
     # Limits are per workspace, which the REST key belongs to (the default account).
     auth = BearerAuth("api_key")
+    # Members who leave are unsubscribed from this group: membership and mirror need it.
+    membership_fields = ("subscription_group_id",)
     # ``X-RateLimit-Remaining: 0`` means wait until ``X-RateLimit-Reset`` (epoch seconds).
     rate_limit_headers = RateLimitHeaders(
         "X-RateLimit-Remaining", reset="X-RateLimit-Reset", reset_unit="epoch"
@@ -81,15 +83,6 @@ class BrazeConnector(RestConnector[BrazeConfig]):
             self.probe("GET", "/subscription/status/get", "subscription_group_id", params=params)
         else:
             self.probe("POST", "/users/track", "api_key", json_body={"attributes": []})
-
-    def open(self) -> None:
-        if (
-            self.context.mode in ("membership", "mirror")
-            and self.settings.subscription_group_id is None
-        ):
-            raise ConfigError(
-                f"braze: mode {self.context.mode!r} removes members: set subscription_group_id"
-            )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._track(records, subscribe=True)

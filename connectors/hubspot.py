@@ -95,6 +95,7 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
     # token share one limiter (the token is the default account).
     auth = BearerAuth("token")
     static_headers = {"Accept": "application/json"}
+    membership_fields = ("list_id",)
     rate_limit_headers = (
         # A spent daily quota holds the account for the longest wait the engine allows.
         RateLimitHeaders("X-HubSpot-RateLimit-Daily-Remaining", default_reset=DAILY_COOL_DOWN),
@@ -128,10 +129,6 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
         return self._crm("lists", f"/{self.settings.list_id}{rest}")
 
     # -- contract -----------------------------------------------------------------------
-
-    def open(self) -> None:
-        if self.context.mode in ("membership", "mirror") and not self.settings.list_id:
-            raise ConfigError(f"hubspot: list_id is required in {self.context.mode} mode")
 
     def check(self) -> None:
         """Read the list (or one contact without a list): a 401 is AuthError, a 404 a

@@ -102,6 +102,8 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
     # Mailchimp ignores the user name. The connection limit is per API key (the default
     # account), whatever list a sync writes to.
     auth = BasicAuth("api_key", username="syncer")
+    # Membership is a tag or a static segment: membership and mirror need one.
+    membership_fields = ("tag", "segment_id")
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
         super().__init__(config, context, http)
@@ -146,17 +148,6 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
                 raise ConfigError(
                     f"mailchimp: segment_id: segment is {kind!r}; only static segments take members"
                 )
-
-    def open(self) -> None:
-        cfg = self.settings
-        if (
-            self.context.mode in ("membership", "mirror")
-            and cfg.tag is None
-            and cfg.segment_id is None
-        ):
-            raise ConfigError(
-                f"mailchimp: mode {self.context.mode!r} removes members: set tag or segment_id"
-            )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         """Upsert the members, then put the subscribed ones in the tag or segment. A retry of

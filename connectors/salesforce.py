@@ -103,6 +103,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
     max_concurrency = 5
     auth = BearerAuth("access_token")
     static_headers = {"Accept": "application/json"}
+    membership_fields = ("campaign_id",)
 
     @property
     def api(self) -> str:
@@ -116,8 +117,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
     # -- contract -----------------------------------------------------------------------
 
     def open(self) -> None:
-        if self.context.mode in ("membership", "mirror") and not self.settings.campaign_id:
-            raise ConfigError(f"salesforce: campaign_id is required in {self.context.mode} mode")
+        super().open()
         if "Id" in self.context.field_names:
             raise ConfigError("salesforce: do not map a field called Id (upsert by external id)")
 
