@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from syncer.connector import (
     Connector,
     ConnectorConfig,
+    Outcome,
     Record,
     SyncContext,
     credential_digest,
@@ -383,6 +384,23 @@ class RestConnector(Connector, Generic[C]):
         no emails or phone numbers, one line of at most 200 characters."""
         hidden = [*self.secret_values(), *record_text(records)]
         return scrub(str(text), secrets=hidden, limit=REASON_LIMIT) or "rejected"
+
+
+def group_by_value(
+    records: Iterable[Record], value_of: Callable[[Record], str], missing: str
+) -> tuple[dict[str, list[Record]], list[Outcome]]:
+    """Records grouped by their upsert key ``value_of(record)``: records sharing one are one
+    vendor record, sent once (vendors refuse a batch naming a key twice). Records without a
+    value are rejected with the reason ``missing``, in the returned outcomes."""
+    groups: dict[str, list[Record]] = {}
+    refused: list[Outcome] = []
+    for record in records:
+        value = value_of(record)
+        if value:
+            groups.setdefault(value, []).append(record)
+        else:
+            refused.append(Outcome(record.key, "rejected", missing))
+    return groups, refused
 
 
 def record_text(records: Iterable[Record]) -> list[str]:
