@@ -25,14 +25,24 @@ from syncer.types import FieldValue
 
 ENTRY_POINT_GROUP = "syncer.connectors"
 
+#: What a batch asks the destination to do with its records.
 Operation = Literal["add", "remove", "update"]
+#: A sync's mode, as a connector's capabilities name it (a mapping's ``mode:``).
+ModeName = Literal["membership", "upsert", "mirror", "update_only"]
+#: What happened to one record (see :class:`Outcome`).
 OutcomeStatus = Literal["accepted", "rejected", "failed", "pending"]
+#: Where a vendor's asynchronous job is (see :class:`JobStatus`).
 JobState = Literal["running", "succeeded", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One member as the destination sees it: identity key plus mapped fields."""
+    """One member as the destination sees it: identity key plus mapped fields.
+
+    ``key`` is the sync's key (its SHA-256 when ``Capabilities.hashed_keys``); ``fields`` the
+    mapped columns, normalised to JSON types; ``destination_id`` what the connector returned
+    for this record last time (``BatchResult.accept(..., destination_id=)``), or None.
+    """
 
     key: str
     fields: Mapping[str, FieldValue] = field(default_factory=dict)
@@ -70,19 +80,29 @@ class JobStatus:
 
 
 class BatchResult:
-    """Per-record outcomes of one batch; records not mentioned count as accepted."""
+    """Per-record outcomes of one batch; records not mentioned count as accepted.
+
+    Only keys of the batch may be named (another key is a connector bug: ValueError). The
+    last word about a key wins."""
 
     def __init__(self, records: Sequence[Record]) -> None:
         self._records = records
         self._by_key: dict[str, Outcome] = {}
 
     def reject(self, key: str, reason: str) -> None:
+        """The destination refused this record for its content (an invalid email...): kept
+        with ``reason`` in the audit log and sent again next run. ``reason`` must hold no
+        secret or record value: build it with ``RestConnector.reason``."""
         self._by_key[key] = Outcome(key, "rejected", reason)
 
     def fail(self, key: str, reason: str) -> None:
+        """The request for this record failed (the vendor says "try later" for it alone):
+        state does not advance; the next run sends it again."""
         self._by_key[key] = Outcome(key, "failed", reason)
 
     def accept(self, key: str, destination_id: str | None = None) -> None:
+        """The destination has the record; ``destination_id`` (the vendor's id for it, or
+        what removing it later needs) is kept in state and given back in the next batch."""
         self._by_key[key] = Outcome(key, "accepted", None, destination_id)
 
     def pending(self, key: str, job: str, destination_id: str | None = None) -> None:
@@ -90,6 +110,7 @@ class BatchResult:
         self._by_key[key] = Outcome(key, "pending", None, destination_id, job)
 
     def outcomes(self) -> list[Outcome]:
+        """One outcome per record of the batch, in its order (the engine reads this)."""
         keys = {r.key for r in self._records}
         extra = [k for k in self._by_key if k not in keys]
         if extra:
@@ -99,6 +120,7 @@ class BatchResult:
 
     @classmethod
     def all_accepted(cls, records: Sequence[Record]) -> BatchResult:
+        """Every record accepted, none with a destination id."""
         return cls(records)
 
 
@@ -123,7 +145,7 @@ class Capabilities:
     """What a connector can do; the engine refuses a mapping that asks for more."""
 
     operations: frozenset[Operation] = frozenset({"add", "remove", "update"})
-    modes: frozenset[str] = frozenset({"membership", "upsert", "mirror", "update_only"})
+    modes: frozenset[ModeName] = frozenset({"membership", "upsert", "mirror", "update_only"})
     max_batch_size: int = 500
     #: Keep only the SHA-256 of each key in the state database (ad audiences: the key is
     #: often an email, and raw identifiers must never be stored). Records then carry the
@@ -155,7 +177,9 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class SyncContext:
-    """What a connector may know about the sync it serves."""
+    """What a connector may know about the sync it serves: its name, ``mode`` (a
+    :data:`ModeName`), the mapped field names (check them in ``open()``) and the run id
+    (None outside a run, as in ``syncer check``)."""
 
     sync_name: str
     mode: str
@@ -164,14 +188,31 @@ class SyncContext:
 
 
 class Connector:
-    """Base class for destinations. Subclasses set ``name``, ``config_model``, ``capabilities``.
+    """Base class for destinations (HTTP APIs: subclass :class:`syncer.rest.RestConnector`).
 
-    Lifecycle for one run: ``open()``, then any number of ``add``/``remove``/``update`` calls
-    with at most ``batch_size`` records each, then ``close(success)``. A method returning
-    normally means the destination answered; per-record problems go in the ``BatchResult``.
-    Raise ``TransientError`` when the request failed (the batch stays unsynced),
-    ``AuthError``/``ConfigError`` when retrying cannot help, ``BatchRejected`` when the vendor
-    refused the batch as a whole because of its content.
+    Subclasses set ``config_model`` and ``capabilities``; ``name`` comes from the entry point
+    in ``syncer.connectors`` (a class that declares one must agree with it).
+
+    What the engine guarantees: one instance per sync and run, built with the validated
+    config; ``check()`` alone for ``syncer check``; for a run ``open()``, then any number of
+    ``add``/``remove``/``update`` calls (from several threads at once, up to
+    ``max_concurrency`` per account) with at most ``batch_size`` records each and only the
+    operations ``capabilities`` lists, then ``close(success)``. Requests through ``self.http``
+    are paced by the account's limiter, bounded in time and size, never redirected, and
+    classified (``classify``); their errors carry no secrets. A batch that failed is sent
+    again later with the same records (so every write must be idempotent).
+
+    What the connector must do: turn one batch into the vendor's requests and the answers
+    into one outcome per record (``BatchResult``); return normally once the destination
+    answered. Raise ``TransientError`` when the request failed (the batch stays unsynced and
+    is retried), ``AuthError``/``ConfigError`` when retrying cannot help, ``BatchRejected``
+    when the vendor refused the batch as a whole because of its content (the engine halves it
+    to find the refused records).
+
+    What it must never do: sleep, retry, re-batch, pace requests or keep state between runs
+    (the engine owns retries, batching, rate limits and state; ``self.pause`` is the only
+    wait, for vendor jobs); put a secret or a record value in an exception, a reason or a log
+    line; catch the syncer errors ``request`` raises to carry on as if answered.
     """
 
     name: ClassVar[str] = ""
@@ -184,7 +225,7 @@ class Connector:
     max_concurrency: ClassVar[int] = 4
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        if "name" not in type(self).__dict__:
+        if not type(self).__dict__.get("name"):
             _name_from_entry_point(type(self))
         self.config = config
         self.context = context
