@@ -429,7 +429,7 @@ def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
 
 def _generic_config(cls: type) -> type[ConnectorConfig] | None:
     """``MyConfig`` of ``class X(RestConnector[MyConfig])``; None for other bases."""
-    for base in getattr(cls, "__orig_bases__", ()):
+    for base in cls.__dict__.get("__orig_bases__", ()):
         origin = get_origin(base)
         if isinstance(origin, type) and issubclass(origin, RestConnector):
             for arg in get_args(base):

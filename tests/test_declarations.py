@@ -119,6 +119,20 @@ def test_a_second_config_model_that_disagrees_is_refused_at_class_definition() -
             config_model = Other
 
 
+def test_a_subclass_keeps_or_narrows_its_parents_config_model() -> None:
+    class Child(Acme):
+        pass
+
+    class WiderConfig(AcmeConfig):
+        region: str = "eu"
+
+    class Narrowed(Acme):
+        config_model = WiderConfig
+
+    assert Child.config_model is AcmeConfig
+    assert Narrowed.config_model is WiderConfig
+
+
 def test_every_builtin_is_named_by_its_entry_point() -> None:
     infos = {i.name: i for i in discover() if i.target.startswith("connectors.")}
     assert len(infos) == 12
