@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -33,6 +33,26 @@ ModeName = Literal["membership", "upsert", "mirror", "update_only"]
 OutcomeStatus = Literal["accepted", "rejected", "failed", "pending"]
 #: Where a vendor's asynchronous job is (see :class:`JobStatus`).
 JobState = Literal["running", "succeeded", "failed"]
+
+
+#: Classes (``module:qualname``) found in no entry point, so ``name`` does not scan again.
+_UNREGISTERED: set[str] = set()
+
+
+class _RegisteredName:
+    """``Connector.name`` of a class that declares none: the name of the entry point that
+    registers it (looked up once, then kept on the class), or "" when none does."""
+
+    def __get__(self, instance: object, owner: type) -> str:
+        target = f"{owner.__module__}:{owner.__qualname__}"
+        if target in _UNREGISTERED:
+            return ""
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.value.replace(" ", "") == target:
+                owner.name = ep.name  # type: ignore[attr-defined]
+                return ep.name
+        _UNREGISTERED.add(target)
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +235,10 @@ class Connector:
     line; catch the syncer errors ``request`` raises to carry on as if answered.
     """
 
-    name: ClassVar[str] = ""
+    #: The entry point's name (``connector:`` in a mapping). Leave it out: a class without
+    #: one reads it from its entry point in ``syncer.connectors``; one that declares a
+    #: different name is refused when loaded.
+    name: ClassVar[str] = cast(str, _RegisteredName())
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     capabilities: ClassVar[Capabilities] = Capabilities()
     description: ClassVar[str] = ""
@@ -225,8 +248,6 @@ class Connector:
     max_concurrency: ClassVar[int] = 4
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        if not type(self).__dict__.get("name"):
-            _name_from_entry_point(type(self))
         self.config = config
         self.context = context
         self.http = http
@@ -385,16 +406,6 @@ class ConnectorInfo:
     error: str | None
 
 
-def _name_from_entry_point(cls: type[Connector]) -> None:
-    """Give a class that declares no ``name`` the name of its entry point (for connectors
-    built directly, as tests do, rather than through :func:`load_connector`)."""
-    target = f"{cls.__module__}:{cls.__qualname__}"
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value.replace(" ", "") == target:
-            cls.name = ep.name
-            return
-
-
 def _named(cls: type[Connector], registered: str) -> str | None:
     """Settle the connector's name with its entry point: a class without its own ``name``
     takes the entry point's; one that declares another is refused (the message says so)."""
@@ -417,6 +428,7 @@ def discover() -> list[ConnectorInfo]:
     The entry point's name is the connector's: a class that declares no ``name`` gets it, one
     that declares another is listed with an error (and refused by :func:`load_connector`)."""
     found: list[ConnectorInfo] = []
+    _UNREGISTERED.clear()
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist is not None else None
         try:
