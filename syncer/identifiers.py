@@ -396,7 +396,8 @@ def prehashed_kinds(platform: Platform, kinds: list[Kind]) -> list[Kind]:
     if wrong:
         hashed = ", ".join(sorted(HASHED[platform]))
         raise ValueError(
-            f"{platform} takes only {hashed} hashed; {', '.join(wrong)} cannot be prehashed"
+            f"{platform} takes only {hashed} hashed, not {', '.join(wrong)}:"
+            " those cannot be prehashed"
         )
     return kinds
 
