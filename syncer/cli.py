@@ -99,8 +99,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON doc
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Read settings and ${VAR}s from this file instead of ./.env (it must exist).",
 )
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]))
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Overrides SYNCER_LOG_LEVEL.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    help="Overrides SYNCER_LOG_FORMAT.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context, env_file: Path | None, log_level: str | None, log_format: str | None
@@ -241,7 +249,7 @@ def sync_now(
 @click.pass_obj
 @handles_errors
 def daemon(ctx: Ctx, port: int | None) -> None:
-    """Run every scheduled sync on its schedule until SIGTERM (see README "Daemon")."""
+    """Run every scheduled sync on its schedule until SIGTERM (see the docs: Daemon)."""
     settings = ctx.settings
     if "log_level" not in settings.model_fields_set:
         # A daemon that says nothing is no use under systemd or Kubernetes: info by default.
