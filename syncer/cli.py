@@ -266,7 +266,13 @@ def daemon(ctx: Ctx, port: int | None) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--full-resync", "--full-refresh", "full_resync", is_flag=True)
+@click.option(
+    "--full-resync",
+    "--full-refresh",
+    "full_resync",
+    is_flag=True,
+    help="Plan a run that sends every member again.",
+)
 @json_option
 @click.pass_obj
 @handles_errors
@@ -287,7 +293,13 @@ def plan(ctx: Ctx, name: str, full_resync: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--sync", "sync_name", help="Only runs of this sync.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="How many runs, newest first.",
+)
 @json_option
 @click.pass_obj
 @handles_errors

@@ -223,10 +223,21 @@ def configuration_reference() -> str:
             continue  # plugins are not part of syncer's docs
         out.append(f"### `{info.name}`\n")
         out.append(
-            f"{_escape(info.cls.description)}. See [{info.name}](../connectors/{info.name}.md).\n"
+            f"{_escape(info.cls.description)}. Its page explains each setting:"
+            f" [{info.name}](../connectors/{info.name}.md).\n"
         )
-        rows = list(_field_rows(info.cls.config_model, plain, skip=common))
-        out.append(_TABLE + "\n".join(rows) + "\n" if rows else "No settings of its own.\n")
+        model = info.cls.config_model
+        rows = list(_field_rows(model, plain, skip=common))
+        if not any(
+            info.description for name, info in model.model_fields.items() if name not in common
+        ):
+            rows = [row.rsplit("|", 2)[0] + "|" for row in rows]  # no descriptions: no column
+            table = _TABLE.replace(" description |", "").replace(
+                "|---|---|---|---|", "|---|---|---|"
+            )
+        else:
+            table = _TABLE
+        out.append(table + "\n".join(rows) + "\n" if rows else "No settings of its own.\n")
     return "\n".join(out)
 
 

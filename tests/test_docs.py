@@ -183,3 +183,38 @@ def test_make_schema_output_equals_the_committed_file() -> None:
     assert syncer is not None
     printed = subprocess.run([syncer, "schema"], capture_output=True, text=True, check=True)
     assert printed.stdout == (REPO / "mappings" / "schema.json").read_text(encoding="utf-8")
+
+
+# -- connector pages -------------------------------------------------------------------------
+
+
+def _settings_table(page: str) -> set[str]:
+    """The setting names in the first column of a page's first table with a default column."""
+    lines = page.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|") and "efault" in line)
+    names: set[str] = set()
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        names |= set(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+    return names
+
+
+def test_each_connector_page_documents_exactly_its_settings() -> None:
+    """The hand-written settings tables cannot drift from the config models either."""
+    from syncer.connector import ConnectorConfig, discover
+
+    common = set(ConnectorConfig.model_fields)
+    index = (REPO / "docs" / "connectors" / "index.md").read_text(encoding="utf-8")
+    shared = set(re.findall(r"^- `([a-z_]+)`", index, flags=re.MULTILINE))  # all vendors have
+    for info in discover():
+        if info.cls is None or not info.target.startswith("connectors."):
+            continue
+        page = REPO / "docs" / "connectors" / f"{info.name}.md"
+        assert page.exists(), f"connector {info.name} has no page at {page.relative_to(REPO)}"
+        documented = _settings_table(page.read_text(encoding="utf-8"))
+        fields = set(info.cls.config_model.model_fields)
+        missing = fields - documented - common - shared
+        assert not missing, f"{page.relative_to(REPO)} does not document {sorted(missing)}"
+        unknown = documented - fields
+        assert not unknown, f"{page.relative_to(REPO)} documents unknown {sorted(unknown)}"
