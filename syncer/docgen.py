@@ -226,10 +226,10 @@ def configuration_reference() -> str:
             f"{_escape(info.cls.description)}. Its page explains each setting:"
             f" [{info.name}](../connectors/{info.name}.md).\n"
         )
-        model = info.cls.config_model
-        rows = list(_field_rows(model, plain, skip=common))
+        config = info.cls.config_model
+        rows = list(_field_rows(config, plain, skip=common))
         if not any(
-            info.description for name, info in model.model_fields.items() if name not in common
+            field.description for name, field in config.model_fields.items() if name not in common
         ):
             rows = [row.rsplit("|", 2)[0] + "|" for row in rows]  # no descriptions: no column
             table = _TABLE.replace(" description |", "").replace(
