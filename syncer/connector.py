@@ -155,11 +155,19 @@ class ConnectorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int | None = None
+    batch_size: int | None = Field(
+        default=None, description="Records per batch, capped at the connector's max batch size."
+    )
     # Extra limits for this sync, on top of the connector's published ones: YAML can only
     # make sending stricter (see ``effective_limits``).
-    rate_limits: list[RateLimit] | None = None
-    max_concurrency: int | None = Field(default=None, ge=1)
+    rate_limits: list[RateLimit] | None = Field(
+        default=None,
+        description="Request windows added to the connector's own, e.g."
+        " [{requests: 100, per_seconds: 10}]; every window applies at once.",
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Requests in flight; can only lower the connector's."
+    )
 
 
 @dataclass(frozen=True, slots=True)
