@@ -714,3 +714,23 @@ def test_over_tls_an_untrusted_certificate_is_refused(
     assert str(error).startswith(f"POST localhost:{server.port}: the destination's TLS certificate")
     assert "SSL_CERT_FILE" in str(error)
     assert not server.arrived.is_set()  # the handshake failed: no request was read
+
+
+def test_a_private_authority_is_trusted_through_ssl_cert_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the refusal tells the user to do works: SSL_CERT_FILE names the authority."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_tls)
+    bundle = tmp_path / "private-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+
+    def answer(server: RawServer, conn: socket.socket) -> None:
+        server.read_request(conn)
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with raw_server(answer, tls=server_tls) as server, make_client(5.0) as client:
+        assert client.post(f"https://localhost:{server.port}/", content=b"x").text == "ok"
