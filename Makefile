@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench schema clean
+.PHONY: install demo test lint typecheck bench schema docs clean
 
 install: $(STAMP)
 
@@ -37,5 +37,10 @@ bench: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/syncer schema > mappings/schema.json
 
+# The generated pages (configuration and CLI reference, schema.json), then the site, strictly.
+docs: $(STAMP)
+	$(BIN)/python -m syncer.docgen
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .syncer .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .syncer site .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -21,25 +21,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from pydantic import Field, SecretStr
 
-from syncer.connector import (
-    BatchResult,
-    Capabilities,
-    ConnectorConfig,
-    Record,
-    SyncContext,
-    credential_digest,
-)
-from syncer.errors import BatchRejected, ConfigError, TransientError
-from syncer.http import Action
+from syncer.connector import BatchResult, Capabilities, Record
+from syncer.declarations import CLIENT_ERRORS, HeaderAuth, RateLimitHeaders
+from syncer.errors import ConfigError, TransientError
 from syncer.ratelimit import RateLimit
 from syncer.rest import JobPolling, RestConnector, chunks, dig
-from syncer.steps import BatchProgress, Steps
+from syncer.steps import Steps
 
 DEFAULT_REVISION = "2026-07-15"
 JSON_API = "application/vnd.api+json"
@@ -106,66 +99,42 @@ class KlaviyoConfig(JobPolling):
 class KlaviyoConnector(RestConnector[KlaviyoConfig]):
     """Upsert Klaviyo profiles and keep a static list equal to the segment."""
 
-    name: ClassVar[str] = "klaviyo"
-    description: ClassVar[str] = "Klaviyo profiles (import / bulk import jobs) and list membership"
-    config_model: ClassVar[type[KlaviyoConfig]] = KlaviyoConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_JOB_PROFILES)
-    default_base_url: ClassVar[str] = "https://a.klaviyo.com"
+    name = "klaviyo"
+    description = "Klaviyo profiles (import / bulk import jobs) and list membership"
+    capabilities = Capabilities(max_batch_size=MAX_JOB_PROFILES)
+    default_base_url = "https://a.klaviyo.com"
     # The strictest tier among the endpoints used (bulk jobs and list relationships: burst
     # 10/s, steady 150/m); profile-import alone would allow 75/s and 750/m.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(10, 1), RateLimit(150, 60))
-    max_concurrency: ClassVar[int] = 3
+    rate_limits = (RateLimit(10, 1), RateLimit(150, 60))
+    max_concurrency = 3
+    # Klaviyo counts per account, which the private key belongs to (the default account):
+    # every list one key writes to shares one limiter.
+    auth = HeaderAuth("Authorization", "api_key", prefix="Klaviyo-API-Key ")
+    # ``RateLimit-Remaining: 0`` on a 2xx holds the account until ``RateLimit-Reset``.
+    rate_limit_headers = RateLimitHeaders("RateLimit-Remaining", reset="RateLimit-Reset")
+    # 4xx answers come back to the connector: the JSON:API error envelope becomes the
+    # record's reason instead of a raw excerpt.
+    parsed_statuses = CLIENT_ERRORS
+    membership_fields = ("list_id",)
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """Klaviyo counts per account, which the private key belongs to: every list one
-        key writes to shares one limiter."""
-        return credential_digest(self.settings.api_key.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Klaviyo-API-Key {self.settings.api_key.get_secret_value()}"}
 
     def default_headers(self) -> dict[str, str]:
         return {"revision": self.settings.revision, "Accept": JSON_API, "Content-Type": JSON_API}
 
-    def classify(self, response: httpx.Response) -> Action | None:
-        """Hand 4xx answers (other than auth, timeout and 429) back to the connector, so the
-        JSON:API error envelope becomes the record's reason instead of a raw excerpt."""
-        status = response.status_code
-        if 400 <= status < 500 and status not in (401, 403, 408, 429):
-            return Action.IGNORE
-        return None
-
-    def read_rate_limit_headers(self, response: httpx.Response) -> None:
-        """``RateLimit-Remaining: 0`` on a 2xx: hold the account until ``RateLimit-Reset``."""
-        remaining = _number(response.headers.get("RateLimit-Remaining"))
-        reset = _number(response.headers.get("RateLimit-Reset"))
-        if remaining is not None and remaining <= 0 and reset is not None:
-            self.slow_down(reset)
-
     # -- contract -----------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def check(self) -> None:
         """``GET /api/lists/{id}`` (or the job list when no list is set): cheap, authenticated."""
         cfg = self.settings
         if cfg.list_id is None:
             response = self.request("GET", "/api/profile-bulk-import-jobs")
-            self._expect(response, (), "api_key", ConfigError)
+            self.expect(response, "api_key", error=ConfigError)
             return
         response = self.request("GET", f"/api/lists/{cfg.list_id}")
         if response.status_code == 404:
             raise ConfigError(f"klaviyo: list_id: no list {cfg.list_id!r} in this account")
-        self._expect(response, (), "list_id", ConfigError)
-
-    def open(self) -> None:
-        if self.settings.list_id is None and self.context.mode in ("membership", "mirror"):
-            raise ConfigError(f"klaviyo: list_id is required in {self.context.mode} mode")
+        self.expect(response, "list_id", error=ConfigError)
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._upsert("add", records, to_list=self.settings.list_id is not None)
@@ -234,7 +203,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         body = {"data": self.profile(record)}
         response = self.request("POST", "/api/profile-import", json_body=body)
         if response.status_code >= 400:
-            return None, self._error_text(response, [record])
+            return None, self.reason(self.error_text(response), [record])
         data = self.json(response)
         profile_id = dig(data, "data", "id")
         if not isinstance(profile_id, str) or not profile_id:
@@ -281,7 +250,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         if to_list and cfg.list_id is not None:
             job["relationships"] = {"lists": {"data": [{"type": "list", "id": cfg.list_id}]}}
         response = self.request("POST", "/api/profile-bulk-import-jobs", json_body={"data": job})
-        self._expect(response, records, "bulk import")
+        self.expect(response, "bulk import", records=records)
         job_id = dig(self.json(response), "data", "id")
         if not isinstance(job_id, str) or not job_id:
             raise TransientError("klaviyo: bulk import job created without an id")
@@ -292,7 +261,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
 
         def poll() -> Mapping[str, Any] | None:
             response = self.request("GET", f"/api/profile-bulk-import-jobs/{job_id}")
-            self._expect(response, (), "bulk import job", TransientError)
+            self.expect(response, "bulk import job", error=TransientError)
             attributes = dig(self.json(response), "data", "attributes")
             status = attributes.get("status") if isinstance(attributes, dict) else None
             if status == "cancelled":
@@ -300,14 +269,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             steps.advanced()  # the job is there and running: a later 503 is no failed attempt
             return attributes if status == "complete" and isinstance(attributes, dict) else None
 
-        cfg = self.settings
-        return self.wait_for_job(
-            f"bulk import job {job_id}",
-            poll,
-            first_wait=cfg.poll_interval,
-            max_wait=cfg.max_poll_interval,
-            timeout=cfg.job_timeout,
-        )
+        return self.wait_for_job(f"bulk import job {job_id}", poll)
 
     def _import_errors(
         self, job_id: str, records: Sequence[Record], steps: Steps
@@ -354,7 +316,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         if cursor is not None:
             query["page[cursor]"] = cursor
         response = self.request("GET", path, params=query)
-        self._expect(response, (), "listing", TransientError)
+        self.expect(response, "listing", error=TransientError)
         data = self.json(response)
         items = dig(data, "data")
         return (list(items) if isinstance(items, list) else []), _next_cursor(
@@ -373,7 +335,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         response = self.request(method, path, json_body=body)
         if response.status_code == 404:
             raise ConfigError(f"klaviyo: list_id: no list {list_id!r} in this account")
-        self._expect(response, records, "list membership")
+        self.expect(response, "list membership", records=records)
 
     # -- shapes -------------------------------------------------------------------------
 
@@ -401,30 +363,16 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         ident = self.settings.identifier
         return _normal(ident, record.fields.get(ident, record.key))
 
-    def _expect(
-        self,
-        response: httpx.Response,
-        records: Sequence[Record],
-        what: str,
-        error: type[Exception] = BatchRejected,
-    ) -> None:
-        """A 4xx handed back by ``classify``: raise ``error`` with Klaviyo's own reason
-        (BatchRejected lets the engine halve the batch to find the bad records)."""
-        if response.status_code < 400:
-            return
-        text = self._error_text(response, records)
-        raise error(f"klaviyo: {what}: HTTP {response.status_code}: {text}")
-
-    def _error_text(self, response: httpx.Response, records: Sequence[Record]) -> str:
-        """The JSON:API error envelope as one line (codes, titles, details), scrubbed."""
+    def error_text(self, response: httpx.Response) -> str:
+        """The JSON:API error envelope as one line (codes, titles, details)."""
         try:
             data = self.json(response)
         except TransientError:
             data = None
         errors = dig(data, "errors")
-        parts = [_describe_error(e) for e in errors if isinstance(e, dict)] if errors else []
-        text = "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
-        return self.reason(text, records)
+        listed = errors if isinstance(errors, list) else []
+        parts = [_describe_error(e) for e in listed if isinstance(e, dict)]
+        return "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
 
 
 def _describe_error(error: Mapping[str, Any]) -> str:
@@ -435,13 +383,6 @@ def _describe_error(error: Mapping[str, Any]) -> str:
 def _normal(identifier: str, value: Any) -> str:
     text = "" if value is None else str(value).strip()
     return text.lower() if identifier == "email" else text
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _pointer_index(pointer: Any, size: int) -> int | None:

@@ -26,20 +26,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from functools import partial
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Operation, Record, credential_digest
+from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.declarations import BearerAuth
 from syncer.errors import ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
-    HASHED,
     Kind,
     check_mapped_kinds,
+    expected_kept_ids,
     kept_ids,
     normalize,
+    prehashed_kinds,
     read_kept_id_sets,
     record_identifiers,
     stale_id_sets,
@@ -89,10 +92,7 @@ class LinkedInConfig(RestConfig):
     @field_validator("prehashed")
     @classmethod
     def _hashed_kinds(cls, value: list[Kind]) -> list[Kind]:
-        wrong = [k for k in value if k not in HASHED["linkedin"]]
-        if wrong:
-            raise ValueError(f"LinkedIn hashes only email; {', '.join(wrong)} cannot be prehashed")
-        return value
+        return prehashed_kinds("linkedin", value)
 
 
 @dataclass(slots=True)
@@ -107,27 +107,16 @@ class _Member:
 class LinkedInConnector(RestConnector[LinkedInConfig]):
     """Add members to and remove them from a LinkedIn DMP user segment, by hashed email."""
 
-    name: ClassVar[str] = "linkedin"
-    description: ClassVar[str] = "LinkedIn Matched Audiences (DMP segment users)"
-    config_model: ClassVar[type[LinkedInConfig]] = LinkedInConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset({"add", "remove", "update"}),
-        modes=frozenset({"membership", "mirror"}),
-        max_batch_size=MAX_ELEMENTS,
-        hashed_keys=True,
-    )
-    default_base_url: ClassVar[str] = "https://api.linkedin.com/rest"
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(600, 60),)
-    max_concurrency: ClassVar[int] = 4
+    name = "linkedin"
+    description = "LinkedIn Matched Audiences (DMP segment users)"
+    capabilities = Capabilities.ad_audience(MAX_ELEMENTS)
+    default_base_url = "https://api.linkedin.com/rest"
+    rate_limits = (RateLimit(600, 60),)
+    max_concurrency = 4
+    # LinkedIn counts per member and app, that is per access token (the default account).
+    auth = BearerAuth("access_token")
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """LinkedIn counts per member and app, that is per access token, not per segment."""
-        return credential_digest(self.settings.access_token.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
 
     def default_headers(self) -> dict[str, str]:
         return {
@@ -144,7 +133,7 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
             return Action.RETRY
         if status == 404 and response.request.method == "POST":
             return Action.RETRY
-        return None
+        return super().classify(response)
 
     # -- contract -----------------------------------------------------------------------
 
@@ -206,14 +195,8 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
         return member
 
     def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
-        """The ids this send adds, beside those already kept: if its answer never arrives,
-        the member is under one or the other, and a removal takes off both."""
-        try:
-            ids = self._ids(record)
-        except InvalidValue:
-            return None  # refused before sending: nothing new can land
-        kept = read_kept_id_sets(record.destination_id, ID_TYPES)
-        return kept_ids(*kept, ids) if ids else None
+        """The ids this send adds, beside those already kept (see ``expected_kept_ids``)."""
+        return expected_kept_ids(record.destination_id, ID_TYPES, partial(self._ids, record))
 
     def _ids(self, record: Record) -> dict[str, str]:
         """Kind -> what LinkedIn matches on (email hashed, advertiser id in one case)."""

@@ -20,27 +20,19 @@ account until ``X-RateLimit-Reset`` (epoch seconds), which a 429 without ``Retry
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import (
-    BatchResult,
-    Capabilities,
-    ConnectorConfig,
-    Record,
-    SyncContext,
-    credential_digest,
-)
+from syncer.connector import BatchResult, Capabilities, Record
+from syncer.declarations import CLIENT_ERRORS, BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError, TransientError
-from syncer.http import Action
 from syncer.rest import JobPolling, RestConnector, chunks, dig
-from syncer.steps import BatchProgress, Steps
+from syncer.steps import Steps
 
 #: Most contacts in one upsert (SendGrid also caps the body at 6 MB).
 MAX_CONTACTS = 30_000
@@ -93,48 +85,22 @@ class SendGridConfig(JobPolling):
 class SendGridConnector(RestConnector[SendGridConfig]):
     """Upsert SendGrid Marketing contacts onto lists and take them off again by contact id."""
 
-    name: ClassVar[str] = "sendgrid"
-    description: ClassVar[str] = "SendGrid Marketing contacts (async upsert) and list membership"
-    config_model: ClassVar[type[SendGridConfig]] = SendGridConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_CONTACTS)
-    default_base_url: ClassVar[str] = "https://api.sendgrid.com"
-    max_concurrency: ClassVar[int] = 2
-
-    # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """SendGrid counts per account and API key, whatever lists a sync writes to."""
-        return credential_digest(self.settings.api_key.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
-
-    def classify(self, response: httpx.Response) -> Action | None:
-        """4xx answers other than auth/timeout/429 come back to the connector (their
-        ``errors[]`` become reasons); a 429 without Retry-After waits for X-RateLimit-Reset."""
-        status = response.status_code
-        if status == 429 and "Retry-After" not in response.headers:
-            self._hold_until_reset(response)
-            return None
-        if 400 <= status < 500 and status not in (401, 403, 408, 429):
-            return Action.IGNORE
-        return None
-
-    def read_rate_limit_headers(self, response: httpx.Response) -> None:
-        if _number(response.headers.get("X-RateLimit-Remaining")) == 0:
-            self._hold_until_reset(response)
-
-    def _hold_until_reset(self, response: httpx.Response) -> None:
-        reset = _number(response.headers.get("X-RateLimit-Reset"))
-        if reset is not None:
-            self.slow_down(reset - time.time())
+    name = "sendgrid"
+    description = "SendGrid Marketing contacts (async upsert) and list membership"
+    capabilities = Capabilities(max_batch_size=MAX_CONTACTS)
+    default_base_url = "https://api.sendgrid.com"
+    max_concurrency = 2
+    # SendGrid counts per account and API key (the default account), whatever lists a sync
+    # writes to.
+    auth = BearerAuth("api_key")
+    # A spent window (or a 429 without Retry-After) waits for X-RateLimit-Reset (Unix time).
+    rate_limit_headers = RateLimitHeaders(
+        "X-RateLimit-Remaining", reset="X-RateLimit-Reset", reset_unit="epoch"
+    )
+    # 4xx answers come back to the connector: their ``errors[]`` become reasons.
+    parsed_statuses = CLIENT_ERRORS
 
     # -- contract -----------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def check(self) -> None:
         """``GET /v3/marketing/lists/{id}`` for every list: authenticated and cheap."""
@@ -142,7 +108,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             response = self.request("GET", f"/v3/marketing/lists/{list_id}")
             if response.status_code == 404:
                 raise ConfigError(f"sendgrid: list_ids: no list {list_id!r} in this account")
-            self._expect(response, (), "list_ids", ConfigError)
+            self.expect(response, "list_ids", error=ConfigError)
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._upsert("add", records, self.settings.list_ids)
@@ -227,14 +193,14 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         if response.status_code >= 400:
             bad = self._contact_errors(response, records)
             if not bad:
-                self._expect(response, records, "upsert")
+                self.expect(response, "upsert", records=records)
             return None, bad
         return self._job_id(response), {}
 
     def _resubmit(self, records: Sequence[Record], list_ids: list[str]) -> str:
         """The upsert without the contacts SendGrid named; a refusal now refuses the batch."""
         response = self._put_contacts(records, list_ids)
-        self._expect(response, records, "upsert")
+        self.expect(response, "upsert", records=records)
         return self._job_id(response)
 
     def _job_id(self, response: httpx.Response) -> str:
@@ -254,20 +220,14 @@ class SendGridConnector(RestConnector[SendGridConfig]):
 
         def poll() -> Mapping[str, Any] | None:
             response = self.request("GET", f"/v3/marketing/contacts/imports/{job_id}")
-            self._expect(response, (), "import job", TransientError)
+            self.expect(response, "import job", error=TransientError)
             job = self.json(response)
             steps.advanced()  # the job is there: a later 503 is no failed attempt
-            done = isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed")
-            return job if done else None
+            if isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed"):
+                return job
+            return None
 
-        cfg = self.settings
-        return self.wait_for_job(
-            f"import job {job_id}",
-            poll,
-            first_wait=cfg.poll_interval,
-            max_wait=cfg.max_poll_interval,
-            timeout=cfg.job_timeout,
-        )
+        return self.wait_for_job(f"import job {job_id}", poll)
 
     def _find_ids(self, records: Sequence[Record], steps: Steps) -> dict[str, str]:
         """Record key -> contact id, by email, 100 emails a call (a step each)."""
@@ -282,7 +242,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         response = self.request("POST", "/v3/marketing/contacts/search/emails", json_body=body)
         if response.status_code == 404:  # none of them matched
             return {}
-        self._expect(response, records, "contact search", TransientError)
+        self.expect(response, "contact search", records=records, error=TransientError)
         found: dict[str, str] = {}
         result = dig(self.json(response), "result")
         for email, item in (result or {}).items() if isinstance(result, dict) else ():
@@ -307,7 +267,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         path = f"/v3/marketing/lists/{list_id}/contacts"
         response = self.request("DELETE", path, params={"contact_ids": ",".join(contact_ids)})
         if response.status_code != 404:
-            self._expect(response, (), "list removal", BatchRejected)
+            self.expect(response, "list removal", error=BatchRejected)
             return
         if not probed:
             probe = self.request("GET", f"/v3/marketing/lists/{list_id}")
@@ -339,19 +299,9 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         errors = dig(data, "errors")
         return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
-    def _expect(
-        self,
-        response: httpx.Response,
-        records: Sequence[Record],
-        what: str,
-        error: type[Exception] = BatchRejected,
-    ) -> None:
-        """A 4xx handed back by ``classify``: raise ``error`` with SendGrid's own reason."""
-        if response.status_code < 400:
-            return
-        parts = [_describe(e) for e in self._errors(response)]
-        text = self.reason("; ".join(p for p in parts if p) or "no detail", records)
-        raise error(f"sendgrid: {what}: HTTP {response.status_code}: {text}")
+    def error_text(self, response: httpx.Response) -> str:
+        """SendGrid's ``errors[]`` as one line (field: message; ...)."""
+        return "; ".join(p for p in (_describe(e) for e in self._errors(response)) if p)
 
 
 def _describe(error: Mapping[str, Any]) -> str:
@@ -361,10 +311,3 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 def _email(record: Record) -> str:
     return str(record.fields.get("email") or record.key).strip().lower()
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

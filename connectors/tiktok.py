@@ -23,27 +23,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from functools import partial
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import (
-    BatchResult,
-    Capabilities,
-    ConnectorConfig,
-    Operation,
-    Record,
-    SyncContext,
-    credential_digest,
-)
+from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.declarations import HeaderAuth
 from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
-    HASHED,
     Kind,
     check_mapped_kinds,
+    expected_kept_ids,
     kept_ids,
+    prehashed_kinds,
     read_kept_id_sets,
     record_identifiers,
     stale_id_sets,
@@ -51,7 +46,6 @@ from syncer.identifiers import (
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
-from syncer.steps import BatchProgress
 
 #: Users per mapping call. TikTok publishes no maximum for this route [U]: a conservative
 #: default, configurable up to MAX_USERS.
@@ -94,39 +88,24 @@ class TikTokConfig(RestConfig):
     @field_validator("prehashed")
     @classmethod
     def _hashed_kinds(cls, value: list[Kind]) -> list[Kind]:
-        wrong = [k for k in value if k not in HASHED["tiktok"]]
-        if wrong:
-            raise ValueError(f"TikTok takes only email, phone and maid; not {', '.join(wrong)}")
-        return value
+        return prehashed_kinds("tiktok", value)
 
 
 class TikTokConnector(RestConnector[TikTokConfig]):
     """Add members to and remove them from a TikTok custom audience, by hashed ids."""
 
-    name: ClassVar[str] = "tiktok"
-    description: ClassVar[str] = "TikTok Ads custom audience (streaming segment mapping)"
-    config_model: ClassVar[type[TikTokConfig]] = TikTokConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset({"add", "remove", "update"}),
-        modes=frozenset({"membership", "mirror"}),
-        max_batch_size=MAX_USERS,
-        hashed_keys=True,
-    )
-    default_base_url: ClassVar[str] = "https://business-api.tiktok.com/open_api/v1.3"
+    name = "tiktok"
+    description = "TikTok Ads custom audience (streaming segment mapping)"
+    capabilities = Capabilities.ad_audience(MAX_USERS)
+    default_base_url = "https://business-api.tiktok.com/open_api/v1.3"
     #: TikTok publishes no rate for this route [U]: 10 requests a second, 2 in flight.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(10, 1),)
-    max_concurrency: ClassVar[int] = 2
+    rate_limits = (RateLimit(10, 1),)
+    max_concurrency = 2
+    # The account is the token (one app's grant), not the audience: every audience and
+    # advertiser one token writes to shares one limiter, which never sends more than the app may.
+    auth = HeaderAuth("Access-Token", "access_token")
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """The access token (one app's grant), not the audience: every audience and
-        advertiser one token writes to shares one limiter, which never sends more than the
-        app may."""
-        return credential_digest(self.settings.access_token.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Access-Token": self.settings.access_token.get_secret_value()}
 
     def classify(self, response: httpx.Response) -> Action | None:
         """An HTTP 200 carrying a rate-limit code is rate limiting (the account cools down);
@@ -139,14 +118,9 @@ class TikTokConnector(RestConnector[TikTokConfig]):
             return Action.RATE_LIMITED
         if code >= RETRY_FROM:
             return Action.RETRY
-        return None
+        return super().classify(response)
 
     # -- contract -----------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def open(self) -> None:
         """Refuse mapped fields TikTok cannot take, and a mapping with nothing to match."""
@@ -201,14 +175,8 @@ class TikTokConnector(RestConnector[TikTokConfig]):
         return result
 
     def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
-        """The ids this send adds, beside those already kept: if its answer never arrives,
-        the member is under one or the other, and a removal takes off both."""
-        try:
-            ids = self._ids(record)
-        except InvalidValue:
-            return None  # refused before sending: nothing new can land
-        kept = read_kept_id_sets(record.destination_id, SCHEMA)
-        return kept_ids(*kept, ids) if ids else None
+        """The ids this send adds, beside those already kept (see ``expected_kept_ids``)."""
+        return expected_kept_ids(record.destination_id, SCHEMA, partial(self._ids, record))
 
     def _put(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
         result = BatchResult(records)

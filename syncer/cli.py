@@ -99,8 +99,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON doc
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Read settings and ${VAR}s from this file instead of ./.env (it must exist).",
 )
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]))
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Overrides SYNCER_LOG_LEVEL.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    help="Overrides SYNCER_LOG_FORMAT.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context, env_file: Path | None, log_level: str | None, log_format: str | None
@@ -241,7 +249,7 @@ def sync_now(
 @click.pass_obj
 @handles_errors
 def daemon(ctx: Ctx, port: int | None) -> None:
-    """Run every scheduled sync on its schedule until SIGTERM (see README "Daemon")."""
+    """Run every scheduled sync on its schedule until SIGTERM (see the docs: Daemon)."""
     settings = ctx.settings
     if "log_level" not in settings.model_fields_set:
         # A daemon that says nothing is no use under systemd or Kubernetes: info by default.
@@ -258,7 +266,13 @@ def daemon(ctx: Ctx, port: int | None) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--full-resync", "--full-refresh", "full_resync", is_flag=True)
+@click.option(
+    "--full-resync",
+    "--full-refresh",
+    "full_resync",
+    is_flag=True,
+    help="Plan a run that sends every member again.",
+)
 @json_option
 @click.pass_obj
 @handles_errors
@@ -279,13 +293,21 @@ def plan(ctx: Ctx, name: str, full_resync: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--sync", "sync_name", help="Only runs of this sync.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="How many runs, newest first.",
+)
 @json_option
 @click.pass_obj
 @handles_errors
 def runs(ctx: Ctx, sync_name: str | None, limit: int, as_json: bool) -> None:
     """List recent runs with status and counts."""
-    rows = ctx.engine().runs(sync_name, limit)
+    from syncer.audit import runs as read_runs
+
+    rows = read_runs(ctx.settings, sync_name, limit)
     if as_json:
         _emit_json({"schema_version": JSON_SCHEMA_VERSION, "runs": rows})
     else:
@@ -313,7 +335,9 @@ def run_group() -> None:
 @handles_errors
 def run_show(ctx: Ctx, run_id: str, limit: int, as_json: bool) -> None:
     """Show one run and its per-record outcomes (rejected records with reasons)."""
-    detail = ctx.engine().run_detail(run_id, limit)
+    from syncer.audit import run_detail as read_run
+
+    detail = read_run(ctx.settings, run_id, limit)
     if detail is None:
         raise click.UsageError(f"no run with id {run_id!r} (see `syncer runs`)")
     if as_json:

@@ -44,6 +44,7 @@ from sqlalchemy import Engine, func, select, text
 from syncer import metrics
 from syncer.alerts import Alerter
 from syncer.claims import Claims, replica_name
+from syncer.enums import RunStatus
 from syncer.errors import ConfigError, ExitCode, where
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync, load_all, mapping_files
@@ -55,6 +56,9 @@ log = get_logger("syncer.daemon")
 
 #: How long ``/readyz`` waits for the state database before calling it unreachable.
 READY_TIMEOUT = 3.0
+
+#: How a run may end without being worth a warning in the daemon's log.
+_QUIET = frozenset({RunStatus.SUCCEEDED, RunStatus.SUBMITTED, RunStatus.WAITING, RunStatus.LOCKED})
 
 
 def load_definitions(
@@ -224,7 +228,7 @@ class Daemon:
         if tick is not None:
             self.run_tick(name, tick_id(tick))
 
-    def run_tick(self, name: str, tick: int) -> str | None:
+    def run_tick(self, name: str, tick: int) -> RunStatus | None:
         """Claim ``(name, tick)`` and, if this replica won it, run the sync.
 
         Returns the run's status, or None when the tick was not ours (or nothing to run).
@@ -241,7 +245,7 @@ class Daemon:
                 log.error("tick.error", tick=tick, run_id=None, error=type(exc).__name__)
                 return None
 
-    def _run_claimed(self, sync: LoadedSync, tick: int) -> str | None:
+    def _run_claimed(self, sync: LoadedSync, tick: int) -> RunStatus | None:
         name = sync.name
         claims = self.claims()
         if not claims.claim(name, tick):
@@ -256,7 +260,7 @@ class Daemon:
         try:
             if already:
                 # Still running from an earlier tick here: no need to ask the database.
-                status, run_id, counts, duration = "locked", None, {}, 0.0
+                status, run_id, counts, duration = RunStatus.LOCKED, None, {}, 0.0
                 message: str | None = "still running from an earlier tick"
             else:
                 log.info("tick.started", tick=tick, run_id=None)
@@ -275,16 +279,14 @@ class Daemon:
             name, status, duration, self._outcomes(run_id), counts, finished_at=self.clock()
         )
         self.alerter.observe(name, status, counts, run_id)
-        level = (
-            log.info if status in ("succeeded", "submitted", "waiting", "locked") else log.warning
-        )
+        level = log.info if status in _QUIET else log.warning
         level(
             "tick.finished",
             tick=tick,
             run_id=run_id,
             status=status,
             duration_s=round(duration, 3),
-            message=message if status == "locked" else None,
+            message=message if status == RunStatus.LOCKED else None,
             **counts,
         )
         return status

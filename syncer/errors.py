@@ -19,7 +19,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Documented process exit codes (see README)."""
+    """Documented process exit codes (see docs/cli.md, "Exit codes")."""
 
     OK = 0
     PROBLEMS = 1  # finished, but something was rejected, invalid, blocked or failed

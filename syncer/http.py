@@ -248,9 +248,19 @@ def describe_host(request: httpx.Request) -> str:
 # -- mapping to errors ------------------------------------------------------------------
 
 
-def transport_error(exc: httpx.RequestError, request: httpx.Request) -> TransientError:
+def transport_error(
+    exc: httpx.RequestError, request: httpx.Request
+) -> TransientError | ConfigError:
     """A timeout, connection failure or unreadable answer as a TransientError naming only the
-    method and host (the exception text may quote the URL)."""
+    method and host (the exception text may quote the URL). A certificate that does not verify
+    is a ConfigError instead: retrying cannot fix it, and verification is never turned off."""
+    refusal = _certificate_refusal(exc)
+    if refusal is not None:
+        return ConfigError(
+            f"{request.method} {describe_host(request)}: the destination's TLS certificate "
+            f"could not be verified ({refusal}); nothing was sent. If it is signed by a private "
+            "authority, point SSL_CERT_FILE at that authority's certificate"
+        )
     if isinstance(exc, httpx.TimeoutException):
         what = "timed out"
     elif isinstance(exc, httpx.TransportError):
@@ -259,6 +269,19 @@ def transport_error(exc: httpx.RequestError, request: httpx.Request) -> Transien
         what = "unreadable response"
     where = f"{request.method} {describe_host(request)}"
     return TransientError(f"{where}: {what} ({type(exc).__name__})")
+
+
+def _certificate_refusal(exc: BaseException) -> str | None:
+    """The verifier's reason (for example "self-signed certificate") when ``exc`` or what
+    caused it is a failed certificate check, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return str(current.verify_message or "certificate verify failed")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def raise_for_action(
@@ -761,7 +784,7 @@ class DestinationClient(httpx.Client):
     @staticmethod
     def _failure(
         exc: httpx.RequestError, request: httpx.Request, guard: _Guard, where: str
-    ) -> TransientError:
+    ) -> TransientError | ConfigError:
         """The error for a request that did not complete, saying which limit ended it."""
         if guard.stopped_at is not None and guard.over():
             return TransientError(

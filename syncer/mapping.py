@@ -19,19 +19,33 @@ import types
 import typing
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from pydantic_core import ErrorDetails
 
-from syncer.connector import Connector, ConnectorConfig, Operation, load_connector
+from syncer.connector import Connector, ConnectorConfig, Operation, discover, load_connector
+from syncer.enums import SyncMode
 from syncer.errors import ConfigError
 from syncer.http import scrub
 from syncer.settings import default_env_file, read_config_text
 
-Mode = Literal["membership", "upsert", "mirror", "update_only"]
+#: A mapping's ``mode:``, validated into a SyncMode; its schema stays the plain string enum.
+Mode = Annotated[
+    SyncMode,
+    WithJsonSchema({"enum": [m.value for m in SyncMode], "title": "Mode", "type": "string"}),
+]
 FieldType = Literal[
     "auto", "string", "email", "phone", "number", "integer", "boolean", "date", "datetime"
 ]
@@ -67,21 +81,39 @@ class _Strict(BaseModel):
 class FieldSpec(_Strict):
     """A destination field read from a source column, converted to ``type``."""
 
-    column: str
-    type: FieldType = "auto"
+    column: str = Field(
+        description="Source column (matched exactly first, then case-insensitively)."
+    )
+    type: FieldType = Field(
+        default="auto", description="How the value is converted and checked before it is sent."
+    )
     region: str | None = Field(
-        default=None, description="Default country (ISO 3166 alpha-2) for phone numbers."
+        default=None,
+        description="Default country (ISO 3166 alpha-2) for phone numbers without +<code>.",
     )
 
 
 class Source(_Strict):
     """Where members come from: a query on a named warehouse and its identity column."""
 
-    warehouse: str = "default"
-    query: str = Field(min_length=1)
+    warehouse: str = Field(
+        default="default",
+        description="`default` is SYNCER_WAREHOUSE_URL; any other name is"
+        " SYNCER_WAREHOUSES__<NAME> (case-insensitive).",
+    )
+    query: str = Field(
+        min_length=1,
+        description="One query that only reads (SELECT, WITH, VALUES, TABLE or FROM);"
+        " trailing semicolons and comments are ignored.",
+    )
     key: str = Field(min_length=1, description="Identity column: one row per member.")
-    key_type: KeyType = "string"
-    key_region: str | None = Field(default=None, description="Default region for phone keys.")
+    key_type: KeyType = Field(
+        default="string", description="How the key is normalized; keys are always sent as text."
+    )
+    key_region: str | None = Field(
+        default=None,
+        description="Default country (ISO 3166 alpha-2) for phone keys without +<code>.",
+    )
 
     @field_validator("query")
     @classmethod
@@ -94,7 +126,13 @@ class Source(_Strict):
 class Guards(_Strict):
     """Safety rails against a broken upstream query wiping a destination."""
 
-    max_remove_pct: float = Field(default=50, ge=0, le=100)
+    max_remove_pct: float = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Block a run that would remove more than this percentage of the members"
+        " synced so far (`--force` overrides it once). An empty source is always blocked.",
+    )
 
 
 class Destination(BaseModel):
@@ -102,7 +140,11 @@ class Destination(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    connector: str = Field(min_length=1)
+    connector: str = Field(
+        min_length=1,
+        description="An installed connector (see `syncer connectors`); every other key of"
+        " `destination` is one of its settings.",
+    )
 
     def settings(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -111,14 +153,30 @@ class Destination(BaseModel):
 class SyncDefinition(_Strict):
     """One sync, as written in ``mappings/<name>.yaml``."""
 
-    name: str
-    description: str | None = None
-    source: Source
-    mode: Mode = "membership"
-    fields: dict[str, str | FieldSpec] = Field(default_factory=dict)
-    destination: Destination
-    schedule: str | None = None
-    guards: Guards = Field(default_factory=Guards)
+    name: str = Field(
+        description="Letters, digits, _ - . only; unique across all files. Defaults to the"
+        " file name without .yaml."
+    )
+    description: str | None = Field(default=None, description="Free text.")
+    source: Source = Field(description="Where the members come from.")
+    mode: Mode = Field(
+        default=SyncMode.MEMBERSHIP,
+        description="Which changes are sent: membership, upsert, mirror or update_only.",
+    )
+    fields: dict[str, str | FieldSpec] = Field(
+        default_factory=dict,
+        description="Destination field name -> source column (type auto), or a field spec."
+        " Empty: records carry only their key.",
+    )
+    destination: Destination = Field(description="The connector and its settings.")
+    schedule: str | None = Field(
+        default=None,
+        description="When `syncer daemon` runs the sync: cron in UTC (`*/15 * * * *`) or"
+        " `every 10m`. None: only `sync now` runs it.",
+    )
+    guards: Guards = Field(
+        default_factory=Guards, description="Safety rails against removing too much."
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -596,11 +654,11 @@ def _refuse_model_secrets(
 
 # -- loading ---------------------------------------------------------------------------------
 
-_MODE_OPERATIONS: dict[str, frozenset[Operation]] = {
-    "membership": frozenset({"add", "remove"}),
-    "upsert": frozenset({"add", "update"}),
-    "mirror": frozenset({"add", "update", "remove"}),
-    "update_only": frozenset({"update"}),
+_MODE_OPERATIONS: dict[SyncMode, frozenset[Operation]] = {
+    SyncMode.MEMBERSHIP: frozenset({"add", "remove"}),
+    SyncMode.UPSERT: frozenset({"add", "update"}),
+    SyncMode.MIRROR: frozenset({"add", "update", "remove"}),
+    SyncMode.UPDATE_ONLY: frozenset({"update"}),
 }
 
 
@@ -789,11 +847,52 @@ def _not_found(
     return message
 
 
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of a mapping file, for editors (``syncer schema``)."""
-    schema = SyncDefinition.model_json_schema()
-    schema["title"] = "syncer sync definition"
+def json_schema(
+    connectors: MappingABC[str, type[ConnectorConfig]] | None = None,
+) -> dict[str, Any]:
+    """JSON Schema of a mapping file, for editors (``syncer schema``).
+
+    ``destination`` is checked against the settings of the connector it names: one
+    ``if connector == NAME then NAME's settings`` per connector (default: every installed one
+    that loads), so an editor completes and checks the block. A connector not listed is left to
+    ``syncer check``.
+    """
+    if connectors is None:
+        connectors = {
+            info.name: info.cls.config_model for info in discover() if info.cls is not None
+        }
+    names = sorted(connectors)
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(SyncDefinition, "validation")]
+    models += [(connectors[name], "validation") for name in names]
+    refs, combined = models_json_schema(models)
+    defs: dict[str, Any] = combined.get("$defs", {})
+    schema = defs.pop(_def_name(refs[(SyncDefinition, "validation")]["$ref"]))
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "syncer sync definition",
+    }
     # load_file defaults the name to the file's stem, so a file may leave it out.
     schema["required"] = [field for field in schema.get("required", []) if field != "name"]
-    schema["properties"]["name"]["description"] = "Defaults to the file name without .yaml."
+    destination = defs["Destination"]
+    destination["properties"]["connector"]["anyOf"] = [{"enum": names}, {"type": "string"}]
+    destination["required"] = ["connector"]
+    rules = []
+    for name in names:
+        config = defs.pop(_def_name(refs[(connectors[name], "validation")]["$ref"]))
+        then: dict[str, Any] = {
+            "description": config.get("description", ""),
+            "properties": {"connector": {"const": name}, **config.get("properties", {})},
+            "additionalProperties": False,
+        }
+        if config.get("required"):
+            then["required"] = config["required"]
+        rules.append({"if": {"properties": {"connector": {"const": name}}}, "then": then})
+    if rules:
+        destination["allOf"] = rules
+    schema["$defs"] = defs
     return schema
+
+
+def _def_name(ref: str) -> str:
+    return ref.rsplit("/", 1)[-1]

@@ -94,46 +94,85 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    # The descriptions are the user documentation: docs/reference/configuration.md is generated
+    # from them (python -m syncer.docgen).
     warehouse_url: SecretStr | None = Field(
-        default=None, description="SQLAlchemy URL of the 'default' warehouse."
+        default=None,
+        description="SQLAlchemy URL of the `default` warehouse. Syncs that read it fail with a"
+        " configuration error while it is unset.",
     )
     warehouses: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="Named extra warehouses: SYNCER_WAREHOUSES__<NAME>=<SQLAlchemy URL>.",
+        description="One variable per extra named warehouse, e.g."
+        " `SYNCER_WAREHOUSES__ANALYTICS=duckdb:////srv/data/analytics.duckdb`. A mapping selects"
+        " it with `source.warehouse: analytics` (names are case-insensitive).",
     )
     state_url: SecretStr = Field(
         default=SecretStr(DEFAULT_STATE_URL),
-        description="SQLAlchemy URL of the state database (sync state, runs, audit log).",
+        description="SQLAlchemy URL of the state database (acknowledged records, runs, audit"
+        " log): SQLite or PostgreSQL. The default is relative to the working directory.",
     )
-    mappings_dir: Path = Field(default=Path("mappings"), description="Where sync YAML files live.")
+    mappings_dir: Path = Field(
+        default=Path("mappings"), description="Directory holding the sync YAML files."
+    )
     audit_plain_keys: bool = Field(
         default=False,
-        description="Store record keys in audit events as given instead of as SHA-256.",
+        description="Store record keys in audit events as given instead of as their SHA-256.",
     )
     read_batch_size: int = Field(
         default=10_000, ge=100, description="Rows fetched from the warehouse per round trip."
     )
     read_process: bool = Field(
         default=True,
-        description="Read and encode the warehouse in a forked child process while staging is"
-        " filled (Linux; SQLite-file and PostgreSQL warehouses).",
+        description="Read and encode the warehouse in a forked reader process while staging is"
+        " filled (Linux; SQLite-file and PostgreSQL warehouses; `sync now` and `plan`, not the"
+        " daemon). `false` reads in the run's own process.",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "warning"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    http_timeout: float = Field(default=30.0, gt=0, description="Seconds per HTTP request.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="warning",
+        description="Least severe log level written to stderr; `--log-level` overrides it. The"
+        " daemon defaults to `info` unless this is set.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="`auto` (console on a terminal, JSON otherwise), `json` or `console`;"
+        " `--log-format` overrides it.",
+    )
+    http_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds one HTTP request to a destination may take as a whole: connecting,"
+        " the TLS handshake, sending, and reading the complete answer. An answer that trickles"
+        " in byte by byte is cut off at this limit too. Waiting for the rate limiter does not"
+        " count. A connector's own `timeout` (`webhook` and the vendor connectors), when set,"
+        " takes precedence.",
+    )
     retry_attempts: int = Field(
         default=5,
         ge=1,
-        description="Tries per batch before it is left for the next run (429s do not count).",
+        description="Tries per batch before its records are recorded as `failed` and left for"
+        " the next run. HTTP 429 answers do not count.",
     )
     batch_time_budget: float = Field(
-        default=300.0, gt=0, description="Seconds one batch may spend in retries and waits."
+        default=300.0,
+        gt=0,
+        description="Seconds one batch may take, counted from its first try. A retry whose wait"
+        " would end after the budget is not made, and a request or a wait for the rate limiter"
+        " still going when it runs out is ended; the batch's records are recorded as `failed`"
+        " instead.",
     )
     max_retry_after: float = Field(
-        default=120.0, gt=0, description="Longest Retry-After honoured, in seconds."
+        default=120.0,
+        gt=0,
+        description="Longest wait in seconds honoured from a `Retry-After` header; longer asks"
+        " are clamped to it. It also caps the cool-down after a 429. Keep it below"
+        " `SYNCER_BATCH_TIME_BUDGET`, or a clamped wait leaves no room to retry.",
     )
     lease_ttl: float = Field(
-        default=60.0, gt=0, description="Seconds a run's lease lives without a heartbeat."
+        default=60.0,
+        gt=0,
+        description="Seconds a sync's lease lives without a heartbeat. The holder renews it"
+        " every third of this.",
     )
 
     # -- daemon ----------------------------------------------------------------------------
@@ -144,29 +183,38 @@ class Settings(BaseSettings):
         default=9464,
         ge=0,
         le=65535,
-        description="Port of /healthz, /readyz and /metrics (0: any free port).",
+        description="Port of `/healthz`, `/readyz` and `/metrics` (0: any free port, logged in"
+        " `daemon.started`). `syncer daemon --port` overrides it.",
     )
     daemon_workers: int = Field(
-        default=4, ge=1, le=64, description="Syncs the daemon runs at the same time."
+        default=4,
+        ge=1,
+        le=64,
+        description="Syncs the daemon runs at the same time. Due syncs beyond that wait for a"
+        " free worker.",
     )
     shutdown_grace: float = Field(
         default=60.0,
         gt=0,
-        description="Seconds the daemon waits on SIGTERM for running syncs before leaving.",
+        description="Seconds the daemon waits after SIGTERM for running syncs to finish their"
+        " in-flight batches before it leaves (exit 75).",
     )
     reload_interval: float = Field(
         default=10.0,
         ge=0,
-        description="Seconds between checks of the mappings directory for changes (0: never).",
+        description="Seconds between checks of the mappings directory for changed files (0"
+        " turns them off; SIGHUP still works).",
     )
     alert_webhook_url: SecretStr | None = Field(
-        default=None, description="Slack-compatible incoming webhook for daemon alerts."
+        default=None,
+        description="Slack-compatible incoming webhook for daemon alerts. Unset means no alerts.",
     )
     alert_rejected_share: float = Field(
         default=0.1,
         ge=0,
         le=1,
-        description="Share of a run's records rejected or invalid above which it alerts.",
+        description="Share of a run's records that may be rejected, invalid or failed before"
+        " the run counts as failing (and alerts).",
     )
 
     def warehouse(self, name: str) -> str:

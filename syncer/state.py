@@ -550,7 +550,7 @@ def state_failure(exc: BaseException, url: str | None = None) -> SyncerError:
             return StateDamaged(
                 f"the state database {where} cannot be used: {damage}. Running again will not"
                 " help: restore it from a backup, or move it aside (with its -wal and -shm"
-                " files) to start afresh; see README 'State database'"
+                " files) to start afresh; see docs/concepts/state-database.md"
             )
         refused = _SQLITE_REFUSED.get(code & 0xFF)
         if refused is not None:
@@ -560,7 +560,7 @@ def state_failure(exc: BaseException, url: str | None = None) -> SyncerError:
         return StateDamaged(
             f"the state database {where} reports damage: {_POSTGRES_DAMAGED[sqlstate]}"
             f" (SQLSTATE {sqlstate}). Running again will not help: repair or restore it;"
-            " see README 'State database'"
+            " see docs/concepts/state-database.md"
         )
     return TransientError(f"state database error ({type(orig).__name__}); run again later")
 
@@ -576,3 +576,14 @@ def _describe(url: str | None) -> str:
     if parsed.get_backend_name() == "sqlite":
         return str(parsed.database or ":memory:")
     return f"({parsed.get_backend_name()}, SYNCER_STATE_URL)"
+
+
+@contextmanager
+def state_errors(url: str) -> Iterator[None]:
+    """State database errors raised inside as the SyncerError they mean (see state_failure)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_state_error(exc):
+            raise state_failure(exc, url) from None
+        raise

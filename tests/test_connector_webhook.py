@@ -509,12 +509,13 @@ def test_add_remove_add_across_runs_gives_three_keys_and_a_retry_keeps_its_key(
 def test_the_readme_receiver_example_accepts_syncer_and_refuses_a_late_replay(
     router: respx.Router, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("**Checking requests on the receiving side.**") :]
+    page = Path(__file__).resolve().parents[1] / "docs" / "connectors" / "webhook.md"
+    text = page.read_text()
+    section = text[text.index("**Checking requests on the receiving side.**") :]
     start = section.index("```python\n") + len("```python\n")
     code = section[start : section.index("\n```", start)]
     example: dict[str, Any] = {}
-    exec(compile(code, "README.md", "exec"), example)
+    exec(compile(code, "docs/connectors/webhook.md", "exec"), example)
 
     router.post(URL).respond(200)
     with engine_client(router) as client:

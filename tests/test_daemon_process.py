@@ -82,7 +82,7 @@ class DaemonProc:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.lines() if line.get("event") == name]
 
-    def wait_for(self, event: str, n: int = 1, timeout: float = 20, **match: Any) -> None:
+    def wait_for(self, event: str, n: int = 1, timeout: float = 60, **match: Any) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             hits = [e for e in self.events(event) if all(e.get(k) == v for k, v in match.items())]
@@ -184,14 +184,20 @@ def test_a_changed_mappings_directory_is_picked_up_without_a_signal(tmp_path: Pa
 
 
 def test_sigterm_lets_the_running_sync_finish_in_flight_batches(tmp_path: Path) -> None:
-    rows = people(60)  # 30 batches of 2, 0.3 s each, 4 at a time: a few seconds of sending
-    with harness(tmp_path, batch_size=2, latency=0.3, extra="schedule: every 1s\n") as h:
+    rows = people(60)  # 30 batches of 2, 4 at a time
+    with harness(tmp_path, batch_size=2, extra="schedule: every 1s\n") as h:
         h.segment(rows)
+        h.dest.gate.clear()  # the first 4 batches wait at the destination: the run cannot end
         with running(h, {"SYNCER_SHUTDOWN_GRACE": "20"}) as d:
-            d.wait_for("run.started")
+            deadline = time.monotonic() + 60
             while h.dest.hits < 4:
+                assert time.monotonic() < deadline, d.stderr()
                 time.sleep(0.02)
-            code, took = d.stop()
+            started = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            d.wait_for("daemon.stopping", timeout=60)
+            h.dest.gate.set()  # the in-flight batches get their answers only now
+            code, took = d.proc.wait(timeout=60), time.monotonic() - started
         assert code == 0, d.stderr()
         assert took < 20
         (finished,) = d.events("tick.finished")
@@ -216,11 +222,18 @@ def test_a_run_longer_than_the_grace_period_exits_75(tmp_path: Path) -> None:
 
 
 def test_sync_now_while_the_daemon_runs_the_sync_is_locked_out(tmp_path: Path) -> None:
-    with harness(tmp_path, batch_size=1, latency=1.0, extra="schedule: every 1s\n") as h:
-        h.segment(people(6))  # 6 batches of 1 s, 4 at a time: ~2 s
+    with harness(tmp_path, batch_size=1, extra="schedule: every 1s\n") as h:
+        h.segment(people(6))
+        h.dest.gate.clear()  # the daemon's run is held at the destination until sync now is seen
         with running(h) as d:
-            d.wait_for("run.started")
-            code, doc, proc = h.sync()
+            deadline = time.monotonic() + 60
+            while h.dest.hits == 0:  # the daemon's run holds its lease and is sending
+                assert time.monotonic() < deadline, d.stderr()
+                time.sleep(0.02)
+            try:
+                code, doc, proc = h.sync()
+            finally:
+                h.dest.gate.set()
             assert code == 75, proc.stdout + proc.stderr
             assert doc is not None and doc["runs"][0]["status"] == "locked"
             assert "already running" in proc.stderr

@@ -694,3 +694,43 @@ def test_a_huge_answer_over_the_network_stops_being_read() -> None:
                 break  # the server is stuck on a closed connection: the client has gone
     print(f"\n[size] the server got {server.written / 2**20:.1f} MiB out before the client left")
     assert server.written < 64 * 1024**2, "the client kept reading a 1 GiB answer"
+
+
+def test_over_tls_an_untrusted_certificate_is_refused(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """syncer's own clients verify TLS: a destination whose certificate no trusted authority
+    signed (a man in the middle, or a mistyped host) gets no request body, and the run says why."""
+
+    def answer(server: RawServer, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            server.read_request(conn)
+            server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with raw_server(answer, tls=tls[0]) as server, make_client(5.0) as client:
+        error, _ = timed(lambda: client.post(f"https://localhost:{server.port}/", content=b"x"))
+    # Not worth retrying: a configuration error (exit 78) that says what failed and what to do.
+    assert isinstance(error, ConfigError), error
+    assert str(error).startswith(f"POST localhost:{server.port}: the destination's TLS certificate")
+    assert "SSL_CERT_FILE" in str(error)
+    assert not server.arrived.is_set()  # the handshake failed: no request was read
+
+
+def test_a_private_authority_is_trusted_through_ssl_cert_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the refusal tells the user to do works: SSL_CERT_FILE names the authority."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_tls)
+    bundle = tmp_path / "private-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+
+    def answer(server: RawServer, conn: socket.socket) -> None:
+        server.read_request(conn)
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with raw_server(answer, tls=server_tls) as server, make_client(5.0) as client:
+        assert client.post(f"https://localhost:{server.port}/", content=b"x").text == "ok"

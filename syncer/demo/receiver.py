@@ -1,7 +1,7 @@
 """A tiny local webhook receiver that plays a destination for the ``webhook`` connector.
 
 It keeps one member set per sync, so the demo can prove the destination ended up holding
-exactly the warehouse segment. It checks requests the way the README's webhook section tells
+exactly the warehouse segment. It checks requests the way docs/connectors/webhook.md tells
 a real receiver to (:class:`ReplayGuard`: signature, replay window, idempotency keys seen),
 and never logs record keys or field values: they are email addresses.
 """
@@ -35,7 +35,7 @@ class Refused(ValueError):
 
 
 class ReplayGuard:
-    """The receiver's check from the README, for one signing secret.
+    """The receiver's check from docs/connectors/webhook.md, for one signing secret.
 
     The signature is HMAC-SHA256 over ``"<X-Syncer-Timestamp>.<Idempotency-Key>.<body>"``.
     A request signed more than ``window`` seconds away from now is refused, so a captured
@@ -96,7 +96,7 @@ class DemoReceiver:
         """Updates for keys that were never added, per sync: a sign of an engine bug."""
 
     def admit(self, headers: Any, body: bytes) -> bool:
-        """The README's check (see :class:`ReplayGuard`) when a secret is set: True to apply
+        """The documented check (see :class:`ReplayGuard`) when a secret is set: True to apply
         the batch, False for one already applied; raises :class:`Refused`."""
         if self.guard is None:
             return True

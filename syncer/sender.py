@@ -1,0 +1,143 @@
+"""Sending: a run's changes to the destination in batch pages, several in flight.
+
+Pages are read and state is committed on the run's thread (one database connection); worker
+threads only talk to the destination, paced by the account's rate limiter. Each answered
+batch is committed together with the in-flight mark of the next one (syncer.recorder.commit)
+before that one leaves. A batch the destination refuses as a whole is halved until the
+records it refuses are found, so the good ones still land. Retries are syncer.retry's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+import httpx
+
+from syncer import recorder
+from syncer.connector import BatchResult, Connector, Operation, Outcome, Record, effective_limits
+from syncer.diff import ChangeBatch, DiffCounts, Staging
+from syncer.errors import BatchRejected, Interrupted, SyncerError, TransientError
+from syncer.recorder import Answered
+from syncer.retry import RetryPolicy, guarded
+from syncer.runcontext import RunContext
+
+#: The order a run sends in.
+OPERATIONS: tuple[Operation, ...] = ("add", "update", "remove")
+
+
+def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
+    """Send every change, several batches in flight, committing each as it is answered.
+
+    Raises Interrupted when a stop request or a lost lease ended it early (acknowledged
+    changes are saved), and the first SyncerError a batch raised (auth, config, a crash).
+    """
+    planned = {"add": counts.add, "update": counts.update, "remove": counts.remove}
+    progress = run.progress
+    with run.connector() as connector:
+        _, concurrency = effective_limits(connector)
+        guarded(connector, "open", connector.open)
+        finished = False
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="syncer-send")
+        inflight: dict[Future[list[Outcome]], ChangeBatch] = {}
+        done = dict.fromkeys(OPERATIONS, 0)
+        failure: BaseException | None = None
+
+        def collect(timeout: float) -> Answered:
+            """Batches answered within ``timeout`` (0: those already answered)."""
+            nonlocal failure
+            ready, _ = wait(list(inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+            answered: Answered = []
+            for future in ready:
+                batch = inflight.pop(future)
+                try:
+                    answered.append((batch, future.result()))
+                except SyncerError as exc:  # auth/config/crash: no more batches after this
+                    failure = failure or exc
+            return answered
+
+        def record(answered: Answered, sending: ChangeBatch | None = None) -> None:
+            """Commit answered batches and mark the next one as in flight, together:
+            one transaction per batch sent, not two."""
+            if answered or sending is not None:
+                recorder.commit(run, answered, sending, expected_ids(connector, sending))
+            for batch, _ in answered:
+                done[batch.operation] += len(batch.records)
+                if progress is not None:
+                    progress(batch.operation, done[batch.operation], planned[batch.operation])
+
+        try:
+            for operation in OPERATIONS:
+                pages = staging.batches(operation, connector.batch_size, planned[operation])
+                for batch in pages:
+                    if run.halted or failure is not None:
+                        break
+                    answered = collect(0)
+                    while len(inflight) >= concurrency:
+                        answered += collect(0.25)
+                    if failure is not None:
+                        record(answered)
+                        break
+                    record(answered, batch)  # committed before the request leaves
+                    submitted = pool.submit(
+                        deliver, run.retry, connector, batch.operation, batch.records
+                    )
+                    inflight[submitted] = batch
+                while inflight:
+                    record(collect(0.25))
+                if run.halted or failure is not None:
+                    break
+            else:
+                finished = True
+        except BaseException:
+            # A second signal: leave now, without waiting for requests in flight or closing
+            # the connector. Batches in flight stay marked as sent but unconfirmed, so the
+            # next run treats them as possibly applied (see syncer.ledger).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        guarded(connector, "close", lambda: connector.close(finished))
+        recorder.seal_jobs(run, connector.stats)
+        if failure is not None:
+            raise failure
+        if run.lease.lost.is_set():
+            raise Interrupted("another process took over this sync's lease; stopped early")
+        if not finished:
+            raise Interrupted("stopped on request; acknowledged changes are saved")
+
+
+def expected_ids(connector: Connector, sending: ChangeBatch | None) -> dict[str, str | None]:
+    """Destination ids the connector can tell before the answer, for the in-flight mark
+    (asked only of connectors that override ``expected_destination_id``)."""
+    expected: dict[str, str | None] = {}
+    overridden = type(connector).expected_destination_id is not Connector.expected_destination_id
+    if sending is not None and sending.operation != "remove" and overridden:
+        operation = sending.operation
+
+        def expect() -> None:
+            for record in sending.records:
+                expected[record.key] = connector.expected_destination_id(operation, record)
+
+        guarded(connector, "expected_destination_id", expect)
+    return expected
+
+
+def deliver(
+    retry: RetryPolicy, connector: Connector, operation: Operation, records: list[Record]
+) -> list[Outcome]:
+    """One batch to the destination with retries; a refused batch is halved to find the bad
+    records, so the good ones still land. Runs on a worker thread."""
+    call: Callable[[list[Record]], BatchResult] = getattr(connector, operation)
+    try:
+        return retry(lambda: guarded(connector, operation, lambda: call(records).outcomes()))
+    except BatchRejected as exc:
+        if len(records) == 1:
+            return [Outcome(records[0].key, "rejected", f"refused: {exc}")]
+        middle = len(records) // 2
+        return deliver(retry, connector, operation, records[:middle]) + deliver(
+            retry, connector, operation, records[middle:]
+        )
+    except TransientError as exc:
+        return [Outcome(r.key, "failed", f"not delivered: {exc}") for r in records]
+    except httpx.HTTPError as exc:
+        return [Outcome(r.key, "failed", f"request failed: {type(exc).__name__}") for r in records]
