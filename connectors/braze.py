@@ -194,7 +194,8 @@ class BrazeConnector(RestConnector[BrazeConfig]):
         if not isinstance(data, dict):
             return
         message = str(data.get("message") or "")
-        errors = [e for e in data.get("errors") or [] if isinstance(e, dict)]
+        listed = data.get("errors")
+        errors = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
         if message and message != "success":
             raise BatchRejected(self.reason(f"braze: {message}", records))
         for error in errors:

@@ -21,25 +21,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from pydantic import Field, SecretStr
 
-from syncer.connector import (
-    BatchResult,
-    Capabilities,
-    ConnectorConfig,
-    Record,
-    SyncContext,
-    credential_digest,
-)
+from syncer.connector import BatchResult, Capabilities, Record
+from syncer.declarations import CLIENT_ERRORS, HeaderAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError, TransientError
-from syncer.http import Action
 from syncer.ratelimit import RateLimit
 from syncer.rest import JobPolling, RestConnector, chunks, dig
-from syncer.steps import BatchProgress, Steps
+from syncer.steps import Steps
 
 DEFAULT_REVISION = "2026-07-15"
 JSON_API = "application/vnd.api+json"
@@ -106,50 +99,29 @@ class KlaviyoConfig(JobPolling):
 class KlaviyoConnector(RestConnector[KlaviyoConfig]):
     """Upsert Klaviyo profiles and keep a static list equal to the segment."""
 
-    name: ClassVar[str] = "klaviyo"
-    description: ClassVar[str] = "Klaviyo profiles (import / bulk import jobs) and list membership"
-    config_model: ClassVar[type[KlaviyoConfig]] = KlaviyoConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_JOB_PROFILES)
-    default_base_url: ClassVar[str] = "https://a.klaviyo.com"
+    name = "klaviyo"
+    description = "Klaviyo profiles (import / bulk import jobs) and list membership"
+    capabilities = Capabilities(max_batch_size=MAX_JOB_PROFILES)
+    default_base_url = "https://a.klaviyo.com"
     # The strictest tier among the endpoints used (bulk jobs and list relationships: burst
     # 10/s, steady 150/m); profile-import alone would allow 75/s and 750/m.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(10, 1), RateLimit(150, 60))
-    max_concurrency: ClassVar[int] = 3
+    rate_limits = (RateLimit(10, 1), RateLimit(150, 60))
+    max_concurrency = 3
+    # Klaviyo counts per account, which the private key belongs to (the default account):
+    # every list one key writes to shares one limiter.
+    auth = HeaderAuth("Authorization", "api_key", prefix="Klaviyo-API-Key ")
+    # ``RateLimit-Remaining: 0`` on a 2xx holds the account until ``RateLimit-Reset``.
+    rate_limit_headers = RateLimitHeaders("RateLimit-Remaining", reset="RateLimit-Reset")
+    # 4xx answers come back to the connector: the JSON:API error envelope becomes the
+    # record's reason instead of a raw excerpt.
+    parsed_statuses = CLIENT_ERRORS
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """Klaviyo counts per account, which the private key belongs to: every list one
-        key writes to shares one limiter."""
-        return credential_digest(self.settings.api_key.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Klaviyo-API-Key {self.settings.api_key.get_secret_value()}"}
 
     def default_headers(self) -> dict[str, str]:
         return {"revision": self.settings.revision, "Accept": JSON_API, "Content-Type": JSON_API}
 
-    def classify(self, response: httpx.Response) -> Action | None:
-        """Hand 4xx answers (other than auth, timeout and 429) back to the connector, so the
-        JSON:API error envelope becomes the record's reason instead of a raw excerpt."""
-        status = response.status_code
-        if 400 <= status < 500 and status not in (401, 403, 408, 429):
-            return Action.IGNORE
-        return None
-
-    def read_rate_limit_headers(self, response: httpx.Response) -> None:
-        """``RateLimit-Remaining: 0`` on a 2xx: hold the account until ``RateLimit-Reset``."""
-        remaining = _number(response.headers.get("RateLimit-Remaining"))
-        reset = _number(response.headers.get("RateLimit-Reset"))
-        if remaining is not None and remaining <= 0 and reset is not None:
-            self.slow_down(reset)
-
     # -- contract -----------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def check(self) -> None:
         """``GET /api/lists/{id}`` (or the job list when no list is set): cheap, authenticated."""
@@ -422,7 +394,8 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         except TransientError:
             data = None
         errors = dig(data, "errors")
-        parts = [_describe_error(e) for e in errors if isinstance(e, dict)] if errors else []
+        listed = errors if isinstance(errors, list) else []
+        parts = [_describe_error(e) for e in listed if isinstance(e, dict)]
         text = "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
         return self.reason(text, records)
 
@@ -435,13 +408,6 @@ def _describe_error(error: Mapping[str, Any]) -> str:
 def _normal(identifier: str, value: Any) -> str:
     text = "" if value is None else str(value).strip()
     return text.lower() if identifier == "email" else text
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _pointer_index(pointer: Any, size: int) -> int | None:

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import BatchResult, Capabilities, Operation, Record, credential_digest
+from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.declarations import BearerAuth
 from syncer.errors import ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
@@ -107,27 +108,16 @@ class _Member:
 class LinkedInConnector(RestConnector[LinkedInConfig]):
     """Add members to and remove them from a LinkedIn DMP user segment, by hashed email."""
 
-    name: ClassVar[str] = "linkedin"
-    description: ClassVar[str] = "LinkedIn Matched Audiences (DMP segment users)"
-    config_model: ClassVar[type[LinkedInConfig]] = LinkedInConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset({"add", "remove", "update"}),
-        modes=frozenset({"membership", "mirror"}),
-        max_batch_size=MAX_ELEMENTS,
-        hashed_keys=True,
-    )
-    default_base_url: ClassVar[str] = "https://api.linkedin.com/rest"
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(600, 60),)
-    max_concurrency: ClassVar[int] = 4
+    name = "linkedin"
+    description = "LinkedIn Matched Audiences (DMP segment users)"
+    capabilities = Capabilities.ad_audience(MAX_ELEMENTS)
+    default_base_url = "https://api.linkedin.com/rest"
+    rate_limits = (RateLimit(600, 60),)
+    max_concurrency = 4
+    # LinkedIn counts per member and app, that is per access token (the default account).
+    auth = BearerAuth("access_token")
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """LinkedIn counts per member and app, that is per access token, not per segment."""
-        return credential_digest(self.settings.access_token.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
 
     def default_headers(self) -> dict[str, str]:
         return {
@@ -144,7 +134,7 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
             return Action.RETRY
         if status == 404 and response.request.method == "POST":
             return Action.RETRY
-        return None
+        return super().classify(response)
 
     # -- contract -----------------------------------------------------------------------
 

@@ -299,7 +299,7 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
         path = f"/lists/{self.settings.list_id}/segments"
         offset = 0
         while True:
-            params = {
+            params: dict[str, str | int] = {
                 "type": "static",
                 "count": SEGMENT_PAGE,
                 "offset": offset,

@@ -20,27 +20,19 @@ account until ``X-RateLimit-Reset`` (epoch seconds), which a 429 without ``Retry
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import (
-    BatchResult,
-    Capabilities,
-    ConnectorConfig,
-    Record,
-    SyncContext,
-    credential_digest,
-)
+from syncer.connector import BatchResult, Capabilities, Record
+from syncer.declarations import CLIENT_ERRORS, BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError, TransientError
-from syncer.http import Action
 from syncer.rest import JobPolling, RestConnector, chunks, dig
-from syncer.steps import BatchProgress, Steps
+from syncer.steps import Steps
 
 #: Most contacts in one upsert (SendGrid also caps the body at 6 MB).
 MAX_CONTACTS = 30_000
@@ -93,48 +85,22 @@ class SendGridConfig(JobPolling):
 class SendGridConnector(RestConnector[SendGridConfig]):
     """Upsert SendGrid Marketing contacts onto lists and take them off again by contact id."""
 
-    name: ClassVar[str] = "sendgrid"
-    description: ClassVar[str] = "SendGrid Marketing contacts (async upsert) and list membership"
-    config_model: ClassVar[type[SendGridConfig]] = SendGridConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_CONTACTS)
-    default_base_url: ClassVar[str] = "https://api.sendgrid.com"
-    max_concurrency: ClassVar[int] = 2
-
-    # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """SendGrid counts per account and API key, whatever lists a sync writes to."""
-        return credential_digest(self.settings.api_key.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
-
-    def classify(self, response: httpx.Response) -> Action | None:
-        """4xx answers other than auth/timeout/429 come back to the connector (their
-        ``errors[]`` become reasons); a 429 without Retry-After waits for X-RateLimit-Reset."""
-        status = response.status_code
-        if status == 429 and "Retry-After" not in response.headers:
-            self._hold_until_reset(response)
-            return None
-        if 400 <= status < 500 and status not in (401, 403, 408, 429):
-            return Action.IGNORE
-        return None
-
-    def read_rate_limit_headers(self, response: httpx.Response) -> None:
-        if _number(response.headers.get("X-RateLimit-Remaining")) == 0:
-            self._hold_until_reset(response)
-
-    def _hold_until_reset(self, response: httpx.Response) -> None:
-        reset = _number(response.headers.get("X-RateLimit-Reset"))
-        if reset is not None:
-            self.slow_down(reset - time.time())
+    name = "sendgrid"
+    description = "SendGrid Marketing contacts (async upsert) and list membership"
+    capabilities = Capabilities(max_batch_size=MAX_CONTACTS)
+    default_base_url = "https://api.sendgrid.com"
+    max_concurrency = 2
+    # SendGrid counts per account and API key (the default account), whatever lists a sync
+    # writes to.
+    auth = BearerAuth("api_key")
+    # A spent window (or a 429 without Retry-After) waits for X-RateLimit-Reset (Unix time).
+    rate_limit_headers = RateLimitHeaders(
+        "X-RateLimit-Remaining", reset="X-RateLimit-Reset", reset_unit="epoch"
+    )
+    # 4xx answers come back to the connector: their ``errors[]`` become reasons.
+    parsed_statuses = CLIENT_ERRORS
 
     # -- contract -----------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def check(self) -> None:
         """``GET /v3/marketing/lists/{id}`` for every list: authenticated and cheap."""
@@ -257,8 +223,9 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             self._expect(response, (), "import job", TransientError)
             job = self.json(response)
             steps.advanced()  # the job is there: a later 503 is no failed attempt
-            done = isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed")
-            return job if done else None
+            if isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed"):
+                return job
+            return None
 
         cfg = self.settings
         return self.wait_for_job(
@@ -361,10 +328,3 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 def _email(record: Record) -> str:
     return str(record.fields.get("email") or record.key).strip().lower()
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

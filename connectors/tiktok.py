@@ -23,20 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncer.connector import (
-    BatchResult,
-    Capabilities,
-    ConnectorConfig,
-    Operation,
-    Record,
-    SyncContext,
-    credential_digest,
-)
+from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.declarations import HeaderAuth
 from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
@@ -51,7 +44,6 @@ from syncer.identifiers import (
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
-from syncer.steps import BatchProgress
 
 #: Users per mapping call. TikTok publishes no maximum for this route [U]: a conservative
 #: default, configurable up to MAX_USERS.
@@ -103,30 +95,18 @@ class TikTokConfig(RestConfig):
 class TikTokConnector(RestConnector[TikTokConfig]):
     """Add members to and remove them from a TikTok custom audience, by hashed ids."""
 
-    name: ClassVar[str] = "tiktok"
-    description: ClassVar[str] = "TikTok Ads custom audience (streaming segment mapping)"
-    config_model: ClassVar[type[TikTokConfig]] = TikTokConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset({"add", "remove", "update"}),
-        modes=frozenset({"membership", "mirror"}),
-        max_batch_size=MAX_USERS,
-        hashed_keys=True,
-    )
-    default_base_url: ClassVar[str] = "https://business-api.tiktok.com/open_api/v1.3"
+    name = "tiktok"
+    description = "TikTok Ads custom audience (streaming segment mapping)"
+    capabilities = Capabilities.ad_audience(MAX_USERS)
+    default_base_url = "https://business-api.tiktok.com/open_api/v1.3"
     #: TikTok publishes no rate for this route [U]: 10 requests a second, 2 in flight.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(10, 1),)
-    max_concurrency: ClassVar[int] = 2
+    rate_limits = (RateLimit(10, 1),)
+    max_concurrency = 2
+    # The account is the token (one app's grant), not the audience: every audience and
+    # advertiser one token writes to shares one limiter, which never sends more than the app may.
+    auth = HeaderAuth("Access-Token", "access_token")
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def account_id(self) -> str:
-        """The access token (one app's grant), not the audience: every audience and
-        advertiser one token writes to shares one limiter, which never sends more than the
-        app may."""
-        return credential_digest(self.settings.access_token.get_secret_value())
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Access-Token": self.settings.access_token.get_secret_value()}
 
     def classify(self, response: httpx.Response) -> Action | None:
         """An HTTP 200 carrying a rate-limit code is rate limiting (the account cools down);
@@ -139,14 +119,9 @@ class TikTokConnector(RestConnector[TikTokConfig]):
             return Action.RATE_LIMITED
         if code >= RETRY_FROM:
             return Action.RETRY
-        return None
+        return super().classify(response)
 
     # -- contract -----------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def open(self) -> None:
         """Refuse mapped fields TikTok cannot take, and a mapping with nothing to match."""

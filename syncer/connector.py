@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from syncer.errors import ConfigError
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
+from syncer.types import FieldValue
 
 ENTRY_POINT_GROUP = "syncer.connectors"
 
@@ -34,7 +35,7 @@ class Record:
     """One member as the destination sees it: identity key plus mapped fields."""
 
     key: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, FieldValue] = field(default_factory=dict)
     destination_id: str | None = None
 
 
@@ -131,7 +132,18 @@ class Capabilities:
     #: The connector returns ``pending`` outcomes and implements ``poll_job``.
     async_jobs: bool = False
 
-    def describe(self) -> dict[str, Any]:
+    @classmethod
+    def ad_audience(cls, max_batch_size: int, *, async_jobs: bool = False) -> Capabilities:
+        """An ad platform's audience: members added and removed (``membership``, ``mirror``),
+        keyed by the SHA-256 of their identifiers, never the raw key."""
+        return cls(
+            modes=frozenset({"membership", "mirror"}),
+            max_batch_size=max_batch_size,
+            hashed_keys=True,
+            async_jobs=async_jobs,
+        )
+
+    def describe(self) -> dict[str, list[str] | int | bool]:
         return {
             "operations": sorted(self.operations),
             "modes": sorted(self.modes),
@@ -172,6 +184,8 @@ class Connector:
     max_concurrency: ClassVar[int] = 4
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        if "name" not in type(self).__dict__:
+            _name_from_entry_point(type(self))
         self.config = config
         self.context = context
         self.http = http
@@ -330,8 +344,37 @@ class ConnectorInfo:
     error: str | None
 
 
+def _name_from_entry_point(cls: type[Connector]) -> None:
+    """Give a class that declares no ``name`` the name of its entry point (for connectors
+    built directly, as tests do, rather than through :func:`load_connector`)."""
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value.replace(" ", "") == target:
+            cls.name = ep.name
+            return
+
+
+def _named(cls: type[Connector], registered: str) -> str | None:
+    """Settle the connector's name with its entry point: a class without its own ``name``
+    takes the entry point's; one that declares another is refused (the message says so)."""
+    own = cls.__dict__.get("name")
+    if not own:
+        cls.name = registered
+        return None
+    if own != registered:
+        return (
+            f"class {cls.__qualname__} declares name {own!r} but is registered as"
+            f" {registered!r} in {ENTRY_POINT_GROUP}; make them agree, or drop the class's"
+            " name (the entry point names it)"
+        )
+    return None
+
+
 def discover() -> list[ConnectorInfo]:
-    """Every connector registered in ``syncer.connectors``, with load errors instead of raising."""
+    """Every connector registered in ``syncer.connectors``, with load errors instead of raising.
+
+    The entry point's name is the connector's: a class that declares no ``name`` gets it, one
+    that declares another is listed with an error (and refused by :func:`load_connector`)."""
     found: list[ConnectorInfo] = []
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist is not None else None
@@ -346,6 +389,10 @@ def discover() -> list[ConnectorInfo]:
             found.append(
                 ConnectorInfo(ep.name, ep.value, dist, None, "not a syncer Connector class")
             )
+            continue
+        mismatch = _named(cls, ep.name)
+        if mismatch is not None:
+            found.append(ConnectorInfo(ep.name, ep.value, dist, None, mismatch))
             continue
         found.append(ConnectorInfo(ep.name, ep.value, dist, cls, None))
     return found

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from types import MappingProxyType
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from syncer.connector import Connector, ConnectorConfig, Record, credential_digest
+from syncer.connector import (
+    Connector,
+    ConnectorConfig,
+    Record,
+    SyncContext,
+    credential_digest,
+)
+from syncer.declarations import CLIENT_ERRORS, Auth, BasicAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.http import (
+    Action,
     DestinationClient,
     describe_host,
     raise_for_action,
@@ -27,6 +36,8 @@ from syncer.http import (
     time_limit,
     transport_error,
 )
+from syncer.steps import BatchProgress
+from syncer.types import JSON, JSONBody, QueryParams
 
 REASON_LIMIT = 200
 T = TypeVar("T")
@@ -64,10 +75,63 @@ class JobPolling(RestConfig):
 
 
 class RestConnector(Connector, Generic[C]):
-    """Connector over a JSON HTTP API. Subclass as ``RestConnector[MyConfig]`` with
-    ``config_model = MyConfig``; set ``default_base_url``; override ``auth_headers``."""
+    """Connector over a JSON HTTP API: subclass as ``RestConnector[MyConfig]`` (the config
+    model is taken from the parameter), set ``default_base_url`` and declare the rest.
+
+    Declarations (class attributes, checked against the config model when the class is
+    defined, so a misspelt field is an import-time ``TypeError``):
+
+    * ``auth``: :class:`~syncer.declarations.BearerAuth`, ``HeaderAuth`` or ``BasicAuth``
+      (or a tuple of them), each naming a ``SecretStr`` config field;
+    * ``rate_limit_headers``: :class:`~syncer.declarations.RateLimitHeaders` (or a tuple), the
+      vendor's window headers, read on every answer;
+    * ``parsed_statuses``: the 4xx statuses ``request`` returns to the connector instead of
+      raising ``BatchRejected`` (``CLIENT_ERRORS`` for all of them), so their body becomes the
+      records' reasons;
+    * ``account_fields``: config fields naming the vendor account for rate limiting (plain
+      fields shown, ``SecretStr`` ones digested); default: the ``auth`` fields;
+    * ``static_headers``: headers every request carries (``Accept``, API versions that never
+      change); ``default_headers()`` for ones built from the config.
+
+    The engine owns retries, batching, rate limits and state; a subclass builds payloads and
+    reads answers (``add``/``remove``/``update`` or ``write``, ``check``, maybe ``classify``).
+    """
 
     default_base_url: ClassVar[str] = ""
+    auth: ClassVar[Auth | tuple[Auth, ...]] = ()
+    rate_limit_headers: ClassVar[RateLimitHeaders | tuple[RateLimitHeaders, ...]] = ()
+    parsed_statuses: ClassVar[frozenset[int]] = frozenset()
+    account_fields: ClassVar[tuple[str, ...]] = ()
+    static_headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        model = _generic_config(cls)
+        if model is not None:
+            declared = cls.__dict__.get("config_model")
+            if declared is not None and declared is not model:
+                raise TypeError(
+                    f"{cls.__name__}: config_model {declared.__name__} is not the generic"
+                    f" parameter {model.__name__}; drop config_model (it is inferred)"
+                )
+            cls.config_model = model
+        _check_declarations(cls)
+
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
+        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
+        self.progress = BatchProgress()
+
+    @classmethod
+    def auths(cls) -> tuple[Auth, ...]:
+        """The ``auth`` declaration as a tuple."""
+        return cls.auth if isinstance(cls.auth, tuple) else (cls.auth,)
+
+    @classmethod
+    def window_headers(cls) -> tuple[RateLimitHeaders, ...]:
+        """The ``rate_limit_headers`` declaration as a tuple."""
+        declared = cls.rate_limit_headers
+        return declared if isinstance(declared, tuple) else (declared,)
 
     @property
     def settings(self) -> C:
@@ -83,12 +147,17 @@ class RestConnector(Connector, Generic[C]):
         return str(configured or self.default_base_url).rstrip("/")
 
     def auth_headers(self) -> dict[str, str]:
-        """Headers carrying the credentials (values are kept out of every message)."""
-        return {}
+        """Headers carrying the credentials (values are kept out of every message): those
+        of the ``auth`` declaration. Override for credentials that are not a plain header."""
+        headers: dict[str, str] = {}
+        for auth in self.auths():
+            headers.update(auth.headers(self.config))
+        return headers
 
     def default_headers(self) -> dict[str, str]:
-        """Headers every request carries besides auth (API version headers and the like)."""
-        return {}
+        """Headers every request carries besides auth: ``static_headers``; override for API
+        version headers built from the config (call ``super()`` to keep the static ones)."""
+        return dict(self.static_headers)
 
     def account_key(self) -> str:
         """Connector name, API host and :meth:`account_id`: syncs with the same key share one
@@ -98,10 +167,38 @@ class RestConnector(Connector, Generic[C]):
 
     def account_id(self) -> str:
         """What tells two accounts on one API host apart for rate limiting: the vendor's
-        account or workspace id and the credential, nothing per sync. The default is a
-        digest of the configured credentials (every ``SecretStr``); override it when the
-        config names the account, or when a credential rotates (an OAuth access token)."""
-        return credential_digest(*self.secret_values())
+        account or workspace id and the credential, nothing per sync.
+
+        Built from ``account_fields`` (default: the ``auth`` declaration's fields): plain
+        values shown, ``SecretStr`` values (and unset ones) as one :func:`credential_digest`.
+        Without either, a digest of every ``SecretStr`` in the config. Override it only when
+        the account is not a config field (Salesforce: the instance host alone)."""
+        names = self.account_fields or tuple(f for a in self.auths() for f in a.secret_fields)
+        if not names:
+            return credential_digest(*self.secret_values())
+        shown: list[str] = []
+        hidden: list[str] = []
+        for name in names:
+            value = getattr(self.config, name, None)
+            if isinstance(value, SecretStr):
+                hidden.append(value.get_secret_value())
+            elif value is None:
+                hidden.append("")
+            else:
+                shown.append(str(value))
+        return ":".join([*shown, credential_digest(*hidden)] if hidden else shown)
+
+    def classify(self, response: httpx.Response) -> Action | None:
+        """The declared part of classification: a 429 without ``Retry-After`` holds the
+        account until the declared window resets; a status in ``parsed_statuses`` comes back
+        to the connector (IGNORE). Everything else: None, the engine's table. Overrides
+        should end with ``return super().classify(response)``."""
+        status = response.status_code
+        if status == 429 and "Retry-After" not in response.headers:
+            self._hold(response, rate_limited=True)
+        if status in self.parsed_statuses:
+            return Action.IGNORE
+        return None
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -113,8 +210,8 @@ class RestConnector(Connector, Generic[C]):
         method: str,
         path: str,
         *,
-        json_body: Any = None,
-        params: Mapping[str, Any] | None = None,
+        json_body: JSONBody | None = None,
+        params: QueryParams | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         auth: httpx.Auth | None = None,
@@ -148,8 +245,16 @@ class RestConnector(Connector, Generic[C]):
         return response
 
     def read_rate_limit_headers(self, response: httpx.Response) -> None:
-        """Look at the vendor's rate-limit headers on an accepted answer; call ``slow_down``
-        when they say the window is spent. Default: nothing to read."""
+        """Look at the vendor's rate-limit headers on an accepted answer and ``slow_down``
+        when they say the window is spent: the ``rate_limit_headers`` declaration. Override
+        only for headers that are not a remaining/reset pair (a JSON usage header)."""
+        self._hold(response, rate_limited=False)
+
+    def _hold(self, response: httpx.Response, *, rate_limited: bool) -> None:
+        for declared in self.window_headers():
+            wait = declared.wait(response.headers, rate_limited=rate_limited)
+            if wait is not None:
+                self.slow_down(wait)
 
     def slow_down(self, seconds: float) -> None:
         """Hold every request to this account for ``seconds`` (the vendor said so without
@@ -158,18 +263,19 @@ class RestConnector(Connector, Generic[C]):
         if limiter is not None and seconds > 0:
             limiter.cool_down(min(seconds, float(getattr(self.http, "max_wait", 300.0))))
 
-    def json(self, response: httpx.Response) -> Any:
+    def json(self, response: httpx.Response) -> JSON:
         """The body as JSON; an empty body is None. A 2xx with a body we cannot read is a
         transient failure: we cannot tell what the vendor accepted, so nothing advances."""
         if not response.content.strip():
             return None
         try:
-            return json.loads(response.content)
+            data: JSON = json.loads(response.content)
         except (ValueError, UnicodeDecodeError):
             host = describe_host(response.request)
             raise TransientError(
                 f"HTTP {response.status_code} from {host}: unreadable JSON body"
             ) from None
+        return data
 
     def wait_for_job(
         self,
@@ -208,15 +314,24 @@ class RestConnector(Connector, Generic[C]):
             interval = min(interval * 2, max_wait)
             delay = interval
 
-    def probe(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+    def probe(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json_body: JSONBody | None = None,
+        params: QueryParams | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         """A ``check()`` call: a 4xx (other than auth, which is AuthError) means the setting
         named ``what`` is wrong, so it becomes a ConfigError that names it."""
         try:
-            return self.request(method, path, **kwargs)
+            return self.request(method, path, json_body=json_body, params=params, headers=headers)
         except BatchRejected as exc:
             raise ConfigError(f"{self.name}: {what}: {exc}") from None
 
-    def reason(self, text: Any, records: Iterable[Record] = ()) -> str:
+    def reason(self, text: object, records: Iterable[Record] = ()) -> str:
         """A vendor's reason, fit for the audit log: no secrets, no record keys or values,
         no emails or phone numbers, one line of at most 200 characters."""
         hidden = [*self.secret_values(), *record_text(records)]
@@ -232,15 +347,59 @@ def record_text(records: Iterable[Record]) -> list[str]:
     return found
 
 
-def dig(value: Any, *path: str) -> Any:
+def dig(value: object, *path: str) -> JSON:
     """``value[path[0]][path[1]]...`` through nested JSON objects; None where one is missing."""
+    found: object = value
     for part in path:
-        if not isinstance(value, dict):
+        if not isinstance(found, dict):
             return None
-        value = value.get(part)
-    return value
+        found = found.get(part)
+    return cast(JSON, found)
 
 
-def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """``items`` cut into pieces of at most ``size`` (for vendors with a smaller sub-limit)."""
     return [items[i : i + size] for i in range(0, len(items), max(1, size))]
+
+
+def _generic_config(cls: type) -> type[ConnectorConfig] | None:
+    """``MyConfig`` of ``class X(RestConnector[MyConfig])``; None for other bases."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, RestConnector):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, ConnectorConfig):
+                    return arg
+    return None
+
+
+def _check_declarations(cls: type[RestConnector[Any]]) -> None:
+    """Refuse declarations that name no field of the config model, credentials that are not
+    ``SecretStr`` (they would not be kept out of messages), and parsed statuses the engine
+    owns. A class without its own config model yet (a generic base) is checked later."""
+    model = cls.config_model
+    where = cls.__name__
+    wrong = sorted(set(cls.parsed_statuses) - CLIENT_ERRORS)
+    if wrong:
+        raise TypeError(
+            f"{where}.parsed_statuses: {wrong} belong to the engine; only 4xx other than"
+            " 401, 403, 408 and 429 can go to the connector"
+        )
+    if model is ConnectorConfig or model is RestConfig:
+        return
+    for auth in cls.auths():
+        for name in auth.secret_fields:
+            _need_field(model, name, f"{where}.auth", secret=True)
+        if isinstance(auth, BasicAuth) and auth.username_field is not None:
+            _need_field(model, auth.username_field, f"{where}.auth", secret=False)
+    for name in cls.account_fields:
+        _need_field(model, name, f"{where}.account_fields", secret=False)
+
+
+def _need_field(model: type[BaseModel], name: str, what: str, *, secret: bool) -> None:
+    field = model.model_fields.get(name)
+    if field is None:
+        raise TypeError(f"{what}: {model.__name__} has no field {name!r}")
+    annotation = field.annotation
+    if secret and annotation is not SecretStr and SecretStr not in get_args(annotation):
+        raise TypeError(f"{what}: {model.__name__}.{name} must be a SecretStr")
