@@ -11,8 +11,10 @@ from __future__ import annotations
 import ast
 import importlib.metadata as md
 import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -176,12 +178,27 @@ def test_installed_under_our_distribution_name_with_the_package_version() -> Non
     assert any(ep.group == "syncer.connectors" for ep in dist.entry_points)
 
 
-def _third_party_imports() -> dict[str, set[tuple[str, bool]]]:
-    """Top-level module -> {(where, imported as the module loads)}, syncer/ and connectors/."""
-    found: dict[str, set[tuple[str, bool]]] = {}
+#: Subpackages that are themselves optional, with the extra that makes them work: their
+#: top-level imports may come from that extra.
+OPTIONAL_PACKAGES = {"syncer/testing": "testing"}
+
+
+@dataclass(frozen=True)
+class Use:
+    module: str  # top-level name imported
+    where: str  # file:line
+    at_load: bool  # imported when the importing module loads (not inside a function)
+    extra: str | None  # the extra the importing module belongs to (OPTIONAL_PACKAGES)
+
+
+def _third_party_imports() -> list[Use]:
+    """Every import of a non-stdlib module in syncer/ and connectors/."""
+    found: list[Use] = []
     for package in ("syncer", "connectors"):
         for path in sorted((ROOT / package).rglob("*.py")):
-            tree = ast.parse(path.read_text(), filename=str(path))
+            relative = path.relative_to(ROOT).as_posix()
+            extra = next((e for p, e in OPTIONAL_PACKAGES.items() if relative.startswith(p)), None)
+            tree = ast.parse(path.read_text(), filename=relative)
             at_load = {id(node) for node in tree.body}
             for stmt in tree.body:  # imports under `if TYPE_CHECKING:` / try at top level
                 if isinstance(stmt, ast.If | ast.Try):
@@ -197,33 +214,42 @@ def _third_party_imports() -> dict[str, set[tuple[str, bool]]]:
                     top = name.partition(".")[0]
                     if top in sys.stdlib_module_names or top in ("syncer", "connectors"):
                         continue
-                    where = f"{path.relative_to(ROOT)}:{node.lineno}"
-                    found.setdefault(top, set()).add((where, id(node) in at_load))
+                    where = f"{relative}:{node.lineno}"
+                    found.append(Use(top, where, id(node) in at_load, extra))
     return found
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 def test_every_imported_package_is_a_declared_dependency() -> None:
     """A module syncer imports must come from a dependency it declares: installed alone (or
-    with the extra that needs it), syncer must not rely on what happens to be around."""
+    with the extra that needs it), syncer must not rely on what happens to be around. What an
+    extra provides is imported only where it is needed (inside a function, or in a subpackage
+    that needs that extra), so `import syncer` works without it."""
     owners = md.packages_distributions()
     core: set[str] = set()
-    extras: set[str] = set()
+    extras: dict[str, set[str]] = {}
     for line in md.requires(DISTRIBUTION) or []:
         req = Requirement(line)
-        name = md.distribution(req.name).metadata["Name"].lower().replace("_", "-")
-        if req.marker is None:
+        name = _normal(md.distribution(req.name).metadata["Name"])
+        marked = re.search(r"extra == ['\"]([\w-]+)['\"]", str(req.marker or ""))
+        extra = marked.group(1) if marked else None
+        if extra is None:
             core.add(name)
-        elif 'extra == "dev"' not in str(req.marker):
-            extras.add(name)
+        elif extra != "dev":
+            extras.setdefault(extra, set()).add(name)
+    any_extra = set().union(*extras.values())
 
     problems = []
-    for module, uses in sorted(_third_party_imports().items()):
-        dists = {d.lower().replace("_", "-") for d in owners.get(module, [])}
-        where = ", ".join(sorted(w for w, _ in uses))
+    for use in _third_party_imports():
+        dists = {_normal(d) for d in owners.get(use.module, [])}
+        allowed = core | extras.get(use.extra or "", set())
         if not dists:
-            problems.append(f"{module} ({where}) is not installed at all")
-        elif not dists & (core | extras):
-            problems.append(f"{module} ({where}) comes from {sorted(dists)}, not declared")
-        elif not dists & core and any(at_load for _, at_load in uses):
-            problems.append(f"{module} ({where}) is an extra but imported when syncer loads")
-    assert not problems, "\n".join(problems)
+            problems.append(f"{use.where}: {use.module} is not installed at all")
+        elif not dists & (core | any_extra):
+            problems.append(f"{use.where}: {use.module} comes from {sorted(dists)}, not declared")
+        elif use.at_load and not dists & allowed:
+            problems.append(f"{use.where}: {use.module} is in an extra but imported at load")
+    assert not problems, "\n".join(sorted(set(problems)))
