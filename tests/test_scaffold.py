@@ -235,6 +235,15 @@ def test_generated_package_installs_passes_its_tests_and_syncs(tmp_path: Path) -
             "ACME_CRM_LIST_ID": LIST_ID,
         }
 
+        checked = run(python, "-m", "syncer", "check", f"{NAME}_example", cwd=tmp_path, env=env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        wrong_list = run(
+            python, "-m", "syncer", "check", f"{NAME}_example",
+            cwd=tmp_path, env={**env, "ACME_CRM_LIST_ID": "no-such-list"},
+        )  # fmt: skip
+        assert wrong_list.returncode == ExitCode.CONFIG, wrong_list.stdout + wrong_list.stderr
+        assert "list_id" in wrong_list.stdout + wrong_list.stderr
+
         def sync() -> dict[str, Any]:
             proc = run(
                 python, "-m", "syncer", "sync", "now", f"{NAME}_example", "--json",
