@@ -36,3 +36,24 @@ def configure(level: str = "warning", fmt: str = "auto") -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+class _HideQueryStrings(logging.Filter):
+    """httpx logs every request's URL at INFO: a query string may carry a credential (Meta's
+    ``access_token``) or record data, so it leaves the line as ``?...`` in any process that
+    turns those logs on (found by the connector kit's leak test)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_without_query(arg) for arg in record.args)
+        return True
+
+
+def _without_query(value: object) -> object:
+    text = str(value)
+    if "://" in text and "?" in text:
+        return text.split("?", 1)[0] + "?..."
+    return value
+
+
+logging.getLogger("httpx").addFilter(_HideQueryStrings())

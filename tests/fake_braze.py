@@ -28,7 +28,9 @@ class User:
 
 
 class FakeBraze(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://rest.braze.fake"
+    batch_cap = 75  # /users/track attributes (subscription status: 50 ids per entry)
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", r"/users/track", "track"),
         ("POST", r"/v2/subscription/status/set", "status_set"),
         ("GET", r"/subscription/status/get", "status_get"),
@@ -44,6 +46,15 @@ class FakeBraze(VendorEmulator):
         self.remaining = LIMIT
         #: Answer this many requests with ``X-RateLimit-Remaining: 0`` (reset 1 s ahead).
         self.exhaust_next = 0
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        """Users subscribed to the group: id to attributes."""
+        with self.lock:
+            return {
+                uid: dict(u.attributes)
+                for uid, u in self.users.items()
+                if u.groups.get(self.group) == "subscribed"
+            }
 
     def subscribed(self) -> set[str]:
         with self.lock:
@@ -83,6 +94,11 @@ class FakeBraze(VendorEmulator):
         attributes = body.get("attributes") or []
         if len(attributes) > 75:
             return Reply(400, {"message": "Too many attributes: at most 75 per request"})
+        refused = self.kit_check(
+            [str(a.get("external_id") or a.get("email") or "") for a in attributes]
+        )
+        if refused is not None:
+            return refused
         errors = []
         for index, item in enumerate(attributes):
             ids = [name for name in IDENTIFIERS if item.get(name)]
@@ -96,10 +112,9 @@ class FakeBraze(VendorEmulator):
                 )
                 continue
             uid = str(item.get("external_id") or item.get("email"))
-            if uid in self.invalid:
-                errors.append(
-                    {"type": self.invalid[uid], "input_array": "attributes", "index": index}
-                )
+            if uid in self.invalid or self.record_refused(uid):
+                reason = self.invalid.get(uid, "invalid attribute value")
+                errors.append({"type": reason, "input_array": "attributes", "index": index})
                 continue
             if item.get("_update_existing_only") and uid not in self.users:
                 continue
@@ -119,7 +134,16 @@ class FakeBraze(VendorEmulator):
         return Reply(201, reply)
 
     def status_set(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
-        for entry in (req.json() or {}).get("subscription_groups") or []:
+        entries = (req.json() or {}).get("subscription_groups") or []
+        every = [
+            str(uid)
+            for entry in entries
+            for uid in entry.get("external_ids") or entry.get("emails") or []
+        ]
+        refused = self.kit_check(every)
+        if refused is not None:
+            return refused
+        for entry in entries:
             if entry.get("emails") and entry.get("phones"):
                 return Reply(400, {"message": "emails and phones cannot be sent together"})
             ids = entry.get("external_ids") or entry.get("emails") or entry.get("phones") or []

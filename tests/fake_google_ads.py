@@ -47,7 +47,7 @@ def concurrent_modification() -> Reply:
 
 
 class FakeGoogleAds(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", r"/(?P<v>v\d+)/customers/(?P<cid>\d+)/offlineUserDataJobs:create", "create"),
         ("POST", JOB_PATH + r":addOperations", "add_operations"),
         ("POST", JOB_PATH + r":run", "run"),

@@ -23,7 +23,10 @@ _LIST = r"/crm/v3/lists/(?P<list_id>[^/]+)"
 class FakeHubSpot(VendorEmulator):
     """Contacts by id and by email, one list per id; ``reject`` holds emails HubSpot refuses."""
 
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://hubspot.fake"
+    batch_cap = 100  # batch upsert inputs [reference: HubSpot v3 batch limit]
+
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", r"/crm/v3/objects/contacts/batch/upsert", "upsert"),
         ("POST", r"/crm/v3/objects/contacts/batch/read", "batch_read"),
         ("GET", r"/crm/v3/objects/contacts", "read_contacts"),
@@ -48,11 +51,11 @@ class FakeHubSpot(VendorEmulator):
 
     # -- helpers ------------------------------------------------------------------------
 
-    def members(self, list_id: str = "77") -> set[str]:
-        """Emails of the list's members."""
+    def members(self, list_id: str = "77") -> dict[str, dict[str, str]]:
+        """The list's members: email to the contact's properties."""
         with self.lock:
             ids = self.lists[list_id]["members"]
-            return {self.contacts[i]["email"] for i in ids}
+            return {self.contacts[i]["email"]: dict(self.contacts[i]) for i in ids}
 
     def dispatch(self, req: CapturedRequest) -> Reply:
         """Auth and rate limits first, then the route; headers on every answer."""
@@ -98,6 +101,9 @@ class FakeHubSpot(VendorEmulator):
     def upsert(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         inputs = (req.json() or {}).get("inputs") or []
         ids = [str(i.get("id", "")).lower() for i in inputs]
+        refused = self.kit_check(ids)
+        if refused is not None:
+            return refused
         if len(set(ids)) != len(ids):
             return Reply(400, {"category": "VALIDATION_ERROR", "message": "Duplicate IDs found"})
         results: list[dict[str, Any]] = []
@@ -106,7 +112,7 @@ class FakeHubSpot(VendorEmulator):
             if item.get("idProperty") != "email" or "properties" not in item:
                 return Reply(400, {"category": "VALIDATION_ERROR", "message": "bad input"})
             email = str(item["id"]).lower()
-            if email in self.reject:
+            if email in self.reject or self.record_refused(email):
                 errors.append(
                     {
                         "status": "error",
@@ -179,6 +185,9 @@ class FakeHubSpot(VendorEmulator):
         if found["processingType"] == "DYNAMIC":
             return Reply(400, {"category": "VALIDATION_ERROR", "message": "list is DYNAMIC"})
         ids = [str(i) for i in (req.json() or [])]
+        refused = self.kit_check([self.contacts.get(i, {}).get("email", i) for i in ids])
+        if refused is not None:
+            return refused
         members: set[str] = found["members"]
         missing = [i for i in ids if i not in self.contacts]
         known = [i for i in ids if i in self.contacts]

@@ -20,7 +20,9 @@ def error(status: int, code: str, detail: str) -> Reply:
 
 
 class FakeKlaviyo(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://klaviyo.fake"
+    batch_cap = 10_000  # profiles per bulk import job (list relationships: 1,000 ids)
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"/api/lists/(?P<list_id>[^/]+)", "get_list"),
         ("POST", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_add"),
         ("DELETE", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_remove"),
@@ -37,7 +39,7 @@ class FakeKlaviyo(VendorEmulator):
         self.list_id = list_id
         self.profiles: dict[str, dict[str, Any]] = {}  # id -> attributes
         self.by_email: dict[str, str] = {}
-        self.members: set[str] = set()  # profile ids on the list
+        self.listed: set[str] = set()  # profile ids on the list
         self.jobs: dict[str, dict[str, Any]] = {}
         self.blocked_domains: set[str] = set()
         self._ids = itertools.count(1)
@@ -51,8 +53,13 @@ class FakeKlaviyo(VendorEmulator):
         reply.headers["Retry-After"] = f"{wait:.0f}"
         return reply
 
+    def members(self) -> dict[str, dict[str, Any]]:
+        """The list's profiles: email to attributes."""
+        with self.lock:
+            return {self.profiles[p]["email"]: dict(self.profiles[p]) for p in self.listed}
+
     def member_emails(self) -> set[str]:
-        return {self.profiles[pid]["email"] for pid in self.members}
+        return {self.profiles[pid]["email"] for pid in self.listed}
 
     def dispatch(self, req: CapturedRequest) -> Reply:
         headers = {k.lower(): v for k, v in req.headers.items()}
@@ -79,7 +86,7 @@ class FakeKlaviyo(VendorEmulator):
         email = str(attributes.get("email") or "").lower()
         if "@" not in email:
             return None, "A profile needs an email address."
-        if email.rsplit("@", 1)[1] in self.blocked_domains:
+        if email.rsplit("@", 1)[1] in self.blocked_domains or self.record_refused(email):
             return None, f"{email} is on a suppressed domain"
         profile_id = self.by_email.get(email)
         if profile_id is None:
@@ -99,7 +106,8 @@ class FakeKlaviyo(VendorEmulator):
         ids = [item["id"] for item in data]
         if any(pid not in self.profiles for pid in ids):
             return error(404, "not_found", "A profile was not found.")
-        return ids
+        refused = self.kit_check([self.profiles[pid]["email"] for pid in ids])
+        return ids if refused is None else refused
 
     # -- routes -------------------------------------------------------------------------
 
@@ -114,7 +122,7 @@ class FakeKlaviyo(VendorEmulator):
         ids = self._ids_in(req)
         if isinstance(ids, Reply):
             return ids
-        self.members.update(ids)
+        self.listed.update(ids)
         return Reply(204)
 
     def list_remove(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
@@ -123,11 +131,14 @@ class FakeKlaviyo(VendorEmulator):
         ids = self._ids_in(req)
         if isinstance(ids, Reply):
             return ids
-        self.members.difference_update(ids)
+        self.listed.difference_update(ids)
         return Reply(204)
 
     def profile_import(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         attributes = (req.json() or {}).get("data", {}).get("attributes", {})
+        refused = self.kit_check([str(attributes.get("email") or "").lower()])
+        if refused is not None:
+            return refused
         existed = str(attributes.get("email") or "").lower() in self.by_email
         profile_id, reason = self._upsert(attributes)
         if profile_id is None:
@@ -140,6 +151,11 @@ class FakeKlaviyo(VendorEmulator):
         profiles = data.get("attributes", {}).get("profiles", {}).get("data", [])
         if not profiles or len(profiles) > 10_000:
             return error(400, "invalid", "Between 1 and 10000 profiles are allowed.")
+        refused = self.kit_check(
+            [str(p.get("attributes", {}).get("email") or "").lower() for p in profiles]
+        )
+        if refused is not None:
+            return refused
         lists = [
             item["id"] for item in data.get("relationships", {}).get("lists", {}).get("data", [])
         ]
@@ -199,7 +215,7 @@ class FakeKlaviyo(VendorEmulator):
                 continue
             job["ids"].append(profile_id)
             if self.list_id in job["lists"]:
-                self.members.add(profile_id)
+                self.listed.add(profile_id)
 
     def _page(self, req: CapturedRequest, items: list[dict[str, Any]]) -> Reply:
         query = dict(

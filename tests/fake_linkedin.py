@@ -25,7 +25,9 @@ def error(status: int, message: str) -> Reply:
 
 
 class FakeLinkedIn(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://api.linkedin.fake"
+    batch_cap = 5_000  # elements per BATCH_CREATE
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"/rest/dmpSegments/(?P<id>\d+)", "get_segment"),
         ("POST", r"/rest/dmpSegments/(?P<id>\d+)/users", "users"),
     ]
@@ -36,12 +38,22 @@ class FakeLinkedIn(VendorEmulator):
         self.segment_id = segment_id
         self.created = time.monotonic()
         self.young_for = young_for
-        self.members: set[tuple[str, str]] = set()  # (idType, idValue)
+        self.ids: set[tuple[str, str]] = set()  # (idType, idValue)
         self.hints: dict[str, dict[str, str]] = {}  # email hash -> names/country last sent
         self.refused: set[str] = set()  # id values LinkedIn cannot process
 
+    def members(self) -> dict[str, dict[str, str]]:
+        """Members by email hash, with the hints last sent under the mapping's field names."""
+        names = {"firstName": "first_name", "lastName": "last_name", "country": "country"}
+        with self.lock:
+            return {
+                value: {names[k]: v for k, v in self.hints.get(value, {}).items()}
+                for kind, value in self.ids
+                if kind == "SHA256_EMAIL"
+            }
+
     def email_hashes(self) -> set[str]:
-        return {value for kind, value in self.members if kind == "SHA256_EMAIL"}
+        return {value for kind, value in self.ids if kind == "SHA256_EMAIL"}
 
     def dispatch(self, req: CapturedRequest) -> Reply:
         headers = {k.lower(): v for k, v in req.headers.items()}
@@ -76,6 +88,17 @@ class FakeLinkedIn(VendorEmulator):
         elements = (req.json() or {}).get("elements")
         if not isinstance(elements, list) or len(elements) > 5_000:
             return error(400, "elements: between 0 and 5000 required")
+        refused = self.kit_check(
+            [
+                str(u.get("idValue"))
+                for e in elements
+                if isinstance(e, dict)
+                for u in e.get("userIds") or []
+                if u.get("idType") == "SHA256_EMAIL"
+            ]
+        )
+        if refused is not None:
+            return refused
         return Reply(200, {"elements": [self._apply(e) for e in elements]})
 
     def _apply(self, element: Any) -> dict[str, Any]:
@@ -86,17 +109,17 @@ class FakeLinkedIn(VendorEmulator):
             kind, value = user_id.get("idType"), str(user_id.get("idValue", ""))
             if kind not in ID_TYPES or (kind == "SHA256_EMAIL" and not SHA256.match(value)):
                 return {"status": 400, "error": {"message": f"Invalid userId of type {kind}"}}
-            if value in self.refused:
+            if value in self.refused or self.record_refused(value):
                 return {"status": 400, "error": {"message": "Member data could not be processed"}}
             ids.append((kind, value))
         if not ids:
             return {"status": 400, "error": {"message": "userIds must not be empty"}}
         if element["action"] == "ADD":
-            self.members.update(ids)
+            self.ids.update(ids)
             hints = {k: element[k] for k in ("firstName", "lastName", "country") if k in element}
             for kind, value in ids:
                 if kind == "SHA256_EMAIL":
                     self.hints[value] = hints
         else:
-            self.members.difference_update(ids)
+            self.ids.difference_update(ids)
         return {"status": 201}

@@ -63,7 +63,9 @@ def problem(status: int, title: str, detail: str) -> Reply:
 
 
 class FakeMailchimp(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://us21.mailchimp.fake"
+    batch_cap = 500  # batch subscribe members, and each segment array
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("GET", r"/3\.0/lists/(?P<list>[^/]+)", "get_list"),
         ("POST", r"/3\.0/lists/(?P<list>[^/]+)", "batch_subscribe"),
         ("POST", r"/3\.0/lists/(?P<list>[^/]+)/members/(?P<hash>[0-9a-f]{32})/tags", "tags"),
@@ -77,7 +79,7 @@ class FakeMailchimp(VendorEmulator):
         super().__init__()
         self.api_key = api_key
         self.list_id = list_id
-        self.members: dict[str, Member] = {}
+        self.audience: dict[str, Member] = {}
         self.segments: dict[int, Segment] = {segment_id: Segment(segment_id, "Emulated segment")}
         self._next_id = 1000
         #: Mailchimp's largest ``count`` for a listing; tests lower it to make pages.
@@ -101,14 +103,21 @@ class FakeMailchimp(VendorEmulator):
         with self.lock:
             return next((s for s in self.segments.values() if s.name == tag), None)
 
+    def members(self, tag: str = "vip") -> dict[str, dict[str, Any]]:
+        """Members with ``tag``: email to merge fields."""
+        with self.lock:
+            segment = self.tag_segment(tag)
+            held = segment.members if segment else set()
+            return {self.audience[h].email: dict(self.audience[h].merge_fields) for h in held}
+
     def tagged(self, tag: str) -> set[str]:
         with self.lock:
             segment = self.tag_segment(tag)
-            return {self.members[h].email for h in segment.members} if segment else set()
+            return {self.audience[h].email for h in segment.members} if segment else set()
 
     def segment_members(self, segment_id: int = 42) -> set[str]:
         with self.lock:
-            return {self.members[h].email for h in self.segments[segment_id].members}
+            return {self.audience[h].email for h in self.segments[segment_id].members}
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -162,15 +171,18 @@ class FakeMailchimp(VendorEmulator):
         members = body.get("members") or []
         if len(members) > 500:
             return problem(400, "Invalid Resource", "members: maximum 500 items")
+        refused = self.kit_check([str(m["email_address"]).lower() for m in members])
+        if refused is not None:
+            return refused
         update = bool(body.get("update_existing"))
         new, updated, errors = [], [], []
         for item in members:
             email = str(item["email_address"]).lower()
-            if email in self.invalid:
+            if email in self.invalid or self.record_refused(email):
                 errors.append(
                     {
                         "email_address": email,
-                        "error": self.invalid[email],
+                        "error": self.invalid.get(email, "This email address looks fake."),
                         "error_code": "ERROR_GENERIC",
                         "field": "email_address",
                         "field_message": "",
@@ -178,7 +190,7 @@ class FakeMailchimp(VendorEmulator):
                 )
                 continue
             key = md5(email)
-            current = self.members.get(key)
+            current = self.audience.get(key)
             if current is not None and not update:
                 errors.append(
                     {
@@ -189,7 +201,7 @@ class FakeMailchimp(VendorEmulator):
                 )
                 continue
             if current is None:
-                current = self.members[key] = Member(email, item["status"])
+                current = self.audience[key] = Member(email, item["status"])
                 new.append({"id": key, "email_address": email})
             else:
                 current.status = item["status"]
@@ -208,9 +220,12 @@ class FakeMailchimp(VendorEmulator):
         )
 
     def tags(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
-        member = self.members.get(match.group("hash")) if self._list_ok(match) else None
+        member = self.audience.get(match.group("hash")) if self._list_ok(match) else None
         if member is None:
             return problem(404, "Resource Not Found", "The requested resource could not be found.")
+        refused = self.kit_check([member.email])
+        if refused is not None:
+            return refused
         for tag in req.json()["tags"]:
             segment = self.tag_segment(tag["name"])
             if tag["status"] == "active":
@@ -243,7 +258,7 @@ class FakeMailchimp(VendorEmulator):
             return problem(400, "Invalid Resource", "A segment with this name already exists.")
         segment = self.add_segment(name)
         for email in body["static_segment"]:
-            if md5(email) in self.members:
+            if md5(email) in self.audience:
                 segment.members.add(md5(email))
         return Reply(200, self._segment_json(segment))
 
@@ -270,11 +285,15 @@ class FakeMailchimp(VendorEmulator):
         adds, removes = body.get("members_to_add") or [], body.get("members_to_remove") or []
         if len(adds) > 500 or len(removes) > 500:
             return problem(400, "Invalid Resource", "at most 500 emails per array")
+        for emails in (adds, removes):
+            refused = self.kit_check([e.lower() for e in emails]) if emails else None
+            if refused is not None:
+                return refused
         members = self.segments[seg].members
         added, removed = [], []
         for email in adds:  # addresses not on the list are ignored
             key = md5(email)
-            if key in self.members and key not in members:
+            if key in self.audience and key not in members:
                 members.add(key)
                 added.append({"id": key, "email_address": email})
         for email in removes:

@@ -32,7 +32,10 @@ def _unquote(literal: str) -> str:
 class FakeSalesforce(VendorEmulator):
     """``reject_last_names`` holds LastName values the org's validation rule refuses."""
 
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://salesforce.fake"
+    batch_cap = 200  # sObject Collections
+
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("PATCH", V + r"/composite/sobjects/(?P<sobject>\w+)/(?P<field>\w+)", "upsert"),
         ("POST", V + r"/composite/sobjects", "insert"),
         ("DELETE", V + r"/composite/sobjects", "delete"),
@@ -47,7 +50,8 @@ class FakeSalesforce(VendorEmulator):
         self.campaign_id = campaign_id
         self.contacts: dict[str, dict[str, Any]] = {}  # Id -> fields
         self.by_external: dict[str, str] = {}
-        self.members: dict[str, tuple[str, str]] = {}  # member Id -> (CampaignId, ContactId)
+        # member Id -> (CampaignId, ContactId)
+        self.campaign_members: dict[str, tuple[str, str]] = {}
         self.reject_last_names: set[str] = set()
         self.allocation = allocation
         self.used = 0
@@ -57,13 +61,30 @@ class FakeSalesforce(VendorEmulator):
         self._seq += 1
         return f"{prefix}xx{self._seq:013d}"[:18].ljust(18, "A")
 
+    def members(self) -> dict[str, dict[str, Any]]:
+        """The campaign's members: external id to the contact's fields."""
+        with self.lock:
+            external = {cid: ext for ext, cid in self.by_external.items()}
+            return {
+                external[contact]: dict(self.contacts[contact])
+                for campaign, contact in self.campaign_members.values()
+                if campaign == self.campaign_id
+            }
+
+    def _external(self, contact_id: str) -> str:
+        """The external id of a contact (its own id when unknown), for the kit's knobs."""
+        for ext, cid in self.by_external.items():
+            if cid == contact_id:
+                return ext
+        return contact_id
+
     def campaign_contacts(self) -> set[str]:
         """External ids of the campaign's members."""
         with self.lock:
             external = {cid: ext for ext, cid in self.by_external.items()}
             return {
                 external[contact]
-                for campaign, contact in self.members.values()
+                for campaign, contact in self.campaign_members.values()
                 if campaign == self.campaign_id
             }
 
@@ -114,6 +135,9 @@ class FakeSalesforce(VendorEmulator):
         if isinstance(records, Reply):
             return records
         field = match["field"]
+        refused = self.kit_check([str(r.get(field) or "") for r in records])
+        if refused is not None:
+            return refused
         out: list[dict[str, Any]] = []
         for record in records:
             if record.get("attributes", {}).get("type") != match["sobject"] or "Id" in record:
@@ -125,7 +149,7 @@ class FakeSalesforce(VendorEmulator):
                     _error("REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]")
                 )
                 continue
-            if values.get("LastName") in self.reject_last_names:
+            if values.get("LastName") in self.reject_last_names or self.record_refused(external):
                 out.append(_error("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Last name is not allowed"))
                 continue
             created = external not in self.by_external
@@ -140,6 +164,10 @@ class FakeSalesforce(VendorEmulator):
         records = self._records(req)
         if isinstance(records, Reply):
             return records
+        contacts = [str(r.get("ContactId")) for r in records]
+        refused = self.kit_check([self._external(c) for c in contacts])
+        if refused is not None:
+            return refused
         out: list[dict[str, Any]] = []
         for record in records:
             if record.get("attributes", {}).get("type") != "CampaignMember":
@@ -147,11 +175,11 @@ class FakeSalesforce(VendorEmulator):
             pair = (record.get("CampaignId"), record.get("ContactId"))
             if pair[0] != self.campaign_id or pair[1] not in self.contacts:
                 out.append(_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id"))
-            elif pair in self.members.values():
+            elif pair in self.campaign_members.values():
                 out.append(_error("DUPLICATE_VALUE", "Already a campaign member."))
             else:
                 member = self._id("00v")
-                self.members[member] = (str(pair[0]), str(pair[1]))
+                self.campaign_members[member] = (str(pair[0]), str(pair[1]))
                 out.append({"id": member, "success": True, "errors": []})
         return Reply(200, out)
 
@@ -160,9 +188,15 @@ class FakeSalesforce(VendorEmulator):
         ids = query.get("ids", [""])[0].split(",")
         if query.get("allOrNone") != ["false"] or len(ids) > 200:
             return Reply(400, [{"errorCode": "INVALID_QUERY", "message": "bad delete"}])
+        pairs = [self.campaign_members.get(m) for m in ids]
+        refused = self.kit_check(
+            [self._external(p[1]) if p else m for p, m in zip(pairs, ids, strict=True)]
+        )
+        if refused is not None:
+            return refused
         out: list[dict[str, Any]] = []
         for member in ids:
-            if self.members.pop(member, None) is None:
+            if self.campaign_members.pop(member, None) is None:
                 out.append({"id": member, **_error("ENTITY_IS_DELETED", "entity is deleted")})
             else:
                 out.append({"id": member, "success": True, "errors": []})
@@ -185,7 +219,7 @@ class FakeSalesforce(VendorEmulator):
         wanted = {part.strip().strip("'") for part in found[1].split(",")}
         rows = [
             {"attributes": {"type": "CampaignMember"}, "Id": member, "ContactId": contact}
-            for member, (campaign, contact) in self.members.items()
+            for member, (campaign, contact) in self.campaign_members.items()
             if campaign == self.campaign_id and contact in wanted
         ]
         return Reply(200, {"totalSize": len(rows), "done": True, "records": rows})

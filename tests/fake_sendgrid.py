@@ -19,7 +19,9 @@ def errors(status: int, message: str, field: str | None = None) -> Reply:
 
 
 class FakeSendGrid(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://sendgrid.fake"
+    batch_cap = 30_000  # contacts per upsert
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("PUT", r"/v3/marketing/contacts", "upsert"),
         ("GET", r"/v3/marketing/contacts/imports/(?P<job>[^/]+)", "get_job"),
         ("POST", r"/v3/marketing/contacts/search/emails", "search"),
@@ -35,8 +37,10 @@ class FakeSendGrid(VendorEmulator):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.blocked_domains: set[str] = set()
 
-    def members(self) -> set[str]:
-        return {e for e, c in self.contacts.items() if self.list_id in c["list_ids"]}
+    def members(self) -> dict[str, dict[str, Any]]:
+        """The list's contacts: email to the contact."""
+        with self.lock:
+            return {e: dict(c) for e, c in self.contacts.items() if self.list_id in c["list_ids"]}
 
     def dispatch(self, req: CapturedRequest) -> Reply:
         auth = {k.lower(): v for k, v in req.headers.items()}.get("authorization")
@@ -60,6 +64,9 @@ class FakeSendGrid(VendorEmulator):
             return errors(400, "between 1 and 30000 contacts, at most 6 MB", "contacts")
         if any(list_id != self.list_id for list_id in list_ids):
             return errors(400, "list does not exist", "list_ids")
+        refused = self.kit_check([str(c.get("email", "")).lower() for c in contacts])
+        if refused is not None:
+            return refused
         job_id = str(uuid.uuid4())
         self.jobs[job_id] = {"contacts": contacts, "list_ids": list_ids, "status": "pending"}
         return Reply(202, {"job_id": job_id})
@@ -82,7 +89,7 @@ class FakeSendGrid(VendorEmulator):
         errored = 0
         for contact in job["contacts"]:
             email = str(contact.get("email", "")).lower()
-            if email.rsplit("@", 1)[-1] in self.blocked_domains:
+            if email.rsplit("@", 1)[-1] in self.blocked_domains or self.record_refused(email):
                 errored += 1
                 continue
             current = self.contacts.setdefault(
@@ -113,7 +120,8 @@ class FakeSendGrid(VendorEmulator):
     def get_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         if match["list_id"] != self.list_id:
             return errors(404, "list not found")
-        return Reply(200, {"id": self.list_id, "name": "VIP", "contact_count": len(self.members())})
+        count = len(self.members())
+        return Reply(200, {"id": self.list_id, "name": "VIP", "contact_count": count})
 
     def list_remove(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         if match["list_id"] != self.list_id:
@@ -123,6 +131,9 @@ class FakeSendGrid(VendorEmulator):
         by_id = {c["id"]: c for c in self.contacts.values()}
         if not ids or any(i not in by_id for i in ids):
             return errors(404, "one or more contact ids do not exist")
+        refused = self.kit_check([by_id[i]["email"] for i in ids])
+        if refused is not None:
+            return refused
         for contact_id in ids:
             by_id[contact_id]["list_ids"].discard(self.list_id)
         return Reply(202, {"job_id": str(uuid.uuid4())})

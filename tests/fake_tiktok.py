@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
+
+from syncer.testing import Feature
 from tests.contract import CapturedRequest
-from tests.vendor_emulator import Reply, VendorEmulator
+from tests.vendor_emulator import Reply, VendorEmulator, as_response
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SCHEMAS = frozenset({"EMAIL_SHA256", "PHONE_SHA256", "MAID_SHA256", "IDFA_SHA256"})
@@ -28,7 +32,14 @@ def answer(code: int = 0, message: str = "OK", data: Any = None) -> Reply:
 
 
 class FakeTikTok(VendorEmulator):
-    routes: ClassVar[list[tuple[str, str, str]]] = [
+    base_url = "https://business-api.tiktok.fake"
+    batch_cap = 10_000  # users per mapping call
+    lacks: ClassVar[Mapping[Feature, str]] = {
+        "record_rejects": "TikTok fails the whole call (code 40002), with no per-member detail",
+        "field_values": "an audience keeps hashed identifiers only",
+        "retry_after": "TikTok throttles with code 40100 in an HTTP 200, never a Retry-After",
+    }
+    endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", rf"{PREFIX}/segment/mapping/", "mapping"),
         ("GET", rf"{PREFIX}/advertiser/info/", "advertiser_info"),
         ("GET", rf"{PREFIX}/dmp/custom_audience/get/", "audience_get"),
@@ -39,12 +50,27 @@ class FakeTikTok(VendorEmulator):
         self.token = token
         self.advertiser_id = advertiser_id
         self.audience_id = audience_id
-        self.members: set[tuple[str, str]] = set()  # (schema, hash)
+        self.held: set[tuple[str, str]] = set()  # (schema, hash)
         self.refused: set[str] = set()  # hashes TikTok refuses (the whole call fails)
         self.max_users = 10_000
 
+    def members(self) -> dict[str, dict[str, str]]:
+        """The audience by email hash (hashes are all it keeps)."""
+        with self.lock:
+            return {value: {} for kind, value in self.held if kind == "EMAIL_SHA256"}
+
+    def error(self, status: int, *, retry_after: float | None = None) -> httpx.Response:
+        """TikTok's answers: throttling, bad tokens and refused data are codes in a 200."""
+        if status == 429:
+            return as_response(answer(40100, "Too many requests"))
+        if status == 401:
+            return as_response(answer(40105, "The access token is invalid or has expired"))
+        if status in (400, 413):
+            return as_response(answer(40002, "batch_data: invalid user data"))
+        return super().error(status, retry_after=retry_after)
+
     def hashes(self, schema: str) -> set[str]:
-        return {value for kind, value in self.members if kind == schema}
+        return {value for kind, value in self.held if kind == schema}
 
     def dispatch(self, req: CapturedRequest) -> Reply:
         token = {k.lower(): v for k, v in req.headers.items()}.get("access-token")
@@ -68,7 +94,7 @@ class FakeTikTok(VendorEmulator):
         ids = json.loads(query.get("custom_audience_ids", ["[]"])[0])
         if ids != [self.audience_id]:
             return answer(40002, "Custom audience does not exist")
-        detail = {"audience_id": self.audience_id, "cover_num": len(self.members)}
+        detail = {"audience_id": self.audience_id, "cover_num": len(self.held)}
         return answer(data={"list": [{"audience_details": detail}]})
 
     def mapping(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
@@ -81,6 +107,15 @@ class FakeTikTok(VendorEmulator):
             return answer(40002, "action or id_schema: invalid")
         if not users or len(users) > self.max_users:
             return answer(40002, f"batch_data: between 1 and {self.max_users} users")
+        emails = [
+            str(u[schema.index("EMAIL_SHA256")].get("id", ""))
+            for u in users
+            if "EMAIL_SHA256" in schema and isinstance(u, list) and len(u) == len(schema)
+            if u[schema.index("EMAIL_SHA256")]
+        ]
+        refused = self.kit_check(emails)
+        if refused is not None:
+            return refused
         found: list[tuple[str, str]] = []
         for user in users:
             if not isinstance(user, list) or len(user) != len(schema):
@@ -95,7 +130,7 @@ class FakeTikTok(VendorEmulator):
                     return answer(40002, "batch_data: invalid user data")
                 found.append((kind, value))
         if action == "add":
-            self.members.update(found)
+            self.held.update(found)
         else:
-            self.members.difference_update(found)
+            self.held.difference_update(found)
         return answer()

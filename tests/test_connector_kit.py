@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+from connectors.braze import BrazeConnector
+from connectors.hubspot import HubSpotConnector
+from connectors.klaviyo import KlaviyoConnector
+from connectors.linkedin import LinkedInConnector
+from connectors.mailchimp import MailchimpConnector
+from connectors.meta import MetaConnector
+from connectors.salesforce import SalesforceConnector
+from connectors.sendgrid import SendGridConnector
+from connectors.tiktok import TikTokConnector
 from connectors.webhook import WebhookConnector
-from syncer.testing import ConnectorSuite
+from syncer.testing import ConnectorSuite, Row, sha256_email
+from tests.fake_braze import FakeBraze
+from tests.fake_hubspot import FakeHubSpot
+from tests.fake_klaviyo import FakeKlaviyo
+from tests.fake_linkedin import FakeLinkedIn
+from tests.fake_mailchimp import FakeMailchimp
+from tests.fake_meta import FakeMeta
+from tests.fake_salesforce import FakeSalesforce
+from tests.fake_sendgrid import FakeSendGrid
+from tests.fake_tiktok import FakeTikTok
 from tests.fake_webhook import FakeReceiver
 
 
@@ -14,3 +32,186 @@ class TestWebhook(ConnectorSuite):
 
     def make_fake(self) -> FakeReceiver:
         return FakeReceiver()
+
+
+HUBSPOT_TOKEN = "pat-na1-kit-secret-token"
+
+
+class TestHubSpot(ConnectorSuite):
+    connector = HubSpotConnector
+    destination = {"token": "${HUBSPOT_TOKEN}", "base_url": FakeHubSpot.base_url, "list_id": "77"}
+    secrets = {"HUBSPOT_TOKEN": HUBSPOT_TOKEN}
+    fields = {"email": {"column": "email", "type": "email"}, "firstname": "first_name"}
+
+    def make_fake(self) -> FakeHubSpot:
+        return FakeHubSpot(HUBSPOT_TOKEN)
+
+
+SALESFORCE_TOKEN = "00Dxx0000001gPL!kit-access-token"
+SALESFORCE_CAMPAIGN = "701xx000000AbCdAAK"
+
+
+class TestSalesforce(ConnectorSuite):
+    connector = SalesforceConnector
+    destination = {
+        "base_url": FakeSalesforce.base_url,
+        "access_token": "${SALESFORCE_ACCESS_TOKEN}",
+        "external_id_field": "Warehouse_Id__c",
+        "campaign_id": SALESFORCE_CAMPAIGN,
+    }
+    secrets = {"SALESFORCE_ACCESS_TOKEN": SALESFORCE_TOKEN}
+    fields = {
+        "Email": {"column": "email", "type": "email"},
+        "FirstName": "first_name",
+        "LastName": "last_name",
+    }
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeSalesforce:
+        return FakeSalesforce(SALESFORCE_TOKEN, SALESFORCE_CAMPAIGN)
+
+
+SENDGRID_KEY = "SG.kit-key-0123456789abcdef"
+SENDGRID_LIST = "5f0c1a5e-7d1b-4a8e-9b0e-3f2d6c8a9b10"
+
+
+class TestSendGrid(ConnectorSuite):
+    connector = SendGridConnector
+    destination = {
+        "api_key": "${SENDGRID_API_KEY}",
+        "list_ids": [SENDGRID_LIST],
+        "base_url": FakeSendGrid.base_url,
+        "poll_interval": 1,
+    }
+    secrets = {"SENDGRID_API_KEY": SENDGRID_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "first_name": "first_name"}
+
+    def make_fake(self) -> FakeSendGrid:
+        return FakeSendGrid(SENDGRID_KEY, SENDGRID_LIST)
+
+
+MAILCHIMP_KEY = "kit0123456789abcdef0123456789ab-us21"
+
+
+class TestMailchimp(ConnectorSuite):
+    connector = MailchimpConnector
+    destination = {
+        "api_key": "${MAILCHIMP_API_KEY}",
+        "base_url": f"{FakeMailchimp.base_url}/3.0",
+        "list_id": "aud123",
+        "tag": "vip",
+    }
+    secrets = {"MAILCHIMP_API_KEY": MAILCHIMP_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "FNAME": "first_name"}
+
+    def make_fake(self) -> FakeMailchimp:
+        return FakeMailchimp(MAILCHIMP_KEY, "aud123")
+
+
+KLAVIYO_KEY = "pk_kit_0123456789abcdef"
+
+
+class TestKlaviyo(ConnectorSuite):
+    connector = KlaviyoConnector
+    destination = {
+        "api_key": "${KLAVIYO_API_KEY}",
+        "list_id": "XyZ123",
+        "base_url": FakeKlaviyo.base_url,
+        "bulk_threshold": 4,
+        "poll_interval": 1,
+    }
+    secrets = {"KLAVIYO_API_KEY": KLAVIYO_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "first_name": "first_name"}
+
+    def make_fake(self) -> FakeKlaviyo:
+        return FakeKlaviyo(KLAVIYO_KEY, "XyZ123")
+
+
+BRAZE_KEY = "braze-kit-rest-key-0123456789"
+
+
+class TestBraze(ConnectorSuite):
+    connector = BrazeConnector
+    destination = {
+        "api_key": "${BRAZE_API_KEY}",
+        "base_url": FakeBraze.base_url,
+        "subscription_group_id": "sg-vip",
+    }
+    secrets = {"BRAZE_API_KEY": BRAZE_KEY}
+    fields = {"email": {"column": "email", "type": "email"}, "first_name": "first_name"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeBraze:
+        return FakeBraze(BRAZE_KEY, "sg-vip")
+
+
+META_TOKEN = "EAAB-kit-system-user-token-0123456789"
+META_AUDIENCE = "23850000000000042"
+
+
+class TestMeta(ConnectorSuite):
+    connector = MetaConnector
+    destination = {
+        "access_token": "${META_ACCESS_TOKEN}",
+        "audience_id": META_AUDIENCE,
+        "base_url": FakeMeta.base_url,
+        "region": "US",
+    }
+    secrets = {"META_ACCESS_TOKEN": META_TOKEN}
+    fields = {"email": "email", "phone": "phone", "first_name": "first_name", "country": "country"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeMeta:
+        return FakeMeta(META_TOKEN, META_AUDIENCE)
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)
+
+
+LINKEDIN_TOKEN = "AQX-kit-linkedin-token-0123456789"
+
+
+class TestLinkedIn(ConnectorSuite):
+    connector = LinkedInConnector
+    destination = {
+        "access_token": "${LINKEDIN_ACCESS_TOKEN}",
+        "segment_id": "555",
+        "base_url": f"{FakeLinkedIn.base_url}/rest",
+    }
+    secrets = {"LINKEDIN_ACCESS_TOKEN": LINKEDIN_TOKEN}
+    fields = {"email": "email", "first_name": "first_name", "country": "country"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeLinkedIn:
+        return FakeLinkedIn(LINKEDIN_TOKEN, "555")
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)
+
+
+TIKTOK_TOKEN = "tt-kit-access-token-0123456789"
+
+
+class TestTikTok(ConnectorSuite):
+    connector = TikTokConnector
+    destination = {
+        "access_token": "${TIKTOK_ACCESS_TOKEN}",
+        "advertiser_id": "7000123",
+        "audience_id": "123456",
+        "region": "US",
+        "base_url": f"{FakeTikTok.base_url}/open_api/v1.3",
+    }
+    secrets = {"TIKTOK_ACCESS_TOKEN": TIKTOK_TOKEN}
+    fields = {"email": "email", "phone": "phone"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeTikTok:
+        return FakeTikTok(TIKTOK_TOKEN, "7000123", "123456")
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)

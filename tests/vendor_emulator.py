@@ -3,7 +3,7 @@
 A subclass declares routes and keeps whatever the vendor keeps (contacts, lists, ids, jobs):
 
     class FakeHubSpot(VendorEmulator):
-        routes = [("POST", r"/crm/v3/objects/contacts/batch/upsert", "upsert")]
+        endpoints = [("POST", r"/crm/v3/objects/contacts/batch/upsert", "upsert")]
 
         def upsert(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
             ...
@@ -36,12 +36,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
+
+from syncer.testing import FakeVendor
 from tests.contract import CapturedRequest
 
 
@@ -61,18 +64,24 @@ class Reply:
         return json.dumps(self.body).encode()
 
 
-class VendorEmulator:
-    """Subclass it: set ``routes`` to (method, path regex, handler method name) triples."""
+class VendorEmulator(FakeVendor):
+    """Subclass it: set ``endpoints`` to (method, path regex, handler method name) triples.
 
-    routes: ClassVar[list[tuple[str, str, str]]] = []
+    It is also a :class:`syncer.testing.FakeVendor`: mounted on a respx router (``mount``),
+    the connector kit's standard suite runs against it in-process; ``kit_check`` and
+    ``record_refused`` in its write handlers serve the kit's refusal knobs.
+    """
+
+    endpoints: ClassVar[list[tuple[str, str, str]]] = []
+    base_url: ClassVar[str] = "https://vendor.fake"
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[CapturedRequest] = []
         self.statuses: collections.Counter[int] = collections.Counter()
-        self.lock = threading.RLock()
         # (path, method, reply, matching requests still to let through first)
         self._faults: list[list[Any]] = []
-        self._compiled = [(m, re.compile(p + r"$"), h) for m, p, h in self.routes]
+        self._compiled = [(m, re.compile(p + r"$"), h) for m, p, h in self.endpoints]
         self._server: ThreadingHTTPServer | None = None
         # Rate windows: (requests, per seconds, admitted times), all on one clock.
         self._limits: list[tuple[int, float, collections.deque[float]]] = []
@@ -83,6 +92,23 @@ class VendorEmulator:
         self.chaotic = 0
         #: Requests a route handled (not a fault, the limit or chaos), with the status.
         self.handled: list[tuple[CapturedRequest, int]] = []
+
+    # -- the connector kit (respx, in-process) ---------------------------------------------
+
+    def respond(self, request: httpx.Request) -> httpx.Response:
+        """The kit's request through ``dispatch``, as if it had come over the socket."""
+        captured = CapturedRequest(
+            request.method,
+            request.url.raw_path.decode("ascii"),
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw},
+            request.content,
+        )
+        return as_response(self.dispatch(captured))
+
+    def kit_check(self, keys: Collection[str]) -> Reply | None:
+        """``check_batch`` for a handler returning a ``Reply``."""
+        refused = self.check_batch(keys)
+        return None if refused is None else as_reply(refused)
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -237,6 +263,21 @@ class VendorEmulator:
                     return reply
             self.statuses[404] += 1
             return Reply(404, {"message": f"no route for {req.method} {path}"})
+
+
+def as_response(reply: Reply) -> httpx.Response:
+    """A ``Reply`` as respx answers it (a reset or delay becomes a read timeout)."""
+    if reply.reset or reply.delay:
+        raise httpx.ReadTimeout("the emulated vendor did not answer")
+    headers = {"Content-Type": "application/json", **reply.headers}
+    return httpx.Response(reply.status, content=reply.encoded(), headers=headers)
+
+
+def as_reply(response: httpx.Response) -> Reply:
+    """An ``httpx.Response`` (the kit's ``error()``) as a ``Reply``."""
+    skip = {"content-length", "content-type", "content-encoding"}
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in skip}
+    return Reply(response.status_code, response.content, headers)
 
 
 @dataclass

@@ -57,13 +57,13 @@ class FakeVendor:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         #: Every request the fake received, in order.
-        self.requests: list[httpx.Request] = []
+        self.received: list[httpx.Request] = []
         #: The number of records in each batch handed to ``check_batch``.
         self.batch_sizes: list[int] = []
-        self._faults: deque[_Fault] = deque()
-        self._lose = 0
-        self._refused_records: set[str] = set()
-        self._refusing_batches: set[str] = set()
+        self._kit_faults: deque[_Fault] = deque()
+        self._kit_lose = 0
+        self._kit_refused: set[str] = set()
+        self._kit_refusing: set[str] = set()
         self.api = respx.Router(base_url=self.base_url, assert_all_called=False)
         self.routes(self.api)
         self.api.route().respond(404, json={"error": "no such endpoint in the fake"})
@@ -103,50 +103,50 @@ class FakeVendor:
             self.batch_sizes.append(len(keys))
             if self.batch_cap is not None and len(keys) > self.batch_cap:
                 return self.error(413)
-            if self._refusing_batches.intersection(keys):
+            if self._kit_refusing.intersection(keys):
                 return self.error(400)
             return None
 
     def record_refused(self, key: str) -> bool:
         """Whether the vendor refuses the record ``key`` on its own (``reject_record``)."""
         with self.lock:
-            return key in self._refused_records
+            return key in self._kit_refused
 
     # -- knobs for tests ------------------------------------------------------------------
 
     def reject_record(self, key: str) -> None:
         """From now on refuse the record ``key`` alone; the rest of its batch is accepted."""
         with self.lock:
-            self._refused_records.add(key)
+            self._kit_refused.add(key)
 
     def refuse_batch_with(self, key: str) -> None:
         """From now on refuse as a whole every batch holding ``key`` (the engine splits it)."""
         with self.lock:
-            self._refusing_batches.add(key)
+            self._kit_refusing.add(key)
 
     def answer_next(self, status: int, times: int = 1, *, retry_after: float | None = None) -> None:
         """Answer the next ``times`` requests with ``error(status)`` instead of handling them."""
         with self.lock:
-            self._faults.extend(_Fault(status, retry_after) for _ in range(times))
+            self._kit_faults.extend(_Fault(status, retry_after) for _ in range(times))
 
     def lose_next_answers(self, times: int = 1) -> None:
         """Apply the next ``times`` requests but answer 503, as if the answer never arrived."""
         with self.lock:
-            self._lose += times
+            self._kit_lose += times
 
     def forgive(self) -> None:
         """Drop every refusal and pending fault: the vendor behaves again."""
         with self.lock:
-            self._faults.clear()
-            self._lose = 0
-            self._refused_records.clear()
-            self._refusing_batches.clear()
+            self._kit_faults.clear()
+            self._kit_lose = 0
+            self._kit_refused.clear()
+            self._kit_refusing.clear()
 
     @property
-    def pending_faults(self) -> int:
+    def faults_left(self) -> int:
         """Faults from ``answer_next`` and ``lose_next_answers`` not yet answered."""
         with self.lock:
-            return len(self._faults) + self._lose
+            return len(self._kit_faults) + self._kit_lose
 
     @property
     def largest_batch(self) -> int:
@@ -163,15 +163,15 @@ class FakeVendor:
     def handle(self, request: httpx.Request) -> httpx.Response:
         """One request: a scripted fault, else the credential check, else the routes."""
         with self.lock:
-            self.requests.append(request)
-            if self._faults:
-                fault = self._faults.popleft()
+            self.received.append(request)
+            if self._kit_faults:
+                fault = self._kit_faults.popleft()
                 return self.error(fault.status, retry_after=fault.retry_after)
             if not self.authorized(request):
                 return self.error(401)
             response = self.respond(request)
-            if self._lose:
-                self._lose -= 1
+            if self._kit_lose:
+                self._kit_lose -= 1
                 return self.error(503)
             return response
 

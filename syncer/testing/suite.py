@@ -35,7 +35,7 @@ def member(n: int) -> dict[str, str]:
         "email": f"kit.member{n}@example.com",
         "first_name": f"Firstkit{n}",
         "last_name": f"Lastkit{n}",
-        "phone": f"+1415555{n:04d}",
+        "phone": f"+1415{2_000_000 + n:07d}",
         "country": "US",
     }
 
@@ -193,7 +193,7 @@ class ConnectorSuite:
         h.segment(rows)
         fake.answer_next(429, 2, retry_after=7)
         self.assert_run(h.settle())
-        assert fake.pending_faults == 0
+        assert fake.faults_left == 0
         assert h.clock.slept.count(7) >= 2, h.clock.slept
         assert self.held(fake) == self.expect(rows)
 
@@ -203,7 +203,7 @@ class ConnectorSuite:
         h.segment(rows)
         fake.answer_next(429, 2)
         self.assert_run(h.settle())
-        assert fake.pending_faults == 0
+        assert fake.faults_left == 0
         assert sum(h.clock.slept) > 0, "retried a 429 without waiting"
         assert self.held(fake) == self.expect(rows)
 
@@ -214,7 +214,7 @@ class ConnectorSuite:
         h.segment(rows)
         fake.answer_next(status, 2)
         self.assert_run(h.settle())
-        assert fake.pending_faults == 0
+        assert fake.faults_left == 0
         assert sum(h.clock.slept) > 0, "retried a server error without backing off"
         assert self.held(fake) == self.expect(rows)
 
@@ -227,7 +227,7 @@ class ConnectorSuite:
         fake.answer_next(401, 1000)
         result = h.run()
         assert (result.status, result.exit_code) == ("failed", EXIT_CONFIG), result
-        assert 1000 - fake.pending_faults <= 2, "kept sending with refused credentials"
+        assert 1000 - fake.faults_left <= 2, "kept sending with refused credentials"
         assert fake.members() == {}
 
     def test_no_secret_or_record_value_in_errors_or_logs(self, tmp_path: Path) -> None:
