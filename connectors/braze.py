@@ -13,10 +13,8 @@ read on every answer (Reset is epoch seconds).
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr
@@ -24,15 +22,14 @@ from pydantic import Field, SecretStr
 from syncer.connector import (
     BatchResult,
     Capabilities,
-    ConnectorConfig,
     Outcome,
     Record,
-    SyncContext,
 )
+from syncer.declarations import BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks
-from syncer.steps import BatchProgress, apply
+from syncer.steps import apply
 
 MAX_ATTRIBUTES = 75  # per /users/track attributes array [DOC]
 MAX_STATUS_IDS = 50  # external_ids or emails per subscription group entry [DOC]
@@ -56,43 +53,23 @@ class BrazeConfig(RestConfig):
 class BrazeConnector(RestConnector[BrazeConfig]):
     """``/users/track`` attributes plus subscription group membership."""
 
-    name: ClassVar[str] = "braze"
-    description: ClassVar[str] = "Braze user attributes and subscription group membership"
-    config_model: ClassVar[type[ConnectorConfig]] = BrazeConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_ATTRIBUTES)
+    name = "braze"
+    description = "Braze user attributes and subscription group membership"
+    capabilities = Capabilities(max_batch_size=MAX_ATTRIBUTES)
     # /users/track: 3,000 per 3 s per workspace; /subscription/status/set: 5,000 per minute.
     # Both windows apply to every call: the safe reading when one limiter serves both.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(3000, 3.0), RateLimit(5000, 60.0))
-    max_concurrency: ClassVar[int] = 8
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
-
-    def account_id(self) -> str:
-        """Limits are per workspace, which the REST key belongs to."""
-        key = self.settings.api_key.get_secret_value().encode("utf-8")
-        return hashlib.sha256(key).hexdigest()[:16]
-
-    def read_rate_limit_headers(self, response: httpx.Response) -> None:
-        """``X-RateLimit-Remaining: 0`` means wait until ``X-RateLimit-Reset`` (epoch s)."""
-        remaining = response.headers.get("X-RateLimit-Remaining")
-        reset = response.headers.get("X-RateLimit-Reset")
-        if remaining is None or reset is None:
-            return
-        try:
-            if int(float(remaining)) > 0:
-                return
-            wait = float(reset) - time.time()
-        except ValueError:
-            return
-        self.slow_down(wait)
+    rate_limits = (RateLimit(3000, 3.0), RateLimit(5000, 60.0))
+    max_concurrency = 8
+    # Limits are per workspace, which the REST key belongs to (the default account).
+    auth = BearerAuth("api_key")
+    # Members who leave are unsubscribed from this group: membership and mirror need it.
+    membership_fields = ("subscription_group_id",)
+    # ``X-RateLimit-Remaining: 0`` means wait until ``X-RateLimit-Reset`` (epoch seconds).
+    rate_limit_headers = RateLimitHeaders(
+        "X-RateLimit-Remaining", reset="X-RateLimit-Reset", reset_unit="epoch"
+    )
 
     # -- contract -------------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def check(self) -> None:
         """A read that needs the key: the subscription group's state of a placeholder user
@@ -106,15 +83,6 @@ class BrazeConnector(RestConnector[BrazeConfig]):
             self.probe("GET", "/subscription/status/get", "subscription_group_id", params=params)
         else:
             self.probe("POST", "/users/track", "api_key", json_body={"attributes": []})
-
-    def open(self) -> None:
-        if (
-            self.context.mode in ("membership", "mirror")
-            and self.settings.subscription_group_id is None
-        ):
-            raise ConfigError(
-                f"braze: mode {self.context.mode!r} removes members: set subscription_group_id"
-            )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._track(records, subscribe=True)

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, Literal
 
 import httpx
 from pydantic import Field
@@ -222,12 +222,12 @@ def _open_regular(path: Path, flags: int) -> int:
 class FileConnector(Connector):
     """Keep a local members file equal to the segment, with a durable change log."""
 
-    name: ClassVar[str] = "file"
-    description: ClassVar[str] = "Write members to a CSV/JSONL file and log every change"
-    config_model: ClassVar[type[ConnectorConfig]] = FileConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_BATCH)
+    name = "file"
+    description = "Write members to a CSV/JSONL file and log every change"
+    config_model = FileConfig
+    capabilities = Capabilities(max_batch_size=MAX_BATCH)
     # One writer per file: the change log is appended under an exclusive lock.
-    max_concurrency: ClassVar[int] = 1
+    max_concurrency = 1
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
         super().__init__(config, context, http)

@@ -25,7 +25,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -33,11 +33,13 @@ from pydantic import Field, SecretStr, field_validator
 from syncer.connector import (
     BatchResult,
     Capabilities,
+    ConnectorConfig,
     JobStatus,
     Operation,
     Record,
-    credential_digest,
+    SyncContext,
 )
+from syncer.declarations import BearerAuth, HeaderAuth
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
 from syncer.http import MAX_RETRY_AFTER, Action
 from syncer.identifiers import SUPPORTED, Kind, identifier
@@ -105,24 +107,26 @@ class GoogleAdsConfig(RestConfig):
 class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
     """Keep a Google Ads Customer Match list equal to the segment, through offline jobs."""
 
-    name: ClassVar[str] = "google_ads"
-    description: ClassVar[str] = "Google Ads Customer Match user list (offline user data jobs)"
-    config_model: ClassVar[type[GoogleAdsConfig]] = GoogleAdsConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset({"add", "remove", "update"}),
+    name = "google_ads"
+    description = "Google Ads Customer Match user list (offline user data jobs)"
+    capabilities = Capabilities(
         modes=frozenset({"membership", "upsert", "mirror"}),
         max_batch_size=MAX_BATCH,
         hashed_keys=True,
         async_jobs=True,
     )
-    default_base_url: ClassVar[str] = "https://googleads.googleapis.com"
+    default_base_url = "https://googleads.googleapis.com"
     # Google publishes no fixed QPS (token buckets per developer token and customer, 429 with
     # retryDelay when spent): a modest pace; operations on one job are serialised anyway.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(5, 1),)
-    max_concurrency: ClassVar[int] = 1
+    rate_limits = (RateLimit(5, 1),)
+    max_concurrency = 1
+    auth = (BearerAuth("access_token"), HeaderAuth("developer-token", "developer_token"))
+    # The customer (account) and the developer token, not the user list; never the OAuth
+    # access token, which is refreshed every hour.
+    account_fields = ("customer_id", "developer_token")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
+        super().__init__(config, context, http)
         self._lock = threading.Lock()
         self._job: str | None = None
         self._operations = 0
@@ -135,22 +139,9 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
 
     # -- HTTP hooks ---------------------------------------------------------------------
 
-    def auth_headers(self) -> dict[str, str]:
-        cfg = self.settings
-        return {
-            "Authorization": f"Bearer {cfg.access_token.get_secret_value()}",
-            "developer-token": cfg.developer_token.get_secret_value(),
-        }
-
     def default_headers(self) -> dict[str, str]:
         login = self.settings.login_customer_id
         return {"login-customer-id": login} if login else {}
-
-    def account_id(self) -> str:
-        """The customer (account) and the developer token, not the user list; never the
-        OAuth access token, which is refreshed every hour."""
-        cfg = self.settings
-        return f"{cfg.customer_id}:{credential_digest(cfg.developer_token.get_secret_value())}"
 
     def classify(self, response: httpx.Response) -> Action | None:
         """429 / RESOURCE_EXHAUSTED is rate limiting (hold the account for ``retryDelay``);
@@ -167,7 +158,7 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
             return Action.RATE_LIMITED
         if status == 400 and "CONCURRENT_MODIFICATION" in _error_codes(body):
             return Action.RETRY
-        return None
+        return super().classify(response)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """As the base, but a 429 waits Google's ``retryDelay`` when it gave one."""

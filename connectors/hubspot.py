@@ -13,27 +13,23 @@ idempotence the engine needs when it re-sends a batch.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from syncer.connector import (
     BatchResult,
     Capabilities,
-    ConnectorConfig,
     Outcome,
     Record,
-    SyncContext,
 )
+from syncer.declarations import BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError
-from syncer.http import Action
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks
-from syncer.steps import BatchProgress, Steps, apply
+from syncer.steps import Steps, apply
 
 MAX_BATCH = 100  # HubSpot's v3 batch limit (reference: standard, not in the spec)
 READ_CHUNK = 100  # inputs per batch/read, the same v3 limit
@@ -87,15 +83,30 @@ class HubSpotConfig(RestConfig):
 class HubSpotConnector(RestConnector[HubSpotConfig]):
     """HubSpot contacts upsert plus lists v3 membership by record id."""
 
-    name: ClassVar[str] = "hubspot"
-    description: ClassVar[str] = "HubSpot CRM: contacts batch upsert, static list membership"
-    config_model: ClassVar[type[ConnectorConfig]] = HubSpotConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    name = "hubspot"
+    description = "HubSpot CRM: contacts batch upsert, static list membership"
+    capabilities = Capabilities(
         modes=frozenset({"membership", "upsert", "mirror"}), max_batch_size=MAX_BATCH
     )
-    default_base_url: ClassVar[str] = "https://api.hubapi.com"
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = TIER_LIMITS["starter"]
-    max_concurrency: ClassVar[int] = 4
+    default_base_url = "https://api.hubapi.com"
+    rate_limits = TIER_LIMITS["starter"]
+    max_concurrency = 4
+    # HubSpot counts per app and account, not per list: syncs to several lists with one
+    # token share one limiter (the token is the default account).
+    auth = BearerAuth("token")
+    static_headers = {"Accept": "application/json"}
+    membership_fields = ("list_id",)
+    rate_limit_headers = (
+        # A spent daily quota holds the account for the longest wait the engine allows.
+        RateLimitHeaders("X-HubSpot-RateLimit-Daily-Remaining", default_reset=DAILY_COOL_DOWN),
+        # A spent 10 s window (or a 429 without Retry-After) holds it for the window.
+        RateLimitHeaders(
+            "X-HubSpot-RateLimit-Remaining",
+            reset="X-HubSpot-RateLimit-Interval-Milliseconds",
+            reset_unit="milliseconds",
+            default_reset=DEFAULT_INTERVAL,
+        ),
+    )
 
     def published_limits(self) -> tuple[RateLimit, ...]:
         """The limits of the account's tier (``tier`` setting)."""
@@ -117,28 +128,7 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
     def list_path(self, rest: str = "") -> str:
         return self._crm("lists", f"/{self.settings.list_id}{rest}")
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.token.get_secret_value()}"}
-
-    def default_headers(self) -> dict[str, str]:
-        return {"Accept": "application/json"}
-
-    def account_id(self) -> str:
-        """A digest of the token: HubSpot counts per app and account, not per list, so
-        syncs to several lists with one token share one limiter."""
-        token = self.settings.token.get_secret_value().encode("utf-8")
-        return hashlib.sha256(token).hexdigest()[:16]
-
     # -- contract -----------------------------------------------------------------------
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
-
-    def open(self) -> None:
-        if self.context.mode in ("membership", "mirror") and not self.settings.list_id:
-            raise ConfigError(f"hubspot: list_id is required in {self.context.mode} mode")
 
     def check(self) -> None:
         """Read the list (or one contact without a list): a 401 is AuthError, a 404 a
@@ -220,28 +210,6 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
                     for key in by_value[answered]:
                         found[key] = str(item["id"])
         return found
-
-    # -- rate limits --------------------------------------------------------------------
-
-    def classify(self, response: httpx.Response) -> Action | None:
-        """A 429 without Retry-After holds the account for the window HubSpot reports."""
-        if response.status_code == 429 and "Retry-After" not in response.headers:
-            self.slow_down(self._interval(response))
-        return None
-
-    def read_rate_limit_headers(self, response: httpx.Response) -> None:
-        """``X-HubSpot-RateLimit-Remaining: 0`` spends the 10 s window; a spent daily quota
-        holds the account for the longest wait the engine allows."""
-        headers = response.headers
-        if _int(headers.get("X-HubSpot-RateLimit-Daily-Remaining")) == 0:
-            self.slow_down(DAILY_COOL_DOWN)
-        if _int(headers.get("X-HubSpot-RateLimit-Remaining")) == 0:
-            self.slow_down(self._interval(response))
-
-    @staticmethod
-    def _interval(response: httpx.Response) -> float:
-        millis = _int(response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
-        return millis / 1000.0 if millis and millis > 0 else DEFAULT_INTERVAL
 
     # -- upsert -------------------------------------------------------------------------
 
@@ -350,13 +318,6 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
         if action == "remove" or not isinstance(missing, list):
             return []
         return [str(record_id) for record_id in missing]
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _properties(fields: Mapping[str, Any]) -> dict[str, str]:

@@ -29,7 +29,7 @@ from pydantic import Field, SecretStr
 
 from syncer.connector import BatchResult, Capabilities, Record
 from syncer.declarations import CLIENT_ERRORS, HeaderAuth, RateLimitHeaders
-from syncer.errors import BatchRejected, ConfigError, TransientError
+from syncer.errors import ConfigError, TransientError
 from syncer.ratelimit import RateLimit
 from syncer.rest import JobPolling, RestConnector, chunks, dig
 from syncer.steps import Steps
@@ -115,6 +115,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
     # 4xx answers come back to the connector: the JSON:API error envelope becomes the
     # record's reason instead of a raw excerpt.
     parsed_statuses = CLIENT_ERRORS
+    membership_fields = ("list_id",)
 
     # -- HTTP hooks ---------------------------------------------------------------------
 
@@ -128,16 +129,12 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         cfg = self.settings
         if cfg.list_id is None:
             response = self.request("GET", "/api/profile-bulk-import-jobs")
-            self._expect(response, (), "api_key", ConfigError)
+            self.expect(response, "api_key", error=ConfigError)
             return
         response = self.request("GET", f"/api/lists/{cfg.list_id}")
         if response.status_code == 404:
             raise ConfigError(f"klaviyo: list_id: no list {cfg.list_id!r} in this account")
-        self._expect(response, (), "list_id", ConfigError)
-
-    def open(self) -> None:
-        if self.settings.list_id is None and self.context.mode in ("membership", "mirror"):
-            raise ConfigError(f"klaviyo: list_id is required in {self.context.mode} mode")
+        self.expect(response, "list_id", error=ConfigError)
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._upsert("add", records, to_list=self.settings.list_id is not None)
@@ -206,7 +203,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         body = {"data": self.profile(record)}
         response = self.request("POST", "/api/profile-import", json_body=body)
         if response.status_code >= 400:
-            return None, self._error_text(response, [record])
+            return None, self.reason(self.error_text(response), [record])
         data = self.json(response)
         profile_id = dig(data, "data", "id")
         if not isinstance(profile_id, str) or not profile_id:
@@ -253,7 +250,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         if to_list and cfg.list_id is not None:
             job["relationships"] = {"lists": {"data": [{"type": "list", "id": cfg.list_id}]}}
         response = self.request("POST", "/api/profile-bulk-import-jobs", json_body={"data": job})
-        self._expect(response, records, "bulk import")
+        self.expect(response, "bulk import", records=records)
         job_id = dig(self.json(response), "data", "id")
         if not isinstance(job_id, str) or not job_id:
             raise TransientError("klaviyo: bulk import job created without an id")
@@ -264,7 +261,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
 
         def poll() -> Mapping[str, Any] | None:
             response = self.request("GET", f"/api/profile-bulk-import-jobs/{job_id}")
-            self._expect(response, (), "bulk import job", TransientError)
+            self.expect(response, "bulk import job", error=TransientError)
             attributes = dig(self.json(response), "data", "attributes")
             status = attributes.get("status") if isinstance(attributes, dict) else None
             if status == "cancelled":
@@ -272,14 +269,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
             steps.advanced()  # the job is there and running: a later 503 is no failed attempt
             return attributes if status == "complete" and isinstance(attributes, dict) else None
 
-        cfg = self.settings
-        return self.wait_for_job(
-            f"bulk import job {job_id}",
-            poll,
-            first_wait=cfg.poll_interval,
-            max_wait=cfg.max_poll_interval,
-            timeout=cfg.job_timeout,
-        )
+        return self.wait_for_job(f"bulk import job {job_id}", poll)
 
     def _import_errors(
         self, job_id: str, records: Sequence[Record], steps: Steps
@@ -326,7 +316,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         if cursor is not None:
             query["page[cursor]"] = cursor
         response = self.request("GET", path, params=query)
-        self._expect(response, (), "listing", TransientError)
+        self.expect(response, "listing", error=TransientError)
         data = self.json(response)
         items = dig(data, "data")
         return (list(items) if isinstance(items, list) else []), _next_cursor(
@@ -345,7 +335,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         response = self.request(method, path, json_body=body)
         if response.status_code == 404:
             raise ConfigError(f"klaviyo: list_id: no list {list_id!r} in this account")
-        self._expect(response, records, "list membership")
+        self.expect(response, "list membership", records=records)
 
     # -- shapes -------------------------------------------------------------------------
 
@@ -373,22 +363,8 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         ident = self.settings.identifier
         return _normal(ident, record.fields.get(ident, record.key))
 
-    def _expect(
-        self,
-        response: httpx.Response,
-        records: Sequence[Record],
-        what: str,
-        error: type[Exception] = BatchRejected,
-    ) -> None:
-        """A 4xx handed back by ``classify``: raise ``error`` with Klaviyo's own reason
-        (BatchRejected lets the engine halve the batch to find the bad records)."""
-        if response.status_code < 400:
-            return
-        text = self._error_text(response, records)
-        raise error(f"klaviyo: {what}: HTTP {response.status_code}: {text}")
-
-    def _error_text(self, response: httpx.Response, records: Sequence[Record]) -> str:
-        """The JSON:API error envelope as one line (codes, titles, details), scrubbed."""
+    def error_text(self, response: httpx.Response) -> str:
+        """The JSON:API error envelope as one line (codes, titles, details)."""
         try:
             data = self.json(response)
         except TransientError:
@@ -396,8 +372,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         errors = dig(data, "errors")
         listed = errors if isinstance(errors, list) else []
         parts = [_describe_error(e) for e in listed if isinstance(e, dict)]
-        text = "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
-        return self.reason(text, records)
+        return "; ".join(p for p in parts if p) or f"HTTP {response.status_code}"
 
 
 def _describe_error(error: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import httpx
@@ -36,11 +37,12 @@ from syncer.declarations import BearerAuth
 from syncer.errors import ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
-    HASHED,
     Kind,
     check_mapped_kinds,
+    expected_kept_ids,
     kept_ids,
     normalize,
+    prehashed_kinds,
     read_kept_id_sets,
     record_identifiers,
     stale_id_sets,
@@ -90,10 +92,7 @@ class LinkedInConfig(RestConfig):
     @field_validator("prehashed")
     @classmethod
     def _hashed_kinds(cls, value: list[Kind]) -> list[Kind]:
-        wrong = [k for k in value if k not in HASHED["linkedin"]]
-        if wrong:
-            raise ValueError(f"LinkedIn hashes only email; {', '.join(wrong)} cannot be prehashed")
-        return value
+        return prehashed_kinds("linkedin", value)
 
 
 @dataclass(slots=True)
@@ -196,14 +195,8 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
         return member
 
     def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
-        """The ids this send adds, beside those already kept: if its answer never arrives,
-        the member is under one or the other, and a removal takes off both."""
-        try:
-            ids = self._ids(record)
-        except InvalidValue:
-            return None  # refused before sending: nothing new can land
-        kept = read_kept_id_sets(record.destination_id, ID_TYPES)
-        return kept_ids(*kept, ids) if ids else None
+        """The ids this send adds, beside those already kept (see ``expected_kept_ids``)."""
+        return expected_kept_ids(record.destination_id, ID_TYPES, partial(self._ids, record))
 
     def _ids(self, record: Record) -> dict[str, str]:
         """Kind -> what LinkedIn matches on (email hashed, advertiser id in one case)."""

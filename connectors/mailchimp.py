@@ -13,13 +13,12 @@ only signal; the engine backs off.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import threading
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
@@ -32,10 +31,11 @@ from syncer.connector import (
     Record,
     SyncContext,
 )
+from syncer.declarations import BasicAuth
 from syncer.errors import AuthError, BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.rest import RestConfig, RestConnector
-from syncer.steps import BatchProgress, Steps, apply
+from syncer.steps import Steps, apply
 
 MAX_MEMBERS = 500  # batch subscribe and each segment array [CODE]
 SEGMENT_PAGE = 1000  # segments listed per request while looking a tag up (Mailchimp's max count)
@@ -94,12 +94,16 @@ class MailchimpConfig(RestConfig):
 class MailchimpConnector(RestConnector[MailchimpConfig]):
     """Audience members upsert plus tag or static segment membership."""
 
-    name: ClassVar[str] = "mailchimp"
-    description: ClassVar[str] = "Mailchimp audience members, tags and static segments"
-    config_model: ClassVar[type[ConnectorConfig]] = MailchimpConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_MEMBERS)
+    name = "mailchimp"
+    description = "Mailchimp audience members, tags and static segments"
+    capabilities = Capabilities(max_batch_size=MAX_MEMBERS)
     # No published request rate; 10 simultaneous connections per API key.
-    max_concurrency: ClassVar[int] = 10
+    max_concurrency = 10
+    # Mailchimp ignores the user name. The connection limit is per API key (the default
+    # account), whatever list a sync writes to.
+    auth = BasicAuth("api_key", username="syncer")
+    # Membership is a tag or a static segment: membership and mirror need one.
+    membership_fields = ("tag", "segment_id")
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
         super().__init__(config, context, http)
@@ -107,8 +111,6 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
         #: several threads: the lock makes one lookup, and at most one creation, per run).
         self._tag_id: int | None = None
         self._resolving = threading.Lock()
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     @property
     def base_url(self) -> str:
@@ -120,20 +122,11 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
             raise ConfigError("mailchimp: api_key has no data-centre suffix; set base_url")
         return f"https://{match.group(1)}.api.mailchimp.com/3.0"
 
-    def auth_headers(self) -> dict[str, str]:
-        token = base64.b64encode(f"syncer:{self.settings.api_key.get_secret_value()}".encode())
-        return {"Authorization": f"Basic {token.decode('ascii')}"}
-
-    def account_id(self) -> str:
-        """The connection limit is per API key, whatever list a sync writes to."""
-        key = self.settings.api_key.get_secret_value().encode("utf-8")
-        return hashlib.sha256(key).hexdigest()[:16]
-
     def classify(self, response: httpx.Response) -> Action | None:
         """A 404 on a member's tags means the member is not on the list: decided per record."""
         if response.status_code == 404 and _TAGS_PATH.search(response.request.url.path):
             return Action.IGNORE
-        return None
+        return super().classify(response)
 
     # -- contract -------------------------------------------------------------------------
 
@@ -155,17 +148,6 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
                 raise ConfigError(
                     f"mailchimp: segment_id: segment is {kind!r}; only static segments take members"
                 )
-
-    def open(self) -> None:
-        cfg = self.settings
-        if (
-            self.context.mode in ("membership", "mirror")
-            and cfg.tag is None
-            and cfg.segment_id is None
-        ):
-            raise ConfigError(
-                f"mailchimp: mode {self.context.mode!r} removes members: set tag or segment_id"
-            )
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         """Upsert the members, then put the subscribed ones in the tag or segment. A retry of

@@ -26,7 +26,7 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -34,20 +34,18 @@ from pydantic import Field, SecretStr, field_validator
 from syncer.connector import (
     BatchResult,
     Capabilities,
-    ConnectorConfig,
     Operation,
     Outcome,
     Record,
-    SyncContext,
-    credential_digest,
 )
+from syncer.declarations import CLIENT_ERRORS
 from syncer.errors import BatchRejected, ConfigError
 from syncer.http import Action
 from syncer.identifiers import SUPPORTED, Kind, date_parts, identifier, looks_hashed, sha256_hex
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
-from syncer.steps import BatchProgress, Steps, apply
+from syncer.steps import Steps, apply
 
 DEFAULT_VERSION = "v24.0"
 #: Most rows in one ``/users`` call (Meta's documented maximum).
@@ -120,28 +118,20 @@ class MetaConfig(RestConfig):
 class MetaConnector(RestConnector[MetaConfig]):
     """Keep a Meta customer-list custom audience equal to a segment, by hashed identifiers."""
 
-    name: ClassVar[str] = "meta"
-    description: ClassVar[str] = "Meta Custom Audiences (hashed customer list membership)"
-    config_model: ClassVar[type[MetaConfig]] = MetaConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset({"add", "remove", "update"}),
-        modes=frozenset({"membership", "mirror"}),
-        max_batch_size=MAX_ROWS,
-        hashed_keys=True,
-    )
-    default_base_url: ClassVar[str] = "https://graph.facebook.com"
+    name = "meta"
+    description = "Meta Custom Audiences (hashed customer list membership)"
+    capabilities = Capabilities.ad_audience(MAX_ROWS)
+    default_base_url = "https://graph.facebook.com"
     # Business Use Case limits depend on the app's tier and are not a fixed number; this is
     # a conservative default (one 10,000-row call a second), X-Business-Use-Case-Usage and
     # throttling errors slow down further.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(60, 60),)
-    max_concurrency: ClassVar[int] = 2
-
-    def account_id(self) -> str:
-        """The token (and app secret), not the audience: Meta throttles per app, user and ad
-        account, so every audience one token writes to shares one limiter."""
-        cfg = self.settings
-        secret = cfg.app_secret.get_secret_value() if cfg.app_secret is not None else ""
-        return credential_digest(cfg.access_token.get_secret_value(), secret)
+    rate_limits = (RateLimit(60, 60),)
+    max_concurrency = 2
+    # The token (and app secret), not the audience: Meta throttles per app, user and ad
+    # account, so every audience one token writes to shares one limiter.
+    account_fields = ("access_token", "app_secret")
+    # Other 4xx come back to the connector, which reads the error envelope for the reason.
+    parsed_statuses = CLIENT_ERRORS
 
     # -- HTTP hooks ---------------------------------------------------------------------
 
@@ -183,9 +173,7 @@ class MetaConnector(RestConnector[MetaConfig]):
             return Action.AUTH
         if error.get("is_transient") is True or code in (1, 2):
             return Action.RETRY
-        if 400 <= status < 500 and status not in (401, 403, 408, 429):
-            return Action.IGNORE
-        return None
+        return super().classify(response)
 
     def read_rate_limit_headers(self, response: httpx.Response) -> None:
         self._slow_down_for_usage(response, throttled=False)
@@ -231,11 +219,6 @@ class MetaConnector(RestConnector[MetaConfig]):
                 f"see ({meta})"
             )
         raise ConfigError(f"meta: audience_id {cfg.audience_id}: {meta}")
-
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
 
     def open(self) -> None:
         """Refuse mapped fields that are not identifier kinds Meta takes."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -27,16 +27,14 @@ from pydantic import Field, SecretStr, field_validator
 from syncer.connector import (
     BatchResult,
     Capabilities,
-    ConnectorConfig,
     Outcome,
     Record,
-    SyncContext,
 )
+from syncer.declarations import BearerAuth
 from syncer.errors import ConfigError
 from syncer.http import Action
-from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks
-from syncer.steps import BatchProgress, Steps, apply
+from syncer.steps import Steps, apply
 
 MAX_BATCH = 200  # sObject Collections limit per request
 QUERY_CHUNK = 200  # values per SOQL IN list: well inside the query length limit
@@ -94,28 +92,22 @@ class SalesforceConfig(RestConfig):
 class SalesforceConnector(RestConnector[SalesforceConfig]):
     """Salesforce Contact/Lead upsert plus CampaignMember insert/delete."""
 
-    name: ClassVar[str] = "salesforce"
-    description: ClassVar[str] = (
-        "Salesforce: Contact/Lead upsert by external id, campaign membership"
-    )
-    config_model: ClassVar[type[ConnectorConfig]] = SalesforceConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    name = "salesforce"
+    description = "Salesforce: Contact/Lead upsert by external id, campaign membership"
+    capabilities = Capabilities(
         modes=frozenset({"membership", "upsert", "mirror"}), max_batch_size=MAX_BATCH
     )
     # No per-second limit; the daily allocation is per org and read from Sforce-Limit-Info.
-    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+    rate_limits = ()
     # Long-running requests (20 s or more) are capped at 5 per Developer/Trial org, 25 else.
-    max_concurrency: ClassVar[int] = 5
+    max_concurrency = 5
+    auth = BearerAuth("access_token")
+    static_headers = {"Accept": "application/json"}
+    membership_fields = ("campaign_id",)
 
     @property
     def api(self) -> str:
         return f"/services/data/v{self.settings.api_version}"
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
-
-    def default_headers(self) -> dict[str, str]:
-        return {"Accept": "application/json"}
 
     def account_id(self) -> str:
         """The instance host names the org, whose API allowance every user and campaign
@@ -124,14 +116,8 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
 
     # -- contract -----------------------------------------------------------------------
 
-    def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        super().__init__(config, context, http)
-        #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
-        self.progress = BatchProgress()
-
     def open(self) -> None:
-        if self.context.mode in ("membership", "mirror") and not self.settings.campaign_id:
-            raise ConfigError(f"salesforce: campaign_id is required in {self.context.mode} mode")
+        super().open()
         if "Id" in self.context.field_names:
             raise ConfigError("salesforce: do not map a field called Id (upsert by external id)")
 
@@ -265,7 +251,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         """403 ``REQUEST_LIMIT_EXCEEDED`` is the org's allocation, not the credentials."""
         if response.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in _error_codes(response):
             return Action.RATE_LIMITED
-        return None
+        return super().classify(response)
 
     def read_rate_limit_headers(self, response: httpx.Response) -> None:
         """``Sforce-Limit-Info: api-usage=used/allowed``: a spent allocation holds the org."""

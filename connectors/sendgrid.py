@@ -108,7 +108,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
             response = self.request("GET", f"/v3/marketing/lists/{list_id}")
             if response.status_code == 404:
                 raise ConfigError(f"sendgrid: list_ids: no list {list_id!r} in this account")
-            self._expect(response, (), "list_ids", ConfigError)
+            self.expect(response, "list_ids", error=ConfigError)
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._upsert("add", records, self.settings.list_ids)
@@ -193,14 +193,14 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         if response.status_code >= 400:
             bad = self._contact_errors(response, records)
             if not bad:
-                self._expect(response, records, "upsert")
+                self.expect(response, "upsert", records=records)
             return None, bad
         return self._job_id(response), {}
 
     def _resubmit(self, records: Sequence[Record], list_ids: list[str]) -> str:
         """The upsert without the contacts SendGrid named; a refusal now refuses the batch."""
         response = self._put_contacts(records, list_ids)
-        self._expect(response, records, "upsert")
+        self.expect(response, "upsert", records=records)
         return self._job_id(response)
 
     def _job_id(self, response: httpx.Response) -> str:
@@ -220,21 +220,14 @@ class SendGridConnector(RestConnector[SendGridConfig]):
 
         def poll() -> Mapping[str, Any] | None:
             response = self.request("GET", f"/v3/marketing/contacts/imports/{job_id}")
-            self._expect(response, (), "import job", TransientError)
+            self.expect(response, "import job", error=TransientError)
             job = self.json(response)
             steps.advanced()  # the job is there: a later 503 is no failed attempt
             if isinstance(job, dict) and job.get("status") in ("completed", "errored", "failed"):
                 return job
             return None
 
-        cfg = self.settings
-        return self.wait_for_job(
-            f"import job {job_id}",
-            poll,
-            first_wait=cfg.poll_interval,
-            max_wait=cfg.max_poll_interval,
-            timeout=cfg.job_timeout,
-        )
+        return self.wait_for_job(f"import job {job_id}", poll)
 
     def _find_ids(self, records: Sequence[Record], steps: Steps) -> dict[str, str]:
         """Record key -> contact id, by email, 100 emails a call (a step each)."""
@@ -249,7 +242,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         response = self.request("POST", "/v3/marketing/contacts/search/emails", json_body=body)
         if response.status_code == 404:  # none of them matched
             return {}
-        self._expect(response, records, "contact search", TransientError)
+        self.expect(response, "contact search", records=records, error=TransientError)
         found: dict[str, str] = {}
         result = dig(self.json(response), "result")
         for email, item in (result or {}).items() if isinstance(result, dict) else ():
@@ -274,7 +267,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         path = f"/v3/marketing/lists/{list_id}/contacts"
         response = self.request("DELETE", path, params={"contact_ids": ",".join(contact_ids)})
         if response.status_code != 404:
-            self._expect(response, (), "list removal", BatchRejected)
+            self.expect(response, "list removal", error=BatchRejected)
             return
         if not probed:
             probe = self.request("GET", f"/v3/marketing/lists/{list_id}")
@@ -306,19 +299,9 @@ class SendGridConnector(RestConnector[SendGridConfig]):
         errors = dig(data, "errors")
         return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
-    def _expect(
-        self,
-        response: httpx.Response,
-        records: Sequence[Record],
-        what: str,
-        error: type[Exception] = BatchRejected,
-    ) -> None:
-        """A 4xx handed back by ``classify``: raise ``error`` with SendGrid's own reason."""
-        if response.status_code < 400:
-            return
-        parts = [_describe(e) for e in self._errors(response)]
-        text = self.reason("; ".join(p for p in parts if p) or "no detail", records)
-        raise error(f"sendgrid: {what}: HTTP {response.status_code}: {text}")
+    def error_text(self, response: httpx.Response) -> str:
+        """SendGrid's ``errors[]`` as one line (field: message; ...)."""
+        return "; ".join(p for p in (_describe(e) for e in self._errors(response)) if p)
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import httpx
@@ -33,10 +34,11 @@ from syncer.declarations import HeaderAuth
 from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import (
-    HASHED,
     Kind,
     check_mapped_kinds,
+    expected_kept_ids,
     kept_ids,
+    prehashed_kinds,
     read_kept_id_sets,
     record_identifiers,
     stale_id_sets,
@@ -86,10 +88,7 @@ class TikTokConfig(RestConfig):
     @field_validator("prehashed")
     @classmethod
     def _hashed_kinds(cls, value: list[Kind]) -> list[Kind]:
-        wrong = [k for k in value if k not in HASHED["tiktok"]]
-        if wrong:
-            raise ValueError(f"TikTok takes only email, phone and maid; not {', '.join(wrong)}")
-        return value
+        return prehashed_kinds("tiktok", value)
 
 
 class TikTokConnector(RestConnector[TikTokConfig]):
@@ -176,14 +175,8 @@ class TikTokConnector(RestConnector[TikTokConfig]):
         return result
 
     def expected_destination_id(self, operation: Operation, record: Record) -> str | None:
-        """The ids this send adds, beside those already kept: if its answer never arrives,
-        the member is under one or the other, and a removal takes off both."""
-        try:
-            ids = self._ids(record)
-        except InvalidValue:
-            return None  # refused before sending: nothing new can land
-        kept = read_kept_id_sets(record.destination_id, SCHEMA)
-        return kept_ids(*kept, ids) if ids else None
+        """The ids this send adds, beside those already kept (see ``expected_kept_ids``)."""
+        return expected_kept_ids(record.destination_id, SCHEMA, partial(self._ids, record))
 
     def _put(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
         result = BatchResult(records)

@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import Generator, Sequence
-from typing import ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -171,10 +170,9 @@ class _Stamp(httpx.Auth):
 class WebhookConnector(RestConnector[WebhookConfig]):
     """POST batches of records as signed JSON to an HTTP endpoint."""
 
-    name: ClassVar[str] = "webhook"
-    description: ClassVar[str] = "POST each batch as signed JSON to an HTTP(S) endpoint"
-    config_model: ClassVar[type[ConnectorConfig]] = WebhookConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch_size=MAX_BATCH)
+    name = "webhook"
+    description = "POST each batch as signed JSON to an HTTP(S) endpoint"
+    capabilities = Capabilities(max_batch_size=MAX_BATCH)
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
         super().__init__(config, context, http)

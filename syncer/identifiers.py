@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Literal, get_args
 
 from syncer.errors import ConfigError
@@ -387,6 +387,33 @@ def read_kept_id_sets(destination_id: str | None, kinds: Collection[str]) -> lis
             if ids and ids not in found:
                 found.append(ids)
     return found
+
+
+def prehashed_kinds(platform: Platform, kinds: list[Kind]) -> list[Kind]:
+    """A ``prehashed`` setting's kinds, if ``platform`` takes each of them hashed; a
+    ValueError naming the others (for a pydantic validator)."""
+    wrong = [k for k in kinds if k not in HASHED[platform]]
+    if wrong:
+        hashed = ", ".join(sorted(HASHED[platform]))
+        raise ValueError(
+            f"{platform} takes only {hashed} hashed; {', '.join(wrong)} cannot be prehashed"
+        )
+    return kinds
+
+
+def expected_kept_ids(
+    destination_id: str | None, kinds: Collection[str], ids: Callable[[], Mapping[str, str]]
+) -> str | None:
+    """``expected_destination_id`` of a connector that keeps id sets: the ids a send adds
+    (``ids()``, which raises InvalidValue for a record refused before sending) beside those
+    already kept. If the answer never arrives, the member is under one or the other, and a
+    removal takes off both. None when nothing new can land."""
+    try:
+        current = ids()
+    except InvalidValue:
+        return None
+    kept = read_kept_id_sets(destination_id, kinds)
+    return kept_ids(*kept, current) if current else None
 
 
 def stale_id_sets(

@@ -26,7 +26,7 @@ from syncer.connector import (
     credential_digest,
 )
 from syncer.declarations import CLIENT_ERRORS, Auth, BasicAuth, RateLimitHeaders
-from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
+from syncer.errors import BatchRejected, ConfigError, RateLimited, SyncerError, TransientError
 from syncer.http import (
     Action,
     DestinationClient,
@@ -40,6 +40,8 @@ from syncer.steps import BatchProgress
 from syncer.types import JSON, JSONBody, QueryParams
 
 REASON_LIMIT = 200
+#: Modes that take members out of the destination (see ``membership_fields``).
+REMOVING_MODES = frozenset({"membership", "mirror"})
 T = TypeVar("T")
 C = TypeVar("C", bound=ConnectorConfig)
 
@@ -91,7 +93,9 @@ class RestConnector(Connector, Generic[C]):
     * ``account_fields``: config fields naming the vendor account for rate limiting (plain
       fields shown, ``SecretStr`` ones digested); default: the ``auth`` fields;
     * ``static_headers``: headers every request carries (``Accept``, API versions that never
-      change); ``default_headers()`` for ones built from the config.
+      change); ``default_headers()`` for ones built from the config;
+    * ``membership_fields``: config fields (one of them) that taking members out needs: the
+      list, segment or group; ``open()`` refuses a ``membership`` or ``mirror`` sync without.
 
     The engine owns retries, batching, rate limits and state; a subclass builds payloads and
     reads answers (``add``/``remove``/``update`` or ``write``, ``check``, maybe ``classify``).
@@ -103,6 +107,7 @@ class RestConnector(Connector, Generic[C]):
     parsed_statuses: ClassVar[frozenset[int]] = frozenset()
     account_fields: ClassVar[tuple[str, ...]] = ()
     static_headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    membership_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,6 +126,17 @@ class RestConnector(Connector, Generic[C]):
         super().__init__(config, context, http)
         #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
         self.progress = BatchProgress()
+
+    def open(self) -> None:
+        """Refuse a sync whose mode removes members (``membership``, ``mirror``) when none of
+        ``membership_fields`` is set: there would be no list to take them out of. Overrides
+        call ``super().open()`` first."""
+        names = self.membership_fields
+        if not names or self.context.mode not in REMOVING_MODES:
+            return
+        if all(getattr(self.config, name, None) in (None, "") for name in names):
+            needed = " or ".join(names)
+            raise ConfigError(f"{self.name}: {needed} is required in {self.context.mode} mode")
 
     @classmethod
     def auths(cls) -> tuple[Auth, ...]:
@@ -282,9 +298,9 @@ class RestConnector(Connector, Generic[C]):
         what: str,
         poll: Callable[[], T | None],
         *,
-        first_wait: float,
-        max_wait: float,
-        timeout: float,
+        first_wait: float | None = None,
+        max_wait: float | None = None,
+        timeout: float | None = None,
     ) -> T:
         """Poll a vendor job (inside one batch) until ``poll`` returns its final answer.
 
@@ -292,8 +308,13 @@ class RestConnector(Connector, Generic[C]):
         ``first_wait`` up to ``max_wait``. A 429 while polling waits its Retry-After and polls
         again: the job was accepted, so the batch must not be sent twice. Running out of
         ``timeout`` or a stop leaves the batch unsynced (TransientError); ``poll`` raises for
-        a job that failed.
+        a job that failed. Waits not given come from the config's :class:`JobPolling` settings
+        (``poll_interval``, ``max_poll_interval``, ``job_timeout``).
         """
+        polling = self.config if isinstance(self.config, JobPolling) else JobPolling()
+        first_wait = polling.poll_interval if first_wait is None else first_wait
+        max_wait = polling.max_poll_interval if max_wait is None else max_wait
+        timeout = polling.job_timeout if timeout is None else timeout
         waited, delay, interval = 0.0, first_wait, first_wait
         while True:
             if waited + delay > timeout:
@@ -330,6 +351,32 @@ class RestConnector(Connector, Generic[C]):
             return self.request(method, path, json_body=json_body, params=params, headers=headers)
         except BatchRejected as exc:
             raise ConfigError(f"{self.name}: {what}: {exc}") from None
+
+    def error_text(self, response: httpx.Response) -> str:
+        """The vendor's reason in a refused answer (a status in ``parsed_statuses``), as it
+        wrote it: override to read the vendor's error envelope. Default: the body as text.
+        :meth:`reason` makes it safe; never put this text in a message unscrubbed."""
+        try:
+            return response.text
+        except (UnicodeDecodeError, LookupError):
+            return ""
+
+    def expect(
+        self,
+        response: httpx.Response,
+        what: str,
+        *,
+        records: Iterable[Record] = (),
+        error: type[SyncerError] = BatchRejected,
+    ) -> None:
+        """Nothing for a success; for a parsed 4xx the connector does not settle record by
+        record, raise ``error`` (default BatchRejected: the engine halves the batch to find
+        the refused records) as ``<name>: <what>: HTTP <status>: <reason>``, the reason from
+        :meth:`error_text` with secrets and ``records``' data removed."""
+        if response.status_code < 400:
+            return
+        text = self.reason(self.error_text(response) or "no detail", records)
+        raise error(f"{self.name}: {what}: HTTP {response.status_code}: {text}")
 
     def reason(self, text: object, records: Iterable[Record] = ()) -> str:
         """A vendor's reason, fit for the audit log: no secrets, no record keys or values,
@@ -394,6 +441,8 @@ def _check_declarations(cls: type[RestConnector[Any]]) -> None:
             _need_field(model, auth.username_field, f"{where}.auth", secret=False)
     for name in cls.account_fields:
         _need_field(model, name, f"{where}.account_fields", secret=False)
+    for name in cls.membership_fields:
+        _need_field(model, name, f"{where}.membership_fields", secret=False)
 
 
 def _need_field(model: type[BaseModel], name: str, what: str, *, secret: bool) -> None:
