@@ -1,4 +1,8 @@
-"""Shared fixtures: isolated working directories, real warehouses, the local Postgres, the CLI."""
+"""Project fixtures: isolated working directories, real warehouses, the local Postgres, the CLI.
+
+The connector fixtures (``router``, ``http``, ``engine_http``, ``limiter``, ``clock``,
+``harness``...) come from the connector kit, the same ones a plugin's tests use.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import respx
 import sqlalchemy as sa
+
+pytest_plugins = ["syncer.testing.fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 PG_BASE = os.environ.get(
@@ -96,45 +100,3 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture
-def router() -> respx.Router:
-    """A respx router for connector tests; pass it in through the client's transport."""
-    return respx.Router(assert_all_called=False)
-
-
-@pytest.fixture(params=["engine-client", "plain-client"])
-def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    """The engine's client (the HTTP layer raises) and a plain httpx client (the connector
-    applies the same rules itself, as in ``check()`` or embedding): same behaviour."""
-    from syncer.http import make_client
-
-    transport = httpx.MockTransport(router.handler)
-    if request.param == "engine-client":
-        with make_client(transport=transport) as client:
-            yield client
-    else:
-        with httpx.Client(transport=transport) as client:
-            yield client
-
-
-class FakeClock:
-    """Engine-style clock and sleep for limiter tests: waits are recorded, never slept."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0, "asked to sleep for nothing (a busy loop)"
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()

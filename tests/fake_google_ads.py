@@ -10,10 +10,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import httpx
+
+from syncer.testing import Feature
 from tests.contract import CapturedRequest
-from tests.vendor_emulator import Reply, VendorEmulator
+from tests.vendor_emulator import Reply, VendorEmulator, as_response
 
 FAILURE_TYPE = "type.googleapis.com/google.ads.googleads.v22.errors.GoogleAdsFailure"
 ONEOF = ("hashedEmail", "hashedPhoneNumber", "mobileId", "thirdPartyUserId", "addressInfo")
@@ -47,6 +51,11 @@ def concurrent_modification() -> Reply:
 
 
 class FakeGoogleAds(VendorEmulator):
+    base_url = "https://googleads.fake"
+    batch_cap = 10_000  # operations (members) per addOperations call, as the connector caps
+    lacks: ClassVar[Mapping[Feature, str]] = {
+        "field_values": "a Customer Match list keeps hashed identifiers only",
+    }
     endpoints: ClassVar[list[tuple[str, str, str]]] = [
         ("POST", r"/(?P<v>v\d+)/customers/(?P<cid>\d+)/offlineUserDataJobs:create", "create"),
         ("POST", JOB_PATH + r":addOperations", "add_operations"),
@@ -61,7 +70,7 @@ class FakeGoogleAds(VendorEmulator):
         self.customer = customer
         self.user_list = user_list
         #: Identifiers on the list, each as canonical JSON of one UserIdentifier.
-        self.members: set[str] = set()
+        self.identifiers: set[str] = set()
         self.jobs: dict[str, dict[str, Any]] = {}
         #: Hashes Google refuses (partial failure on the operation holding them).
         self.refused: set[str] = set()
@@ -76,10 +85,33 @@ class FakeGoogleAds(VendorEmulator):
     def list_name(self) -> str:
         return f"customers/{self.customer}/userLists/{self.user_list}"
 
+    def members(self) -> dict[str, dict[str, str]]:
+        """The list by hashed email (identifiers are all it keeps)."""
+        return {h: {} for h in self.hashes("hashedEmail")}
+
+    def error(self, status: int, *, retry_after: float | None = None) -> httpx.Response:
+        """Google's envelopes; its 429 says how long to wait in ``retryDelay``, not a header."""
+        if status == 429:
+            if retry_after is not None:
+                return as_response(rate_limited(f"{retry_after:g}s"))
+            return as_response(
+                google_error(429, "RESOURCE_EXHAUSTED", {"quotaError": "RESOURCE_EXHAUSTED"}, "q")
+            )
+        if status == 401:
+            code = {"authenticationError": "OAUTH_TOKEN_INVALID"}
+            return as_response(google_error(401, "UNAUTHENTICATED", code, "bad token"))
+        if status in (400, 413):
+            code = {"requestError": "INVALID_INPUT"}
+            return as_response(google_error(400, "INVALID_ARGUMENT", code, "invalid request"))
+        if status >= 500:
+            grpc = "UNAVAILABLE" if status == 503 else "INTERNAL"
+            return as_response(google_error(status, grpc, {"internalError": grpc}, "try again"))
+        return super().error(status, retry_after=retry_after)
+
     def hashes(self, field: str = "hashedEmail") -> set[str]:
         """The ``field`` values of the identifiers on the list."""
         found = set()
-        for text in self.members:
+        for text in self.identifiers:
             value = json.loads(text).get(field)
             if isinstance(value, str):
                 found.add(value)
@@ -157,6 +189,16 @@ class FakeGoogleAds(VendorEmulator):
             return concurrent_modification()
         data = req.json() or {}
         operations = data.get("operations") or []
+        refused = self.kit_check(
+            [
+                str(ident.get("hashedEmail"))
+                for op in operations
+                for ident in _identifiers(op)[:1]
+                if isinstance(ident, dict)
+            ]
+        )
+        if refused is not None:
+            return refused
         total = sum(len(_identifiers(op)) for op in operations)
         if total > 100_000:
             return google_error(
@@ -201,7 +243,7 @@ class FakeGoogleAds(VendorEmulator):
                         {"offlineUserDataJobError": "INVALID_SHA256_FORMAT"},
                         "The SHA256 encoded value is malformed.",
                     )
-                if value in self.refused:
+                if value in self.refused or self.record_refused(value):
                     return (
                         {"offlineUserDataJobError": "DATA_POLICY_VIOLATION"},
                         "This user cannot be added to the list (policy).",
@@ -242,9 +284,9 @@ class FakeGoogleAds(VendorEmulator):
                 for ident in _identifiers(op):
                     text = json.dumps(ident, sort_keys=True)
                     if "create" in op:
-                        self.members.add(text)
+                        self.identifiers.add(text)
                     else:
-                        self.members.discard(text)
+                        self.identifiers.discard(text)
             job["status"] = "SUCCESS"
 
     # -- GAQL ---------------------------------------------------------------------------

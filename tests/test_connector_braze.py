@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,8 +16,9 @@ from pydantic import ValidationError
 from connectors.braze import BrazeConnector
 from syncer.connector import Record, SyncContext
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
+from syncer.http import DestinationClient
 from syncer.ratelimit import AccountLimiter, RateLimit
+from syncer.testing import engine_client
 
 KEY = "braze-rest-key-0123456789"
 BASE = "https://rest.iad-01.braze.com"
@@ -40,9 +40,9 @@ def make(http: httpx.Client, mode: str = "membership", **options: Any) -> BrazeC
 
 
 @pytest.fixture
-def http(router: respx.Router) -> Iterator[httpx.Client]:
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
-        yield client
+def http(engine_http: httpx.Client) -> httpx.Client:
+    """The engine's client only (the kit's)."""
+    return engine_http
 
 
 def cooling(limiter: AccountLimiter) -> float:
@@ -198,7 +198,7 @@ def test_remaining_zero_slows_down_until_reset(router: respx.Router) -> None:
     }
     router.post(f"{BASE}/users/track").respond(201, json=SUCCESS, headers=headers)
     limiter = AccountLimiter([RateLimit(3000, 3.0)], 8)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         make(client).add([U1])
         assert limiter.cooldowns == 1
         assert 20 < cooling(limiter) <= 30
@@ -208,7 +208,7 @@ def test_remaining_quota_does_not_slow_down(router: respx.Router) -> None:
     headers = {"X-RateLimit-Remaining": "12", "X-RateLimit-Reset": str(int(time.time()) + 30)}
     router.post(f"{BASE}/users/track").respond(201, json=SUCCESS, headers=headers)
     limiter = AccountLimiter([RateLimit(3000, 3.0)], 8)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         make(client).add([U1])
         assert limiter.cooldowns == 0
 

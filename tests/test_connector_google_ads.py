@@ -18,8 +18,9 @@ import respx
 from connectors.google_ads import GoogleAdsConfig, GoogleAdsConnector
 from syncer.connector import JobStatus, Outcome, Record, SyncContext
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
+from syncer.http import DestinationClient
 from syncer.ratelimit import AccountLimiter
+from syncer.testing import engine_client
 
 BASE = "https://googleads.googleapis.com"
 TOKEN = "ya29.oauth-token-0123456789"
@@ -209,7 +210,7 @@ def test_api_version_and_base_url_are_settings(router: respx.Router) -> None:
         200, json={"resourceName": JOB}
     )
     added = other.post(f"/v23/{JOB}:addOperations").respond(200, json={})
-    with make_client(transport=httpx.MockTransport(other.handler)) as client:
+    with engine_client(other) as client:
         make(client, api_version="v23", base_url="https://proxy.example.test/").add([member(1)])
     assert added.call_count == 1
 
@@ -482,7 +483,7 @@ def test_429_with_retry_delay_waits_that_long(router: respx.Router) -> None:
     )
     replies = iter([error, httpx.Response(200, json={})])
     job_routes(router, add=lambda request: next(replies))
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         connector = make(client)
         with pytest.raises(RateLimited) as caught:
             connector.add([member(1)])

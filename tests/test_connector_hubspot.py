@@ -8,7 +8,6 @@ by field from ../shared/reference/destinations.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,9 +17,9 @@ import respx
 from connectors.hubspot import HubSpotConnector
 from syncer.connector import Record, SyncContext, effective_limits
 from syncer.errors import AuthError, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
-from syncer.ratelimit import AccountLimiter, RateLimit
-from tests.conftest import FakeClock
+from syncer.http import DestinationClient
+from syncer.ratelimit import RateLimit
+from syncer.testing import FakeClock
 
 BASE = "https://api.hubapi.com"
 TOKEN = "pat-na1-0000-secret-token"
@@ -33,14 +32,9 @@ BOB = Record("bob@example.com", {"email": "bob@example.com", "firstname": "Bob",
 
 
 @pytest.fixture
-def limiter(clock: FakeClock) -> AccountLimiter:
-    return AccountLimiter([], 4, clock=clock, sleep=clock.sleep)
-
-
-@pytest.fixture
-def http(router: respx.Router, limiter: AccountLimiter) -> Iterator[httpx.Client]:
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
-        yield client
+def http(engine_http: httpx.Client) -> httpx.Client:
+    """The engine's client only (the kit's, its limiter on the fake clock)."""
+    return engine_http
 
 
 def make(http: httpx.Client, mode: str = "membership", **options: Any) -> HubSpotConnector:

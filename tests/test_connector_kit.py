@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
 from connectors.braze import BrazeConnector
+from connectors.file import FileConnector
+from connectors.google_ads import GoogleAdsConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.klaviyo import KlaviyoConnector
 from connectors.linkedin import LinkedInConnector
@@ -12,8 +20,10 @@ from connectors.salesforce import SalesforceConnector
 from connectors.sendgrid import SendGridConnector
 from connectors.tiktok import TikTokConnector
 from connectors.webhook import WebhookConnector
-from syncer.testing import ConnectorSuite, Row, sha256_email
+from syncer.testing import ConnectorSuite, FakeVendor, Row, SyncHarness, sha256_email
 from tests.fake_braze import FakeBraze
+from tests.fake_file import MembersFile
+from tests.fake_google_ads import FakeGoogleAds
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_linkedin import FakeLinkedIn
@@ -215,3 +225,88 @@ class TestTikTok(ConnectorSuite):
 
     def vendor_key(self, row: Row) -> str:
         return sha256_email(row)
+
+
+GOOGLE_TOKEN = "ya29.kit-oauth-token-0123456789"
+GOOGLE_DEVELOPER_TOKEN = "dev-kit-token-ABCDEF"
+
+
+class TestGoogleAds(ConnectorSuite):
+    connector = GoogleAdsConnector
+    destination = {
+        "access_token": "${GOOGLE_ADS_ACCESS_TOKEN}",
+        "developer_token": "${GOOGLE_ADS_DEVELOPER_TOKEN}",
+        "customer_id": "123-456-7890",
+        "user_list_id": "4567",
+        "base_url": FakeGoogleAds.base_url,
+        "region": "US",
+        "ad_user_data": "GRANTED",
+        "ad_personalization": "GRANTED",
+    }
+    secrets = {
+        "GOOGLE_ADS_ACCESS_TOKEN": GOOGLE_TOKEN,
+        "GOOGLE_ADS_DEVELOPER_TOKEN": GOOGLE_DEVELOPER_TOKEN,
+    }
+    fields = {"email": "email", "phone": "phone"}
+    key = "id"
+    key_type = "string"
+
+    def make_fake(self) -> FakeGoogleAds:
+        return FakeGoogleAds(GOOGLE_TOKEN, GOOGLE_DEVELOPER_TOKEN, "1234567890", "4567")
+
+    def vendor_key(self, row: Row) -> str:
+        return sha256_email(row)
+
+
+class TestFile(ConnectorSuite):
+    connector = FileConnector
+    destination = {"path": "${KIT_ROOT}/out/members.jsonl"}
+
+    def make_fake(self) -> MembersFile:
+        return MembersFile()
+
+    def harness(self, tmp_path: Path, fake: FakeVendor) -> SyncHarness:
+        assert isinstance(fake, MembersFile)
+        fake.path = tmp_path / "out" / "members.jsonl"
+        return super().harness(tmp_path, fake)
+
+
+# -- the kit catches what it is for -----------------------------------------------------------
+
+
+class SmallReceiver(FakeReceiver):
+    """A receiver taking fewer records per request than the webhook connector may send."""
+
+    batch_cap = 100
+
+
+class DuplicatingReceiver(FakeReceiver):
+    """A receiver that creates a second copy of anyone added twice, as a create endpoint."""
+
+    def receive(self, request: httpx.Request) -> httpx.Response:
+        batch = json.loads(request.content)
+        if batch["operation"] != "remove":
+            for record in batch["records"]:
+                if record["key"] in self.held:
+                    self.held[f"{record['key']}#copy"] = record["fields"]
+        return super().receive(request)
+
+
+def test_the_kit_fails_a_connector_whose_batches_exceed_the_vendor_cap(tmp_path: Path) -> None:
+    suite = TestWebhook()
+    suite.make_fake = SmallReceiver  # type: ignore[method-assign]
+    with pytest.raises(AssertionError, match="over the vendor's cap 100"):
+        suite.test_no_request_exceeds_the_vendor_batch_cap(tmp_path)
+
+
+def test_the_kit_sees_duplicates_left_by_re_sends(tmp_path: Path) -> None:
+    suite = TestWebhook()
+    suite.make_fake = DuplicatingReceiver  # type: ignore[method-assign]
+    with pytest.raises(AssertionError, match="#copy"):
+        suite.test_resending_converges_without_duplicates(tmp_path)
+
+
+def test_the_kit_reports_what_a_fake_lacks_as_the_skip_reason(tmp_path: Path) -> None:
+    suite = TestFile()
+    with pytest.raises(pytest.skip.Exception, match="MembersFile lacks http: the file connector"):
+        suite.test_5xx_is_retried(tmp_path, 503)

@@ -14,8 +14,9 @@ import respx
 from connectors.klaviyo import KlaviyoConfig, KlaviyoConnector
 from syncer.connector import Record, SyncContext
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
+from syncer.http import DestinationClient
 from syncer.ratelimit import AccountLimiter
+from syncer.testing import engine_client
 from tests.contract import spec
 
 BASE = "https://a.klaviyo.com"
@@ -440,7 +441,7 @@ def test_spent_ratelimit_headers_slow_the_account_down(router: respx.Router) -> 
     limiter = AccountLimiter([], 4, clock=lambda: now[0], sleep=sleep)
     headers = {"RateLimit-Limit": "150", "RateLimit-Remaining": "0", "RateLimit-Reset": "7"}
     router.delete(f"/api/lists/{LIST}/relationships/profiles").respond(204, headers=headers)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         connector, _ = make(client)
         connector.remove([Record("a@example.com", {}, "01PA")])
         assert limiter.cooldowns == 1
@@ -452,7 +453,7 @@ def test_remaining_quota_does_not_slow_down(router: respx.Router) -> None:
     limiter = AccountLimiter([], 4)
     headers = {"RateLimit-Remaining": "149", "RateLimit-Reset": "60"}
     router.delete(f"/api/lists/{LIST}/relationships/profiles").respond(204, headers=headers)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         connector, _ = make(client)
         connector.remove([Record("a@example.com", {}, "01PA")])
     assert limiter.cooldowns == 0
@@ -553,7 +554,7 @@ def test_requests_per_10000_members_added(router: respx.Router) -> None:
         side_effect=listing
     )
     records = [person(n) for n in range(10_000)]
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         connector, _ = make(client)
         accepted = 0
         for start in range(0, len(records), connector.batch_size):
@@ -569,7 +570,7 @@ def test_requests_per_10000_members_added(router: respx.Router) -> None:
 def test_requests_per_10000_members_removed(router: respx.Router) -> None:
     route = router.delete(f"/api/lists/{LIST}/relationships/profiles").respond(204)
     records = [Record(f"u{n}@example.com", {}, f"P{n}") for n in range(10_000)]
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         connector, _ = make(client)
         for start in range(0, len(records), connector.batch_size):
             connector.remove(records[start : start + connector.batch_size])

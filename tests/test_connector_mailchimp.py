@@ -10,7 +10,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 from connectors.mailchimp import MailchimpConfig, MailchimpConnector, subscriber_hash
 from syncer.connector import Record, SyncContext
 from syncer.errors import AuthError, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
+from syncer.http import DestinationClient
 
 KEY = "0123456789abcdef0123456789abcdef-us21"
 BASE = "https://us21.api.mailchimp.com/3.0"
@@ -50,9 +49,9 @@ def make(http: httpx.Client, mode: str = "membership", **options: Any) -> Mailch
 
 
 @pytest.fixture
-def http(router: respx.Router) -> Iterator[httpx.Client]:
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
-        yield client
+def http(engine_http: httpx.Client) -> httpx.Client:
+    """The engine's client only (the kit's)."""
+    return engine_http
 
 
 def body(call: Any) -> Any:

@@ -19,8 +19,9 @@ import respx
 from connectors.meta import MetaConfig, MetaConnector
 from syncer.connector import Record, SyncContext
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
+from syncer.http import DestinationClient
 from syncer.ratelimit import AccountLimiter
+from syncer.testing import engine_client
 
 BASE = "https://graph.facebook.com"
 TOKEN = "EAAB-system-user-token-0123456789"
@@ -424,7 +425,7 @@ def test_buc_estimate_on_a_throttle_holds_the_account(router: respx.Router) -> N
             httpx.Response(200, json={"num_received": 1, "num_invalid_entries": 0}),
         ]
     )  # fmt: skip
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         connector = make(client)
         with pytest.raises(RateLimited):
             connector.add([person(1)])
@@ -441,7 +442,7 @@ def test_buc_usage_on_success_slows_down_only_when_spent(router: respx.Router) -
             httpx.Response(200, json={"num_received": 1}, headers=usage(0, 10)),
         ]
     )
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         connector = make(client)
         connector.add([person(1)])
         assert limiter.cooldowns == 0
@@ -515,7 +516,7 @@ def test_requests_per_10000_members_added_and_removed(router: respx.Router) -> N
     add = router.post(USERS).mock(side_effect=counts)
     remove = router.delete(USERS).mock(side_effect=counts)
     records = [person(n, phone=f"+1650253{n:04d}") for n in range(10_000)]
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         connector = make(client)
         kept: list[Record] = []
         for start in range(0, len(records), connector.batch_size):

@@ -9,7 +9,6 @@ field by field from ../shared/reference/destinations.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,9 +20,8 @@ from pydantic import SecretStr, ValidationError
 from connectors.salesforce import SalesforceConfig, SalesforceConnector
 from syncer.connector import Record, SyncContext
 from syncer.errors import AuthError, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
-from syncer.ratelimit import AccountLimiter
-from tests.conftest import FakeClock
+from syncer.http import DestinationClient
+from syncer.testing import FakeClock
 
 BASE = "https://acme.my.salesforce.com"
 TOKEN = "00Dxx0000001gPL!AQ4AQFakeAccessToken"
@@ -38,10 +36,9 @@ BOB = Record("c-2", {"Email": "bob@example.com", "LastName": None})
 
 
 @pytest.fixture
-def http(router: respx.Router, clock: FakeClock) -> Iterator[httpx.Client]:
-    limiter = AccountLimiter([], 5, clock=clock, sleep=clock.sleep)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
-        yield client
+def http(engine_http: httpx.Client) -> httpx.Client:
+    """The engine's client only (the kit's, its limiter on the fake clock)."""
+    return engine_http
 
 
 def make(http: httpx.Client, mode: str = "membership", **options: Any) -> SalesforceConnector:

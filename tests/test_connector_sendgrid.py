@@ -16,8 +16,9 @@ import respx
 from connectors.sendgrid import SendGridConfig, SendGridConnector
 from syncer.connector import Record, SyncContext
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
+from syncer.http import DestinationClient
 from syncer.ratelimit import AccountLimiter
+from syncer.testing import engine_client
 from tests.contract import spec
 
 BASE = "https://api.sendgrid.com"
@@ -331,7 +332,7 @@ def test_spent_ratelimit_headers_hold_until_reset(router: respx.Router) -> None:
     reset = str(int(time.time()) + 30)
     headers = {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
     router.delete(f"/v3/marketing/lists/{LIST}/contacts").respond(202, headers=headers, json={})
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         connector, _ = make(client)
         connector.remove([Record("a@example.com", {}, cid("a"))])
         assert limiter.cooldowns == 1
@@ -347,7 +348,7 @@ def test_429_without_retry_after_waits_for_reset(router: respx.Router) -> None:
         headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
         json={"errors": [{"field": None, "message": "too many requests"}]},
     )
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         connector, _ = make(client)
         with pytest.raises(RateLimited):
             connector.add([person(1)])
@@ -407,7 +408,7 @@ def test_requests_per_10000_members_added(router: respx.Router) -> None:
         )
     )
     records = [person(n) for n in range(10_000)]
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         connector, _ = make(client)
         size = connector.batch_size
         ids = [
@@ -425,7 +426,7 @@ def test_requests_per_10000_members_removed_and_updated(router: respx.Router) ->
     router.put("/v3/marketing/contacts").respond(202, json={"job_id": "job-1"})
     router.get("/v3/marketing/contacts/imports/job-1").respond(200, json={"status": "completed"})
     records = [Record(r.key, r.fields, cid(r.key)) for r in map(person, range(10_000))]
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         connector, _ = make(client)
         size = connector.batch_size
         for start in range(0, len(records), size):

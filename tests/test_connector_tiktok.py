@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,11 +22,11 @@ from pydantic import ValidationError
 from connectors.tiktok import TikTokConfig, TikTokConnector
 from syncer.connector import Record, SyncContext, effective_limits
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.http import DestinationClient, make_client
+from syncer.http import DestinationClient
 from syncer.identifiers import identifier, normalize
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import AccountLimiter, RateLimit
-from tests.conftest import FakeClock
+from syncer.testing import FakeClock
 
 BASE = "https://business-api.tiktok.com/open_api/v1.3"
 TOKEN = "tt-access-token-secret-0123456789"
@@ -60,10 +59,9 @@ def kept(**ids: str) -> str:
 
 
 @pytest.fixture
-def http(router: respx.Router, clock: FakeClock) -> Iterator[httpx.Client]:
-    limiter = AccountLimiter([], 4, clock=clock, sleep=clock.sleep)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
-        yield client
+def http(engine_http: httpx.Client) -> httpx.Client:
+    """The engine's client only (the kit's, its limiter on the fake clock)."""
+    return engine_http
 
 
 def make(

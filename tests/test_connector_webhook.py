@@ -30,6 +30,8 @@ from syncer.errors import (
 )
 from syncer.http import make_client
 from syncer.ratelimit import AccountLimiter
+from syncer.testing import engine_client
+from syncer.testing.fixtures import HarnessFactory
 
 URL = "https://hooks.example.com/syncer"
 SECRET = "s3cr3t-hmac-key"
@@ -121,7 +123,7 @@ def test_the_timestamp_is_taken_as_the_request_leaves(router: respx.Router) -> N
     limiter = AccountLimiter([], 1)
     limiter.cool_down(1.2)  # the account was told to wait
     router.post(URL).respond(200)
-    with make_client(transport=httpx.MockTransport(router.handler), limiter=limiter) as client:
+    with engine_client(router, limiter=limiter) as client:
         before = time.time()
         make(client).add([ADA])
     assert int(sent(router).headers["X-Syncer-Timestamp"]) >= int(before + 1.2)
@@ -384,7 +386,7 @@ class Clock:
 
 def test_a_captured_request_cannot_be_replayed_or_altered(router: respx.Router) -> None:
     router.post(URL).respond(200)
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         make(client).add([ADA])
     captured = sent(router)
     headers, body = captured.headers, captured.content
@@ -445,30 +447,21 @@ def test_the_demo_receiver_refuses_a_replay_after_the_window() -> None:
 
 
 def test_add_remove_add_across_runs_gives_three_keys_and_a_retry_keeps_its_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    harness: HarnessFactory, router: respx.Router
 ) -> None:
     """Through the engine: the re-add of run 4 is applied, not taken for a replay of run 2's
     add, and run 2's retry (its first answer lost) is recognised and not applied twice."""
-    import sqlite3
-
-    from syncer.engine import SyncEngine
-    from syncer.mapping import load_file
-    from syncer.settings import Settings
-
-    warehouse = tmp_path / "w.db"
+    h = harness(
+        WebhookConnector,
+        {"url": URL, "secret": "${HOOK_SECRET}"},
+        fields={},
+        key_type="string",
+        secrets={"HOOK_SECRET": SECRET},
+    )
 
     def segment(*keys: str) -> None:
-        with sqlite3.connect(warehouse) as conn:
-            conn.execute("DROP TABLE IF EXISTS s")
-            conn.execute("CREATE TABLE s (email TEXT)")
-            conn.executemany("INSERT INTO s VALUES (?)", [(k,) for k in keys])
+        h.segment([{"email": key} for key in keys])
 
-    mapping = tmp_path / "vip.yaml"
-    mapping.write_text(
-        "source: {query: 'select email from s', key: email}\nmode: mirror\n"
-        "guards: {max_remove_pct: 100}\n"
-        f"destination: {{connector: webhook, url: '{URL}', secret: '${{HOOK_SECRET}}'}}\n"
-    )
     guard = ReplayGuard(SECRET)
     members: set[str] = set()
     log: list[tuple[str, str, str, bool]] = []  # (run, operation, key, applied)
@@ -492,23 +485,15 @@ def test_add_remove_add_across_runs_gives_three_keys_and_a_retry_keeps_its_key(
             return httpx.Response(503)
         return httpx.Response(200, json={"rejected": []})
 
-    engine = SyncEngine(
-        Settings(
-            warehouse_url=f"sqlite:///{warehouse}", state_url=f"sqlite:///{tmp_path / 's.db'}"
-        ),
-        transport=httpx.MockTransport(receiver),
-        sleep=lambda _s: None,
-    )
-    monkeypatch.setenv("HOOK_SECRET", SECRET)
-    sync = load_file(mapping)
+    router.post(URL).mock(side_effect=receiver)
     results = []
     # Run 1 adds bob; run 2 adds ada (answer lost once); run 3 removes her; run 4 re-adds.
     for keys, lose in [(("bob",), False), (("bob", "ada"), True), (("bob",), False)]:
         segment(*keys)
         lose_next_answer[0] = lose
-        results.append(engine.run(sync))
+        results.append(h.run())
     segment("bob", "ada")
-    results.append(engine.run(sync))
+    results.append(h.run())
     assert [r.status for r in results] == ["succeeded"] * 4
     assert members == {"bob", "ada"}
 
@@ -532,7 +517,7 @@ def test_the_readme_receiver_example_accepts_syncer_and_refuses_a_late_replay(
     exec(compile(code, "README.md", "exec"), example)
 
     router.post(URL).respond(200)
-    with make_client(transport=httpx.MockTransport(router.handler)) as client:
+    with engine_client(router) as client:
         make(client).add([ADA])
         later_run = SyncContext("vip", "membership", ("email", "first_name"), run_id="r2")
         WebhookConnector(make(client).config, later_run, client).add([ADA])  # a re-add

@@ -106,7 +106,7 @@ def test_job_lifecycle_and_churn_through_the_cli(tmp_path: Path) -> None:
         (job,) = vendor.jobs.values()
         assert job["consent"] == {"adUserData": "GRANTED", "adPersonalization": "GRANTED"}
         assert job["status"] == "RUNNING" and len(job["operations"]) == 20
-        assert vendor.members == set()
+        assert vendor.identifiers == set()
         assert len(vendor.requests_to(ADD_OPS)) == 4 + 1  # 21 records / 6, plus the 429
         proc = run.cli("run", "show", first_run, "--json")
         outputs += [proc.stdout, proc.stderr]

@@ -132,7 +132,7 @@ def test_churn_with_429_and_a_rejected_address(tmp_path: Path, mechanism: str) -
         assert len(vendor.requests_to(r"/segments$", "POST")) == (
             1 if mechanism == "tag: vip" else 0
         )
-        hashes = {m.email: m for m in vendor.members.values()}
+        hashes = {m.email: m for m in vendor.audience.values()}
         assert hashes["p3@example.com"].merge_fields == {"FNAME": "Changed"}
         assert hashes["p14@example.com"].merge_fields == {"FNAME": "P14"}
         assert BAD not in hashes

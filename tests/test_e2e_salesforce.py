@@ -62,7 +62,7 @@ def test_churn_with_rate_limits_duplicates_and_a_rejected_contact(tmp_path: Path
         # w-01 already exists in the org and is already a campaign member.
         org.by_external["w-01"] = existing = "003xx9999999999AAA"
         org.contacts[existing] = {"LastName": "Old"}
-        org.members["00vxx9999999999AAA"] = (CAMPAIGN, existing)
+        org.campaign_members["00vxx9999999999AAA"] = (CAMPAIGN, existing)
         org.reject_last_names.add("Forbidden")
         run = SyncRun(
             tmp_path,
@@ -97,7 +97,7 @@ def test_churn_with_rate_limits_duplicates_and_a_rejected_contact(tmp_path: Path
         state = synced(run)
         assert BAD not in state
         assert state["w-01"] == f"{existing}:00vxx9999999999AAA"
-        member_of = {contact: member for member, (_, contact) in org.members.items()}
+        member_of = {contact: member for member, (_, contact) in org.campaign_members.items()}
         for key, stored in state.items():
             contact, member = (stored or "").split(":")
             assert org.by_external[key] == contact and member_of[contact] == member

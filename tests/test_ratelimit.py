@@ -17,7 +17,7 @@ from connectors.file import FileConnector
 from connectors.webhook import WebhookConnector
 from syncer.connector import Connector, ConnectorConfig, SyncContext, effective_limits
 from syncer.ratelimit import SAFETY_MARGIN, AccountLimiter, RateLimit, limiter_for
-from tests.conftest import FakeClock
+from syncer.testing import FakeClock
 
 CONTEXT = SyncContext("s", "membership", ("email",))
 

@@ -16,12 +16,26 @@ Fixtures for your own tests: ``pytest_plugins = ["syncer.testing.fixtures"]`` in
 Needs the ``testing`` extra (pytest, respx). See docs/testing-a-connector.md.
 """
 
-from syncer.testing.fake import FakeVendor, Feature, Fields
-from syncer.testing.harness import SEGMENT_COLUMNS, FakeClock, Row, SyncHarness, mapping_yaml
-from syncer.testing.suite import EXIT_CONFIG, ConnectorSuite, member, sha256_email
+import pytest
+
+# The suite's asserts show their operands on failure, as a test module's do.
+pytest.register_assert_rewrite("syncer.testing.suite")
+
+from syncer.testing.fake import FakeVendor, Feature, Fields  # noqa: E402
+from syncer.testing.harness import (  # noqa: E402
+    ROOT_VARIABLE,
+    SEGMENT_COLUMNS,
+    FakeClock,
+    Row,
+    SyncHarness,
+    engine_client,
+    mapping_yaml,
+)
+from syncer.testing.suite import EXIT_CONFIG, ConnectorSuite, member, sha256_email  # noqa: E402
 
 __all__ = [
     "EXIT_CONFIG",
+    "ROOT_VARIABLE",
     "SEGMENT_COLUMNS",
     "ConnectorSuite",
     "FakeClock",
@@ -30,6 +44,7 @@ __all__ = [
     "Fields",
     "Row",
     "SyncHarness",
+    "engine_client",
     "mapping_yaml",
     "member",
     "sha256_email",

@@ -3,10 +3,12 @@
     pytest_plugins = ["syncer.testing.fixtures"]
 
 ``router`` is a respx router; ``http`` an httpx client whose transport is that router, once as
-the engine builds it and once plain (a connector must behave the same with both); ``clock`` a
-``FakeClock``; ``state_url`` and ``warehouse_url`` SQLite files in ``tmp_path``; ``harness``
-builds a ``SyncHarness`` (engine, mapping, ``LoadedSync``) for a connector on that router and
-clock. A fixture of the same name in your own conftest or module takes precedence.
+the engine builds it and once plain (a connector must behave the same with both);
+``engine_http`` the engine's client alone, with ``limiter`` (an ``AccountLimiter`` on
+``clock``, a ``FakeClock``); ``state_url`` and ``warehouse_url`` SQLite files in
+``tmp_path``; ``harness`` builds a ``SyncHarness`` (engine, mapping, ``LoadedSync``) for a
+connector on that router and its own clock. A fixture of the same name in your own conftest
+or module takes precedence.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pytest
 import respx
 
 from syncer.connector import Connector
-from syncer.testing.harness import FakeClock, SyncHarness
+from syncer.ratelimit import AccountLimiter
+from syncer.testing.harness import FakeClock, SyncHarness, engine_client
 
 
 class HarnessFactory(Protocol):
@@ -64,6 +67,20 @@ def http(router: respx.Router, request: pytest.FixtureRequest) -> Iterator[httpx
 def clock() -> FakeClock:
     """A clock that moves only when slept on; a zero wait fails (a busy loop)."""
     return FakeClock(forbid_zero_waits=True)
+
+
+@pytest.fixture
+def limiter(clock: FakeClock) -> AccountLimiter:
+    """An account limiter with no windows and four requests in flight, on ``clock``."""
+    return AccountLimiter([], 4, clock=clock, sleep=clock.sleep)
+
+
+@pytest.fixture
+def engine_http(router: respx.Router, limiter: AccountLimiter) -> Iterator[httpx.Client]:
+    """The engine's client on ``router`` with ``limiter``: cool-downs and pacing a connector
+    asks for show up in ``clock.slept`` instead of taking time."""
+    with engine_client(router, limiter=limiter) as client:
+        yield client
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ engine waits (backoffs, Retry-After, cool-downs cost no real time)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,13 +20,41 @@ from syncer.connector import Connector
 from syncer.engine import PlanResult, RunResult, SyncEngine
 from syncer.errors import ConfigError
 from syncer.mapping import LoadedSync, load_file
+from syncer.ratelimit import AccountLimiter
 from syncer.settings import Settings
 
 #: The columns of the harness's ``segment`` table, every one text.
 SEGMENT_COLUMNS: tuple[str, ...] = ("id", "email", "first_name", "last_name", "phone", "country")
 
+#: The ``${NAME}`` a destination setting may use for the harness's directory.
+ROOT_VARIABLE = "KIT_ROOT"
+
 #: A row of the segment: column to value (missing columns are NULL).
 Row = Mapping[str, str | None]
+
+
+@contextmanager
+def engine_client(
+    router: respx.Router, *, limiter: AccountLimiter | None = None, timeout: float = 30.0
+) -> Iterator[httpx.Client]:
+    """The engine's HTTP client (classification, scrubbing, ``limiter``) sending to
+    ``router``: what a connector gets inside a run, for tests that call it directly."""
+    from syncer.http import make_client
+
+    transport = httpx.MockTransport(router.handler)
+    with make_client(timeout, transport=transport, limiter=limiter) as client:
+        yield client
+
+
+def status_of(result: RunResult) -> str:
+    """A run's status as its word ("succeeded", "partial"...), whether the engine gives a
+    string or an enum."""
+    return str(getattr(result.status, "value", result.status))
+
+
+def _unsettled(result: RunResult) -> bool:
+    """Whether vendor jobs of the sync are still out after ``result``."""
+    return status_of(result) in ("submitted", "waiting") or bool(result.counts.get("pending"))
 
 
 class FakeClock:
@@ -79,9 +109,10 @@ class SyncHarness:
 
     ``destination`` is the mapping's ``destination:`` block without ``connector:``; secrets in
     it are ``${NAME}`` references resolved from ``secrets`` (written to a ``.env`` beside the
-    mapping, as a user would). Requests go to ``router`` (made when not given): mount a
-    ``FakeVendor`` on it, or add respx routes. The connector must be installed under its
-    ``name`` in the ``syncer.connectors`` entry points, as the engine loads it from there.
+    mapping, as a user would), and ``${KIT_ROOT}`` is ``root`` (for a path setting).
+    Requests go to ``router`` (made when not given): mount a ``FakeVendor`` on it, or add
+    respx routes. The connector must be installed under its ``name`` in the
+    ``syncer.connectors`` entry points, as the engine loads it from there.
     """
 
     def __init__(
@@ -113,9 +144,9 @@ class SyncHarness:
             encoding="utf-8",
         )
         self.env_path = root / ".env"
+        env = {ROOT_VARIABLE: str(root), **(secrets or {})}
         self.env_path.write_text(
-            "".join(f"{name}={value}\n" for name, value in (secrets or {}).items()),
-            encoding="utf-8",
+            "".join(f"{name}={value}\n" for name, value in env.items()), encoding="utf-8"
         )
         self.segment([])
         self.sync = self._load(connector)
@@ -167,15 +198,19 @@ class SyncHarness:
         """One run, as ``syncer sync now`` would do it."""
         return self.engine.run(self.sync, full_resync=full_resync)
 
-    def settle(self, *, full_resync: bool = False, runs: int = 5) -> RunResult:
-        """Run, then run again while vendor jobs are pending (a later run settles them); the
-        last run's result."""
-        result = self.run(full_resync=full_resync)
-        for _ in range(runs - 1):
-            if not result.counts.get("pending"):
-                break
-            result = self.run()
-        return result
+    def settle(self, *, full_resync: bool = False, runs: int = 10) -> RunResult:
+        """Run, then run again while vendor jobs are still out (a later run settles them):
+        the last run's result, with the counts summed over every run made."""
+        results = [self.run(full_resync=full_resync)]
+        while len(results) < runs and _unsettled(results[-1]):
+            results.append(self.run())
+        totals: dict[str, int] = {}
+        for result in results:
+            for name, value in result.counts.items():
+                if name != "source_rows":
+                    totals[name] = totals.get(name, 0) + value
+        totals["source_rows"] = results[0].counts.get("source_rows", 0)
+        return dataclasses.replace(results[-1], counts=totals)
 
     def plan(self, *, full_resync: bool = False) -> PlanResult:
         """What a run would send now; nothing is sent."""

@@ -22,7 +22,7 @@ import structlog
 from syncer.connector import Connector, Operation
 from syncer.engine import RunResult
 from syncer.testing.fake import FakeVendor, Feature
-from syncer.testing.harness import Row, SyncHarness
+from syncer.testing.harness import Row, SyncHarness, status_of
 
 #: The exit code of a run stopped by a configuration problem (bad credentials included).
 EXIT_CONFIG = 78
@@ -109,13 +109,17 @@ class ConnectorSuite:
         return fake, self.harness(tmp_path, fake)
 
     def held(self, fake: FakeVendor) -> set[str]:
+        """The keys the destination holds."""
         return set(fake.members())
 
     def expect(self, rows: list[dict[str, str]]) -> set[str]:
+        """The keys ``rows`` should be held under."""
         return {self.vendor_key(row) for row in rows}
 
     def assert_run(self, result: RunResult, status: str = "succeeded") -> None:
-        assert result.status == status, f"{result.status}: {result.message} {result.counts}"
+        """``result`` has ``status``; else the run's message and counts say why not."""
+        got = status_of(result)
+        assert got == status, f"{got}: {result.message} {result.counts}"
 
     # -- the standard tests ---------------------------------------------------------------
 
@@ -170,7 +174,7 @@ class ConnectorSuite:
         fake.reject_record(bad)
         h.segment(rows)
         result = h.settle()
-        assert result.counts["rejected"] == 1, result.counts
+        assert result.counts["rejected"] >= 1, result.counts
         assert self.held(fake) == self.expect(rows) - {bad}
         fake.forgive()
         self.assert_run(h.settle())
@@ -184,7 +188,7 @@ class ConnectorSuite:
         fake.refuse_batch_with(bad)
         h.segment(rows)
         result = h.settle()
-        assert result.counts["rejected"] == 1, result.counts
+        assert result.counts["rejected"] >= 1, result.counts
         assert self.held(fake) == self.expect(rows) - {bad}
 
     def test_429_with_retry_after_waits_as_asked(self, tmp_path: Path) -> None:
@@ -226,7 +230,7 @@ class ConnectorSuite:
         h.segment([member(n) for n in range(self.size)])
         fake.answer_next(401, 1000)
         result = h.run()
-        assert (result.status, result.exit_code) == ("failed", EXIT_CONFIG), result
+        assert (status_of(result), result.exit_code) == ("failed", EXIT_CONFIG), result
         assert 1000 - fake.faults_left <= 2, "kept sending with refused credentials"
         assert fake.members() == {}
 
@@ -262,7 +266,7 @@ class ConnectorSuite:
         the connector's own cap must keep every request within the vendor's."""
         fake = self.make_fake()
         if fake.batch_cap is None:
-            pytest.skip(f"{type(fake).__name__} declares no batch_cap")
+            pytest.skip(f"{type(fake).__name__} declares no batch_cap: no vendor cap to respect")
         capabilities = self.connector.capabilities
         assert capabilities.max_batch_size <= fake.batch_cap, (
             f"capabilities.max_batch_size {capabilities.max_batch_size} is over the vendor's"
@@ -276,12 +280,13 @@ class ConnectorSuite:
         assert self.held(fake) == self.expect(rows)
 
     def test_resending_converges_without_duplicates(self, tmp_path: Path) -> None:
-        """An answer lost after the vendor applied the batch, then a full resync: the
-        destination holds each member once, as the segment says."""
-        fake, h = self.start(tmp_path, "http")
+        """An answer lost after the vendor applied the batch (HTTP vendors), then a full
+        resync: the destination holds each member once, as the segment says."""
+        fake, h = self.start(tmp_path)
         rows = [member(n) for n in range(self.size)]
         h.segment(rows)
-        fake.lose_next_answers(1)
+        if "http" not in fake.lacks:
+            fake.lose_next_answers(1)
         self.assert_run(h.settle())
         self.assert_run(h.settle(full_resync=True))
         self.assert_run(h.settle())
