@@ -199,6 +199,17 @@ def _refuse_unusual(path: Path) -> None:
         raise _refusal(path, why)
 
 
+def _open_existing(path: Path) -> int | None:
+    """``path`` opened for reading as :func:`_open_regular` does; None when it does not exist.
+    Other failures are ConfigError or TransientError naming the path."""
+    try:
+        return _open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _os_error("read", path, exc) from None
+
+
 def _open_regular(path: Path, flags: int) -> int:
     """``os.open`` that never follows a link, never blocks on a FIFO, creates 0600, and
     refuses anything but our own regular file. That is checked on the open descriptor, so a
@@ -417,12 +428,9 @@ class FileConnector(Connector):
 
     def _validate_log(self, offset: int) -> None:
         """Read the log as the next ``open()`` would replay it, changing nothing."""
-        try:
-            fd = _open_regular(self.changes_path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = _open_existing(self.changes_path)
+        if fd is None:
             return
-        except OSError as exc:
-            raise _os_error("read", self.changes_path, exc) from None
         try:
             size = os.fstat(fd).st_size
             if offset > size or not os.path.lexists(self.path) or not _line_start(fd, offset):
@@ -490,12 +498,9 @@ class FileConnector(Connector):
         """Bytes of the log the members file reflects, and the members file's signature when
         it was written. Missing or unparsable means 0 and None: the whole log is replayed
         (harmless, replay is idempotent) and the members file is read through."""
-        try:
-            fd = _open_regular(self.applied_path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = _open_existing(self.applied_path)
+        if fd is None:
             return 0, None
-        except OSError as exc:
-            raise _os_error("read", self.applied_path, exc) from None
         try:
             with open(fd, "rb") as f:
                 raw = f.read(256)
@@ -593,12 +598,9 @@ class FileConnector(Connector):
         """The members file's lines as text (none if there is no file), opened safely and
         decoded one by one, so an error names the line. Lines split at ``\n`` only, as
         written; a byte-order mark (spreadsheet exports) is not part of the first column."""
-        try:
-            fd = _open_regular(self.path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = _open_existing(self.path)
+        if fd is None:
             return
-        except OSError as exc:
-            raise _os_error("read", self.path, exc) from None
         with open(fd, "rb") as members:
             number = 0
             try:

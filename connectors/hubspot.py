@@ -28,7 +28,7 @@ from syncer.connector import (
 from syncer.declarations import BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector, chunks
+from syncer.rest import RestConfig, RestConnector, chunks, group_by_value
 from syncer.steps import Steps, apply
 
 MAX_BATCH = 100  # HubSpot's v3 batch limit (reference: standard, not in the spec)
@@ -223,15 +223,8 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
         """Upsert ``records``; returns the outcomes and key -> HubSpot record id of those
         that were accepted. Inputs resolving to one id value go once (HubSpot refuses the
         whole batch otherwise) and all of them get its record id."""
-        outcomes: list[Outcome] = []
-        by_value: dict[str, list[Record]] = {}
-        for record in records:
-            value = self._id_value(record)
-            if not value:
-                reason = f"no value for {self.settings.id_property}"
-                outcomes.append(Outcome(record.key, "rejected", reason))
-                continue
-            by_value.setdefault(value, []).append(record)
+        missing = f"no value for {self.settings.id_property}"
+        by_value, outcomes = group_by_value(records, self._id_value, missing)
         if not by_value:
             return outcomes, {}
         values = list(by_value)

@@ -33,7 +33,7 @@ from syncer.connector import (
 from syncer.declarations import BearerAuth
 from syncer.errors import ConfigError
 from syncer.http import Action
-from syncer.rest import RestConfig, RestConnector, chunks
+from syncer.rest import RestConfig, RestConnector, chunks, group_by_value
 from syncer.steps import Steps, apply
 
 MAX_BATCH = 200  # sObject Collections limit per request
@@ -221,12 +221,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
                 f"SELECT Id, {cfg.external_id_field} FROM {cfg.sobject}"
                 f" WHERE {cfg.external_id_field} IN ({quoted})"
             )
-            response = self.request("GET", f"{self.api}/query", params={"q": soql})
-            body = self.json(response)
-            rows = body.get("records") if isinstance(body, dict) else None
-            for row in rows if isinstance(rows, list) else []:
-                if isinstance(row, dict) and row.get("Id") and row.get(cfg.external_id_field):
-                    found[str(row[cfg.external_id_field])] = str(row["Id"])
+            found.update(self._ids_by(soql, cfg.external_id_field))
         return found
 
     def _delete_members(self, members: dict[str, Record], result: BatchResult) -> BatchResult:
@@ -270,15 +265,8 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         """Upsert by external id; returns outcomes and key -> contact/lead id of those
         accepted. Records sharing an external id go once (one record in Salesforce)."""
         cfg = self.settings
-        outcomes: list[Outcome] = []
-        groups: dict[str, list[Record]] = {}
-        for record in records:
-            value = self._external_id(record)
-            if not value:
-                reason = f"no value for {cfg.external_id_field}"
-                outcomes.append(Outcome(record.key, "rejected", reason))
-            else:
-                groups.setdefault(value, []).append(record)
+        missing = f"no value for {cfg.external_id_field}"
+        groups, outcomes = group_by_value(records, self._external_id, missing)
         if not groups:
             return outcomes, {}
         body = {
@@ -388,13 +376,17 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
             f"SELECT Id, {lookup} FROM CampaignMember WHERE CampaignId = "
             f"'{self.settings.campaign_id}' AND {lookup} IN ({quoted})"
         )
+        return self._ids_by(soql, lookup)
+
+    def _ids_by(self, soql: str, field: str) -> dict[str, str]:
+        """``field`` value -> ``Id`` of each row the SOQL query ``soql`` returns."""
         response = self.request("GET", f"{self.api}/query", params={"q": soql})
         body = self.json(response)
         rows = body.get("records") if isinstance(body, dict) else None
         found: dict[str, str] = {}
         for row in rows if isinstance(rows, list) else []:
-            if isinstance(row, dict) and row.get("Id") and row.get(lookup):
-                found[str(row[lookup])] = str(row["Id"])
+            if isinstance(row, dict) and row.get("Id") and row.get(field):
+                found[str(row[field])] = str(row["Id"])
         return found
 
 

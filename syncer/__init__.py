@@ -14,6 +14,7 @@ from syncer.connector import (
     ConnectorConfig,
     JobState,
     JobStatus,
+    ModeName,
     Operation,
     Outcome,
     OutcomeStatus,
@@ -40,7 +41,15 @@ from syncer.errors import (
 )
 from syncer.http import Action
 from syncer.ratelimit import RateLimit
-from syncer.rest import JobPolling, RestConfig, RestConnector, chunks, dig, record_text
+from syncer.rest import (
+    JobPolling,
+    RestConfig,
+    RestConnector,
+    chunks,
+    dig,
+    group_by_value,
+    record_text,
+)
 from syncer.steps import BatchProgress, Steps, apply
 from syncer.types import JSON, FieldValue, JSONBody
 
@@ -66,6 +75,7 @@ __all__ = [
     "JobPolling",
     "JobState",
     "JobStatus",
+    "ModeName",
     "Operation",
     "Outcome",
     "OutcomeStatus",
@@ -84,5 +94,6 @@ __all__ = [
     "chunks",
     "credential_digest",
     "dig",
+    "group_by_value",
     "record_text",
 ]

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -25,14 +25,44 @@ from syncer.types import FieldValue
 
 ENTRY_POINT_GROUP = "syncer.connectors"
 
+#: What a batch asks the destination to do with its records.
 Operation = Literal["add", "remove", "update"]
+#: A sync's mode, as a connector's capabilities name it (a mapping's ``mode:``).
+ModeName = Literal["membership", "upsert", "mirror", "update_only"]
+#: What happened to one record (see :class:`Outcome`).
 OutcomeStatus = Literal["accepted", "rejected", "failed", "pending"]
+#: Where a vendor's asynchronous job is (see :class:`JobStatus`).
 JobState = Literal["running", "succeeded", "failed"]
+
+
+#: Classes (``module:qualname``) found in no entry point, so ``name`` does not scan again.
+_UNREGISTERED: set[str] = set()
+
+
+class _RegisteredName:
+    """``Connector.name`` of a class that declares none: the name of the entry point that
+    registers it (looked up once, then kept on the class), or "" when none does."""
+
+    def __get__(self, instance: object, owner: type) -> str:
+        target = f"{owner.__module__}:{owner.__qualname__}"
+        if target in _UNREGISTERED:
+            return ""
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.value.replace(" ", "") == target:
+                owner.name = ep.name  # type: ignore[attr-defined]
+                return ep.name
+        _UNREGISTERED.add(target)
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One member as the destination sees it: identity key plus mapped fields."""
+    """One member as the destination sees it: identity key plus mapped fields.
+
+    ``key`` is the sync's key (its SHA-256 when ``Capabilities.hashed_keys``); ``fields`` the
+    mapped columns, normalised to JSON types; ``destination_id`` what the connector returned
+    for this record last time (``BatchResult.accept(..., destination_id=)``), or None.
+    """
 
     key: str
     fields: Mapping[str, FieldValue] = field(default_factory=dict)
@@ -70,19 +100,29 @@ class JobStatus:
 
 
 class BatchResult:
-    """Per-record outcomes of one batch; records not mentioned count as accepted."""
+    """Per-record outcomes of one batch; records not mentioned count as accepted.
+
+    Only keys of the batch may be named (another key is a connector bug: ValueError). The
+    last word about a key wins."""
 
     def __init__(self, records: Sequence[Record]) -> None:
         self._records = records
         self._by_key: dict[str, Outcome] = {}
 
     def reject(self, key: str, reason: str) -> None:
+        """The destination refused this record for its content (an invalid email...): kept
+        with ``reason`` in the audit log and sent again next run. ``reason`` must hold no
+        secret or record value: build it with ``RestConnector.reason``."""
         self._by_key[key] = Outcome(key, "rejected", reason)
 
     def fail(self, key: str, reason: str) -> None:
+        """The request for this record failed (the vendor says "try later" for it alone):
+        state does not advance; the next run sends it again."""
         self._by_key[key] = Outcome(key, "failed", reason)
 
     def accept(self, key: str, destination_id: str | None = None) -> None:
+        """The destination has the record; ``destination_id`` (the vendor's id for it, or
+        what removing it later needs) is kept in state and given back in the next batch."""
         self._by_key[key] = Outcome(key, "accepted", None, destination_id)
 
     def pending(self, key: str, job: str, destination_id: str | None = None) -> None:
@@ -90,6 +130,7 @@ class BatchResult:
         self._by_key[key] = Outcome(key, "pending", None, destination_id, job)
 
     def outcomes(self) -> list[Outcome]:
+        """One outcome per record of the batch, in its order (the engine reads this)."""
         keys = {r.key for r in self._records}
         extra = [k for k in self._by_key if k not in keys]
         if extra:
@@ -99,6 +140,7 @@ class BatchResult:
 
     @classmethod
     def all_accepted(cls, records: Sequence[Record]) -> BatchResult:
+        """Every record accepted, none with a destination id."""
         return cls(records)
 
 
@@ -123,7 +165,7 @@ class Capabilities:
     """What a connector can do; the engine refuses a mapping that asks for more."""
 
     operations: frozenset[Operation] = frozenset({"add", "remove", "update"})
-    modes: frozenset[str] = frozenset({"membership", "upsert", "mirror", "update_only"})
+    modes: frozenset[ModeName] = frozenset({"membership", "upsert", "mirror", "update_only"})
     max_batch_size: int = 500
     #: Keep only the SHA-256 of each key in the state database (ad audiences: the key is
     #: often an email, and raw identifiers must never be stored). Records then carry the
@@ -155,7 +197,9 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class SyncContext:
-    """What a connector may know about the sync it serves."""
+    """What a connector may know about the sync it serves: its name, ``mode`` (a
+    :data:`ModeName`), the mapped field names (check them in ``open()``) and the run id
+    (None outside a run, as in ``syncer check``)."""
 
     sync_name: str
     mode: str
@@ -164,17 +208,37 @@ class SyncContext:
 
 
 class Connector:
-    """Base class for destinations. Subclasses set ``name``, ``config_model``, ``capabilities``.
+    """Base class for destinations (HTTP APIs: subclass :class:`syncer.rest.RestConnector`).
 
-    Lifecycle for one run: ``open()``, then any number of ``add``/``remove``/``update`` calls
-    with at most ``batch_size`` records each, then ``close(success)``. A method returning
-    normally means the destination answered; per-record problems go in the ``BatchResult``.
-    Raise ``TransientError`` when the request failed (the batch stays unsynced),
-    ``AuthError``/``ConfigError`` when retrying cannot help, ``BatchRejected`` when the vendor
-    refused the batch as a whole because of its content.
+    Subclasses set ``config_model`` and ``capabilities``; ``name`` comes from the entry point
+    in ``syncer.connectors`` (a class that declares one must agree with it).
+
+    What the engine guarantees: one instance per sync and run, built with the validated
+    config; ``check()`` alone for ``syncer check``; for a run ``open()``, then any number of
+    ``add``/``remove``/``update`` calls (from several threads at once, up to
+    ``max_concurrency`` per account) with at most ``batch_size`` records each and only the
+    operations ``capabilities`` lists, then ``close(success)``. Requests through ``self.http``
+    are paced by the account's limiter, bounded in time and size, never redirected, and
+    classified (``classify``); their errors carry no secrets. A batch that failed is sent
+    again later with the same records (so every write must be idempotent).
+
+    What the connector must do: turn one batch into the vendor's requests and the answers
+    into one outcome per record (``BatchResult``); return normally once the destination
+    answered. Raise ``TransientError`` when the request failed (the batch stays unsynced and
+    is retried), ``AuthError``/``ConfigError`` when retrying cannot help, ``BatchRejected``
+    when the vendor refused the batch as a whole because of its content (the engine halves it
+    to find the refused records).
+
+    What it must never do: sleep, retry, re-batch, pace requests or keep state between runs
+    (the engine owns retries, batching, rate limits and state; ``self.pause`` is the only
+    wait, for vendor jobs); put a secret or a record value in an exception, a reason or a log
+    line; catch the syncer errors ``request`` raises to carry on as if answered.
     """
 
-    name: ClassVar[str] = ""
+    #: The entry point's name (``connector:`` in a mapping). Leave it out: a class without
+    #: one reads it from its entry point in ``syncer.connectors``; one that declares a
+    #: different name is refused when loaded.
+    name: ClassVar[str] = cast(str, _RegisteredName())
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     capabilities: ClassVar[Capabilities] = Capabilities()
     description: ClassVar[str] = ""
@@ -184,8 +248,6 @@ class Connector:
     max_concurrency: ClassVar[int] = 4
 
     def __init__(self, config: ConnectorConfig, context: SyncContext, http: httpx.Client) -> None:
-        if "name" not in type(self).__dict__:
-            _name_from_entry_point(type(self))
         self.config = config
         self.context = context
         self.http = http
@@ -344,16 +406,6 @@ class ConnectorInfo:
     error: str | None
 
 
-def _name_from_entry_point(cls: type[Connector]) -> None:
-    """Give a class that declares no ``name`` the name of its entry point (for connectors
-    built directly, as tests do, rather than through :func:`load_connector`)."""
-    target = f"{cls.__module__}:{cls.__qualname__}"
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value.replace(" ", "") == target:
-            cls.name = ep.name
-            return
-
-
 def _named(cls: type[Connector], registered: str) -> str | None:
     """Settle the connector's name with its entry point: a class without its own ``name``
     takes the entry point's; one that declares another is refused (the message says so)."""
@@ -376,6 +428,7 @@ def discover() -> list[ConnectorInfo]:
     The entry point's name is the connector's: a class that declares no ``name`` gets it, one
     that declares another is listed with an error (and refused by :func:`load_connector`)."""
     found: list[ConnectorInfo] = []
+    _UNREGISTERED.clear()
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist is not None else None
         try:

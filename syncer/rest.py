@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from syncer.connector import (
     Connector,
     ConnectorConfig,
+    Outcome,
     Record,
     SyncContext,
     credential_digest,
@@ -385,6 +386,23 @@ class RestConnector(Connector, Generic[C]):
         return scrub(str(text), secrets=hidden, limit=REASON_LIMIT) or "rejected"
 
 
+def group_by_value(
+    records: Iterable[Record], value_of: Callable[[Record], str], missing: str
+) -> tuple[dict[str, list[Record]], list[Outcome]]:
+    """Records grouped by their upsert key ``value_of(record)``: records sharing one are one
+    vendor record, sent once (vendors refuse a batch naming a key twice). Records without a
+    value are rejected with the reason ``missing``, in the returned outcomes."""
+    groups: dict[str, list[Record]] = {}
+    refused: list[Outcome] = []
+    for record in records:
+        value = value_of(record)
+        if value:
+            groups.setdefault(value, []).append(record)
+        else:
+            refused.append(Outcome(record.key, "rejected", missing))
+    return groups, refused
+
+
 def record_text(records: Iterable[Record]) -> list[str]:
     """Keys and string field values of ``records``: record data never goes into messages."""
     found: list[str] = []
@@ -411,7 +429,7 @@ def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
 
 def _generic_config(cls: type) -> type[ConnectorConfig] | None:
     """``MyConfig`` of ``class X(RestConnector[MyConfig])``; None for other bases."""
-    for base in getattr(cls, "__orig_bases__", ()):
+    for base in cls.__dict__.get("__orig_bases__", ()):
         origin = get_origin(base)
         if isinstance(origin, type) and issubclass(origin, RestConnector):
             for arg in get_args(base):

@@ -46,7 +46,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 from syncer.connector import BatchResult, Outcome, Record
 from syncer.errors import RateLimited, TransientError
@@ -71,7 +71,7 @@ class Steps:
     """The steps of one batch that already succeeded in this run, with what they returned."""
 
     def __init__(self) -> None:
-        self._done: dict[str, Any] = {}
+        self._done: dict[str, object] = {}
         self._new: set[str] = set()  # steps completed during the current call
         self._moved = False  # the current call got an answer that moved the batch on
         #: Steps answered from memory (not sent again), over this batch's calls.
@@ -124,12 +124,12 @@ class Steps:
         return [self.once(f"{name}#{i}", partial(call, item)) for i, item in enumerate(items)]
 
     def pages(
-        self, name: str, fetch: Callable[[Cursor | None], tuple[list[Any], Cursor | None]]
-    ) -> list[Any]:
+        self, name: str, fetch: Callable[[Cursor | None], tuple[list[Item], Cursor | None]]
+    ) -> list[Item]:
         """Every item of a paginated read. ``fetch(cursor)`` reads one page (``None``: the
         first) and returns its items and the next page's cursor (``None``: the last page).
         Each page is a step, so a failure re-reads only the page that failed and those after."""
-        items: list[Any] = []
+        items: list[Item] = []
         cursor: Cursor | None = None
         index = 0
         while True:
