@@ -12,7 +12,10 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --quiet -e '.[dev]'
+	@# The distribution was called `syncer` before; a venv holding both would list every
+	@# connector twice. This venv is ours, so the old name can only be that.
+	@$(BIN)/python -m pip uninstall --quiet --yes syncer >/dev/null 2>&1 || true
+	$(BIN)/python -m pip install --quiet --quiet -e '.[dev,duckdb,postgres]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -415,6 +415,50 @@ def schema() -> None:
     _emit_json(json_schema())
 
 
+@cli.group()
+def new() -> None:
+    """Start a new piece of work from a template."""
+
+
+@new.command("connector")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the package (absent or empty; default ./syncer-NAME).",
+)
+@handles_errors
+def new_connector(name: str, directory: Path | None) -> None:
+    """Scaffold a connector package of your own, outside syncer: a pyproject registering
+    NAME in the syncer.connectors entry points, a RestConnector subclass with its config
+    model, a mapping example and tests on the connector kit (syncer.testing). It installs and
+    its tests pass as generated; then make it speak your vendor's API."""
+    from syncer.connector import discover
+    from syncer.scaffold import ScaffoldError, default_directory
+    from syncer.scaffold import new_connector as scaffold
+
+    try:
+        target = directory if directory is not None else default_directory(name)
+        written = scaffold(name, target, taken=frozenset(info.name for info in discover()))
+    except ScaffoldError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write the package: {exc}") from None
+    shown = target if not target.is_relative_to(Path.cwd()) else target.relative_to(Path.cwd())
+    click.echo(f"Created connector {name!r} in {shown}/:")
+    for path in written:
+        click.echo(f"  {path.relative_to(target)}")
+    click.echo(
+        "\nNext:\n"
+        f"  cd {shown}\n"
+        "  pip install -e '.[test]'\n"
+        "  pytest                      # the connector kit's suite against the fake vendor\n"
+        f"  syncer connectors           # lists {name}\n"
+        "Then make src/.../connector.py speak your vendor's API; see docs/writing-a-connector.md."
+    )
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

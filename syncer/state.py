@@ -36,8 +36,15 @@ from sqlalchemy import (
     make_url,
     select,
 )
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
+from syncer.dist import missing_driver
 from syncer.errors import ConfigError, SyncerError, TransientError
 
 SCHEMA_VERSION = 6
@@ -496,7 +503,10 @@ def state_engine(url: str) -> Engine:
         if not parsed.query.get("uri"):
             with contextlib.suppress(OSError):  # exists already, or SQLite reports the problem
                 os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    engine = create_engine(parsed, pool_pre_ping=True)
+    try:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise missing_driver(parsed, exc, "SYNCER_STATE_URL") from None
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)

@@ -29,6 +29,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from syncer.dist import missing_driver
 from syncer.errors import ConfigError, TransientError
 from syncer.http import scrub
 from syncer.normalize import Infinite
@@ -62,7 +63,7 @@ def new_warehouse_engine(url: str) -> Engine:
     try:
         engine = create_engine(parsed, pool_pre_ping=True)
     except (NoSuchModuleError, ImportError) as exc:
-        raise ConfigError(f"warehouse driver not installed: {exc}") from None
+        raise missing_driver(parsed, exc, "warehouse URL") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_query_only)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
