@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	@# The distribution was called `syncer` before; a venv holding both would list every
 	@# connector twice. This venv is ours, so the old name can only be that.
 	@$(BIN)/python -m pip uninstall --quiet --yes syncer >/dev/null 2>&1 || true
+	@rm -rf syncer.egg-info
 	$(BIN)/python -m pip install --quiet --quiet -e '.[dev,duckdb,postgres]'
 	@touch $(STAMP)
 

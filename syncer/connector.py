@@ -12,7 +12,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar, Literal, cast
 
 import httpx
@@ -433,6 +433,14 @@ def _named(cls: type[Connector], registered: str) -> str | None:
     return None
 
 
+def _registered() -> list[EntryPoint]:
+    """The ``syncer.connectors`` entry points by name, each (name, target) once: a project
+    installed under two distribution names (its old name's metadata left beside the new one,
+    as an editable checkout keeps it) registers the same classes twice."""
+    unique = {(ep.name, ep.value): ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(unique.values(), key=lambda ep: ep.name)
+
+
 def discover() -> list[ConnectorInfo]:
     """Every connector registered in ``syncer.connectors``, with load errors instead of raising.
 
@@ -440,7 +448,7 @@ def discover() -> list[ConnectorInfo]:
     that declares another is listed with an error (and refused by :func:`load_connector`)."""
     found: list[ConnectorInfo] = []
     _UNREGISTERED.clear()
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in _registered():
         dist = ep.dist.name if ep.dist is not None else None
         try:
             cls = ep.load()

@@ -283,7 +283,10 @@ def cli_reference() -> str:
         out.append(f"```\n{title} {usage}\n```\n")
         help_text = (command.help or "").strip()
         if help_text:
-            out.append(_escape(help_text.split("\b")[0].strip()) + "\n")
+            # One line per paragraph: a docstring's own line breaks and indents are not prose.
+            paragraphs = re.split(r"\n\s*\n", help_text.split("\b")[0].strip())
+            text = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+            out.append(_escape(text) + "\n")
         arguments = [p for p in command.params if isinstance(p, click.Argument)]
         if arguments:
             out.append("| argument | type | required |\n|---|---|---|")
