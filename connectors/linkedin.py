@@ -13,10 +13,10 @@ hash, advertiser id) are kept as the record's destination id, compact JSON ``{ki
 so a removal needs no lookup and no raw identifier is ever stored. Names and country are sent
 on ADD only and never kept.
 
-The segment must exist (create it in Campaign Manager or with ``POST /dmpSegments``; see the
-README): creating it needs an ad account urn, a source platform and a 5 s wait before use, and
-is out of scope here. A 404 from the users endpoint is retried: LinkedIn answers 404 for a
-segment younger than about 5 s.
+The segment must exist (create it in Campaign Manager or with ``POST /dmpSegments``; see
+docs/connectors/linkedin.md): creating it needs an ad account urn, a source platform and a
+5 s wait before use, and is out of scope here. A 404 from the users endpoint is retried:
+LinkedIn answers 404 for a segment younger than about 5 s.
 
 Rate limits: 600 requests a minute per member (the token's owner) on ``/users``; LinkedIn
 answers 429 without headers, which the engine's growing default cool-down handles.

@@ -11,8 +11,8 @@ serialised with sorted keys, so one batch of one run always yields the same byte
   records gets a new one (the body names the run), so a re-add after a remove is not mistaken
   for a replay of the first add;
 * ``X-Syncer-Signature: sha256=<HMAC-SHA256(secret, "<timestamp>.<key>.<body>")>``, so a
-  captured request cannot be replayed once the receiver's window (README: 5 minutes) is over,
-  nor altered within it.
+  captured request cannot be replayed once the receiver's window (5 minutes in
+  docs/connectors/webhook.md) is over, nor altered within it.
 
 The HTTP layer (:mod:`syncer.http`) classifies answers and builds error messages (host and
 status only, never the secret, header values, the URL's path or query, or record data); this
