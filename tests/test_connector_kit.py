@@ -310,3 +310,31 @@ def test_the_kit_reports_what_a_fake_lacks_as_the_skip_reason(tmp_path: Path) ->
     suite = TestFile()
     with pytest.raises(pytest.skip.Exception, match="MembersFile lacks http: the file connector"):
         suite.test_5xx_is_retried(tmp_path, 503)
+
+
+def test_a_fake_may_set_what_its_routes_need_after_the_base_init() -> None:
+    """The order a plugin author writes naturally: ``super().__init__()`` first, then the
+    attributes ``routes()`` reads (here the audience in the path)."""
+    import respx
+
+    class FakeAudience(FakeVendor):
+        base_url = "https://api.audience.test"
+
+        def __init__(self, audience: str) -> None:
+            super().__init__()
+            self.audience = audience
+
+        def routes(self, api: respx.Router) -> None:
+            api.get(f"/v2/audiences/{self.audience}").respond(200, json={"id": self.audience})
+
+        def members(self) -> dict[str, dict[str, object]]:
+            return {}
+
+    fake = FakeAudience("a-1")
+    router = respx.Router(assert_all_called=False)
+    fake.mount(router)
+    with httpx.Client(transport=httpx.MockTransport(router.handler)) as client:
+        answer = client.get("https://api.audience.test/v2/audiences/a-1")
+        missing = client.get("https://api.audience.test/v2/audiences/other")
+    assert answer.json() == {"id": "a-1"}
+    assert missing.status_code == 404

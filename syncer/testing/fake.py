@@ -9,6 +9,7 @@ request, and noting every batch's size against the vendor's cap.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from collections.abc import Collection, Mapping
@@ -64,9 +65,15 @@ class FakeVendor:
         self._kit_lose = 0
         self._kit_refused: set[str] = set()
         self._kit_refusing: set[str] = set()
-        self.api = respx.Router(base_url=self.base_url, assert_all_called=False)
-        self.routes(self.api)
-        self.api.route().respond(404, json={"error": "no such endpoint in the fake"})
+
+    @functools.cached_property
+    def api(self) -> respx.Router:
+        """The fake's routes, built on first use (under ``lock``): ``routes()`` may read
+        attributes a subclass sets after calling ``super().__init__()``."""
+        api = respx.Router(base_url=self.base_url, assert_all_called=False)
+        self.routes(api)
+        api.route().respond(404, json={"error": "no such endpoint in the fake"})
+        return api
 
     # -- what the author writes -----------------------------------------------------------
 
