@@ -13,6 +13,7 @@ or module takes precedence.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -100,26 +101,5 @@ def harness(tmp_path: Path, router: respx.Router) -> HarnessFactory:
     """Build a ``SyncHarness`` in ``tmp_path`` sending through ``router``, on its own
     ``FakeClock`` (``harness.clock``)."""
 
-    def build(
-        connector: type[Connector],
-        destination: Mapping[str, object],
-        *,
-        fields: Mapping[str, object],
-        key: str = "email",
-        key_type: str = "email",
-        mode: str = "mirror",
-        secrets: Mapping[str, str] | None = None,
-    ) -> SyncHarness:
-        return SyncHarness(
-            tmp_path / "sync",
-            connector,
-            destination,
-            fields=fields,
-            key=key,
-            key_type=key_type,
-            mode=mode,
-            secrets=secrets,
-            router=router,
-        )
-
-    return build
+    # The factory is SyncHarness itself with the fixture's directory and router filled in.
+    return functools.partial(SyncHarness, tmp_path / "sync", router=router)
