@@ -87,6 +87,12 @@ class ChangeBatch:
     records: list[Record]
     hashes: dict[str, int | None] = field(default_factory=dict)
     prior: dict[str, Prior] = field(default_factory=dict)
+    #: Where the page lies in the run's change set: (key after which it starts, its last
+    #: key), and the kinds of staged rows it took. With these, state can be written for the
+    #: whole batch by one statement over the staging tables (see ``span_select``) instead
+    #: of one bound row per record. None for batches not read from staging.
+    span: tuple[str | None, str] | None = None
+    kinds: tuple[Kind, ...] = ()
 
 
 class Staging:
@@ -346,7 +352,7 @@ class Staging:
         assert self._materialised, "counts() materialises the change set first"
         keyset = "c.key > :after AND" if after is not None else ""
         wanted = ", ".join(f"'{k}'" for k in kinds)
-        return list(
+        return _fetch(
             self.conn.execute(
                 text(
                     # CROSS JOIN makes SQLite walk the change set from ``after`` and look each
@@ -369,7 +375,7 @@ class Staging:
             # ``after`` on (see _merge_changes); it stops as soon as the page is full.
             after_state = "AND key > :after" if after is not None else ""
             after_stage = "WHERE key > :after" if after is not None else ""
-            return list(
+            return _fetch(
                 self.conn.execute(
                     text(
                         # The state row by a lookup per found key: CROSS JOIN keeps the page
@@ -386,7 +392,7 @@ class Staging:
                 )
             )
         keyset = "AND r.key > :after" if after is not None else ""
-        return list(
+        return _fetch(
             self.conn.execute(
                 text(
                     "SELECT r.key, r.destination_id, r.hash, r.unsure FROM syncer_records r"
@@ -411,6 +417,7 @@ class Staging:
         after: str | None = None
         if operation == "remove":
             while remaining and (rows := self._remove_page(after, batch_size)):
+                span = (after, rows[-1][0])
                 after = rows[-1][0]
                 remaining -= len(rows)
                 records = [Record(key, {}, dest) for key, dest, _, _ in rows]
@@ -419,10 +426,13 @@ class Staging:
                     records,
                     dict.fromkeys(r.key for r in records),
                     {key: (old, unsure) for key, _, old, unsure in rows},
+                    span,
                 )
             return
         loads, names, read = orjson.loads, self.field_names, self.spill.read
+        kinds = self.selection[operation] or ()
         while remaining and (rows := self._upsert_page(operation, after, batch_size)):
+            span = (after, rows[-1][0])
             after = rows[-1][0]
             remaining -= len(rows)
             records = [
@@ -434,6 +444,8 @@ class Staging:
                 records,
                 {row[0]: row[2] for row in rows},
                 {key: None if unsure is None else (old, unsure) for key, *_, old, unsure in rows},
+                span,
+                kinds,
             )
 
     def sample_keys(self, operation: Operation, limit: int = 5) -> list[str]:
@@ -459,3 +471,53 @@ class Staging:
                 return
             after = rows[-1][0]
             yield [(key, reason) for _, key, reason in rows]
+
+
+def _fetch(result: Any) -> list[Any]:
+    """A page's rows as the driver's tuples: SQLAlchemy's Row objects cost more per row than
+    the query itself (a third of reading a 1M-member first run's pages)."""
+    rows: list[Any] = result.cursor.fetchall()
+    result.close()
+    return rows
+
+
+def span_select(
+    batch: ChangeBatch, sync: str, with_state: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """A SELECT of exactly ``batch``'s records from the staging tables, as ``key`` and
+    ``hash`` (and, ``with_state``, the state row's ``unsure`` before this run touched it),
+    with its parameters; ``batch.span`` must be set.
+
+    The change set is fixed for the run and pages are taken in key order, so the rows of a
+    page's kinds between the key it started after and its last key are the page itself. For
+    removes, they are the synced keys in that range that are not staged: valid only while
+    the batch's state rows still exist (before its removal is settled).
+    """
+    assert batch.span is not None, "a span is only known for pages read from staging"
+    after, last = batch.span
+    params: dict[str, Any] = {"sync": sync, "after": after, "last": last}
+    if batch.operation == "remove":
+        start = "AND r.key > :after" if after is not None else ""
+        return (
+            "SELECT r.key AS key, r.hash AS hash, r.unsure AS unsure FROM syncer_records r"
+            f" WHERE r.sync = :sync {start} AND r.key <= :last"
+            f" AND NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)",
+            params,
+        )
+    start = "c.key > :after AND" if after is not None else ""
+    wanted = ", ".join(f"'{k}'" for k in batch.kinds)
+    state = (
+        (
+            ", r.unsure AS unsure",
+            " LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = c.key",
+        )
+        if with_state
+        else (", NULL AS unsure", "")
+    )
+    return (
+        f"SELECT c.key AS key, s.hash AS hash{state[0]}"
+        f" FROM {CHANGES} c CROSS JOIN {STAGE} s{state[1]}"
+        f" WHERE {start} c.key <= :last AND c.kind IN ({wanted})"
+        " AND s.key = c.key AND s.hash IS NOT NULL",
+        params,
+    )

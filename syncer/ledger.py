@@ -25,11 +25,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from syncer.connector import Outcome
-from syncer.diff import ChangeBatch
+from syncer.diff import ChangeBatch, span_select
 from syncer.state import CONFIRMED, MAYBE_ABSENT, MAYBE_STALE, BulkWriter
 
 #: Which run counter each operation's acknowledged records add to.
@@ -57,6 +58,9 @@ def mark_sent(
     can still be removed; a missing or None entry keeps the id state has.
     """
     writer = BulkWriter(conn)
+    if batch.span is not None and not any(expected_ids.values()):
+        _mark_span(conn, writer, sync, batch, now)
+        return
     if batch.operation == "remove":
         writer.mark_records(sync, [r.key for r in batch.records], MAYBE_ABSENT)
         return
@@ -92,8 +96,13 @@ def settle(
     counters never claim more than state and the audit log hold.
     """
     writer = BulkWriter(conn)
-    by_key = {r.key: r for r in batch.records}
     operation = batch.operation
+    if batch.span is not None and all(
+        o.status == "accepted" and o.destination_id is None for o in outcomes
+    ):
+        _settle_span(conn, writer, run_id, sync, batch, now, plain_keys)
+        return {COUNTER[operation]: len(outcomes), "rejected": 0, "failed": 0, "pending": 0}
+    by_key = {r.key: r for r in batch.records}
     accepted = [o for o in outcomes if o.status == "accepted"]
     rejected = [o for o in outcomes if o.status == "rejected"]
     if operation == "remove":
@@ -150,3 +159,90 @@ def _put_back(writer: BulkWriter, sync: str, batch: ChangeBatch, keys: list[str]
         restore.append((key, old_hash, by_key[key].destination_id, unsure))
     writer.delete_records(sync, gone)
     writer.restore_records(sync, restore)
+
+
+# -- whole batches in one statement ------------------------------------------------------
+#
+# The common cases (a batch marked before it leaves; a batch accepted whole, with no
+# destination ids) write the same rows as above with one statement each over the staging
+# tables, instead of binding a row per record from Python: the database does the work with
+# the interpreter free for the senders (the driver releases it while a statement runs).
+
+_UPSERT_FROM = (
+    "INSERT INTO syncer_records (sync, key, hash, destination_id, synced_at, unsure)"
+    " SELECT :sync, b.key, b.hash, NULL, :at, {unsure} FROM ({select}) AS b WHERE true"
+    " ON CONFLICT (sync, key) DO UPDATE SET hash = excluded.hash,"
+    " destination_id = COALESCE(excluded.destination_id, syncer_records.destination_id),"
+    " synced_at = excluded.synced_at, unsure = excluded.unsure"
+)
+
+
+def _mark_span(
+    conn: Connection, writer: BulkWriter, sync: str, batch: ChangeBatch, now: dt.datetime
+) -> None:
+    """``mark_sent`` for a whole page, by one statement (see above)."""
+    select, params = span_select(batch, sync, with_state=True)
+    if batch.operation == "remove":
+        sql = (
+            f"UPDATE syncer_records SET unsure = {MAYBE_ABSENT} WHERE sync = :sync"
+            f" AND key IN (SELECT b.key FROM ({select}) AS b)"
+        )
+    else:
+        # As in mark_sent: an update of a member known to be there can only leave it stale.
+        stale = (
+            f"CASE WHEN b.unsure IS NOT NULL AND b.unsure <> {MAYBE_ABSENT}"
+            f" THEN {MAYBE_STALE} ELSE {MAYBE_ABSENT} END"
+        )
+        unsure = stale if batch.operation == "update" else str(MAYBE_ABSENT)
+        sql = _UPSERT_FROM.format(unsure=unsure, select=select)
+    _execute_span(conn, sql, dict(params, at=writer.stamp(now)), batch, "mark")
+
+
+def _settle_span(
+    conn: Connection,
+    writer: BulkWriter,
+    run_id: str,
+    sync: str,
+    batch: ChangeBatch,
+    now: dt.datetime,
+    plain_keys: bool,
+) -> None:
+    """``settle`` for a page the destination accepted whole, by two statements: its audit
+    events (in key order, as the batch was sent), then its state rows."""
+    select, params = span_select(batch, sync)
+    at = writer.stamp(now)
+    params = dict(params, at=at, run_id=run_id, operation=batch.operation)
+    key = "b.key" if plain_keys else _sql_sha256(conn, "b.key")
+    events = (
+        "INSERT INTO syncer_events (run_id, key, operation, outcome, reason, at)"
+        f" SELECT :run_id, {key}, :operation, 'accepted', NULL, :at FROM ({select}) AS b"
+        " ORDER BY b.key"
+    )
+    _execute_span(conn, events, params, batch, "audit")
+    if batch.operation == "remove":
+        state = (
+            "DELETE FROM syncer_records WHERE sync = :sync"
+            f" AND key IN (SELECT b.key FROM ({select}) AS b)"
+        )
+    else:
+        state = _UPSERT_FROM.format(unsure=str(CONFIRMED), select=select)
+    _execute_span(conn, state, params, batch, "settle")
+
+
+def _execute_span(
+    conn: Connection, sql: str, params: dict[str, Any], batch: ChangeBatch, what: str
+) -> None:
+    """Run a whole-batch statement, refusing (and so rolling back) one that touched another
+    number of rows than the batch holds: the span would not be the batch."""
+    count = conn.execute(text(sql), params).rowcount
+    if count != len(batch.records):
+        raise RuntimeError(
+            f"{what} of a {batch.operation} batch touched {count} rows, not {len(batch.records)}"
+        )
+
+
+def _sql_sha256(conn: Connection, column: str) -> str:
+    """SQL for ``audit_key`` of ``column``: lowercase SHA-256 hex of its UTF-8 bytes."""
+    if conn.dialect.name == "postgresql":
+        return f"encode(sha256(convert_to({column}, 'UTF8')), 'hex')"
+    return f"syncer_sha256({column})"  # registered on each SQLite connection (syncer.state)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import mmap
 import operator
-import os
 import re
-import struct
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Sequence
@@ -77,7 +76,6 @@ class EncodedChunk:
         return list(zip(self.row_numbers(), self.keys, self.hashes, strict=True))
 
 
-_SPAN = struct.Struct("=2q")
 _ZERO = array("q", [0])
 
 
@@ -100,6 +98,7 @@ class PayloadSpill:
         self._ends.write(_ZERO)
         self.size = 0
         self.rows = 0
+        self._maps: tuple[memoryview, mmap.mmap | bytes] | None = None
 
     def write(self, payloads: bytes | bytearray, ends: array[int], start: int) -> None:
         """Append the payloads of rows ``start + 1`` onwards and where each one ends.
@@ -122,14 +121,36 @@ class PayloadSpill:
         """Make every payload written so far readable by row (call once, after load)."""
         self._file.flush()
         self._ends.flush()
+        self._unmap()
+
+    def _unmap(self) -> None:
+        if self._maps is not None:
+            ends, payloads = self._maps
+            ends.release()
+            if isinstance(payloads, mmap.mmap):
+                payloads.close()
+            self._maps = None
 
     def read(self, rownum: int) -> bytes:
-        """The payload of source row ``rownum`` (counted from 1)."""
-        offset, end = _SPAN.unpack(os.pread(self._ends.fileno(), 16, 8 * (rownum - 1)))
-        return os.pread(self._file.fileno(), end - offset, offset)
+        """The payload of source row ``rownum`` (counted from 1).
+
+        Both files are mapped into memory on the first read after ``flush``: a read is then
+        two slices, not two system calls (a third of reading a first run's pages back)."""
+        if self._maps is None:
+            self._maps = self._map()
+        ends, payloads = self._maps
+        return payloads[ends[rownum - 1] : ends[rownum]]
+
+    def _map(self) -> tuple[memoryview, mmap.mmap | bytes]:
+        ends = mmap.mmap(self._ends.fileno(), 0, access=mmap.ACCESS_READ)
+        payloads: mmap.mmap | bytes = b""
+        if self.size:
+            payloads = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        return memoryview(ends).cast("q"), payloads
 
     def reset(self) -> None:
         """Forget everything written (a reader that was given up may have begun)."""
+        self._unmap()
         for file in (self._file, self._ends):
             file.seek(0)
             file.truncate()
@@ -137,6 +158,7 @@ class PayloadSpill:
         self.size = self.rows = 0
 
     def close(self) -> None:
+        self._unmap()
         self._file.close()
         self._ends.close()
 
