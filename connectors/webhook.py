@@ -31,6 +31,7 @@ from collections.abc import Generator, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import orjson
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 from pydantic_core import to_jsonable_python
 
@@ -117,21 +118,33 @@ class WebhookConfig(ConnectorConfig):
 
 
 def encode_batch(sync: str, run: str, operation: Operation, records: Sequence[Record]) -> bytes:
-    """The exact request body; deterministic, so a retried batch has the same key."""
+    """The exact request body; deterministic, so a retried batch has the same key.
+
+    orjson writes it (ten times faster than the json module, and it runs for every record of
+    every batch); what it cannot (an integer beyond 64 bits) falls back to the json module,
+    which writes the same compact, key-sorted form.
+    """
     payload = {
         "sync": sync,
         "run": run,
         "operation": operation,
-        "records": [{"key": r.key, "fields": dict(r.fields)} for r in records],
+        "records": [{"key": r.key, "fields": r.fields} for r in records],
     }
-    text = json.dumps(
-        payload,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=lambda v: to_jsonable_python(v, fallback=str),
-    )
-    return text.encode("utf-8")
+    try:
+        return orjson.dumps(payload, default=_jsonable, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        text = json.dumps(
+            payload,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            default=_jsonable,
+        )
+        return text.encode("utf-8")
+
+
+def _jsonable(value: object) -> object:
+    return to_jsonable_python(value, fallback=str)
 
 
 def idempotency_key(batch_timestamp: int, body: bytes) -> str:

@@ -27,6 +27,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, text
 
 from syncer.connector import Outcome
@@ -196,6 +197,7 @@ def _mark_span(
         unsure = stale if batch.operation == "update" else str(MAYBE_ABSENT)
         sql = _UPSERT_FROM.format(unsure=unsure, select=select)
     _execute_span(conn, sql, dict(params, at=writer.stamp(now)), batch, "mark")
+    batch.span_marked = True
 
 
 def _settle_span(
@@ -212,17 +214,25 @@ def _settle_span(
     select, params = span_select(batch, sync)
     at = writer.stamp(now)
     params = dict(params, at=at, run_id=run_id, operation=batch.operation)
-    key = "b.key" if plain_keys else _sql_sha256(conn, "b.key")
+    # The audit keys come from the batch (hashed on its sender thread) as one JSON array,
+    # in batch order: no Python call per row inside the statement.
+    params["keys"] = orjson.dumps(batch.audit_keys(plain_keys)).decode()
     events = (
         "INSERT INTO syncer_events (run_id, key, operation, outcome, reason, at)"
-        f" SELECT :run_id, {key}, :operation, 'accepted', NULL, :at FROM ({select}) AS b"
-        " ORDER BY b.key"
+        f" SELECT :run_id, k.value, :operation, 'accepted', NULL, :at FROM {_elements(conn)}"
     )
     _execute_span(conn, events, params, batch, "audit")
     if batch.operation == "remove":
         state = (
             "DELETE FROM syncer_records WHERE sync = :sync"
             f" AND key IN (SELECT b.key FROM ({select}) AS b)"
+        )
+    elif batch.span_marked:
+        # The mark wrote the new hash and kept the destination id: what is left is to say
+        # the destination confirmed it (the same row the upsert below would write).
+        state = (
+            f"UPDATE syncer_records SET unsure = {CONFIRMED}, synced_at = :at"
+            f" WHERE sync = :sync AND key IN (SELECT b.key FROM ({select}) AS b)"
         )
     else:
         state = _UPSERT_FROM.format(unsure=str(CONFIRMED), select=select)
@@ -235,14 +245,17 @@ def _execute_span(
     """Run a whole-batch statement, refusing (and so rolling back) one that touched another
     number of rows than the batch holds: the span would not be the batch."""
     count = conn.execute(text(sql), params).rowcount
-    if count != len(batch.records):
+    if count != batch.size:
         raise RuntimeError(
-            f"{what} of a {batch.operation} batch touched {count} rows, not {len(batch.records)}"
+            f"{what} of a {batch.operation} batch touched {count} rows, not {batch.size}"
         )
 
 
-def _sql_sha256(conn: Connection, column: str) -> str:
-    """SQL for ``audit_key`` of ``column``: lowercase SHA-256 hex of its UTF-8 bytes."""
+def _elements(conn: Connection) -> str:
+    """The elements of the JSON array of strings ``:keys`` as ``k.value``, in order."""
     if conn.dialect.name == "postgresql":
-        return f"encode(sha256(convert_to({column}, 'UTF8')), 'hex')"
-    return f"syncer_sha256({column})"  # registered on each SQLite connection (syncer.state)
+        return (
+            "jsonb_array_elements_text(CAST(:keys AS jsonb)) WITH ORDINALITY AS k(value, n)"
+            " ORDER BY k.n"
+        )
+    return "json_each(:keys) AS k ORDER BY k.key"

@@ -62,7 +62,7 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
             if answered or sending is not None:
                 recorder.commit(run, answered, sending, expected_ids(connector, sending))
             for batch, _ in answered:
-                done[batch.operation] += len(batch.records)
+                done[batch.operation] += batch.size
                 if progress is not None:
                     progress(batch.operation, done[batch.operation], planned[batch.operation])
 
@@ -79,9 +79,7 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                         record(answered)
                         break
                     record(answered, batch)  # committed before the request leaves
-                    submitted = pool.submit(
-                        deliver, run.retry, connector, batch.operation, batch.records
-                    )
+                    submitted = pool.submit(deliver_batch, run, connector, batch)
                     inflight[submitted] = batch
                 while inflight:
                     record(collect(0.25))
@@ -120,6 +118,14 @@ def expected_ids(connector: Connector, sending: ChangeBatch | None) -> dict[str,
 
         guarded(connector, "expected_destination_id", expect)
     return expected
+
+
+def deliver_batch(run: RunContext, connector: Connector, batch: ChangeBatch) -> list[Outcome]:
+    """``deliver`` on a worker thread, which also builds the batch's records and audit keys
+    there (see ChangeBatch): the run's thread only reads pages and writes state."""
+    outcomes = deliver(run.retry, connector, batch.operation, batch.records)
+    batch.audit_keys(run.plain_keys)
+    return outcomes
 
 
 def deliver(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -438,12 +437,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
-    # Audit keys of whole batches are hashed in SQL (syncer.ledger); SQLite has no SHA-256.
-    dbapi_conn.create_function("syncer_sha256", 1, _sha256_hex, deterministic=True)
-
-
-def _sha256_hex(value: str | None) -> str | None:
-    return None if value is None else hashlib.sha256(value.encode()).hexdigest()
 
 
 def _sqlite_begin(conn: Connection) -> None:
