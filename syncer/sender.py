@@ -9,8 +9,11 @@ records it refuses are found, so the good ones still land. Retries are syncer.re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 import httpx
 
@@ -34,7 +37,7 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
     """
     planned = {"add": counts.add, "update": counts.update, "remove": counts.remove}
     progress = run.progress
-    with run.connector() as connector:
+    with prompt_handoffs(), run.connector() as connector:
         _, concurrency = effective_limits(connector)
         guarded(connector, "open", connector.open)
         finished = False
@@ -102,6 +105,36 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
             raise Interrupted("another process took over this sync's lease; stopped early")
         if not finished:
             raise Interrupted("stopped on request; acknowledged changes are saved")
+
+
+#: While sending, how long a thread may keep the interpreter when another asks for it.
+SENDING_SWITCH_INTERVAL = 0.0005
+_handoffs_lock = threading.Lock()
+_handoffs: list[float] = []  # the interval before the first sender entered, while any is in
+
+
+@contextmanager
+def prompt_handoffs() -> Iterator[None]:
+    """Shorten the interpreter's switch interval while any run sends.
+
+    The run's thread gives the interpreter up for every statement it runs (the driver
+    releases it) and then waits for it back while the senders build and encode batches;
+    each wait lasts up to the switch interval (5 ms by default), several times a batch. The
+    first run to send lowers it, the last to finish puts it back.
+    """
+    with _handoffs_lock:
+        if not _handoffs:
+            _handoffs.append(sys.getswitchinterval())
+            sys.setswitchinterval(min(SENDING_SWITCH_INTERVAL, _handoffs[0]))
+        else:
+            _handoffs.append(_handoffs[0])
+    try:
+        yield
+    finally:
+        with _handoffs_lock:
+            before = _handoffs.pop()
+            if not _handoffs:
+                sys.setswitchinterval(before)
 
 
 def expected_ids(connector: Connector, sending: ChangeBatch | None) -> dict[str, str | None]:
