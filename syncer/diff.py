@@ -109,6 +109,7 @@ class ChangeBatch:
         #: already holds the batch's hashes, and accepting it only confirms them.
         self.span_marked = False
         self._build = build
+        self._audit_keys: list[str] | None = None
 
     @functools.cached_property
     def records(self) -> list[Record]:
@@ -127,10 +128,39 @@ class ChangeBatch:
         rows = self.rows
         return {key: None if unsure is None else (old, unsure) for key, *_, old, unsure in rows}
 
+    def split(self, size: int) -> list[ChangeBatch]:
+        """This page as batches of ``size`` rows, each with its own span, and marked as
+        this page was (a page is marked whole, then sent batch by batch)."""
+        if self.size <= size:
+            return [self]
+        parts: list[ChangeBatch] = []
+        after = self.span[0] if self.span is not None else None
+        built: list[Record] | None = self.__dict__.get("records")
+        for start in range(0, self.size, size):
+            rows = self.rows[start : start + size]
+            span = (after, rows[-1][0]) if self.span is not None else None
+            part = ChangeBatch(self.operation, rows, self._build, span, self.kinds)
+            part.span_marked = self.span_marked
+            if built is not None:
+                part.records = built[start : start + size]
+            parts.append(part)
+            after = rows[-1][0]
+        return parts
+
+    def join(self, other: ChangeBatch, plain: bool) -> ChangeBatch:
+        """This batch and ``other``, whose span starts where this one's ends, as one."""
+        assert self.span is not None and other.span is not None and self.span[1] == other.span[0]
+        span = (self.span[0], other.span[1])
+        rows = self.rows + other.rows
+        joined = ChangeBatch(self.operation, rows, self._build, span, self.kinds)
+        joined.span_marked = self.span_marked and other.span_marked
+        joined._audit_keys = self.audit_keys(plain) + other.audit_keys(plain)
+        return joined
+
     def audit_keys(self, plain: bool) -> list[str]:
         """The batch's keys as its audit events store them (see ``ledger.audit_key``), in
         batch order; computed once, by whichever thread asks first."""
-        cached: list[str] | None = getattr(self, "_audit_keys", None)
+        cached = self._audit_keys
         if cached is None:
             keys = [row[0] for row in self.rows]
             if not plain:

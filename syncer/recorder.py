@@ -104,7 +104,7 @@ def commit(
     plain = run.plain_keys
     values = run.tally.values
     with writing(conn):
-        for batch, outcomes in answered:
+        for batch, outcomes in coalesce(answered, plain):
             pending = [o for o in outcomes if o.status == "pending"]
             if pending:
                 hold_pending(conn, run_id, sync_name, batch, pending, now)
@@ -115,6 +115,36 @@ def commit(
         if sending is not None:
             mark_sent(conn, sync_name, sending, expected, now)
     run.tally.values.update(values)
+
+
+def coalesce(answered: Answered, plain_keys: bool) -> Answered:
+    """``answered`` with neighbouring batches that the destination accepted whole joined into
+    one (same operation, spans that meet, marked by span): their state and audit events are
+    then written by one statement each for the lot (see ledger.settle)."""
+    whole: Answered = []
+    rest: Answered = []
+    for batch, outcomes in answered:
+        fits = batch.span is not None and batch.span_marked
+        if fits and all(o.status == "accepted" and o.destination_id is None for o in outcomes):
+            whole.append((batch, outcomes))
+        else:
+            rest.append((batch, outcomes))
+    whole.sort(key=lambda item: (item[0].operation, _start(item[0])))
+    joined: Answered = []
+    for batch, outcomes in whole:
+        if joined:
+            last, last_outcomes = joined[-1]
+            assert last.span is not None and batch.span is not None
+            if last.operation == batch.operation and last.span[1] == batch.span[0]:
+                joined[-1] = (last.join(batch, plain_keys), last_outcomes + outcomes)
+                continue
+        joined.append((batch, outcomes))
+    return joined + rest
+
+
+def _start(batch: ChangeBatch) -> tuple[bool, str]:
+    after = batch.span[0] if batch.span is not None else None
+    return (after is not None, after or "")
 
 
 def hold_pending(

@@ -1,10 +1,12 @@
 """Sending: a run's changes to the destination in batch pages, several in flight.
 
-Pages are read and state is committed on the run's thread (one database connection); worker
-threads only talk to the destination, paced by the account's rate limiter. Each answered
-batch is committed together with the in-flight mark of the next one (syncer.recorder.commit)
-before that one leaves. A batch the destination refuses as a whole is halved until the
-records it refuses are found, so the good ones still land. Retries are syncer.retry's.
+Pages of the change set (up to PAGE_BATCHES batches) are read and state is committed on the
+run's thread (one database connection); worker threads build each batch's records and talk
+to the destination, paced by the account's rate limiter. A page is marked in flight before
+its first batch leaves, in one transaction with the answers received since the previous
+page (syncer.recorder.commit); answers are never counted before that commit. A batch the
+destination refuses as a whole is halved until the records it refuses are found, so the
+good ones still land. Retries are syncer.retry's.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
             return answered
 
         def record(answered: Answered, sending: ChangeBatch | None = None) -> None:
-            """Commit answered batches and mark the next one as in flight, together:
-            one transaction per batch sent, not two."""
+            """Commit answered batches and mark the next page as in flight, together:
+            one transaction per page sent, not one per batch and another per answer."""
             if answered or sending is not None:
                 recorder.commit(run, answered, sending, expected_ids(connector, sending))
             for batch, _ in answered:
@@ -70,22 +72,30 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                     progress(batch.operation, done[batch.operation], planned[batch.operation])
 
         try:
+            held: Answered = []  # acknowledged, committed with the next page's marks
             for operation in OPERATIONS:
-                pages = staging.batches(operation, connector.batch_size, planned[operation])
-                for batch in pages:
+                size = connector.batch_size
+                pages = staging.batches(operation, size * pages_of(size), planned[operation])
+                for page in pages:
                     if run.halted or failure is not None:
                         break
-                    answered = collect(0)
-                    while len(inflight) >= concurrency:
-                        answered += collect(0.25)
+                    held += collect(0)
                     if failure is not None:
-                        record(answered)
                         break
-                    record(answered, batch)  # committed before the request leaves
-                    submitted = pool.submit(deliver_batch, run, connector, batch)
-                    inflight[submitted] = batch
+                    # The page's marks, committed before any of its batches leaves.
+                    record(held, page)
+                    held = []
+                    for batch in page.split(size):
+                        while len(inflight) >= concurrency:
+                            held += collect(0.25)
+                        if run.halted or failure is not None:
+                            break
+                        submitted = pool.submit(deliver_batch, run, connector, batch)
+                        inflight[submitted] = batch
                 while inflight:
-                    record(collect(0.25))
+                    held += collect(0.25)
+                record(held)
+                held = []
                 if run.halted or failure is not None:
                     break
             else:
@@ -135,6 +145,19 @@ def prompt_handoffs() -> Iterator[None]:
             before = _handoffs.pop()
             if not _handoffs:
                 sys.setswitchinterval(before)
+
+
+#: Rows a page of the change set holds at most, unless one batch is larger: a page is read,
+#: marked in flight and its answers committed in one statement each, whatever its batches.
+PAGE_ROWS = 4000
+#: Batches a page holds at most (a crash re-sends at most this many batches' worth of
+#: records whose answers were held for the next commit).
+PAGE_BATCHES = 8
+
+
+def pages_of(batch_size: int) -> int:
+    """How many batches of ``batch_size`` one page of the change set holds."""
+    return max(1, min(PAGE_BATCHES, PAGE_ROWS // max(batch_size, 1)))
 
 
 def expected_ids(connector: Connector, sending: ChangeBatch | None) -> dict[str, str | None]:
