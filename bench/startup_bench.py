@@ -39,7 +39,10 @@ def build_warehouse(path: Path, size: int) -> None:
     rng = random.Random(7)
     conn.executemany(
         "INSERT INTO members VALUES (?, ?, ?)",
-        ((f"user{i}@example.com", f"name{i % 500}", round(rng.random() * 1000, 2)) for i in range(size)),
+        (
+            (f"user{i}@example.com", f"name{i % 500}", round(rng.random() * 1000, 2))
+            for i in range(size)
+        ),
     )
     conn.commit()
     conn.close()
@@ -136,7 +139,9 @@ def main() -> None:
         env.pop("SYNCER_LOG_FORMAT", None)
         first, _, _ = timed([*base, "sync", "now", "bench"], tmp, env)
         sent = _Hook.received if args.connector == "webhook" else "-"
-        print(f"first run ({args.members} members, {args.connector}): {first:.3f} s, {sent} requests")
+        print(
+            f"first run ({args.members} members, {args.connector}): {first:.3f} s, {sent} requests"
+        )
         commands = {
             "syncer --version": ["--version"],
             "syncer --help": ["--help"],
