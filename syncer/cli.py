@@ -434,13 +434,13 @@ def new_connector(name: str, directory: Path | None) -> None:
     NAME in the syncer.connectors entry points, a RestConnector subclass with its config
     model, a mapping example and tests on the connector kit (syncer.testing). It installs and
     its tests pass as generated; then make it speak your vendor's API."""
-    from syncer.connector import discover
+    from syncer.connector import connector_names
     from syncer.scaffold import ScaffoldError, default_directory
     from syncer.scaffold import new_connector as scaffold
 
     try:
         target = directory if directory is not None else default_directory(name)
-        written = scaffold(name, target, taken=frozenset(info.name for info in discover()))
+        written = scaffold(name, target, taken=frozenset(connector_names()))
     except ScaffoldError as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
