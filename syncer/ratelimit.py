@@ -54,8 +54,6 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field
 
-from syncer.metrics import rate_limit_waited
-
 #: Windows no longer than this (seconds) set the pacing; longer ones are only counted.
 PACING_HORIZON = 60.0
 #: Cool-down after a 429 without a usable Retry-After: this, doubling with the account's
@@ -285,7 +283,10 @@ class AccountLimiter:
                 if wait <= 0 and self._in_flight < self.max_concurrency:
                     self._grant(now)
                     self.waited_s += max(0.0, now - start)
-                    rate_limit_waited(now - start, self.connector)
+                    if now > start:  # only a wait is counted; prometheus loads for one
+                        from syncer.metrics import rate_limit_waited
+
+                        rate_limit_waited(now - start, self.connector)
                     return True
                 if wait <= 0:  # only the concurrency cap is in the way: release() wakes us
                     self._cond.wait(_NAP)
