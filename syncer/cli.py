@@ -460,6 +460,11 @@ def new_connector(name: str, directory: Path | None) -> None:
 
 
 def main() -> None:
+    # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of
+    # the start-up of a sync) whenever click and rich are installed, as they are with syncer.
+    # This process never runs it; None here makes httpx define its fallback instead.
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
         cli(standalone_mode=True)
     except ConfigError as exc:  # raised while resolving settings outside a command
