@@ -3,8 +3,9 @@
 In a temporary directory it builds a SQLite warehouse with a 1,000-member segment, a mapping
 sending it to a webhook (a local HTTP server on a thread of this script) or a file, and runs
 the first sync (everything added). Then it starts each command N times as its own process
-and prints min/median wall time and peak RSS (os.wait4's rusage of that process and the
-children it waited for, such as the forked warehouse reader):
+and prints min/median wall time, median CPU time (user + system) and peak RSS, from
+os.wait4's rusage of that process and the children it waited for (the forked warehouse
+reader):
 
     syncer --version, syncer --help, syncer connectors, syncer runs,
     syncer sync now bench  (no change: nothing to send)
@@ -95,8 +96,9 @@ def webhook_server() -> Iterator[str]:
         server.server_close()
 
 
-def timed(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS (MiB) and exit code of one process running ``argv``."""
+def timed(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system, steadier than wall on a
+    shared machine) of one process running ``argv``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -109,7 +111,7 @@ def timed(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> tuple[float, f
         proc.stderr.close()
     if proc.returncode not in (0,):
         sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{err}")
-    return wall, usage.ru_maxrss / 1024, proc.returncode
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -149,17 +151,18 @@ def main() -> None:
             "syncer runs": ["runs"],
             "syncer sync now bench (no change)": ["sync", "now", "bench"],
         }
-        print(f"{'command':<36} {'min s':>7} {'median s':>9} {'peak RSS MiB':>13}")
+        print(f"{'command':<36} {'min s':>7} {'median s':>9} {'CPU s':>7} {'peak RSS MiB':>13}")
         before = _Hook.received
         for label, extra in commands.items():
-            walls, rss = [], []
+            walls, rss, cpus = [], [], []
             for _ in range(args.n):
-                wall, peak, _ = timed([*base, *extra], tmp, env)
+                wall, peak, cpu = timed([*base, *extra], tmp, env)
                 walls.append(wall)
                 rss.append(peak)
+                cpus.append(cpu)
             print(
                 f"{label:<36} {min(walls):>7.3f} {statistics.median(walls):>9.3f}"
-                f" {max(rss):>13.1f}",
+                f" {statistics.median(cpus):>7.3f} {max(rss):>13.1f}",
                 flush=True,
             )
         if _Hook.received != before:
