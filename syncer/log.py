@@ -78,27 +78,36 @@ _LEVELS = {
 
 
 class _Logger:
-    """A structlog logger that loads structlog when it first writes a line: ``bind`` and
-    the level methods work before, and anything else is structlog's own."""
+    """What ``structlog.get_logger(name)`` gives, without loading structlog before a line is
+    written: ``bind`` and the level methods work before, anything else is structlog's own.
+
+    As with structlog, an unbound logger follows the configuration of the moment at every
+    line, and a bound one keeps the configuration it was bound under (or, bound before
+    structlog was loaded, the one of its first line)."""
 
     __slots__ = ("_context", "_name", "_real")
 
-    def __init__(self, name: str, context: dict[str, Any]) -> None:
+    def __init__(self, name: str, context: dict[str, Any], real: Any = None) -> None:
         self._name = name
         self._context = context
-        self._real: Any = None
+        self._real = real
 
     def _logger(self) -> Any:
-        if self._real is None:
-            self._real = _structlog().get_logger(self._name).bind(**self._context)
+        if self._real is not None:
+            return self._real
+        proxy = _structlog().get_logger(self._name)
+        if not self._context:
+            return proxy
+        self._real = proxy.bind(**self._context)
         return self._real
 
     def bind(self, **values: Any) -> _Logger:
+        context = {**self._context, **values}
         if self._real is not None:
-            bound = _Logger(self._name, {**self._context, **values})
-            bound._real = self._real.bind(**values)
-            return bound
-        return _Logger(self._name, {**self._context, **values})
+            return _Logger(self._name, context, self._real.bind(**values))
+        if "structlog" in sys.modules:
+            return _Logger(self._name, context, self._logger().bind(**values))
+        return _Logger(self._name, context)
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
