@@ -626,16 +626,19 @@ def _guard_transport(transport: httpx.HTTPTransport) -> None:
 
 
 class _TransportOnFirstRequest(httpx.BaseTransport):
-    """The transport ``build`` makes (httpx's default one), made when the first request
-    leaves: making it loads the CA bundle into an SSL context, tens of milliseconds that a
-    run with nothing to send never needs."""
+    """The transport ``build`` makes (httpx's default one), made for the first request:
+    making it loads the CA bundle into an SSL context, tens of milliseconds that a run with
+    nothing to send never needs. :meth:`DestinationClient.send` makes it before taking the
+    limiter's permit, so that delay never falls between a permit and its request (the vendor
+    would see the first requests bunched closer than the limit)."""
 
     def __init__(self, build: Callable[[], httpx.BaseTransport]) -> None:
         self._build = build
         self._lock = threading.Lock()
         self._transport: httpx.BaseTransport | None = None
 
-    def _built(self) -> httpx.BaseTransport:
+    def ready(self) -> httpx.BaseTransport:
+        """The transport, made now if it was not yet."""
         transport = self._transport
         if transport is None:
             with self._lock:
@@ -648,7 +651,7 @@ class _TransportOnFirstRequest(httpx.BaseTransport):
         return transport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._built().handle_request(request)
+        return self.ready().handle_request(request)
 
     def close(self) -> None:
         with self._lock:
@@ -775,6 +778,8 @@ class DestinationClient(httpx.Client):
         """Send under a permit; return the read response or raise (see class docstring).
         ``stream`` and ``follow_redirects`` are ignored: never streamed, never redirected."""
         where = f"{request.method} {describe_host(request)}"
+        if isinstance(self._transport, _TransportOnFirstRequest):
+            self._transport.ready()  # before the permit (see _TransportOnFirstRequest)
         limiter = self.limiter
         if limiter is not None:
             limit: float | None = getattr(_local, "limit", None)

@@ -273,6 +273,11 @@ class AccountLimiter:
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Block until a request may be sent and take a permit; False if ``stop`` got set."""
+        # Imported here, with the first request (a run that sends nothing never loads
+        # prometheus_client), and before the permit: the import must not delay a request
+        # after it was paced.
+        from syncer.metrics import rate_limit_waited
+
         start = self._clock()
         while True:
             if stop is not None and stop.is_set():
@@ -283,10 +288,7 @@ class AccountLimiter:
                 if wait <= 0 and self._in_flight < self.max_concurrency:
                     self._grant(now)
                     self.waited_s += max(0.0, now - start)
-                    if now > start:  # only a wait is counted; prometheus loads for one
-                        from syncer.metrics import rate_limit_waited
-
-                        rate_limit_waited(now - start, self.connector)
+                    rate_limit_waited(now - start, self.connector)
                     return True
                 if wait <= 0:  # only the concurrency cap is in the way: release() wakes us
                     self._cond.wait(_NAP)
