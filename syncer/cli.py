@@ -434,13 +434,13 @@ def new_connector(name: str, directory: Path | None) -> None:
     NAME in the syncer.connectors entry points, a RestConnector subclass with its config
     model, a mapping example and tests on the connector kit (syncer.testing). It installs and
     its tests pass as generated; then make it speak your vendor's API."""
-    from syncer.connector import discover
+    from syncer.connector import connector_names
     from syncer.scaffold import ScaffoldError, default_directory
     from syncer.scaffold import new_connector as scaffold
 
     try:
         target = directory if directory is not None else default_directory(name)
-        written = scaffold(name, target, taken=frozenset(info.name for info in discover()))
+        written = scaffold(name, target, taken=frozenset(connector_names()))
     except ScaffoldError as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
@@ -460,6 +460,11 @@ def new_connector(name: str, directory: Path | None) -> None:
 
 
 def main() -> None:
+    # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of
+    # the start-up of a sync) whenever click and rich are installed, as they are with syncer.
+    # This process never runs it; None here makes httpx define its fallback instead.
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
         cli(standalone_mode=True)
     except ConfigError as exc:  # raised while resolving settings outside a command

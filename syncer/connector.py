@@ -436,47 +436,84 @@ def _named(cls: type[Connector], registered: str) -> str | None:
 def _registered() -> list[EntryPoint]:
     """The ``syncer.connectors`` entry points by name, each (name, target) once: a project
     installed under two distribution names (its old name's metadata left beside the new one,
-    as an editable checkout keeps it) registers the same classes twice."""
-    unique = {(ep.name, ep.value): ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    as an editable checkout keeps it) registers the same classes twice.
+
+    Reading them imports nothing they point at: names (to list, to tell apart, to refuse an
+    unknown one) cost no connector's import, and only the connector a sync uses is loaded."""
+    unique = {
+        (ep.name, ep.value.replace(" ", "")): ep for ep in entry_points(group=ENTRY_POINT_GROUP)
+    }
     return sorted(unique.values(), key=lambda ep: ep.name)
 
 
+def connector_names() -> list[str]:
+    """The name of every registered connector, sorted, without importing any of them."""
+    return sorted({ep.name for ep in _registered()})
+
+
+def _where(ep: EntryPoint) -> str:
+    """An entry point as its author wrote it, with the distribution that declares it."""
+    dist = f", from {ep.dist.name}" if ep.dist is not None else ""
+    return f"'{ep.name} = {ep.value}' in {ENTRY_POINT_GROUP}{dist}"
+
+
+def _ambiguous(name: str, points: Sequence[EntryPoint]) -> str:
+    return (
+        f"connector {name!r} is registered more than once: "
+        + "; ".join(_where(ep) for ep in points)
+        + " (uninstall one of them)"
+    )
+
+
+def _load(ep: EntryPoint) -> ConnectorInfo:
+    """Import one entry point's target; what goes wrong is the info's error, not raised."""
+    dist = ep.dist.name if ep.dist is not None else None
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a broken plugin must not hide the others
+        return ConnectorInfo(ep.name, ep.value, dist, None, f"{type(exc).__name__}: {exc}")
+    if not (isinstance(cls, type) and issubclass(cls, Connector)):
+        return ConnectorInfo(ep.name, ep.value, dist, None, "not a syncer Connector class")
+    mismatch = _named(cls, ep.name)
+    if mismatch is not None:
+        return ConnectorInfo(ep.name, ep.value, dist, None, mismatch)
+    return ConnectorInfo(ep.name, ep.value, dist, cls, None)
+
+
 def discover() -> list[ConnectorInfo]:
-    """Every connector registered in ``syncer.connectors``, with load errors instead of raising.
+    """Every connector registered in ``syncer.connectors``, each imported, with load errors
+    instead of raising (for listings and schemas; a sync loads only its own, with
+    :func:`load_connector`).
 
     The entry point's name is the connector's: a class that declares no ``name`` gets it, one
-    that declares another is listed with an error (and refused by :func:`load_connector`)."""
+    that declares another is listed with an error (and refused by :func:`load_connector`), and
+    so is a name registered by two different targets."""
     found: list[ConnectorInfo] = []
     _UNREGISTERED.clear()
-    for ep in _registered():
-        dist = ep.dist.name if ep.dist is not None else None
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plugin must not hide the others
-            found.append(
-                ConnectorInfo(ep.name, ep.value, dist, None, f"{type(exc).__name__}: {exc}")
-            )
+    points = _registered()
+    for ep in points:
+        same = [other for other in points if other.name == ep.name]
+        if len(same) > 1:
+            dist = ep.dist.name if ep.dist is not None else None
+            found.append(ConnectorInfo(ep.name, ep.value, dist, None, _ambiguous(ep.name, same)))
             continue
-        if not (isinstance(cls, type) and issubclass(cls, Connector)):
-            found.append(
-                ConnectorInfo(ep.name, ep.value, dist, None, "not a syncer Connector class")
-            )
-            continue
-        mismatch = _named(cls, ep.name)
-        if mismatch is not None:
-            found.append(ConnectorInfo(ep.name, ep.value, dist, None, mismatch))
-            continue
-        found.append(ConnectorInfo(ep.name, ep.value, dist, cls, None))
+        found.append(_load(ep))
     return found
 
 
 def load_connector(name: str) -> type[Connector]:
-    """The connector class registered under ``name``; ConfigError if missing or broken."""
-    infos = {info.name: info for info in discover()}
-    info = infos.get(name)
-    if info is None:
-        known = ", ".join(sorted(infos)) or "none"
+    """The connector class registered under ``name``, importing that one alone; ConfigError
+    if no entry point has that name, two do, or its target cannot be loaded (the message
+    names the entry point and its distribution)."""
+    points = _registered()
+    matches = [ep for ep in points if ep.name == name]
+    if not matches:
+        known = ", ".join(sorted({ep.name for ep in points})) or "none"
         raise ConfigError(f"unknown connector {name!r} (installed: {known})")
+    if len(matches) > 1:
+        raise ConfigError(_ambiguous(name, matches))
+    _UNREGISTERED.clear()
+    info = _load(matches[0])
     if info.cls is None:
-        raise ConfigError(f"connector {name!r} failed to load: {info.error}")
+        raise ConfigError(f"connector {name!r} failed to load ({_where(matches[0])}): {info.error}")
     return info.cls

@@ -53,14 +53,13 @@ import httpx
 
 from syncer import __version__
 from syncer.errors import AuthError, BatchRejected, ConfigError, RateLimited, TransientError
-from syncer.metrics import rate_limited_response
 from syncer.ratelimit import DEFAULT_COOL_DOWN as DEFAULT_COOL_DOWN  # re-exported
 from syncer.ratelimit import MAX_DEFAULT_COOL_DOWN as MAX_DEFAULT_COOL_DOWN
 from syncer.ratelimit import AccountLimiter, Strikes
 
 if TYPE_CHECKING:
     from httpx._client import UseClientDefault
-    from httpx._types import AuthTypes
+    from httpx._types import AuthTypes, CertTypes
 
 USER_AGENT = f"syncer/{__version__}"
 #: Upper bound for any Retry-After we honour.
@@ -616,11 +615,48 @@ def _guard_transports(client: httpx.Client) -> None:
     """Give httpx's own transports of ``client`` (direct and proxies from the environment)
     the guarded network backend; a transport handed in (tests' mocks) is left alone."""
     for transport in [client._transport, *client._mounts.values()]:
-        if not isinstance(transport, httpx.HTTPTransport):
-            continue
-        pool = transport._pool
-        if isinstance(pool, httpcore.ConnectionPool):  # HTTP and SOCKS proxies are ones too
-            pool._network_backend = _Backend()
+        if isinstance(transport, httpx.HTTPTransport):
+            _guard_transport(transport)
+
+
+def _guard_transport(transport: httpx.HTTPTransport) -> None:
+    pool = transport._pool
+    if isinstance(pool, httpcore.ConnectionPool):  # HTTP and SOCKS proxies are ones too
+        pool._network_backend = _Backend()
+
+
+class _TransportOnFirstRequest(httpx.BaseTransport):
+    """The transport ``build`` makes (httpx's default one), made for the first request:
+    making it loads the CA bundle into an SSL context, tens of milliseconds that a run with
+    nothing to send never needs. :meth:`DestinationClient.send` makes it before taking the
+    limiter's permit, so that delay never falls between a permit and its request (the vendor
+    would see the first requests bunched closer than the limit)."""
+
+    def __init__(self, build: Callable[[], httpx.BaseTransport]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._transport: httpx.BaseTransport | None = None
+
+    def ready(self) -> httpx.BaseTransport:
+        """The transport, made now if it was not yet."""
+        transport = self._transport
+        if transport is None:
+            with self._lock:
+                transport = self._transport
+                if transport is None:
+                    transport = self._build()
+                    if isinstance(transport, httpx.HTTPTransport):
+                        _guard_transport(transport)
+                    self._transport = transport
+        return transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.ready().handle_request(request)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._transport is not None:
+                self._transport.close()
 
 
 def _request_timeout(request: httpx.Request) -> float | None:
@@ -711,6 +747,26 @@ class DestinationClient(httpx.Client):
         # the account); a client without a limiter keeps its own.
         self._strikes = Strikes()
 
+    def _init_transport(
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = httpx._config.DEFAULT_LIMITS,
+        transport: httpx.BaseTransport | None = None,
+    ) -> httpx.BaseTransport:
+        """httpx's own transport, made on the first request (see _TransportOnFirstRequest);
+        one handed in is used as it is. Overriding this, rather than handing httpx a
+        transport, keeps the proxies of the environment (httpx ignores them then)."""
+        if transport is not None:
+            return transport
+        default = super()._init_transport
+        return _TransportOnFirstRequest(
+            lambda: default(verify, cert, trust_env, http1, http2, limits)
+        )
+
     def send(
         self,
         request: httpx.Request,
@@ -722,6 +778,8 @@ class DestinationClient(httpx.Client):
         """Send under a permit; return the read response or raise (see class docstring).
         ``stream`` and ``follow_redirects`` are ignored: never streamed, never redirected."""
         where = f"{request.method} {describe_host(request)}"
+        if isinstance(self._transport, _TransportOnFirstRequest):
+            self._transport.ready()  # before the permit (see _TransportOnFirstRequest)
         limiter = self.limiter
         if limiter is not None:
             limit: float | None = getattr(_local, "limit", None)
@@ -808,6 +866,8 @@ class DestinationClient(httpx.Client):
         limiter = self.limiter
         wait = DEFAULT_COOL_DOWN
         if action is Action.RATE_LIMITED:
+            from syncer.metrics import rate_limited_response  # prometheus: not for every run
+
             rate_limited_response(limiter.connector if limiter is not None else "")
             header = parse_retry_after(response.headers.get("Retry-After"), max_wait=self.max_wait)
             if limiter is not None:

@@ -24,7 +24,6 @@ from sqlalchemy.exc import IntegrityError
 from syncer.errors import LeaseHeld
 from syncer.forking import fork_lock
 from syncer.log import get_logger
-from syncer.metrics import lease_taken_over
 from syncer.state import leases_table
 
 log = get_logger("syncer.lease")
@@ -98,6 +97,8 @@ class Lease:
                 if taken:
                     self.took_over = {"host": row.host, "pid": row.pid}
                     log.info("lease.taken_over", sync=self.sync, host=row.host, pid=row.pid)
+                    from syncer.metrics import lease_taken_over  # prometheus: rarely needed
+
                     lease_taken_over(self.sync)
                     return
         if row is None and attempts > 1:  # released between our two statements

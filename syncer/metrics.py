@@ -4,7 +4,9 @@ Labels carry only sync names, run statuses, operations, outcomes and connector n
 record key, an account id, a host or a URL, so a dashboard cannot leak identifiers and the
 number of series stays bounded by the number of syncs. The HTTP layer, the rate limiter and
 the lease call the small functions at the bottom; in ``sync now`` nobody serves the registry,
-so they cost a counter increment and nothing else.
+so they cost a counter increment and nothing else, and they import this module (and
+prometheus_client) where they first count something, so a run that counts nothing never
+loads it.
 """
 
 from __future__ import annotations

@@ -27,8 +27,6 @@ from itertools import accumulate, chain, compress, repeat
 from typing import Any
 
 import orjson
-import phonenumbers
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from xxhash import xxh3_64_intdigest
 
 from syncer.errors import ConfigError
@@ -172,7 +170,17 @@ _SIMPLE_EMAIL = re.compile(
 )
 # Domains the regex lets through but email_validator refuses (or must check as IDNA): reserved
 # names like ``.test``/``.local``, and labels with "--" (Punycode "xn--" or invalid R-LDH).
-_SPECIAL_DOMAINS = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
+# email_validator (tens of milliseconds of regexes to import) loads with the first email, so
+# syncs without one, and every short command, never pay for it.
+_SPECIAL_DOMAINS: tuple[str, ...] = ()
+
+
+def _special_domains() -> tuple[str, ...]:
+    global _SPECIAL_DOMAINS
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    _SPECIAL_DOMAINS = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
+    return _SPECIAL_DOMAINS
 
 
 def normalize_email(value: Any) -> str:
@@ -182,8 +190,11 @@ def normalize_email(value: Any) -> str:
     text = value.strip().lower()
     if len(text) <= 254 and _SIMPLE_EMAIL.match(text):
         local, _, domain = text.partition("@")
-        if len(local) <= 64 and "--" not in domain and not domain.endswith(_SPECIAL_DOMAINS):
+        special = _SPECIAL_DOMAINS or _special_domains()
+        if len(local) <= 64 and "--" not in domain and not domain.endswith(special):
             return text
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         return validate_email(text, check_deliverability=False).normalized.lower()
     except EmailNotValidError:
@@ -197,6 +208,8 @@ def normalize_phone(value: Any, region: str | None = None) -> str:
         # the warehouse holds, however leniently phonenumbers reads it.
         raise InvalidValue("not a valid phone number")
     text = str(value).strip()
+    import phonenumbers  # loaded with the first phone number, not by every command
+
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:

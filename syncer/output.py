@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from syncer.engine import PlanResult, ProgressFn, RunResult
+if TYPE_CHECKING:  # importing the engine for its types would load it for `syncer runs`
+    from rich.progress import Progress, TaskID
+
+    from syncer.engine import PlanResult, ProgressFn, RunResult
 
 # Off a terminal (pipes, CI logs) tables get room instead of being cut to 80 columns.
 stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -23,17 +25,17 @@ class ProgressReporter:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._progress = (
-            Progress(
+        self._progress: Progress | None = None
+        if enabled:  # only on a terminal: rich.progress is not loaded for pipes and CI
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 console=stderr,
                 transient=True,
             )
-            if enabled
-            else None
-        )
         self._tasks: dict[tuple[str, str], TaskID] = {}
 
     def __enter__(self) -> ProgressReporter:

@@ -54,8 +54,6 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field
 
-from syncer.metrics import rate_limit_waited
-
 #: Windows no longer than this (seconds) set the pacing; longer ones are only counted.
 PACING_HORIZON = 60.0
 #: Cool-down after a 429 without a usable Retry-After: this, doubling with the account's
@@ -275,6 +273,11 @@ class AccountLimiter:
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Block until a request may be sent and take a permit; False if ``stop`` got set."""
+        # Imported here, with the first request (a run that sends nothing never loads
+        # prometheus_client), and before the permit: the import must not delay a request
+        # after it was paced.
+        from syncer.metrics import rate_limit_waited
+
         start = self._clock()
         while True:
             if stop is not None and stop.is_set():

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from syncer.connector import Connector
 from syncer.errors import ConnectorCrashed, RateLimited, SyncerError, TransientError, where
 from syncer.http import time_limit
 from syncer.settings import Settings
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 
@@ -44,6 +46,9 @@ class RetryPolicy:
 
         Waiting out a 429 does not use up an attempt; the budget bounds the total either way.
         """
+        # tenacity loads with the first batch sent, not with every run (most send nothing).
+        from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
+
         settings = self.settings
         stop = self.stop
         clock = self.clock
