@@ -6,7 +6,9 @@ A local webhook receiver, in a process of its own, answers 200 to every POST. Th
 the segment to it, 500 records a request, each run a whole process (`syncer sync now`,
 `drt run`), in three phases: first run, no change, 1% churn:
 
-- `syncer`: mirror mode (adds, updates and removes are sent), `guards.max_remove_pct: 100`;
+- `syncer`: mirror mode (adds, updates and removes are sent), `guards.max_remove_pct: 100`, the
+  key read as given (`key_type: string`, the default, as drt does; `--key-type email` checks and
+  normalizes every key as an email address, which costs the warehouse reader seconds at 1M);
 - `drt-full`: drt-core's `mode: full`, which sends every row on every run (its `rest_api`
   destination in batch mode, 500 rows a request, no pacing);
 - `drt-cursor`: drt-core's `mode: incremental` on `updated_at`, which sends rows whose
@@ -479,8 +481,17 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 class Bench:
-    def __init__(self, work: Path, size: int, receiver: Receiver, with_drt: bool, drt_batch: int):
+    def __init__(
+        self,
+        work: Path,
+        size: int,
+        receiver: Receiver,
+        with_drt: bool,
+        drt_batch: int,
+        key_type: str,
+    ) -> None:
         self.work, self.size, self.receiver = work, size, receiver
+        self.key_type = key_type
         self.tools = TOOLS if with_drt else TOOLS[:1]
         self.w0, self.w1 = work / "warehouse.db", work / "warehouse-churned.db"
         self.home = work / "home"
@@ -503,7 +514,7 @@ class Bench:
             json.dumps(  # JSON is YAML
                 {
                     "name": "bench",
-                    "source": {"query": QUERY, "key": "email", "key_type": "email"},
+                    "source": {"query": QUERY, "key": "email", "key_type": self.key_type},
                     "mode": "mirror",
                     "fields": {"email": "email", "first_name": "first_name", "ltv": "ltv"},
                     "destination": {
@@ -757,7 +768,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "syncer_commit": version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
-        "drt": version([str(DRT_BIN), "--version"]) if DRT_BIN.exists() else None,
+        "drt": version([str(DRT_BIN), "--version"]).split("\n")[0] if DRT_BIN.exists() else None,
+        "load_average": os.getloadavg(),
     }
 
 
@@ -774,6 +786,12 @@ def main() -> None:
         default=DRT_BATCH,
         help=f"drt's sync.batch_size: rows per load call, each with an HTTP client of its own "
         f"(default {DRT_BATCH}); a request carries {BATCH} rows whatever it is",
+    )
+    parser.add_argument(
+        "--key-type",
+        default="string",
+        choices=("string", "email"),
+        help="syncer's source.key_type (default string: keys as given, as drt sends them)",
     )
     parser.add_argument("--no-drt", action="store_true", help="syncer and the floors only")
     parser.add_argument("--workdir", type=Path, help="keep warehouses and state here")
@@ -796,7 +814,11 @@ def main() -> None:
             flush=True,
         )
     info = machine()
-    print(f"{info}\ndrt sync.batch_size {args.drt_batch_size}", flush=True)
+    print(
+        f"{info}\nsyncer key_type {args.key_type}; drt sync.batch_size {args.drt_batch_size}",
+        flush=True,
+    )
+    info.update(key_type=args.key_type, drt_batch_size=args.drt_batch_size)
     receiver = Receiver()
     report: dict[str, Any] = {"machine": info, "sizes": {}}
     summaries: dict[int, list[dict[str, Any]]] = {}
@@ -812,7 +834,9 @@ def main() -> None:
         )
         for size in (int(s) for s in args.sizes.split(",")):
             with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-                bench = Bench(Path(tmp), size, receiver, with_drt, args.drt_batch_size)
+                bench = Bench(
+                    Path(tmp), size, receiver, with_drt, args.drt_batch_size, args.key_type
+                )
                 counts = bench.build()
                 os.sync()
                 print(f"\n{size:,} members, churn {counts}", flush=True)
