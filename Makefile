@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench schema docs clean
+.PHONY: install demo test lint typecheck bench peers bench-peers schema docs clean
 
 install: $(STAMP)
 
@@ -38,6 +38,25 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/sync_bench.py
 
+# drt-core, the peer bench/peers_bench.py compares with, in a virtual environment of its own:
+# never in .venv, so it cannot change what syncer runs with.
+PEERS := bench/.peers/venv
+PEERS_STAMP := $(PEERS)/.installed
+PEERS_ARGS ?=
+
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 2; }
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet drt-core==1.2.1
+	@touch $(PEERS_STAMP)
+
+# Whole processes, side by side with drt-core (1,000,000 members, three repetitions: about
+# 15 minutes); e.g. make bench-peers PEERS_ARGS="--sizes 100000 --reps 1".
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python bench/peers_bench.py $(PEERS_ARGS)
+
 schema: $(STAMP)
 	$(BIN)/syncer schema > mappings/schema.json
 
@@ -47,4 +66,4 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:
-	rm -rf $(VENV) .syncer site .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) bench/.peers .syncer site .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
