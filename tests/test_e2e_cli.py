@@ -6,13 +6,15 @@ against what `sync now` then sends.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import run_cli, write_table
 from tests.fake_destination import DestinationState, fake_destination, members_of, people
@@ -170,6 +172,58 @@ def test_plan_predicts_exactly_what_sync_now_sends(tmp_path: Path) -> None:
     for op in ("add", "update", "remove"):
         assert plan[op] == len(sent[op]), op
         assert plan["samples"][op] == sorted(sent[op])[:5], op  # batches run concurrently
+
+
+Events = dict[tuple[str, str], set[str]]
+
+
+def audit_and_state(story: Story, run_id: str) -> tuple[Events, dict[str, int]]:
+    """The run's audit events as {(operation, outcome): keys}, and state as {key: unsure}."""
+    engine = sa.create_engine(story.env["SYNCER_STATE_URL"])
+    try:
+        with engine.connect() as conn:
+            events: Events = {}
+            for op, outcome, key in conn.execute(
+                sa.text("SELECT operation, outcome, key FROM syncer_events WHERE run_id = :r"),
+                {"r": run_id},
+            ):
+                events.setdefault((op, outcome), set()).add(key)
+            query = "SELECT key, unsure FROM syncer_records WHERE sync = 'vip'"
+            rows = conn.execute(sa.text(query))
+            state = {key: unsure for key, unsure in rows}
+    finally:
+        engine.dispose()
+    return events, state
+
+
+def sha(emails: Iterable[str]) -> set[str]:
+    return {hashlib.sha256(e.encode()).hexdigest() for e in emails}
+
+
+def test_every_record_sent_has_its_audit_event_and_confirmed_state(story: Story) -> None:
+    # Batches of 7 in pages of eight batches: whole pages are marked, confirmed and audited by
+    # one statement each (syncer.ledger); what a user reads must be one event per record.
+    rows = people(130)
+    story.segment(rows)
+    code, doc, out = story.cli("sync", "now", "vip", "--json")
+    assert code == 0, out
+    events, state = audit_and_state(story, doc["runs"][0]["run_id"])
+    assert events == {("add", "accepted"): sha(r[0] for r in rows)}
+    assert state == dict.fromkeys((r[0] for r in rows), 0), "every member confirmed"
+
+    churned = rows[10:] + people(9, start=500)  # 10 leave, 9 join
+    churned[5] = (churned[5][0], "Renamed", churned[5][2])
+    story.segment(churned)
+    code, doc, out = story.cli("sync", "now", "vip", "--json")
+    assert code == 0, out
+    events, state = audit_and_state(story, doc["runs"][0]["run_id"])
+    assert events == {
+        ("add", "accepted"): sha(r[0] for r in people(9, start=500)),
+        ("update", "accepted"): sha([churned[5][0]]),
+        ("remove", "accepted"): sha(r[0] for r in rows[:10]),
+    }
+    assert state == dict.fromkeys((r[0] for r in churned), 0)
+    assert story.destination.members == members_of(churned)
 
 
 def test_invalid_rows_are_counted_kept_and_never_sent(story: Story) -> None:
