@@ -78,7 +78,7 @@ _ZERO = array("q", [0])
 
 
 #: Payload reads between two trims of the spill's mapped pages (see PayloadSpill.read).
-TRIM_EVERY = 4096
+TRIM_EVERY = 1024
 
 
 def _trim(maps: tuple[memoryview, mmap.mmap | bytes]) -> None:
