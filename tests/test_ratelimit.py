@@ -172,7 +172,16 @@ def test_stop_is_noticed_quickly_with_the_real_clock() -> None:
 
 
 def test_threads_share_one_limit_safely() -> None:
-    lim = AccountLimiter([RateLimit(10, 0.1)], max_concurrency=3)
+    # Each permit is timed by the reading of the limiter's own clock it was granted at (the
+    # thread's last one): a reading taken after the permit returned moves later whenever a
+    # busy machine pauses the thread there, and bunched permits that were spaced.
+    reading = threading.local()
+
+    def clock() -> float:
+        reading.now = time.monotonic()
+        return float(reading.now)
+
+    lim = AccountLimiter([RateLimit(10, 0.1)], max_concurrency=3, clock=clock)
     lock = threading.Lock()
     active = peak = 0
     times: list[float] = []
@@ -184,7 +193,7 @@ def test_threads_share_one_limit_safely() -> None:
                 with lock:
                     active += 1
                     peak = max(peak, active)
-                    times.append(time.monotonic())
+                    times.append(reading.now)
                 time.sleep(0.002)
                 with lock:
                     active -= 1
