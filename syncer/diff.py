@@ -564,26 +564,18 @@ def _fetch(result: Any) -> list[Any]:
 def span_select(
     batch: ChangeBatch, sync: str, with_state: bool = False
 ) -> tuple[str, dict[str, Any]]:
-    """A SELECT of exactly ``batch``'s records from the staging tables, as ``key`` and
-    ``hash`` (and, ``with_state``, the state row's ``unsure`` before this run touched it),
-    with its parameters; ``batch.span`` must be set.
+    """A SELECT of exactly an add or update ``batch``'s records from the staging tables, as
+    ``key`` and ``hash`` (and, ``with_state``, the state row's ``unsure`` before this run
+    touched it), with its parameters; ``batch.span`` must be set.
 
     The change set is fixed for the run and pages are taken in key order, so the rows of a
-    page's kinds between the key it started after and its last key are the page itself. For
-    removes, they are the synced keys in that range that are not staged: valid only while
-    the batch's state rows still exist (before its removal is settled).
+    page's kinds between the key it started after and its last key are the page itself.
+    (Removals are named by key instead: see ``syncer.ledger``.)
     """
     assert batch.span is not None, "a span is only known for pages read from staging"
+    assert batch.operation != "remove", "removals are not a span of the change set"
     after, last = batch.span
     params: dict[str, Any] = {"sync": sync, "after": after, "last": last}
-    if batch.operation == "remove":
-        start = "AND r.key > :after" if after is not None else ""
-        return (
-            "SELECT r.key AS key, r.hash AS hash, r.unsure AS unsure FROM syncer_records r"
-            f" WHERE r.sync = :sync {start} AND r.key <= :last"
-            f" AND NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)",
-            params,
-        )
     start = "c.key > :after AND" if after is not None else ""
     wanted = ", ".join(f"'{k}'" for k in batch.kinds)
     state = (

@@ -182,14 +182,13 @@ def _mark_span(
     conn: Connection, writer: BulkWriter, sync: str, batch: ChangeBatch, now: dt.datetime
 ) -> None:
     """``mark_sent`` for a whole page, by one statement (see above)."""
-    select, params = span_select(batch, sync, with_state=True)
+    params: dict[str, Any] = {"sync": sync, "at": writer.stamp(now)}
     if batch.operation == "remove":
-        sql = (
-            f"UPDATE syncer_records SET unsure = {MAYBE_ABSENT} WHERE sync = :sync"
-            f" AND key IN ({_batch_keys(conn)})"
-        )
-        params = dict(params, batch_keys=_keys_json(batch))
+        sql = f"UPDATE syncer_records SET unsure = {MAYBE_ABSENT} WHERE {_named_keys(conn)}"
+        params["keys"] = _keys_json(batch)
     else:
+        select, span = span_select(batch, sync, with_state=True)
+        params.update(span)
         # As in mark_sent: an update of a member known to be there can only leave it stale.
         stale = (
             f"CASE WHEN b.unsure IS NOT NULL AND b.unsure <> {MAYBE_ABSENT}"
@@ -197,7 +196,7 @@ def _mark_span(
         )
         unsure = stale if batch.operation == "update" else str(MAYBE_ABSENT)
         sql = _UPSERT_FROM.format(unsure=unsure, select=select)
-    _execute_span(conn, sql, dict(params, at=writer.stamp(now)), batch, "mark")
+    _execute_span(conn, sql, params, batch, "mark")
     batch.span_marked = True
 
 
@@ -211,30 +210,33 @@ def _settle_span(
     plain_keys: bool,
 ) -> None:
     """``settle`` for a page the destination accepted whole, by two statements: its audit
-    events (in key order, as the batch was sent), then its state rows."""
-    select, params = span_select(batch, sync)
-    at = writer.stamp(now)
-    params = dict(params, at=at, run_id=run_id, operation=batch.operation)
-    # The audit keys come from the batch (hashed on its sender thread) as one JSON array,
-    # in batch order: no Python call per row inside the statement.
-    params["keys"] = orjson.dumps(batch.audit_keys(plain_keys)).decode()
+    events (in batch order, as it was sent), then its state rows."""
+    params: dict[str, Any] = {"sync": sync, "at": writer.stamp(now)}
+    # The audit keys come from the batch (hashed on its sender thread) as one JSON array:
+    # no Python call per row inside the statement.
     events = (
         "INSERT INTO syncer_events (run_id, key, operation, outcome, reason, at)"
-        f" SELECT :run_id, k.value, :operation, 'accepted', NULL, :at FROM {_elements(conn)}"
+        f" SELECT :run_id, k.value, :operation, 'accepted', NULL, :at FROM {_strings(conn)}"
+        " ORDER BY k.n"
     )
-    _execute_span(conn, events, params, batch, "audit")
+    audit = {"run_id": run_id, "operation": batch.operation}
+    audit["keys"] = orjson.dumps(batch.audit_keys(plain_keys)).decode()
+    _execute_span(conn, events, dict(params, **audit), batch, "audit")
     if batch.operation == "remove":
-        state = f"DELETE FROM syncer_records WHERE sync = :sync AND key IN ({_batch_keys(conn)})"
-        params["batch_keys"] = _keys_json(batch)
-    elif batch.span_marked:
-        # The mark wrote the new hash and kept the destination id: what is left is to say
-        # the destination confirmed it (the same row the upsert below would write).
-        state = (
-            f"UPDATE syncer_records SET unsure = {CONFIRMED}, synced_at = :at"
-            f" WHERE sync = :sync AND key IN (SELECT b.key FROM ({select}) AS b)"
-        )
+        state = f"DELETE FROM syncer_records WHERE {_named_keys(conn)}"
+        params["keys"] = _keys_json(batch)
     else:
-        state = _UPSERT_FROM.format(unsure=str(CONFIRMED), select=select)
+        select, span = span_select(batch, sync)
+        params.update(span)
+        if batch.span_marked:
+            # The mark wrote the new hash and kept the destination id: what is left is to
+            # say the destination confirmed it (the same row the upsert would write).
+            state = (
+                f"UPDATE syncer_records SET unsure = {CONFIRMED}, synced_at = :at"
+                f" WHERE sync = :sync AND key IN (SELECT b.key FROM ({select}) AS b)"
+            )
+        else:
+            state = _UPSERT_FROM.format(unsure=str(CONFIRMED), select=select)
     _execute_span(conn, state, params, batch, "settle")
 
 
@@ -254,20 +256,15 @@ def _keys_json(batch: ChangeBatch) -> str:
     return orjson.dumps([row[0] for row in batch.rows]).decode()
 
 
-def _batch_keys(conn: Connection) -> str:
-    """SQL for the keys in the JSON array ``:batch_keys``. Removals name their keys: the
-    removed members of a page may lie far apart in state, and a key span would visit every
-    synced member between them (all of state, for a 1% churn's removals)."""
-    if conn.dialect.name == "postgresql":
-        return "SELECT value FROM jsonb_array_elements_text(CAST(:batch_keys AS jsonb))"
-    return "SELECT value FROM json_each(:batch_keys)"
+def _named_keys(conn: Connection) -> str:
+    """WHERE clause for this sync's state rows named in the JSON array ``:keys``. Removals
+    name their keys: the removed members of a page may lie far apart in state, and a key
+    span would visit every synced member between them (all of state, for a 1% churn)."""
+    return f"sync = :sync AND key IN (SELECT k.value FROM {_strings(conn)})"
 
 
-def _elements(conn: Connection) -> str:
-    """The elements of the JSON array of strings ``:keys`` as ``k.value``, in order."""
+def _strings(conn: Connection) -> str:
+    """The JSON array of strings ``:keys`` as rows ``k.value``, numbered in order ``k.n``."""
     if conn.dialect.name == "postgresql":
-        return (
-            "jsonb_array_elements_text(CAST(:keys AS jsonb)) WITH ORDINALITY AS k(value, n)"
-            " ORDER BY k.n"
-        )
-    return "json_each(:keys) AS k ORDER BY k.key"
+        return "jsonb_array_elements_text(CAST(:keys AS jsonb)) WITH ORDINALITY AS k(value, n)"
+    return "(SELECT key AS n, value FROM json_each(:keys)) AS k"
