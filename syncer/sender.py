@@ -55,6 +55,8 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
             answered: Answered = []
             for future in ready:
                 batch = inflight.pop(future)
+                if future.cancelled():  # never sent: its mark stays, as for a crash
+                    continue
                 try:
                     answered.append((batch, future.result()))
                 except SyncerError as exc:  # auth/config/crash: no more batches after this
@@ -71,28 +73,37 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                 if progress is not None:
                     progress(batch.operation, done[batch.operation], planned[batch.operation])
 
+        def stopping() -> bool:
+            return run.halted or failure is not None
+
         try:
             held: Answered = []  # acknowledged, committed with the next page's marks
             for operation in OPERATIONS:
                 size = connector.batch_size
-                pages = staging.batches(operation, size * pages_of(size), planned[operation])
+                per_page = pages_of(size)
+                # Batches handed to the pool, sent or waiting for a sender: the next pages
+                # are read and committed while the senders work through these.
+                ahead = concurrency + PAGES_AHEAD * per_page
+                pages = staging.batches(operation, size * per_page, planned[operation])
                 for page in pages:
-                    if run.halted or failure is not None:
+                    if stopping():
                         break
+                    parts = page.split(size)
+                    while inflight and len(inflight) + len(parts) > ahead and not stopping():
+                        held += collect(0.25)
                     held += collect(0)
-                    if failure is not None:
+                    if stopping():
                         break
                     # The page's marks, committed before any of its batches leaves.
                     record(held, page)
                     held = []
-                    for batch in page.split(size):
-                        while len(inflight) >= concurrency:
-                            held += collect(0.25)
-                        if run.halted or failure is not None:
-                            break
+                    for batch in parts:
                         submitted = pool.submit(deliver_batch, run, connector, batch)
                         inflight[submitted] = batch
                 while inflight:
+                    if stopping():
+                        for future in inflight:
+                            future.cancel()  # queued, not sent: stays marked in flight
                     held += collect(0.25)
                 record(held)
                 held = []
@@ -150,6 +161,9 @@ def prompt_handoffs() -> Iterator[None]:
 #: Rows a page of the change set holds at most, unless one batch is larger: a page is read,
 #: marked in flight and its answers committed in one statement each, whatever its batches.
 PAGE_ROWS = 4000
+#: Pages handed to the senders beyond the batches they are sending: while the senders work
+#: through them, the run's thread reads the next page and commits the answers so far.
+PAGES_AHEAD = 2
 #: Batches a page holds at most (a crash re-sends at most this many batches' worth of
 #: records whose answers were held for the next commit).
 PAGE_BATCHES = 8
