@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal, cast, overload
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -101,6 +101,55 @@ class JobStatus:
     stats: Mapping[str, int] = field(default_factory=dict)
 
 
+class AcceptedWhole(Sequence[Outcome]):
+    """Outcomes of records all accepted, none with a destination id: only their keys."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Outcome: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Outcome]: ...
+    def __getitem__(self, index: int | slice) -> Outcome | Sequence[Outcome]:
+        if isinstance(index, slice):
+            return AcceptedWhole(self.keys[index])
+        return Outcome(self.keys[index], "accepted")
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return (Outcome(key, "accepted") for key in self.keys)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AcceptedWhole):
+            return self.keys == other.keys
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"AcceptedWhole({len(self.keys)} keys)"
+
+
+def accepted_whole(outcomes: Sequence[Outcome]) -> bool:
+    """Whether every outcome is a plain acceptance (state is then written for the batch by
+    whole statements: see syncer.ledger)."""
+    if isinstance(outcomes, AcceptedWhole):
+        return True
+    return all(o.status == "accepted" and o.destination_id is None for o in outcomes)
+
+
+def joined(first: Sequence[Outcome], second: Sequence[Outcome]) -> Sequence[Outcome]:
+    """Two batches' outcomes as one, kept light when both are ``AcceptedWhole``."""
+    if isinstance(first, AcceptedWhole) and isinstance(second, AcceptedWhole):
+        return AcceptedWhole(first.keys + second.keys)
+    return [*first, *second]
+
+
 class BatchResult:
     """Per-record outcomes of one batch; records not mentioned count as accepted.
 
@@ -132,7 +181,14 @@ class BatchResult:
         self._by_key[key] = Outcome(key, "pending", None, destination_id, job)
 
     def outcomes(self) -> list[Outcome]:
-        """One outcome per record of the batch, in its order (the engine reads this)."""
+        """One outcome per record of the batch, in its order."""
+        return list(self.settled())
+
+    def settled(self) -> Sequence[Outcome]:
+        """``outcomes()`` as the engine reads it: a batch nothing was said about is
+        ``AcceptedWhole`` (no Outcome object per record, a million on a first run)."""
+        if not self._by_key:
+            return AcceptedWhole([r.key for r in self._records])
         keys = {r.key for r in self._records}
         extra = [k for k in self._by_key if k not in keys]
         if extra:

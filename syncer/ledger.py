@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, text
 
-from syncer.connector import Outcome
+from syncer.connector import Outcome, accepted_whole
 from syncer.diff import ChangeBatch, span_select
 from syncer.state import CONFIRMED, MAYBE_ABSENT, MAYBE_STALE, BulkWriter
 
@@ -98,9 +98,7 @@ def settle(
     """
     writer = BulkWriter(conn)
     operation = batch.operation
-    if batch.span is not None and all(
-        o.status == "accepted" and o.destination_id is None for o in outcomes
-    ):
+    if batch.span is not None and accepted_whole(outcomes):
         _settle_span(conn, writer, run_id, sync, batch, now, plain_keys)
         return {COUNTER[operation]: len(outcomes), "rejected": 0, "failed": 0, "pending": 0}
     by_key = {r.key: r for r in batch.records}

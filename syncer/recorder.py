@@ -13,17 +13,19 @@ import datetime as dt
 import json
 import os
 import socket
+from collections.abc import Sequence
 
 from sqlalchemy import Connection, delete, select, update
 
-from syncer.connector import Outcome
+from syncer.connector import AcceptedWhole, Outcome, accepted_whole
+from syncer.connector import joined as join_outcomes
 from syncer.diff import ChangeBatch, DiffCounts, Staging
 from syncer.enums import RunStatus
 from syncer.ledger import audit_key, mark_sent, settle
 from syncer.runcontext import RunContext, add_counts
 from syncer.state import BulkWriter, jobs_table, pending_table, runs_table, utcnow, writing
 
-Answered = list[tuple[ChangeBatch, list[Outcome]]]
+Answered = list[tuple[ChangeBatch, Sequence[Outcome]]]
 """Batches the destination answered, each with one outcome per record."""
 
 
@@ -105,7 +107,11 @@ def commit(
     values = run.tally.values
     with writing(conn):
         for batch, outcomes in coalesce(answered, plain):
-            pending = [o for o in outcomes if o.status == "pending"]
+            pending = (
+                []
+                if isinstance(outcomes, AcceptedWhole)
+                else [o for o in outcomes if o.status == "pending"]
+            )
             if pending:
                 hold_pending(conn, run_id, sync_name, batch, pending, now)
             delta = settle(conn, run_id, sync_name, batch, outcomes, now, plain_keys=plain)
@@ -125,7 +131,7 @@ def coalesce(answered: Answered, plain_keys: bool) -> Answered:
     rest: Answered = []
     for batch, outcomes in answered:
         fits = batch.span is not None and batch.span_marked
-        if fits and all(o.status == "accepted" and o.destination_id is None for o in outcomes):
+        if fits and accepted_whole(outcomes):
             whole.append((batch, outcomes))
         else:
             rest.append((batch, outcomes))
@@ -136,7 +142,7 @@ def coalesce(answered: Answered, plain_keys: bool) -> Answered:
             last, last_outcomes = joined[-1]
             assert last.span is not None and batch.span is not None
             if last.operation == batch.operation and last.span[1] == batch.span[0]:
-                joined[-1] = (last.join(batch, plain_keys), last_outcomes + outcomes)
+                joined[-1] = (last.join(batch, plain_keys), join_outcomes(last_outcomes, outcomes))
                 continue
         joined.append((batch, outcomes))
     return joined + rest

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import httpx
 
 from syncer import recorder
-from syncer.connector import BatchResult, Connector, Operation, Outcome, Record, effective_limits
+from syncer.connector import (
+    BatchResult,
+    Connector,
+    Operation,
+    Outcome,
+    Record,
+    effective_limits,
+    joined,
+)
 from syncer.diff import ChangeBatch, DiffCounts, Staging
 from syncer.errors import BatchRejected, Interrupted, SyncerError, TransientError
 from syncer.recorder import Answered
@@ -44,7 +52,7 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
         guarded(connector, "open", connector.open)
         finished = False
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="syncer-send")
-        inflight: dict[Future[list[Outcome]], ChangeBatch] = {}
+        inflight: dict[Future[Sequence[Outcome]], ChangeBatch] = {}
         done = dict.fromkeys(OPERATIONS, 0)
         failure: BaseException | None = None
 
@@ -59,6 +67,8 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                     continue
                 try:
                     answered.append((batch, future.result()))
+                except _NotSent:
+                    continue
                 except SyncerError as exc:  # auth/config/crash: no more batches after this
                     failure = failure or exc
             return answered
@@ -76,6 +86,17 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
         def stopping() -> bool:
             return run.halted or failure is not None
 
+        given_up = threading.Event()  # a batch failed for good: queued ones are not sent
+
+        def send(batch: ChangeBatch) -> Sequence[Outcome]:
+            if given_up.is_set() or run.halted:
+                raise _NotSent
+            try:
+                return deliver_batch(run, connector, batch)
+            except BaseException:
+                given_up.set()
+                raise
+
         try:
             held: Answered = []  # acknowledged, committed with the next page's marks
             for operation in OPERATIONS:
@@ -88,8 +109,8 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                 for page in pages:
                     if stopping():
                         break
-                    parts = page.split(size)
-                    while inflight and len(inflight) + len(parts) > ahead and not stopping():
+                    parts = -(-page.size // size)
+                    while inflight and len(inflight) + parts > ahead and not stopping():
                         held += collect(0.25)
                     held += collect(0)
                     if stopping():
@@ -97,8 +118,8 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                     # The page's marks, committed before any of its batches leaves.
                     record(held, page)
                     held = []
-                    for batch in parts:
-                        submitted = pool.submit(deliver_batch, run, connector, batch)
+                    for batch in page.split(size):  # marked as the page was
+                        submitted = pool.submit(send, batch)
                         inflight[submitted] = batch
                 while inflight:
                     if stopping():
@@ -126,6 +147,10 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
             raise Interrupted("another process took over this sync's lease; stopped early")
         if not finished:
             raise Interrupted("stopped on request; acknowledged changes are saved")
+
+
+class _NotSent(Exception):
+    """A queued batch left unsent because the run is stopping (it stays marked in flight)."""
 
 
 #: While sending, how long a thread may keep the interpreter when another asks for it.
@@ -190,7 +215,7 @@ def expected_ids(connector: Connector, sending: ChangeBatch | None) -> dict[str,
     return expected
 
 
-def deliver_batch(run: RunContext, connector: Connector, batch: ChangeBatch) -> list[Outcome]:
+def deliver_batch(run: RunContext, connector: Connector, batch: ChangeBatch) -> Sequence[Outcome]:
     """``deliver`` on a worker thread, which also builds the batch's records and audit keys
     there (see ChangeBatch): the run's thread only reads pages and writes state."""
     outcomes = deliver(run.retry, connector, batch.operation, batch.records)
@@ -200,18 +225,19 @@ def deliver_batch(run: RunContext, connector: Connector, batch: ChangeBatch) -> 
 
 def deliver(
     retry: RetryPolicy, connector: Connector, operation: Operation, records: list[Record]
-) -> list[Outcome]:
+) -> Sequence[Outcome]:
     """One batch to the destination with retries; a refused batch is halved to find the bad
     records, so the good ones still land. Runs on a worker thread."""
     call: Callable[[list[Record]], BatchResult] = getattr(connector, operation)
     try:
-        return retry(lambda: guarded(connector, operation, lambda: call(records).outcomes()))
+        return retry(lambda: guarded(connector, operation, lambda: call(records).settled()))
     except BatchRejected as exc:
         if len(records) == 1:
             return [Outcome(records[0].key, "rejected", f"refused: {exc}")]
         middle = len(records) // 2
-        return deliver(retry, connector, operation, records[:middle]) + deliver(
-            retry, connector, operation, records[middle:]
+        return joined(
+            deliver(retry, connector, operation, records[:middle]),
+            deliver(retry, connector, operation, records[middle:]),
         )
     except TransientError as exc:
         return [Outcome(r.key, "failed", f"not delivered: {exc}") for r in records]

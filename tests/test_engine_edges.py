@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from syncer.connector import BatchResult, Capabilities, Connector, ConnectorConfig, Record
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    Connector,
+    ConnectorConfig,
+    Outcome,
+    Record,
+)
 from syncer.engine import SyncEngine
-from syncer.errors import ConfigError
+from syncer.errors import AuthError, ConfigError
 from syncer.mapping import LoadedSync, SyncDefinition, load_all, load_file, load_named
 from syncer.settings import Settings
 from tests.conftest import run_cli
@@ -65,6 +73,46 @@ def test_a_crashing_connector_fails_its_run_without_saving_or_leaking(tmp_path: 
     # The next run resumes with what was not acknowledged.
     Crashes.calls = 10
     assert engine.run(_sync(tmp_path, Crashes)).counts["added"] == 4
+
+
+class RefusesCredentials(Connector):
+    """A destination whose every answer says the credentials are wrong."""
+
+    name = "refuses-credentials"
+    capabilities = Capabilities(max_batch_size=1)
+    max_concurrency = 4
+    calls = 0
+    lock = threading.Lock()
+
+    def add(self, records: Sequence[Record]) -> BatchResult:
+        with RefusesCredentials.lock:
+            RefusesCredentials.calls += 1
+        raise AuthError("HTTP 401 from the destination: check the token")
+
+
+def test_after_a_batch_fails_for_good_no_queued_batch_is_sent(tmp_path: Path) -> None:
+    """Batches wait in a queue for the senders: once one fails for good (wrong
+    credentials), the ones still queued are not sent, and stay unacknowledged."""
+    settings = Settings(
+        warehouse_url=_warehouse(tmp_path / "w.db", 40), state_url=f"sqlite:///{tmp_path}/s.db"
+    )
+    engine = SyncEngine(settings)
+    result = engine.run(_sync(tmp_path, RefusesCredentials))
+    assert result.status == "failed" and result.exit_code == 78
+    # At most one request per sender had started when the first answer came back.
+    assert 1 <= RefusesCredentials.calls <= RefusesCredentials.max_concurrency
+    assert result.counts["added"] == 0
+
+
+def test_a_batch_nothing_was_said_about_is_accepted_whole() -> None:
+    records = [Record("a", {"n": 1}), Record("b", {"n": 2})]
+    plain = BatchResult(records)
+    assert plain.outcomes() == [Outcome("a", "accepted"), Outcome("b", "accepted")]
+    assert plain.settled() == plain.outcomes() and len(plain.settled()) == 2
+    assert list(plain.settled()[1:]) == [Outcome("b", "accepted")]
+    said = BatchResult(records)
+    said.reject("b", "invalid email")
+    assert said.settled() == [Outcome("a", "accepted"), Outcome("b", "rejected", "invalid email")]
 
 
 class AddOnly(Connector):
