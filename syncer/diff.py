@@ -25,6 +25,7 @@ from syncer.state import CONFIRMED, MAYBE_ABSENT, MAYBE_STALE
 
 STAGE = "syncer_stage"
 CHANGES = "syncer_changes"
+_CHANGE_COLUMNS = "key, kind, rownum, hash, destination_id, old_hash, unsure"
 
 Kind = str
 """A staged row's relation to state: ``new`` (not synced), ``unsure`` (an earlier send was
@@ -311,8 +312,12 @@ class Staging:
         snapshot once per operation.
         """
         self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {CHANGES}")
+        # Each change carries what sending it needs (its row, new hash, and the state row's
+        # id, hash and flag before this run), so pages, marks and confirmations read this
+        # table alone, by key range, instead of joining staging and state for every page.
         self.conn.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {CHANGES} (key TEXT PRIMARY KEY, kind TEXT NOT NULL)"
+            f"CREATE TEMPORARY TABLE {CHANGES} (key TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+            " rownum BIGINT, hash BIGINT, destination_id TEXT, old_hash BIGINT, unsure INTEGER)"
         )
         if self.dialect == "sqlite" and not self.full_resync:
             self._merge_changes()
@@ -366,17 +371,21 @@ class Staging:
         """
         self.conn.execute(
             text(
-                f"INSERT INTO {CHANGES} (key, kind) SELECT key, CASE (SELECT r.unsure"
-                " FROM syncer_records r WHERE r.sync = :sync AND r.key = staged.key)"
-                f" WHEN {MAYBE_ABSENT} THEN 'unsure' WHEN {CONFIRMED} THEN 'changed'"
-                f" WHEN {MAYBE_STALE} THEN 'changed' ELSE 'new' END FROM ("
+                f"INSERT INTO {CHANGES} ({_CHANGE_COLUMNS}) SELECT staged.key,"
+                f" CASE r.unsure WHEN {MAYBE_ABSENT} THEN 'unsure' WHEN {CONFIRMED} THEN 'changed'"
+                f" WHEN {MAYBE_STALE} THEN 'changed' ELSE 'new' END,"
+                " s.rownum, staged.hash, r.destination_id, r.hash, r.unsure FROM ("
                 f" SELECT key, hash FROM {STAGE} WHERE hash IS NOT NULL"
                 " EXCEPT SELECT key, hash FROM syncer_records"
                 f" WHERE sync = :sync AND unsure = {CONFIRMED}"
                 # The ORDER BY is what makes it a merge. SQLite may omit an ORDER BY from a
                 # FROM-clause subquery whose order looks unused, never one with a LIMIT
                 # (3.40 and 3.51 merge either way).
-                " ORDER BY 1, 2 LIMIT -1) AS staged"
+                # CROSS JOIN keeps the few rows found outermost: each is then one lookup in
+                # staging's (key, hash) index and one in state.
+                f" ORDER BY 1, 2 LIMIT -1) AS staged CROSS JOIN {STAGE} s"
+                " LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = staged.key"
+                " WHERE s.key = staged.key AND s.hash = staged.hash"
             ),
             {"sync": self.sync},
         )
@@ -386,11 +395,12 @@ class Staging:
         kinds = ["'new'", "'unsure'", "'changed'"] + (["'same'"] if self.full_resync else [])
         self.conn.execute(
             text(
-                f"INSERT INTO {CHANGES} (key, kind) SELECT key, kind FROM ("
+                f"INSERT INTO {CHANGES} ({_CHANGE_COLUMNS}) SELECT {_CHANGE_COLUMNS} FROM ("
                 " SELECT s.key AS key, CASE WHEN r.key IS NULL THEN 'new'"
                 f" WHEN r.unsure = {MAYBE_ABSENT} THEN 'unsure'"
                 f" WHEN r.unsure = {MAYBE_STALE} OR r.hash <> s.hash THEN 'changed'"
-                " ELSE 'same' END AS kind"
+                " ELSE 'same' END AS kind, s.rownum AS rownum, s.hash AS hash,"
+                " r.destination_id AS destination_id, r.hash AS old_hash, r.unsure AS unsure"
                 f" FROM {STAGE} s LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = s.key"
                 " WHERE s.hash IS NOT NULL) AS classified"
                 f" WHERE kind IN ({', '.join(kinds)})"
@@ -428,16 +438,9 @@ class Staging:
         keyset = "c.key > :after AND" if after is not None else ""
         wanted = ", ".join(f"'{k}'" for k in kinds)
         return self._page(
-            ("c.key", "s.rownum", "s.hash", "r.destination_id", "r.hash", "r.unsure"),
-            # CROSS JOIN makes SQLite walk the change set from ``after`` and look each key up
-            # in staging, whatever its estimates: SQLite 3.51 was seen to walk all of staging
-            # from ``after`` instead. Postgres plans it as any join.
-            f" FROM {CHANGES} c CROSS JOIN {STAGE} s"
-            " LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = c.key"
-            f" WHERE {keyset} c.kind IN ({wanted})"
-            " AND s.key = c.key AND s.hash IS NOT NULL"
-            " ORDER BY c.key LIMIT :limit",
-            {"sync": self.sync, "after": after, "limit": limit},
+            ("c.key", "c.rownum", "c.hash", "c.destination_id", "c.old_hash", "c.unsure"),
+            f" FROM {CHANGES} c WHERE {keyset} c.kind IN ({wanted}) ORDER BY c.key LIMIT :limit",
+            {"after": after, "limit": limit},
         )
 
     def _remove_page(self, after: str | None, limit: int) -> list[Any]:
@@ -580,18 +583,9 @@ def span_select(
     params: dict[str, Any] = {"sync": sync, "after": after, "last": last}
     start = "c.key > :after AND" if after is not None else ""
     wanted = ", ".join(f"'{k}'" for k in batch.kinds)
-    state = (
-        (
-            ", r.unsure AS unsure",
-            " LEFT JOIN syncer_records r ON r.sync = :sync AND r.key = c.key",
-        )
-        if with_state
-        else (", NULL AS unsure", "")
-    )
+    unsure = "c.unsure" if with_state else "NULL"
     return (
-        f"SELECT c.key AS key, s.hash AS hash{state[0]}"
-        f" FROM {CHANGES} c CROSS JOIN {STAGE} s{state[1]}"
-        f" WHERE {start} c.key <= :last AND c.kind IN ({wanted})"
-        " AND s.key = c.key AND s.hash IS NOT NULL",
+        f"SELECT c.key AS key, c.hash AS hash, {unsure} AS unsure"
+        f" FROM {CHANGES} c WHERE {start} c.key <= :last AND c.kind IN ({wanted})",
         params,
     )
