@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, delete, select, update
 
@@ -94,18 +94,21 @@ def record_invalid(run: RunContext, staging: Staging, counts: DiffCounts) -> Non
 def commit(
     run: RunContext,
     answered: Answered,
-    sending: ChangeBatch | None,
-    expected: dict[str, str | None],
-) -> None:
+    sending: Callable[[], ChangeBatch | None] | None,
+    expected: Callable[[ChangeBatch], dict[str, str | None]],
+) -> ChangeBatch | None:
     """One transaction: state and every outcome's audit event for the answered batches,
-    the run's counters, and the in-flight mark of the batch about to be sent (see
-    syncer.ledger) with the destination ids ``expected`` for it. The counters in memory
-    follow only once it committed."""
+    the run's counters, and the in-flight mark of the page about to be sent (see
+    syncer.ledger), which ``sending`` reads in that same transaction, with the destination
+    ids ``expected`` for it. Returns that page (None once the change set is exhausted). The
+    counters in memory follow only once it committed."""
     conn, run_id, sync_name = run.conn, run.id, run.name
     now = utcnow()
     plain = run.plain_keys
     values = run.tally.values
+    page: ChangeBatch | None = None
     with writing(conn):
+        page = sending() if sending is not None else None
         for batch, outcomes in coalesce(answered, plain):
             pending = (
                 []
@@ -118,9 +121,10 @@ def commit(
             values = add_counts(values, delta)
         if answered:
             save_counts(conn, run_id, values)
-        if sending is not None:
-            mark_sent(conn, sync_name, sending, expected, now)
+        if page is not None:
+            mark_sent(conn, sync_name, page, expected(page), now)
     run.tally.values.update(values)
+    return page
 
 
 def coalesce(answered: Answered, plain_keys: bool) -> Answered:

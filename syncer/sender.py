@@ -2,11 +2,11 @@
 
 Pages of the change set (up to PAGE_BATCHES batches) are read and state is committed on the
 run's thread (one database connection); worker threads build each batch's records and talk
-to the destination, paced by the account's rate limiter. A page is marked in flight before
-its first batch leaves, in one transaction with the answers received since the previous
-page (syncer.recorder.commit); answers are never counted before that commit. A batch the
-destination refuses as a whole is halved until the records it refuses are found, so the
-good ones still land. Retries are syncer.retry's.
+to the destination, paced by the account's rate limiter. A page is read and marked in
+flight in one transaction with the answers received since the previous page, committed
+before its first batch leaves (syncer.recorder.commit); answers are never counted before
+that commit. A batch the destination refuses as a whole is halved until the records it
+refuses are found, so the good ones still land. Retries are syncer.retry's.
 """
 
 from __future__ import annotations
@@ -73,15 +73,23 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                     failure = failure or exc
             return answered
 
-        def record(answered: Answered, sending: ChangeBatch | None = None) -> None:
-            """Commit answered batches and mark the next page as in flight, together:
-            one transaction per page sent, not one per batch and another per answer."""
-            if answered or sending is not None:
-                recorder.commit(run, answered, sending, expected_ids(connector, sending))
+        def record(
+            answered: Answered, pages: Iterator[ChangeBatch] | None = None
+        ) -> ChangeBatch | None:
+            """Commit answered batches, and read the next page of ``pages`` and mark it in
+            flight, in one transaction: one per page sent, not one per batch and another
+            per answer, nor one more for reading the page. Returns that page."""
+            page = None
+            if answered or pages is not None:
+                read = None if pages is None else lambda: next(pages, None)
+                page = recorder.commit(
+                    run, answered, read, lambda page: expected_ids(connector, page)
+                )
             for batch, _ in answered:
                 done[batch.operation] += batch.size
                 if progress is not None:
                     progress(batch.operation, done[batch.operation], planned[batch.operation])
+            return page
 
         def stopping() -> bool:
             return run.halted or failure is not None
@@ -105,19 +113,18 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                 # Batches handed to the pool, sent or waiting for a sender: the next pages
                 # are read and committed while the senders work through these.
                 ahead = concurrency + PAGES_AHEAD * per_page
-                pages = staging.batches(operation, size * per_page, planned[operation])
-                for page in pages:
-                    if stopping():
-                        break
-                    parts = -(-page.size // size)
-                    while inflight and len(inflight) + parts > ahead and not stopping():
+                pages = iter(staging.batches(operation, size * per_page, planned[operation]))
+                while not stopping():
+                    while inflight and len(inflight) + per_page > ahead and not stopping():
                         held += collect(0.25)
                     held += collect(0)
                     if stopping():
                         break
                     # The page's marks, committed before any of its batches leaves.
-                    record(held, page)
+                    page = record(held, pages)
                     held = []
+                    if page is None:
+                        break
                     for batch in page.split(size):  # marked as the page was
                         submitted = pool.submit(send, batch)
                         inflight[submitted] = batch
@@ -199,12 +206,12 @@ def pages_of(batch_size: int) -> int:
     return max(1, min(PAGE_BATCHES, PAGE_ROWS // max(batch_size, 1)))
 
 
-def expected_ids(connector: Connector, sending: ChangeBatch | None) -> dict[str, str | None]:
+def expected_ids(connector: Connector, sending: ChangeBatch) -> dict[str, str | None]:
     """Destination ids the connector can tell before the answer, for the in-flight mark
     (asked only of connectors that override ``expected_destination_id``)."""
     expected: dict[str, str | None] = {}
     overridden = type(connector).expected_destination_id is not Connector.expected_destination_id
-    if sending is not None and sending.operation != "remove" and overridden:
+    if sending.operation != "remove" and overridden:
         operation = sending.operation
 
         def expect() -> None:
