@@ -369,6 +369,15 @@ class Staging:
         tell new, unsure and changed apart. (Postgres hash-joins well, and a full resync
         wants the unchanged rows too.)
         """
+        if not self._has_state():
+            # A first run: every valid staged row is new, with no state row to look up.
+            self.conn.execute(
+                text(
+                    f"INSERT INTO {CHANGES} ({_CHANGE_COLUMNS}) SELECT key, 'new', rownum, hash,"
+                    f" NULL, NULL, NULL FROM {STAGE} WHERE hash IS NOT NULL ORDER BY key"
+                )
+            )
+            return
         self.conn.execute(
             text(
                 f"INSERT INTO {CHANGES} ({_CHANGE_COLUMNS}) SELECT staged.key,"
@@ -389,6 +398,13 @@ class Staging:
             ),
             {"sync": self.sync},
         )
+
+    def _has_state(self) -> bool:
+        """Whether state holds any row of this sync."""
+        found = self.conn.execute(
+            text("SELECT 1 FROM syncer_records WHERE sync = :sync LIMIT 1"), {"sync": self.sync}
+        ).first()
+        return found is not None
 
     def _join_changes(self) -> None:
         """Every staged row classified against state by a join (see ``_merge_changes``)."""
