@@ -4,7 +4,7 @@ Reading, encoding and the staging insert each cost about a third of a run over a
 mostly unchanged segment, and all three need the GIL, so threads cannot overlap them. A
 forked child can: it reads and encodes (payloads straight into the run's spill file, which it
 shares) while this process inserts the previous chunk. Chunks cross a pipe as pickles of plain
-lists, and the pipe holds at most about one chunk, so memory stays flat in both processes.
+lists, and the pipe holds at most about three chunks, so memory stays flat in both processes.
 
 The child is used on Linux only (fork is the cheap, well-behaved start there), and only for
 warehouses that another process may open at the same time: SQLite files and PostgreSQL. DuckDB
