@@ -8,17 +8,18 @@ instead of inserting them and compares the snapshot with the sync's state:
   missing key or another hash is certain doubt: a 1% churn is seen within the first chunk or
   two, and staging then goes on overlapping the read as before, the held chunks loaded
   first);
-* both sides: the count of rows and an order-independent digest, the sum modulo 2**128 of
-  XXH3-128 of each row's key (UTF-8) seeded with its payload hash (as an unsigned 64-bit
-  integer). State is read in key order one page per chunk, so the parent's otherwise idle
-  time computes it while the reader reads.
+* both sides: the count of rows and an order-independent digest, the sum modulo 2**64 of
+  XXH3-64 of each row's key (UTF-8) seeded with its payload hash (as an unsigned 64-bit
+  integer), so a hash counts only beside its own key. State is read in key order one page
+  per chunk, so the run's process, otherwise waiting on the reader, computes it meanwhile.
 
 The snapshot is unchanged only when no row was invalid, no state row is unsure (in flight
 or unconfirmed), the counts are equal and so are the digests. Equal counts and digests mean
-equal multisets of (key, hash) up to a coincidence of 128-bit pseudo-random sums (a chance
-of the order of 2**-128, far below the 2**-64 of the payload hash a diff relies on anyway);
-since state keys are unique, the snapshot then has no duplicate either. Any doubt stages
-the held chunks and runs the ordinary diff, so the counts are the same either way.
+equal multisets of (key, hash) but for a coincidence of two sums of 64-bit pseudo-random
+values (a chance of the order of 2**-64, the odds the diff already takes that a changed
+payload keeps its hash); since state keys are unique, the snapshot then has no duplicate
+either. Any doubt stages the held chunks and runs the ordinary diff, so the counts are the
+same either way.
 """
 
 from __future__ import annotations
@@ -51,10 +52,6 @@ def digest(keys: list[bytes], hashes: Iterable[int]) -> int:
     return sum(map(xxh3_64_intdigest, keys, seeds))
 
 
-def _utf8(keys: list[str]) -> list[bytes]:
-    return "\0".join(keys).encode().split(b"\0")  # keys hold no NUL (see normalize._key_text)
-
-
 class UnchangedCheck:
     """Holds a run's chunks and decides whether they equal the sync's state (SQLite state)."""
 
@@ -83,6 +80,9 @@ class UnchangedCheck:
             return False
         blob = "\0".join(keys).encode()  # keys hold no NUL (see normalize._key_text)
         utf8 = blob.split(b"\0") if keys else []
+        if len(utf8) != len(keys):  # one did after all: doubt, rather than split it
+            self.doubt = True
+            return False
         self._file.write(_HEAD.pack(chunk.start, len(keys), len(blob)))
         self._file.write(blob)
         self._file.write(array("q", chunk.hashes))
