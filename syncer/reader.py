@@ -4,7 +4,7 @@ Reading, encoding and the staging insert each cost about a third of a run over a
 mostly unchanged segment, and all three need the GIL, so threads cannot overlap them. A
 forked child can: it reads and encodes (payloads straight into the run's spill file, which it
 shares) while this process inserts the previous chunk. Chunks cross a pipe as pickles of plain
-lists, and the pipe holds at most about one chunk, so memory stays flat in both processes.
+lists, and the pipe holds at most about three chunks, so memory stays flat in both processes.
 
 The child is used on Linux only (fork is the cheap, well-behaved start there), and only for
 warehouses that another process may open at the same time: SQLite files and PostgreSQL. DuckDB
@@ -14,6 +14,7 @@ locks its file to one process, and an in-memory database exists only in this one
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import multiprocessing
 import os
@@ -142,6 +143,7 @@ class _Reader:
         not be started or hangs."""
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
+        _widen(receiver)
         child = context.Process(
             target=_child,
             args=(sender, os.getpid(), job, spill),
@@ -226,6 +228,18 @@ def _child(sender: Any, parent: int, job: ReadJob, spill: PayloadSpill) -> None:
     except BaseException as exc:  # a bug: tell the parent where, then leave
         code = _send_quietly(sender, ("crash", where(exc)))
     os._exit(code)
+
+
+#: The pipe's capacity asked for (Linux's limit for an unprivileged process, by default):
+#: about three chunks of keys and hashes. At the default 64 KiB, a fifth of one, the reader
+#: waits in every send until this process has taken the whole chunk.
+PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = 1031  # from <linux/fcntl.h>
+
+
+def _widen(receiver: Any) -> None:
+    with suppress(OSError):  # the limit may be lower: the pipe stays as it was
+        fcntl.fcntl(receiver.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _die_with_parent(parent: int) -> None:
