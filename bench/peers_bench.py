@@ -63,12 +63,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from segment import (
+    QUERY,
+    build_warehouse,
+    churn,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_VENV = ROOT / "bench" / ".peers" / "venv"
 DRT_BIN = PEERS_VENV / "bin" / "drt"
 SYNCER_BIN = Path(sys.executable).with_name("syncer")
 
-QUERY = "select email, first_name, ltv from members"
 # drt's cursor mode needs the cursor column in every row it reads.
 DRT_CURSOR_QUERY = "select email, first_name, ltv, updated_at from members"
 BATCH = 500
@@ -78,69 +83,9 @@ BATCH = 500
 # with 500, a client per request, its runs took about four times longer (100,000 members).
 DRT_BATCH = 10_000
 READ_BATCH = 10_000
-BASE_EPOCH = 1_735_689_600  # 2025-01-01 00:00:00 UTC
-CHURN_STAMP = "2026-01-01 00:00:00"
 PHASES = ("first", "no-change", "churn-1%")
 TOOLS = ("syncer", "drt-full", "drt-cursor")
 FLOORS = ("floor-sqlite3", "floor-sqlalchemy")
-
-
-# --- warehouse -----------------------------------------------------------------------------
-
-
-def build_warehouse(path: Path, size: int) -> None:
-    import random
-
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE members (email TEXT, first_name TEXT, ltv REAL, updated_at TEXT)")
-    rng = random.Random(7)
-    conn.executemany(
-        "INSERT INTO members VALUES (?, ?, ?, ?)",
-        (
-            (
-                f"user{i}@example.com",
-                f"name{i % 5000}",
-                round(rng.random() * 1000, 2),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(BASE_EPOCH + i * 7)),
-            )
-            for i in range(size)
-        ),
-    )
-    # The churn step updates and deletes by email: without an index each is a full scan.
-    conn.execute("CREATE INDEX members_email ON members (email)")
-    conn.commit()
-    conn.close()
-
-
-def churn(src: Path, dst: Path, size: int, pct: float = 1.0) -> dict[str, int]:
-    """Copy src to dst and change pct% of it: half updates, a quarter adds, a quarter removes.
-
-    Updated and added rows get an updated_at later than every other row, so drt's cursor mode
-    finds them; removed rows are simply gone, which no cursor can see.
-    """
-    import random
-
-    shutil.copyfile(src, dst)
-    n = int(size * pct / 100)
-    rng = random.Random(11)
-    conn = sqlite3.connect(dst)
-    picks = rng.sample(range(size), n)
-    updates, removes = picks[: n // 2], picks[n // 2 : n // 2 + n // 4]
-    conn.executemany(
-        "UPDATE members SET first_name = first_name || '!', updated_at = ? WHERE email = ?",
-        ((CHURN_STAMP, f"user{i}@example.com") for i in updates),
-    )
-    conn.executemany(
-        "DELETE FROM members WHERE email = ?", ((f"user{i}@example.com",) for i in removes)
-    )
-    adds = n - len(updates) - len(removes)
-    conn.executemany(
-        "INSERT INTO members VALUES (?, 'new', 1.0, ?)",
-        ((f"new{i}@example.com", CHURN_STAMP) for i in range(adds)),
-    )
-    conn.commit()
-    conn.close()
-    return {"update": len(updates), "remove": len(removes), "add": adds}
 
 
 # --- floors (run as a child process) -------------------------------------------------------

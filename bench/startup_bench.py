@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -31,22 +29,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-QUERY = "select email, first_name, ltv from members"
-
-
-def build_warehouse(path: Path, size: int) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE members (email TEXT, first_name TEXT, ltv REAL)")
-    rng = random.Random(7)
-    conn.executemany(
-        "INSERT INTO members VALUES (?, ?, ?)",
-        (
-            (f"user{i}@example.com", f"name{i % 500}", round(rng.random() * 1000, 2))
-            for i in range(size)
-        ),
-    )
-    conn.commit()
-    conn.close()
+from segment import QUERY, build_warehouse
 
 
 def write_mapping(directory: Path, destination: str) -> None:

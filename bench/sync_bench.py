@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import sqlite3
 import subprocess
@@ -31,52 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segment import (
+    QUERY,
+    build_warehouse,
+    churn,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def build_warehouse(path: Path, size: int) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE members (email TEXT, first_name TEXT, ltv REAL)")
-    rng = random.Random(7)
-    conn.executemany(
-        "INSERT INTO members VALUES (?, ?, ?)",
-        (
-            (f"user{i}@example.com", f"name{i % 5000}", round(rng.random() * 1000, 2))
-            for i in range(size)
-        ),
-    )
-    # The churn step updates and deletes by email: without an index each is a full scan.
-    conn.execute("CREATE INDEX members_email ON members (email)")
-    conn.commit()
-    conn.close()
-
-
-def churn(path: Path, size: int, pct: float = 1.0) -> dict[str, int]:
-    """Change pct% of the segment: half field updates, a quarter adds, a quarter removes."""
-    n = int(size * pct / 100)
-    rng = random.Random(11)
-    conn = sqlite3.connect(path)
-    picks = rng.sample(range(size), n)
-    updates, removes = picks[: n // 2], picks[n // 2 : n // 2 + n // 4]
-    conn.executemany(
-        "UPDATE members SET first_name = first_name || '!' WHERE email = ?",
-        ((f"user{i}@example.com",) for i in updates),
-    )
-    conn.executemany(
-        "DELETE FROM members WHERE email = ?", ((f"user{i}@example.com",) for i in removes)
-    )
-    adds = n - len(updates) - len(removes)
-    conn.executemany(
-        "INSERT INTO members VALUES (?, ?, 1.0)",
-        ((f"new{i}@example.com", "new") for i in range(adds)),
-    )
-    conn.commit()
-    conn.close()
-    return {"update": len(updates), "remove": len(removes), "add": adds}
-
-
-QUERY = "select email, first_name, ltv from members"
 
 
 def floors(warehouse: Path) -> dict[str, float | int]:
@@ -211,7 +172,7 @@ def main() -> None:
             build_warehouse(warehouse, size)
             for name in ("first", "no-change", "churn-1%"):
                 if name == "churn-1%":
-                    churn(warehouse, size)
+                    churn(warehouse, warehouse, size)
                 r = run_phase(warehouse, state, tmp)
                 counts = f"+{r['added']} -{r['removed']} ~{r['updated']} ={r['unchanged']}"
                 print(
