@@ -143,7 +143,7 @@ def accepted_whole(outcomes: Sequence[Outcome]) -> bool:
     return all(o.status == "accepted" and o.destination_id is None for o in outcomes)
 
 
-def joined(first: Sequence[Outcome], second: Sequence[Outcome]) -> Sequence[Outcome]:
+def join_outcomes(first: Sequence[Outcome], second: Sequence[Outcome]) -> Sequence[Outcome]:
     """Two batches' outcomes as one, kept light when both are ``AcceptedWhole``."""
     if isinstance(first, AcceptedWhole) and isinstance(second, AcceptedWhole):
         return AcceptedWhole(first.keys + second.keys)

@@ -353,15 +353,6 @@ class Staging:
             self._materialised = True
             n = self.loaded
             return DiffCounts(source_rows=n, unchanged=n, members_before=n)
-        if self.dialect == "sqlite" and not self.full_resync:
-            self._merge_changes()
-        else:
-            self._join_changes()
-        if self.dialect == "postgresql":
-            self.conn.exec_driver_sql(f"ANALYZE {CHANGES}")
-        found: dict[str, int] = dict(
-            self.conn.execute(text(f"SELECT kind, COUNT(*) FROM {CHANGES} GROUP BY kind")).all()
-        )
         members, unconfirmed = self.conn.execute(
             text(
                 "SELECT COUNT(*), COALESCE(SUM(CASE WHEN unsure <> 0 THEN 1 ELSE 0 END), 0)"
@@ -370,6 +361,17 @@ class Staging:
             {"sync": self.sync},
         ).one()
         members, unconfirmed = int(members), int(unconfirmed)
+        if not members:
+            self._all_new()  # a first run: nothing in state to compare with
+        elif self.dialect == "sqlite" and not self.full_resync:
+            self._merge_changes()
+        else:
+            self._join_changes()
+        if self.dialect == "postgresql":
+            self.conn.exec_driver_sql(f"ANALYZE {CHANGES}")
+        found: dict[str, int] = dict(
+            self.conn.execute(text(f"SELECT kind, COUNT(*) FROM {CHANGES} GROUP BY kind")).all()
+        )
         total = self.loaded
         invalid = self.invalid_loaded
         if self.has_duplicates:
@@ -403,15 +405,6 @@ class Staging:
         tell new, unsure and changed apart. (Postgres hash-joins well, and a full resync
         wants the unchanged rows too.)
         """
-        if not self._has_state():
-            # A first run: every valid staged row is new, with no state row to look up.
-            self.conn.execute(
-                text(
-                    f"INSERT INTO {CHANGES} ({_CHANGE_COLUMNS}) SELECT key, 'new', rownum, hash,"
-                    f" NULL, NULL, NULL FROM {STAGE} WHERE hash IS NOT NULL ORDER BY key"
-                )
-            )
-            return
         self.conn.execute(
             text(
                 f"INSERT INTO {CHANGES} ({_CHANGE_COLUMNS}) SELECT staged.key,"
@@ -433,12 +426,14 @@ class Staging:
             {"sync": self.sync},
         )
 
-    def _has_state(self) -> bool:
-        """Whether state holds any row of this sync."""
-        found = self.conn.execute(
-            text("SELECT 1 FROM syncer_records WHERE sync = :sync LIMIT 1"), {"sync": self.sync}
-        ).first()
-        return found is not None
+    def _all_new(self) -> None:
+        """Every valid staged row as new, in key order, when state holds none of the sync."""
+        self.conn.execute(
+            text(
+                f"INSERT INTO {CHANGES} ({_CHANGE_COLUMNS}) SELECT key, 'new', rownum, hash,"
+                f" NULL, NULL, NULL FROM {STAGE} WHERE hash IS NOT NULL ORDER BY key"
+            )
+        )
 
     def _join_changes(self) -> None:
         """Every staged row classified against state by a join (see ``_merge_changes``)."""

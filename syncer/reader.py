@@ -234,12 +234,11 @@ def _child(sender: Any, parent: int, job: ReadJob, spill: PayloadSpill) -> None:
 #: about three chunks of keys and hashes. At the default 64 KiB, a fifth of one, the reader
 #: waits in every send until this process has taken the whole chunk.
 PIPE_BYTES = 1 << 20
-_F_SETPIPE_SZ = 1031  # from <linux/fcntl.h>
 
 
 def _widen(receiver: Any) -> None:
     with suppress(OSError):  # the limit may be lower: the pipe stays as it was
-        fcntl.fcntl(receiver.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(receiver.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _die_with_parent(parent: int) -> None:

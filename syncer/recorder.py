@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, delete, select, update
 
-from syncer.connector import AcceptedWhole, Outcome, accepted_whole
-from syncer.connector import joined as join_outcomes
+from syncer.connector import Outcome, accepted_whole, join_outcomes
 from syncer.diff import ChangeBatch, DiffCounts, Staging
 from syncer.enums import RunStatus
 from syncer.ledger import audit_key, mark_sent, settle
@@ -110,13 +109,10 @@ def commit(
     with writing(conn):
         page = sending() if sending is not None else None
         for batch, outcomes in coalesce(answered, plain):
-            pending = (
-                []
-                if isinstance(outcomes, AcceptedWhole)
-                else [o for o in outcomes if o.status == "pending"]
-            )
-            if pending:
-                hold_pending(conn, run_id, sync_name, batch, pending, now)
+            if not accepted_whole(outcomes):
+                pending = [o for o in outcomes if o.status == "pending"]
+                if pending:
+                    hold_pending(conn, run_id, sync_name, batch, pending, now)
             delta = settle(conn, run_id, sync_name, batch, outcomes, now, plain_keys=plain)
             values = add_counts(values, delta)
         if answered:

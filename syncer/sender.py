@@ -27,7 +27,7 @@ from syncer.connector import (
     Outcome,
     Record,
     effective_limits,
-    joined,
+    join_outcomes,
 )
 from syncer.diff import ChangeBatch, DiffCounts, Staging
 from syncer.errors import BatchRejected, Interrupted, SyncerError, TransientError
@@ -135,7 +135,7 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
                     held += collect(0.25)
                 record(held)
                 held = []
-                if run.halted or failure is not None:
+                if stopping():
                     break
             else:
                 finished = True
@@ -242,7 +242,7 @@ def deliver(
         if len(records) == 1:
             return [Outcome(records[0].key, "rejected", f"refused: {exc}")]
         middle = len(records) // 2
-        return joined(
+        return join_outcomes(
             deliver(retry, connector, operation, records[:middle]),
             deliver(retry, connector, operation, records[middle:]),
         )

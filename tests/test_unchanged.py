@@ -140,6 +140,8 @@ def test_counts_are_those_of_the_full_diff(
         "removed": with_check["remove"],
     }
     assert result.counts["invalid"] == with_check["invalid"]
+    again = world.engine(fork).run(world.sync).counts
+    assert (again["added"], again["updated"], again["removed"]) == (0, 0, 0)
 
 
 def test_a_full_resync_sends_everything_even_when_unchanged(
