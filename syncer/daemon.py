@@ -142,6 +142,7 @@ class Daemon:
         self._lock = threading.Lock()  # syncs/schedules swap on reload
         self.scheduler: BackgroundScheduler | None = None
         self.server: ThreadingHTTPServer | None = None
+        self.deadline: float | None = None  # monotonic: when the grace ends, once stopping
         url = settings.alert_webhook_url
         self.alerter = Alerter(
             self.state,
@@ -254,19 +255,21 @@ class Daemon:
             return None
         metrics.TICKS.labels(sync=name, result="claimed").inc()
         with self._running_cond:
-            already = self._running.get(name, 0) > 0
-            self._running[name] = self._running.get(name, 0) + 1
-        metrics.RUNNING.labels(sync=name).set(1)
-        try:
-            if already:
-                # Still running from an earlier tick here: no need to ask the database.
-                status, run_id, counts, duration = RunStatus.LOCKED, None, {}, 0.0
-                message: str | None = "still running from an earlier tick"
+            # Checked under the lock ``shutdown`` waits on: a tick claimed after it found
+            # nothing running must not start a run it would not wait for.
+            if self.stopping.is_set():
+                stopped = True
             else:
-                log.info("tick.started", tick=tick, run_id=None)
-                result = self.engine.run(sync, trigger="schedule")
-                status, run_id = result.status, result.run_id
-                counts, duration, message = dict(result.counts), result.duration_s, result.message
+                stopped = False
+                already = self._running.get(name, 0) > 0
+                self._running[name] = self._running.get(name, 0) + 1
+        if stopped:
+            claims.finish(name, tick, None, RunStatus.INTERRUPTED)
+            log.info("tick.skipped", tick=tick, run_id=None, reason="stopping")
+            return None
+        metrics.RUNNING.labels(sync=name).set(1)
+        try:  # the whole tick counts as running, so shutdown waits for its bookkeeping too
+            return self._run_counted(sync, tick, claims, already)
         finally:
             with self._running_cond:
                 self._running[name] -= 1
@@ -274,6 +277,18 @@ class Daemon:
                     del self._running[name]
                     metrics.RUNNING.labels(sync=name).set(0)
                 self._running_cond.notify_all()
+
+    def _run_counted(self, sync: LoadedSync, tick: int, claims: Claims, already: bool) -> RunStatus:
+        name = sync.name
+        if already:
+            # Still running from an earlier tick here: no need to ask the database.
+            status, run_id, counts, duration = RunStatus.LOCKED, None, {}, 0.0
+            message: str | None = "still running from an earlier tick"
+        else:
+            log.info("tick.started", tick=tick, run_id=None)
+            result = self.engine.run(sync, trigger="schedule")
+            status, run_id = result.status, result.run_id
+            counts, duration, message = dict(result.counts), result.duration_s, result.message
         claims.finish(name, tick, run_id, status)
         metrics.record_run(
             name, status, duration, self._outcomes(run_id), counts, finished_at=self.clock()
@@ -451,7 +466,7 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         self.engine.stop.set()
-        deadline = time.monotonic() + self.settings.shutdown_grace
+        self.deadline = deadline = time.monotonic() + self.settings.shutdown_grace
         with self._running_cond:
             while self._running and time.monotonic() < deadline:
                 self._running_cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -477,6 +492,8 @@ def run_daemon(
     daemon.start(port)
     daemon.loop()
     code = daemon.shutdown()
+    if code == ExitCode.OK and not threads_finished(daemon.deadline):
+        code = int(ExitCode.TEMPFAIL)
     if code != ExitCode.OK:
         # Runs still going past the grace period: leave now, as a second signal would. Their
         # threads would otherwise hold the interpreter's exit; nothing unacknowledged is lost.
@@ -484,3 +501,16 @@ def run_daemon(
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def threads_finished(deadline: float | None) -> bool:
+    """Wait until ``deadline`` for the threads the interpreter would wait for at exit (a
+    scheduler worker ending its tick); False, naming them in the log, if some are left."""
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and not thread.daemon:
+            thread.join(max(0.0, (deadline or 0.0) - time.monotonic()))
+    left = [t.name for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+    if left:
+        log.warning("daemon.threads_left", threads=left)
+    return not left

@@ -47,6 +47,8 @@ class DaemonProc:
         self.err_path = h.root / f"daemon-{tag}-{self.port}.err"
         full = cli_env({**h.env, "SYNCER_DAEMON_PORT": str(self.port), **(env or {})})
         full.setdefault("SYNCER_RELOAD_INTERVAL", "0")
+        # A daemon that hangs on stop is sent SIGABRT: this makes it print every thread's stack.
+        full["PYTHONFAULTHANDLER"] = "1"
         with self.err_path.open("w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "syncer", "daemon"],
@@ -96,7 +98,14 @@ class DaemonProc:
         """SIGTERM; (exit code, seconds it took)."""
         start = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # its threads' stacks go to stderr
+            self.proc.wait(10)
+            raise AssertionError(
+                f"daemon still running {timeout}s after SIGTERM:\n{self.stderr()[-12000:]}"
+            ) from None
         return code, time.monotonic() - start
 
     def kill(self) -> None:

@@ -179,3 +179,25 @@ def test_old_claims_are_pruned(env: Settings) -> None:
     assert not old.claim("vip", T0 - 10)
     assert old.prune() == 1
     assert old.last_tick("vip") == T0 - 10
+
+
+def test_a_tick_claimed_as_the_daemon_stops_is_recorded_and_not_run(env: Settings) -> None:
+    """SIGTERM landing between a tick's claim and its run: the run would start after
+    ``shutdown`` found nothing running, and the process would wait on it at exit."""
+    write_sync(env.mappings_dir, "vip", "every 10s")
+    now = [T0 + 0.1]
+    daemon = replica(env, "a", now)
+
+    class SignalledWhileClaiming(Claims):
+        def claim(self, sync: str, tick: int) -> bool:
+            won = super().claim(sync, tick)
+            daemon.stopping.set()  # the signal handler ran meanwhile
+            return won
+
+    daemon.claims = lambda: SignalledWhileClaiming(  # type: ignore[method-assign]
+        daemon.state(), holder=daemon.holder, clock=daemon.clock
+    )
+    assert daemon.run_tick("vip", T0) is None
+    assert daemon.engine.runs == []
+    assert daemon.running() == 0
+    assert [(r.tick, r.status, r.run_id) for r in claims_of(env)] == [(T0, "interrupted", None)]
