@@ -295,7 +295,7 @@ class FileConnector(Connector):
         self._open_log()
         try:
             offset, written = self._read_applied()
-            if self._log_size() != offset or not os.path.lexists(self.path):
+            if self._behind(offset):
                 self._materialise()
             else:
                 if written is None or written != self._members_signature():
@@ -307,12 +307,17 @@ class FileConnector(Connector):
 
     def close(self, success: bool) -> None:
         """Rebuild the members file from the log (also after a failed run: those batches
-        were acknowledged) and release the lock."""
+        were acknowledged) and release the lock. A run that appended nothing leaves the
+        file alone: rewriting a million unchanged lines is most of a no-change run."""
         try:
-            if self._log_fd is not None:
+            if self._log_fd is not None and self._behind(self._read_applied()[0]):
                 self._materialise()
         finally:
             self._close_log()
+
+    def _behind(self, applied: int) -> bool:
+        """Whether the members file lacks part of the log (or is gone)."""
+        return self._log_size() != applied or not os.path.lexists(self.path)
 
     def write(self, operation: Operation, records: Sequence[Record]) -> BatchResult:
         return self._append(operation, records)

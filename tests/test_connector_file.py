@@ -82,6 +82,22 @@ def test_csv_has_key_and_field_columns(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8").splitlines()[0] == "key,email,first_name"
 
 
+def test_a_run_that_sends_nothing_leaves_the_members_file_as_it_was(path: Path) -> None:
+    """No change, no rewrite: the same file (inode, size, mtime) for whoever watches it."""
+    first_run(path)
+    before = os.stat(path)
+    conn = make(path, "r2")
+    conn.open()
+    conn.close(True)
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert members(path) == expected(path, ADA, BOB)
+
+
 def test_second_run_applies_removes_updates_and_adds(path: Path) -> None:
     first_run(path)
     conn = make(path, "r2")
