@@ -587,6 +587,50 @@ def test_chunk_fast_path_matches_row_by_row(
     assert results[0][3] == len(rows)
 
 
+_number_cell = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**66), max_value=2**66),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-(2.0**54), max_value=2.0**54).map(float.__floor__).map(float),
+    st.sampled_from([0.0, -0.0, 2.0**53, -(2.0**53), 2.0**53 - 1, 1e300, True]),
+)
+
+
+@FAST
+@given(
+    st.lists(st.tuples(_number_cell, _number_cell), max_size=12),
+    st.sampled_from(["number", "integer"]),
+)
+def test_numeric_columns_convert_whole_as_value_by_value(
+    cells: list[tuple[Any, Any]], kind: str
+) -> None:
+    """Number and integer fields of a clean chunk are converted a column at a time; the
+    payloads (2.0 sent as 2, 2.0**53 as a float), hashes and refusals are the same as value
+    by value."""
+    from syncer.normalize import PayloadSpill
+
+    defn = definition(
+        {"ltv": {"column": "ltv", "type": kind}, "orders": {"column": "orders", "type": kind}}
+    )
+    rows = [(f"u{i}@example.com", "x", a, b, None) for i, (a, b) in enumerate(cells)]
+    results = []
+    for whole in (True, False):
+        encoder = RowEncoder(defn, COLUMNS, ORIGIN)
+        spill = PayloadSpill()
+        try:
+            chunk = (
+                encoder.encode_chunk(rows, 0, spill)
+                if whole
+                else encoder._encode_rows(rows, 0, spill)
+            )
+            spill.flush()
+            payloads = [spill.read(n) for n in range(1, 1 + chunk.rows)]
+            results.append((chunk.valid, payloads, chunk.invalid))
+        finally:
+            spill.close()
+    assert results[0] == results[1]
+
+
 # -- special values: sent faithfully, or the row is invalid and says why ----------------------
 
 INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson writes and reads back exactly
