@@ -67,6 +67,7 @@ from segment import (
     QUERY,
     build_warehouse,
     churn,
+    compile_syncer,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -743,6 +744,7 @@ def main() -> None:
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--floor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    compile_syncer()
     if args.receiver:
         serve_receiver()
         return

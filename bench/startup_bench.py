@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from segment import QUERY, build_warehouse
+from segment import QUERY, build_warehouse, compile_syncer
 
 
 def write_mapping(directory: Path, destination: str) -> None:
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--connector", choices=("webhook", "file"), default="webhook")
     args = parser.parse_args()
+    compile_syncer()
 
     syncer = Path(sys.executable).parent / "syncer"
     base = [str(syncer)] if syncer.exists() else [sys.executable, "-m", "syncer"]
