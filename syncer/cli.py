@@ -7,6 +7,7 @@ Exit codes: 0 all acknowledged, 1 something rejected/invalid/blocked/failed, 2 u
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -470,3 +471,13 @@ def main() -> None:
     except ConfigError as exc:  # raised while resolving settings outside a command
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(ExitCode.CONFIG))
+    finally:
+        # The process is ending: spare the interpreter's last garbage collections the walk
+        # over every object the imports made (0.1-0.2 s, a fifth of a short command's time).
+        # What waited for them is closed here: the engines' pooled connections. Files are
+        # closed where they are written, and the rest is freed as the interpreter exits.
+        if "syncer.engines" in sys.modules:
+            from syncer.engines import dispose_all
+
+            dispose_all()
+        gc.freeze()

@@ -45,6 +45,7 @@ from sqlalchemy.exc import (
 )
 
 from syncer.dist import missing_driver
+from syncer.engines import track
 from syncer.errors import ConfigError, SyncerError, TransientError
 
 SCHEMA_VERSION = 6
@@ -504,7 +505,7 @@ def state_engine(url: str) -> Engine:
             with contextlib.suppress(OSError):  # exists already, or SQLite reports the problem
                 os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
-        engine = create_engine(parsed, pool_pre_ping=True)
+        engine = track(create_engine(parsed, pool_pre_ping=True))
     except (NoSuchModuleError, ImportError) as exc:
         raise missing_driver(parsed, exc, "SYNCER_STATE_URL") from None
     if backend == "sqlite":

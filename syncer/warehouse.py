@@ -30,6 +30,7 @@ from sqlalchemy.exc import (
 )
 
 from syncer.dist import missing_driver
+from syncer.engines import track
 from syncer.errors import ConfigError, TransientError
 from syncer.http import scrub
 from syncer.normalize import Infinite
@@ -61,7 +62,7 @@ def new_warehouse_engine(url: str) -> Engine:
         if not path.exists():
             raise ConfigError(f"warehouse database file {path} does not exist")
     try:
-        engine = create_engine(parsed, pool_pre_ping=True)
+        engine = track(create_engine(parsed, pool_pre_ping=True))
     except (NoSuchModuleError, ImportError) as exc:
         raise missing_driver(parsed, exc, "warehouse URL") from None
     if parsed.get_backend_name() == "sqlite":

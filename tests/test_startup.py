@@ -221,3 +221,21 @@ def test_a_name_registered_twice_is_refused_naming_both(tmp_path: Path) -> None:
     assert code == 0, output
     assert connector_modules(modules) == {"connectors.file"}
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 1 + 5  # header, members
+
+
+def test_a_command_closes_the_state_database_cleanly_before_it_exits(tmp_path: Path) -> None:
+    """The process skips the interpreter's last garbage collections (a fifth of a short
+    command); the state database is still closed, so SQLite checkpoints its write-ahead log
+    and removes the -wal file, leaving one file to copy or back up."""
+    from tests.fake_destination import harness
+
+    with harness(tmp_path) as h:
+        h.segment(people(5))
+        for _ in range(2):  # a first run, then one that changes nothing
+            code, doc, proc = h.sync()
+            assert code == 0, proc.stderr
+            assert doc is not None and doc["runs"][0]["status"] == "succeeded"
+            state = tmp_path / "state.db"
+            assert state.exists()
+            assert not state.with_name("state.db-wal").exists()
+        assert h.dest.members_now() == members_of(people(5))
