@@ -143,7 +143,10 @@ def _email(platform: Platform, value: Any, *, gmail_dots: bool = False) -> str:
         local = local.replace(".", "")
     if not local:
         raise InvalidValue("not a valid email address")
-    return f"{local}@{domain}"
+    stripped = f"{local}@{domain}"
+    # What is left after a tag or dots went must still be an address ("0.+@gmail.com"
+    # leaves "0.@gmail.com", which is not): else it could never be normalised again.
+    return stripped if stripped == email else normalize_email(stripped)
 
 
 def _phone(platform: Platform, value: Any, region: str | None) -> str:

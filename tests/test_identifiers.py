@@ -375,6 +375,7 @@ def cases(draw: st.DrawFn) -> tuple[Platform, Kind, Any, str | None]:
 @given(cases())
 @example(("meta", "phone", "+46 8 123 4567", "DE"))  # was read back as a German number
 @example(("google", "country", "ßa", None))  # was upper-cased to "SSA"
+@example(("tiktok", "email", "0.+@gmail.com", None))  # left "0.@gmail.com", not an address
 def test_normalising_twice_changes_nothing(case: tuple[Platform, Kind, Any, str | None]) -> None:
     platform, kind, value, region = case
     try:
