@@ -200,7 +200,7 @@ class SyncEngine:
         if guard.blocked and not run.force:
             return RunStatus.BLOCKED, guard.reason
         send_all(run, staging, counts)
-        return sent_status(run.tally), None
+        return sent_status(run.tally, run.definition.guards), None
 
     def _stopped(
         self, run: RunContext, exc: BaseException

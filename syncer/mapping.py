@@ -133,6 +133,24 @@ class Guards(_Strict):
         description="Block a run that would remove more than this percentage of the members"
         " synced so far (`--force` overrides it once). An empty source is always blocked.",
     )
+    max_rejected_pct: float = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Records the destination may reject in a run, as a percentage of the rows"
+        " the query returned, before the run counts as a problem (status `partial`, exit 1)."
+        " Within it the run succeeds (exit 0) and still reports and audits every rejection."
+        " 0, the default, tolerates none.",
+    )
+    max_invalid_pct: float = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Invalid rows (null, empty or duplicate key, a value that cannot be sent),"
+        " as a percentage of the rows the query returned, before the run counts as a problem"
+        " (status `partial`, exit 1). Within it the run succeeds and still reports them. 0,"
+        " the default, tolerates none.",
+    )
 
 
 class Destination(BaseModel):

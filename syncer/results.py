@@ -53,11 +53,23 @@ def check_guards(definition_guards: Guards, counts: DiffCounts) -> Guard:
     return Guard(False)
 
 
-def sent_status(tally: Tally) -> RunStatus:
-    """How a run that sent everything ended, by its counters."""
-    if tally["rejected"] or tally["invalid"] or tally["failed"]:
+def sent_status(tally: Tally, guards: Guards | None = None) -> RunStatus:
+    """How a run that sent everything ended, by its counters: ``partial`` when a record
+    failed, or more were rejected or invalid than ``guards`` tolerate (none, by default)."""
+    if tally["failed"] or not tolerated(tally, guards or Guards()):
         return RunStatus.PARTIAL
     return RunStatus.SUBMITTED if tally["pending"] else RunStatus.SUCCEEDED
+
+
+def tolerated(tally: Tally, guards: Guards) -> bool:
+    """Whether the run's rejected and invalid records are within ``guards``' shares of the
+    rows the query returned: of the segment, not of what this run sent, or the one bounced
+    address a run with nothing else to send retries would be 100% of it."""
+    rows = max(tally["source_rows"], 1)  # an empty query: any rejection (a remove) is too many
+    return (
+        100.0 * tally["rejected"] / rows <= guards.max_rejected_pct
+        and 100.0 * tally["invalid"] / rows <= guards.max_invalid_pct
+    )
 
 
 def exit_code(status: RunStatus, tally: Tally) -> ExitCode:
