@@ -257,10 +257,8 @@ class Daemon:
         with self._running_cond:
             # Checked under the lock ``shutdown`` waits on: a tick claimed after it found
             # nothing running must not start a run it would not wait for.
-            if self.stopping.is_set():
-                stopped = True
-            else:
-                stopped = False
+            stopped = self.stopping.is_set()
+            if not stopped:
                 already = self._running.get(name, 0) > 0
                 self._running[name] = self._running.get(name, 0) + 1
         if stopped:

@@ -53,10 +53,10 @@ def check_guards(definition_guards: Guards, counts: DiffCounts) -> Guard:
     return Guard(False)
 
 
-def sent_status(tally: Tally, guards: Guards | None = None) -> RunStatus:
+def sent_status(tally: Tally, guards: Guards) -> RunStatus:
     """How a run that sent everything ended, by its counters: ``partial`` when a record
     failed, or more were rejected or invalid than ``guards`` tolerate (none, by default)."""
-    if tally["failed"] or not tolerated(tally, guards or Guards()):
+    if tally["failed"] or not tolerated(tally, guards):
         return RunStatus.PARTIAL
     return RunStatus.SUBMITTED if tally["pending"] else RunStatus.SUCCEEDED
 

@@ -605,30 +605,14 @@ def test_numeric_columns_convert_whole_as_value_by_value(
     cells: list[tuple[Any, Any]], kind: str
 ) -> None:
     """Number and integer fields of a clean chunk are converted a column at a time; the
-    payloads (2.0 sent as 2, 2.0**53 as a float), hashes and refusals are the same as value
-    by value."""
-    from syncer.normalize import PayloadSpill
-
+    payloads (2.0 sent as 2, 2.0**53 as a float, and so their hashes) and refusals are the
+    same as value by value."""
     defn = definition(
         {"ltv": {"column": "ltv", "type": kind}, "orders": {"column": "orders", "type": kind}}
     )
     rows = [(f"u{i}@example.com", "x", a, b, None) for i, (a, b) in enumerate(cells)]
-    results = []
-    for whole in (True, False):
-        encoder = RowEncoder(defn, COLUMNS, ORIGIN)
-        spill = PayloadSpill()
-        try:
-            chunk = (
-                encoder.encode_chunk(rows, 0, spill)
-                if whole
-                else encoder._encode_rows(rows, 0, spill)
-            )
-            spill.flush()
-            payloads = [spill.read(n) for n in range(1, 1 + chunk.rows)]
-            results.append((chunk.valid, payloads, chunk.invalid))
-        finally:
-            spill.close()
-    assert results[0] == results[1]
+    whole, by_row = encode_both_ways(defn, rows, COLUMNS)
+    assert whole == by_row
 
 
 # -- special values: sent faithfully, or the row is invalid and says why ----------------------
