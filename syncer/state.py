@@ -48,7 +48,7 @@ from syncer.dist import missing_driver
 from syncer.engines import track
 from syncer.errors import ConfigError, SyncerError, TransientError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 metadata = MetaData()
 
@@ -191,6 +191,49 @@ alerts_table = Table(
     Column("since", Float, nullable=False),
     Column("run_id", String(32)),
     Column("reason", String(40)),
+)
+
+
+# Version 7 (issue 15): the reject policy and lists created at the vendor.
+rejects_table = Table(
+    "syncer_rejects",
+    metadata,
+    # One row per member the destination (or the normaliser) keeps refusing. ``hash`` is the
+    # member's payload hash when last refused: a parked member whose source row changes (a
+    # new hash) is tried again.
+    Column("sync", String(200), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("hash", BigInteger),
+    Column("operation", String(16), nullable=False),
+    Column("outcome", String(16), nullable=False),  # rejected | invalid
+    Column("reason", Text),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    Column("first_run_id", String(32)),
+    Column("last_run_id", String(32)),
+    # Set when the policy stops retrying it; NULL while it is still retried.
+    Column("parked_at", DateTime(timezone=True)),
+    sqlite_with_rowid=False,
+)
+
+destinations_table = Table(
+    "syncer_destinations",
+    metadata,
+    # A list, tag, segment or audience syncer created at the vendor, by a scope the connector
+    # builds (connector, account, kind and name). The row is written (``creating``) before the
+    # vendor is asked, and its id right after, so a crash in between is found next time (the
+    # connector looks the name up instead of creating it twice) and a second replica waits.
+    Column("scope", String(500), primary_key=True),
+    Column("connector", String(100), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("destination_id", Text),
+    Column("status", String(20), nullable=False),  # creating | created
+    Column("sync", String(200)),
+    Column("run_id", String(32)),
+    Column("holder", String(300)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 
@@ -347,6 +390,12 @@ def _migrate_6(conn: Connection) -> None:
         )
 
 
+def _migrate_7(conn: Connection) -> None:
+    """Version 7: the reject policy's per-member history and lists created at the vendor."""
+    rejects_table.create(conn, checkfirst=True)
+    destinations_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -354,6 +403,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _migrate_4,
     5: _migrate_5,
     6: _migrate_6,
+    7: _migrate_7,
 }
 
 
