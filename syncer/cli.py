@@ -460,6 +460,11 @@ def new_connector(name: str, directory: Path | None) -> None:
     )
 
 
+# -- commands that live in modules of their own (syncer/cli_*.py) --------------------------------
+# Imported here, after the shared helpers above exist; each module imports only click at the top,
+# so `syncer --version` stays fast.
+
+
 def main() -> None:
     # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of
     # the start-up of a sync) whenever click and rich are installed, as they are with syncer.
