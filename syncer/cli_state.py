@@ -250,9 +250,21 @@ def state_move(ctx: Ctx, old: str, new: str, yes: bool, as_json: bool) -> None:
     if as_json:
         _emit_json({"schema_version": JSON_SCHEMA_VERSION, "from": old, "to": new, "moved": moved})
     else:
-        rows = ", ".join(f"{n} {table.removeprefix('syncer_')}" for table, n in moved.items() if n)
-        click.echo(f"moved the state of sync {old!r} to {new!r} ({rows} rows)")
+        rows = ", ".join(f"{n} {_WHAT.get(t, t)}" for t, n in moved.items() if n)
+        click.echo(f"moved the state of sync {old!r} to {new!r}: {rows}")
     click.echo(("warning: " if warn else "") + hint, err=True)
+
+
+_WHAT = {
+    "syncer_records": "members",
+    "syncer_runs": "runs",
+    "syncer_jobs": "vendor jobs",
+    "syncer_pending": "pending records",
+    "syncer_ticks": "daemon ticks",
+    "syncer_alerts": "alert state",
+    "syncer_rejects": "rejects",
+    "syncer_destinations": "created lists",
+}
 
 
 def _mapping_hint(mappings: dict[str, list[Path]], old: str, new: str) -> tuple[str, bool]:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import difflib
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, delete, func, select, union, update
 
 from syncer.audit import row_dict
-from syncer.errors import ExitCode, LeaseHeld, SyncerError, TransientError
+from syncer.errors import ExitCode, Interrupted, LeaseHeld, SyncerError, TransientError
 from syncer.lease import Lease, pid_alive
 from syncer.log import get_logger
 from syncer.state import (
@@ -245,50 +246,45 @@ def refuse_if_jobs(jobs: list[dict[str, Any]], name: str) -> None:
         )
 
 
-def _leased(engine: Engine, names: list[str], ttl: float) -> list[Lease]:
-    """Take each name's lease in turn (LeaseHeld, exit 75, naming the holder, if one is
-    held); those already taken are released on failure."""
-    taken: list[Lease] = []
-    try:
-        for name in names:
-            lease = Lease(engine, name, ttl=ttl)
-            lease.acquire()
-            taken.append(lease)
-    except BaseException:
-        for lease in reversed(taken):
-            lease.release()
-        raise
-    return taken
+@contextmanager
+def _leased(engine: Engine, names: list[str], ttl: float) -> Iterator[list[Lease]]:
+    """Hold each name's lease, with its heartbeat (a move of a million members may outlast
+    the lease's time to live), or raise LeaseHeld (exit 75) naming the holder."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(Lease(engine, name, ttl=ttl)) for name in names]
+
+
+def _still_held(leases: list[Lease]) -> None:
+    """Before committing: a lease taken from us means a run may have started (rolled back)."""
+    for lease in leases:
+        if lease.lost.is_set():
+            raise Interrupted(f"lost the lease of sync {lease.sync!r} meanwhile; nothing changed")
 
 
 def reset(engine: Engine, name: str, ttl: float) -> dict[str, int]:
     """Forget what the destination acknowledged for ``name`` (and vendor jobs never started),
     in one transaction under the sync's lease; returns how many rows were forgotten."""
-    leases = _leased(engine, [name], ttl)
-    try:
-        with engine.begin() as conn:
-            refuse_if_jobs(unsettled_jobs(conn, name), name)
-            unsure = _count(conn, records_table, name, records_table.c.unsure != CONFIRMED)
-            records = conn.execute(delete(records_table).where(records_table.c.sync == name))
-            pending = conn.execute(delete(pending_table).where(pending_table.c.sync == name))
-            jobs = conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.sync == name, jobs_table.c.settled_at.is_(None))
-                .values(
-                    status="abandoned",
-                    message="never started; dropped by `syncer state reset`",
-                    settled_at=utcnow(),
-                )
+    with _leased(engine, [name], ttl) as leases, engine.begin() as conn:
+        refuse_if_jobs(unsettled_jobs(conn, name), name)
+        unsure = _count(conn, records_table, name, records_table.c.unsure != CONFIRMED)
+        records = conn.execute(delete(records_table).where(records_table.c.sync == name))
+        pending = conn.execute(delete(pending_table).where(pending_table.c.sync == name))
+        jobs = conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.sync == name, jobs_table.c.settled_at.is_(None))
+            .values(
+                status="abandoned",
+                message="never started; dropped by `syncer state reset`",
+                settled_at=utcnow(),
             )
-            forgot = {
-                "records": int(records.rowcount),
-                "unconfirmed": unsure,
-                "pending": int(pending.rowcount),
-                "jobs": int(jobs.rowcount),
-            }
-    finally:
-        for lease in leases:
-            lease.release()
+        )
+        forgot = {
+            "records": int(records.rowcount),
+            "unconfirmed": unsure,
+            "pending": int(pending.rowcount),
+            "jobs": int(jobs.rowcount),
+        }
+        _still_held(leases)
     log.info("state.reset", sync=name, **forgot)
     return forgot
 
@@ -296,20 +292,14 @@ def reset(engine: Engine, name: str, ttl: float) -> dict[str, int]:
 def move(engine: Engine, old: str, new: str, ttl: float) -> dict[str, int]:
     """Rename ``old`` to ``new`` in every table keyed by sync, in one transaction under both
     names' leases; NameTaken if ``new`` has state. Returns the rows moved per table."""
-    leases = _leased(engine, [old, new], ttl)
-    try:
-        with engine.begin() as conn:
-            if has_state(conn, new):
-                raise taken(conn, new, old)
-            moved = {
-                t.name: int(
-                    conn.execute(update(t).where(t.c.sync == old).values(sync=new)).rowcount
-                )
-                for t in SYNC_TABLES
-            }
-    finally:
-        for lease in leases:
-            lease.release()
+    with _leased(engine, [old, new], ttl) as leases, engine.begin() as conn:
+        if has_state(conn, new):
+            raise taken(conn, new, old)
+        moved = {
+            t.name: int(conn.execute(update(t).where(t.c.sync == old).values(sync=new)).rowcount)
+            for t in SYNC_TABLES
+        }
+        _still_held(leases)
     log.info("state.moved", sync=old, to=new, rows=sum(moved.values()))
     return moved
 

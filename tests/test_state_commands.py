@@ -244,7 +244,7 @@ def test_move_then_a_run_under_the_new_name_sends_nothing(tmp_path: Path, state_
         proc = h.cli("state", "move", "vip", "vip_customers", "--yes")
         assert proc.returncode == 0, proc.stderr
         assert "moved the state of sync 'vip' to 'vip_customers'" in proc.stdout
-        assert "20 records" in proc.stdout and "1 runs" in proc.stdout
+        assert ": 20 members, 1 runs" in proc.stdout
         assert "warning:" in proc.stderr and "still declares sync 'vip'" in proc.stderr
 
         rename_mapping(h, "vip_customers")
