@@ -118,8 +118,8 @@ def _show(info: dict[str, Any]) -> None:
     unsure = m["maybe_absent"] + m["maybe_stale"]
     detail = f"{m['confirmed']} confirmed"
     if unsure:
-        detail += f", {unsure} unconfirmed (sent, answer never arrived: sent again next run)"
-    line("members", f"{m['total']} acknowledged ({detail})")
+        detail += f", {unsure} sent but not confirmed"
+    line("members", f"{m['total']} ({detail} by the destination)")
     if m["last_synced_at"]:
         line("", f"last acknowledged {_when(m['last_synced_at'])}")
     last = info["last_run"]
@@ -127,6 +127,8 @@ def _show(info: dict[str, Any]) -> None:
         line("runs", "none yet: the next run is a first run")
     else:
         line("runs", f"{info['runs']}; last {last['id']} {last['status']} ({last['trigger']})")
+        if last["status"] == "running" and not (info["lease"] and info["lease"]["live"]):
+            line("", "its process is gone: the next run records it as interrupted")
         line("", f"started {_when(last['started_at'])}, finished {_when(last['finished_at'])}")
         counts = [f"{k} {last[k]}" for k in _COUNTS if last.get(k)]
         line("", ", ".join(counts) or "nothing sent")

@@ -88,7 +88,7 @@ def test_show_after_a_run(tmp_path: Path) -> None:
 
         text = h.cli("state", "show", "vip")
         assert text.returncode == 0, text.stderr
-        assert "20 acknowledged (20 confirmed)" in text.stdout
+        assert "members: 20 (20 confirmed by the destination)" in text.stdout
         assert f"last {last['id']} succeeded (cli)" in text.stdout
         assert "running: no" in text.stdout
         lines = [line for line in text.stdout.splitlines() if "mapping:" not in line]
@@ -113,7 +113,10 @@ def test_show_lists_vendor_jobs_and_unconfirmed_members(tmp_path: Path) -> None:
         (job,) = state["jobs"]
         assert (job["job"], job["sealed"], job["records"]) == ("jobs/42", True, 2)
         text = h.cli("state", "show", "vip").stdout
-        assert "11 unconfirmed" in text and "jobs/42: submitted, 2 records" in text
+        assert (
+            "9 confirmed, 11 sent but not confirmed" in text
+            and "jobs/42: submitted, 2 records" in text
+        )
 
 
 # -- reset ---------------------------------------------------------------------------------------
@@ -272,6 +275,51 @@ def test_move_after_renaming_the_mapping_says_it_carries_on(tmp_path: Path) -> N
         doc = json.loads(proc.stdout)
         assert doc["moved"]["syncer_records"] == 20 and doc["moved"]["syncer_runs"] == 1
         assert "warning" not in proc.stderr and "carries on where 'vip' left off" in proc.stderr
+
+
+def test_move_renames_every_table_keyed_by_sync(tmp_path: Path) -> None:
+    with harness(tmp_path) as h:
+        first_run(h)
+        at = "'2026-12-07 10:00:00'"
+        execute(
+            h,
+            "insert into syncer_jobs (sync, job, run_id, sealed, status, created_at)"
+            f" values ('vip', 'jobs/1', 'r1', 1, 'submitted', {at})",
+            "insert into syncer_pending (sync, key, operation, hash, job, run_id)"
+            " values ('vip', 'k1', 'add', 1, 'jobs/1', 'r1')",
+            "insert into syncer_ticks (sync, tick, holder, claimed_at) values ('vip', 1, 'h', 0)",
+            "insert into syncer_alerts (sync, state, since) values ('vip', 'failing', 0)",
+            "insert into syncer_rejects (sync, key, operation, outcome, attempts, first_at,"
+            f" last_at, parked_at) values ('vip', 'k2', 'add', 'rejected', 3, {at}, {at}, {at})",
+            "insert into syncer_destinations (scope, connector, name, status, sync, created_at,"
+            f" updated_at) values ('webhook:x', 'webhook', 'x', 'created', 'vip', {at}, {at})",
+        )
+        proc = h.cli("state", "move", "vip", "vip2", "--yes", "--json")
+        assert proc.returncode == 0, proc.stderr
+        moved = json.loads(proc.stdout)["moved"]
+        engine = sa.create_engine(h.state_url)
+        try:
+            with engine.connect() as conn:
+                keyed = [
+                    t
+                    for t in sa.inspect(conn).get_table_names()
+                    if t.startswith("syncer_")
+                    and t != "syncer_leases"
+                    and any(c["name"] == "sync" for c in sa.inspect(conn).get_columns(t))
+                ]
+                left = {
+                    t: conn.execute(
+                        sa.text(f"select count(*) from {t} where sync = 'vip'")
+                    ).scalar()
+                    for t in keyed
+                }
+        finally:
+            engine.dispose()
+        assert left == dict.fromkeys(keyed, 0)
+        assert {t for t, n in moved.items() if n} == set(keyed)
+        state = show(h, "vip2")
+        assert state["rejects"] == {"total": 1, "parked": 1}
+        assert state["alert"]["state"] == "failing" and state["jobs"][0]["records"] == 1
 
 
 def test_move_onto_a_name_with_state_is_refused(tmp_path: Path, state_url: str) -> None:
