@@ -226,7 +226,7 @@ def state_move(ctx: Ctx, old: str, new: str, yes: bool, as_json: bool) -> None:
     member again. Refused if NEW already has state, or while either name is running."""
     from syncer.mapping import valid_name
     from syncer.state import state_errors
-    from syncer.stateadmin import describe, move, refuse_if_running
+    from syncer.stateadmin import describe, move, refuse_if_running, refuse_if_taken
 
     if old == new:
         raise click.UsageError("OLD and NEW are the same name")
@@ -242,6 +242,7 @@ def state_move(ctx: Ctx, old: str, new: str, yes: bool, as_json: bool) -> None:
             raise click.UsageError(f"sync {old!r} has no state: nothing to move")
         refuse_if_running(engine, old, "state move")
         refuse_if_running(engine, new, "state move")
+        refuse_if_taken(engine, new, old)
         _confirm(
             yes,
             f"Move the state of sync {old!r} ({info['members']['total']} members,"

@@ -304,6 +304,13 @@ def move(engine: Engine, old: str, new: str, ttl: float) -> dict[str, int]:
     return moved
 
 
+def refuse_if_taken(engine: Engine, new: str, old: str) -> None:
+    """NameTaken before asking anything; :func:`move` checks again inside its transaction."""
+    with engine.connect() as conn:
+        if has_state(reading(conn), new):
+            raise taken(conn, new, old)
+
+
 def taken(conn: Connection, new: str, old: str) -> NameTaken:
     held = _count(conn, records_table, new)
     runs = _count(conn, runs_table, new)
