@@ -843,6 +843,21 @@ def load_named(directory: Path, names: list[str], env_file: Path | None = None) 
     return found
 
 
+def declared_names(directory: Path, env_file: Path | None = None) -> dict[str, list[Path]]:
+    """The sync name each mapping file declares, with its files, without loading connectors
+    or requiring their variables (a file that cannot be read counts as its stem)."""
+    env = _environment(env_file)
+    names: dict[str, list[Path]] = {}
+    for path, raw in _scan(directory):
+        names.setdefault(_declared_name(path, raw, env), []).append(path)
+    return names
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` is a sync name a mapping file may declare."""
+    return bool(_NAME.match(name))
+
+
 def _not_found(
     directory: Path,
     name: str,
