@@ -64,10 +64,10 @@ def forget_command(
         )
     syncs = _load(ctx, sync_names, not sync_names)
     engine = ctx.engine()
-    from syncer.forget import KEPT_AT_VENDOR, PENDING, REMOVED, look_up, truncate_log
-    from syncer.forget import forget as forget_one
+    from syncer import forget as forgetting
 
-    holdings = [look_up(engine, sync, raw_key) for sync in syncs]
+    holdings = [forgetting.look_up(engine, sync, raw_key) for sync in syncs]
+    unmapped = [] if sync_names else forgetting.unmapped_syncs(engine, [s.name for s in syncs])
     found = any(h.found for h in holdings)
     if found and not yes:
         _show_holdings(holdings)
@@ -80,17 +80,17 @@ def forget_command(
         for holding in holdings:
             if engine.stop.is_set():
                 break
-            results.append(forget_one(engine, holding))
+            results.append(forgetting.forget(engine, holding))
     except KeyboardInterrupt:
         click.echo("stopped at once; run forget again to finish", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(75)
     if found:
-        truncate_log(engine)
+        forgetting.truncate_log(engine)
     stopped = len(results) < len(holdings)
     code = _combined_exit([r.exit_code for r in results] + ([75] if stopped else []))
-    removed = [r.sync for r in results if r.status in (REMOVED, KEPT_AT_VENDOR, PENDING)]
+    removed = [r.sync for r in results if r.status in forgetting.WAS_HELD]
     if as_json:
         _emit_json(
             {
@@ -99,6 +99,7 @@ def forget_command(
                 "exit_code": code,
                 "found": found,
                 "syncs": [r.as_dict() for r in results],
+                "not_looked_at": unmapped,
             }
         )
     else:
@@ -115,6 +116,13 @@ def forget_command(
     for result in results:
         if result.exit_code:
             click.echo(f"{result.sync}: {result.status}: {result.reason}", err=True)
+    if unmapped:
+        click.echo(
+            f"not looked at: {', '.join(unmapped)} (in the state database, but no mapping file"
+            " defines them any more; put the file back and run forget again to forget them"
+            " there)",
+            err=True,
+        )
     if removed:
         click.echo(
             f"remove them from the source of {', '.join(removed)} as well: while its query"

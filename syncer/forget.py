@@ -67,6 +67,8 @@ NOT_HELD = "not held"  # syncer never sent them there (or forgot them before)
 KEPT_AT_VENDOR = "kept at vendor"  # the sync's mode never removes: syncer's traces erased only
 PENDING = "pending"  # the vendor took the removal into a job; run forget again to confirm
 FAILED = "failed"  # refused or not delivered: everything kept, run forget again
+#: Outcomes of a sync whose destination had the person (what its source may send again).
+WAS_HELD = (REMOVED, KEPT_AT_VENDOR, PENDING)
 
 #: Modes that never remove a member at the destination: there is no removal to send.
 _NEVER_REMOVE = frozenset({SyncMode.UPSERT, SyncMode.UPDATE_ONLY})
@@ -157,6 +159,16 @@ def look_up(engine: SyncEngine, sync: LoadedSync, raw: str) -> Holding:
             .where(rejects_table.c.sync == name, rejects_table.c.key == key)
         ).scalar_one()
     return Holding(sync, key, None, held, pending, int(events), int(rejects))
+
+
+def unmapped_syncs(engine: SyncEngine, mapped: Sequence[str]) -> list[str]:
+    """Syncs the state database has runs of but no mapping file defines any more: forget
+    cannot look there (it needs the sync's key type and connector), so the CLI names them."""
+    url = engine.settings.state_url.get_secret_value()
+    with state_errors(url), engine.state.connect() as conn:
+        reading(conn)
+        names = conn.execute(select(runs_table.c.sync).distinct()).scalars().all()
+    return sorted(set(names) - set(mapped))
 
 
 def forget(engine: SyncEngine, holding: Holding) -> Forgotten:
