@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pty
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -284,3 +287,73 @@ def test_a_sync_that_never_removes_forgets_locally_and_says_the_vendor_keeps_the
         assert not [r for r in h.dest.requests if r["operation"] == "remove"]
         assert rows(h, "select count(*) from syncer_records where key = ?", PERSON) == [(0,)]
         assert sha256(PERSON).encode() not in database_bytes(h)
+
+
+def test_on_a_terminal_it_shows_what_it_holds_and_asks_first(tmp_path: Path) -> None:
+    with two_syncs(tmp_path) as (h, news):
+
+        def answer(text: str) -> subprocess.CompletedProcess[str]:
+            terminal, stdin = pty.openpty()
+            try:
+                os.write(terminal, text.encode())  # typed ahead: the terminal keeps it
+                return subprocess.run(
+                    [sys.executable, "-m", "syncer", "forget", "--key", PERSON],
+                    stdin=stdin,
+                    cwd=h.root,
+                    env=cli_env(h.env),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            finally:
+                os.close(stdin)
+                os.close(terminal)
+
+        proc = answer("n\n")
+        assert proc.returncode == 1, proc.stderr
+        assert "what syncer holds" in proc.stderr and "sent by syncer" in proc.stderr
+        assert "nothing was changed" in proc.stderr
+        assert PERSON in h.dest.members_now() and PERSON in news.members_now()
+        assert rows(h, "select count(*) from syncer_runs where trigger = 'forget'") == [(0,)]
+
+        proc = answer("y\n")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.count("removed") == 2
+        assert PERSON not in h.dest.members_now() and PERSON not in news.members_now()
+
+
+def test_a_sync_that_is_running_is_left_alone_and_retried_later(tmp_path: Path) -> None:
+    with two_syncs(tmp_path) as (h, news):
+        h.segment(people(6))  # the running sync has a new member to add
+        h.dest.gate.clear()  # and the destination holds its request at the door
+        running = h.popen()
+        try:
+            deadline = time.monotonic() + 60
+            while h.dest.hits == 0:
+                assert time.monotonic() < deadline, h.stderr_so_far(running)
+                time.sleep(0.02)
+            code, doc, proc = forget(h)
+        finally:
+            h.dest.gate.set()
+        assert running.wait(timeout=120) == 0, h.output(running)
+        assert code == 75, proc.stderr
+        results = by_sync(doc)
+        assert results["vip"]["status"] == "failed"
+        assert "vip" in results["vip"]["reason"]  # the lease holder's message names the sync
+        assert results["news"]["status"] == "removed"
+        assert PERSON in h.dest.members_now() and PERSON not in news.members_now()
+        code, doc, proc = forget(h)
+        assert code == 0, proc.stderr
+        assert by_sync(doc)["vip"]["status"] == "removed"
+        assert PERSON not in h.dest.members_now()
+
+
+def test_syncs_whose_mapping_is_gone_are_named_as_not_looked_at(tmp_path: Path) -> None:
+    with two_syncs(tmp_path) as (h, news):
+        (h.mappings / "news.yaml").unlink()
+        code, doc, proc = forget(h)
+        assert code == 0, proc.stderr
+        assert [r["sync"] for r in doc["syncs"]] == ["vip"]
+        assert doc["not_looked_at"] == ["news"]
+        assert "not looked at: news" in proc.stderr
+        assert PERSON in news.members_now()
