@@ -53,12 +53,14 @@ destination:
 
 
 @contextmanager
-def two_syncs(root: Path, **env: str) -> Iterator[tuple[Harness, DestinationState]]:
+def two_syncs(
+    root: Path, state_url: str | None = None, **env: str
+) -> Iterator[tuple[Harness, DestinationState]]:
     """``vip`` (mirror) and ``news`` (membership), both holding people(5), each at its own
     fake destination."""
     with (
         fake_destination(secret=SECRET) as (url, news),
-        harness(root, env={"NEWS_URL": url, **env}) as h,
+        harness(root, state_url, env={"NEWS_URL": url, **env}) as h,
     ):
         (h.mappings / "news.yaml").write_text(NEWS)
         h.segment(people(5))
@@ -357,3 +359,36 @@ def test_syncs_whose_mapping_is_gone_are_named_as_not_looked_at(tmp_path: Path) 
         assert doc["not_looked_at"] == ["news"]
         assert "not looked at: news" in proc.stderr
         assert PERSON in news.members_now()
+
+
+def test_forget_on_a_postgres_state_database(tmp_path: Path, postgres_url: str) -> None:
+    import sqlalchemy as sa
+
+    with two_syncs(tmp_path, postgres_url) as (h, news):
+        h.dest.reject_keys[PERSON] = "member is locked"
+        code, doc, proc = forget(h)
+        assert code == 1, proc.stderr
+        assert {r["sync"]: r["status"] for r in doc["syncs"]} == {
+            "news": "removed",
+            "vip": "failed",
+        }
+        del h.dest.reject_keys[PERSON]
+        code, doc, proc = forget(h)
+        assert code == 0, proc.stderr
+        assert PERSON not in h.dest.members_now() and PERSON not in news.members_now()
+        engine = sa.create_engine(postgres_url)
+        try:
+            with engine.connect() as conn:
+                left = conn.execute(
+                    sa.text(
+                        "select (select count(*) from syncer_records where key = :k)"
+                        " + (select count(*) from syncer_events where key in (:k, :h))"
+                    ),
+                    {"k": PERSON, "h": sha256(PERSON)},
+                ).scalar_one()
+                forgotten = conn.execute(
+                    sa.text("select count(*) from syncer_events where reason = 'forgotten'")
+                ).scalar_one()
+        finally:
+            engine.dispose()
+        assert (left, forgotten) == (0, 5)  # news: add, remove; vip: add, refused, remove
