@@ -70,7 +70,7 @@ def forget_command(
     unmapped = [] if sync_names else forgetting.unmapped_syncs(engine, [s.name for s in syncs])
     found = any(h.found for h in holdings)
     if found and not yes:
-        _show_holdings(holdings)
+        _show_holdings(holdings, _masked(raw_key))
         if not click.confirm("Remove them and forget them? This cannot be undone", err=True):
             click.echo("nothing was changed", err=True)
             sys.exit(1)
@@ -132,12 +132,22 @@ def forget_command(
     sys.exit(code)
 
 
-def _show_holdings(holdings: list[Any]) -> None:
+def _masked(raw: str) -> str:
+    """The key as ``plan`` shows sample keys: emails and phone numbers masked."""
+    from syncer.results import mask_key
+
+    text = raw.strip()
+    kind = "email" if "@" in text else "phone" if text.startswith("+") else "string"
+    return mask_key(text, kind)
+
+
+def _show_holdings(holdings: list[Any], masked: str) -> None:
     from rich.table import Table
 
     from syncer.output import stderr
 
-    table = Table(title="forget: what syncer holds of this person", title_justify="left")
+    title = f"forget: what syncer holds of {masked}"
+    table = Table(title=title, title_justify="left")
     for column in ("sync", "connector", "at the destination", "audit events"):
         table.add_column(column)
     for h in holdings:

@@ -313,7 +313,8 @@ def test_on_a_terminal_it_shows_what_it_holds_and_asks_first(tmp_path: Path) -> 
 
         proc = answer("n\n")
         assert proc.returncode == 1, proc.stderr
-        assert "what syncer holds" in proc.stderr and "sent by syncer" in proc.stderr
+        assert "what syncer holds of p***@e***.com" in proc.stderr
+        assert "sent by syncer" in proc.stderr and PERSON not in proc.stderr
         assert "nothing was changed" in proc.stderr
         assert PERSON in h.dest.members_now() and PERSON in news.members_now()
         assert rows(h, "select count(*) from syncer_runs where trigger = 'forget'") == [(0,)]
