@@ -49,7 +49,7 @@ def forget_command(
     reach copies the vendor keeps itself, nor the warehouse: remove the person from the
     source too, or the next run adds them again. See docs/operations/privacy.md.
     """
-    from syncer.cli import _combined_exit, _load, _stop_on_signals
+    from syncer.cli import _STATUS_WORD, _combined_exit, _load, _stop_on_signals
 
     from_stdin = raw_key == "-"
     if from_stdin:
@@ -95,7 +95,7 @@ def forget_command(
         _emit_json(
             {
                 "schema_version": JSON_SCHEMA_VERSION,
-                "status": {0: "ok", 1: "problems", 75: "tempfail"}.get(code, "error"),
+                "status": _STATUS_WORD.get(code, "error"),
                 "exit_code": code,
                 "found": found,
                 "syncs": [r.as_dict() for r in results],

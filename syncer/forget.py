@@ -29,7 +29,7 @@ from syncer.connector import Outcome, Record
 from syncer.diff import ChangeBatch
 from syncer.engine import SyncEngine
 from syncer.enums import RunStatus, SyncMode
-from syncer.errors import ExitCode, LeaseHeld, SyncerError, where
+from syncer.errors import ExitCode, SyncerError, where
 from syncer.jobs import Waiting, settle_jobs
 from syncer.lease import Lease
 from syncer.ledger import mark_sent, settle
@@ -184,9 +184,7 @@ def forget(engine: SyncEngine, holding: Holding) -> Forgotten:
     try:
         with state_errors(url):
             lease.__enter__()
-    except LeaseHeld as exc:
-        return Forgotten(name, connector, FAILED, str(exc), int(exc.exit_code))
-    except SyncerError as exc:
+    except SyncerError as exc:  # LeaseHeld (a run of the sync is under way: 75), or the state
         return Forgotten(name, connector, FAILED, str(exc), int(exc.exit_code))
     try:
         with state_errors(url), engine.state.connect() as conn:
