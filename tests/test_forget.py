@@ -393,3 +393,27 @@ def test_forget_on_a_postgres_state_database(tmp_path: Path, postgres_url: str) 
         finally:
             engine.dispose()
         assert (left, forgotten) == (0, 5)  # news: add, remove; vip: add, refused, remove
+
+
+def test_a_broken_mapping_stops_forget_before_anything_changes(tmp_path: Path) -> None:
+    with two_syncs(tmp_path) as (h, news):
+        (h.mappings / "broken.yaml").write_text("name: broken\nsource: [\n")
+        code, doc, proc = forget(h)
+        assert code == 78, proc.stderr
+        assert doc["status"] == "error" and "broken.yaml" in doc["error"]
+        assert PERSON in h.dest.members_now() and PERSON in news.members_now()
+        assert rows(h, "select count(*) from syncer_events where key is null") == [(0,)]
+        # Named syncs load on their own, as for sync now: a broken neighbour does not stop them.
+        code, doc, proc = forget(h, "--sync", "vip")
+        assert code == 0, proc.stderr
+        assert PERSON not in h.dest.members_now() and PERSON in news.members_now()
+
+
+def test_debug_logs_of_a_forget_never_show_the_key(tmp_path: Path) -> None:
+    with two_syncs(tmp_path) as (h, _news):
+        h.dest.reject_keys[PERSON] = "member is locked"
+        proc = h.cli("--log-level", "debug", "forget", "--key", TYPED, "--yes")
+        assert proc.returncode == 1, proc.stderr
+        assert "forget.started" in proc.stderr and "member is locked" in proc.stderr
+        for form in (PERSON, TYPED.strip(), sha256(PERSON)):
+            assert form not in proc.stdout + proc.stderr
