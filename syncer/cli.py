@@ -89,8 +89,9 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# Annotated so modules of their own (syncer/cli_*.py), imported from this one, can use it.
-json_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+# Typed, so modules of their own (syncer/cli_*.py), which import it while this one is still
+# loading, type-check.
+json_option: Callable[[F], F] = click.option(
     "--json", "as_json", is_flag=True, help="One JSON document on stdout."
 )
 
@@ -470,6 +471,10 @@ def new_connector(name: str, directory: Path | None) -> None:
 from syncer.cli_state import state  # noqa: E402
 
 cli.add_command(state)
+
+from syncer.cli_forget import forget  # noqa: E402
+
+cli.add_command(forget)
 
 
 def main() -> None:
