@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -15,9 +18,73 @@ if TYPE_CHECKING:  # importing the engine for its types would load it for `synce
 
     from syncer.engine import PlanResult, ProgressFn, RunResult
 
-# Off a terminal (pipes, CI logs) tables get room instead of being cut to 80 columns.
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+def _width() -> int | None:
+    """COLUMNS when set; else the terminal's width, or 160 off a terminal (pipes, CI logs),
+    where tables get room instead of being cut to 80 columns."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else 160
+
+
+stdout = Console(highlight=False, width=_width())
 stderr = Console(stderr=True, highlight=False)
+
+#: How many characters of a run id the tables show: `syncer run show` takes a unique prefix.
+RUN_ID_CHARS = 8
+
+
+def table(title: str, *columns: str, right: Sequence[str] = ()) -> Table:
+    """A table that fits 80 columns: no borders, two spaces between columns, a rule under the
+    header. Numbers (``right``) never wrap; text columns fold when a name is too long."""
+    result = Table(
+        title=title or None,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for column in columns:
+        numeric = column in right
+        result.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=numeric,
+            overflow="fold",
+        )
+    return result
+
+
+def short_id(run_id: str | None) -> str:
+    return run_id[:RUN_ID_CHARS] if run_id else "-"
+
+
+def when(value: Any) -> str:
+    """A stored timestamp as ``2026-12-07 23:41:05`` (UTC, as stored): no microseconds."""
+    if value is None or value == "":
+        return "-"
+    moment: object = value
+    if isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(moment, dt.datetime):
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(dt.UTC)
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def seconds(duration: float) -> str:
+    """``0.4``, ``12.3``, ``1m05``: short enough for a narrow column."""
+    if duration < 100:
+        return f"{duration:.1f}"
+    minutes, rest = divmod(round(duration), 60)
+    return f"{minutes}m{rest:02d}"
 
 
 class ProgressReporter:
@@ -65,33 +132,39 @@ class ProgressReporter:
 
 
 _COUNTS = ("added", "removed", "updated", "unchanged", "invalid", "rejected", "failed")
+_CHANGES = ("added", "removed", "updated", "unchanged")
+_PROBLEMS = ("invalid", "rejected", "failed")
 
 
 def runs_summary_table(results: Iterable[RunResult]) -> None:
-    table = Table(title="sync summary", title_justify="left")
-    table.add_column("sync")
-    table.add_column("status")
-    for column in (*_COUNTS, "seconds"):
-        table.add_column(column, justify="right")
-    table.add_column("run id")
+    """What ``sync now`` did: one row per sync. The invalid, rejected and failed columns are
+    shown when some run has any, which keeps the usual table inside 80 columns."""
+    results = list(results)
+    problems = [k for k in _PROBLEMS if any(r.counts.get(k, 0) for r in results)]
+    counts = (*_CHANGES, *problems)
+    out = table("sync summary", "sync", "status", *counts, "secs", "run", right=(*counts, "secs"))
     for r in results:
-        counts = (str(r.counts.get(k, 0)) for k in _COUNTS)
-        table.add_row(r.sync, r.status, *counts, f"{r.duration_s:.2f}", r.run_id or "-")
-    stdout.print(table)
+        out.add_row(
+            r.sync,
+            r.status,
+            *(str(r.counts.get(k, 0)) for k in counts),
+            seconds(r.duration_s),
+            short_id(r.run_id),
+        )
+    stdout.print(out)
 
 
-def plan_table(result: PlanResult) -> None:
+def plan_table(result: PlanResult, footer: bool = True) -> None:
     c = result.counts
-    table = Table(title=f"plan for {result.sync} (mode {result.mode})", title_justify="left")
-    table.add_column("change")
-    table.add_column("records", justify="right")
-    table.add_column("sample keys")
-    table.add_row("add", str(c.add), ", ".join(result.samples.get("add", [])))
-    table.add_row("update", str(c.update), ", ".join(result.samples.get("update", [])))
-    table.add_row("remove", str(c.remove), ", ".join(result.samples.get("remove", [])))
-    table.add_row("unchanged", str(c.unchanged), "")
-    table.add_row("invalid", str(c.invalid), "")
-    stdout.print(table)
+    # The heading is a line of its own: as the title of a narrow table it would wrap.
+    stdout.print(f"plan for {result.sync} (mode {result.mode})")
+    out = table("", "change", "records", "sample keys", right=("records",))
+    out.add_row("add", str(c.add), ", ".join(result.samples.get("add", [])))
+    out.add_row("update", str(c.update), ", ".join(result.samples.get("update", [])))
+    out.add_row("remove", str(c.remove), ", ".join(result.samples.get("remove", [])))
+    out.add_row("unchanged", str(c.unchanged), "")
+    out.add_row("invalid", str(c.invalid), "")
+    stdout.print(out)
     stdout.print(f"source rows: {c.source_rows}; members synced now: {c.members_before}")
     if c.unconfirmed:
         stdout.print(
@@ -102,26 +175,38 @@ def plan_table(result: PlanResult) -> None:
         stdout.print(f"  invalid: {reason}")
     if result.guard.blocked:
         stdout.print(f"[bold]blocked:[/bold] {result.guard.reason}")
-    stdout.print("nothing was sent and no state was changed.")
+    if footer:
+        stdout.print("nothing was sent and no state was changed.")
 
 
-_RUN_COLUMNS = ("id", "sync", "status", "trigger", "started_at", *_COUNTS)
+def changes(row: dict[str, Any]) -> str:
+    """``+220 -80 ~3`` (added, removed, updated), then any problems: ``2 rejected``."""
+    marks = {"added": "+", "removed": "-", "updated": "~"}
+    parts = [f"{mark}{row[k]}" for k, mark in marks.items() if row.get(k)]
+    parts += [f"{row[k]} {k}" for k in _PROBLEMS if row.get(k)]
+    return " ".join(parts) or "no change"
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="runs", title_justify="left")
-    for column in _RUN_COLUMNS:
-        table.add_column(column)
+    """``syncer runs``: one line per run, newest first; ``run show ID`` has the rest."""
+    out = table("runs", "run", "started (UTC)", "sync", "status", "changes")
     for row in rows:
-        table.add_row(*(str(row.get(k) if row.get(k) is not None else "-") for k in _RUN_COLUMNS))
-    stdout.print(table)
+        out.add_row(
+            short_id(row.get("id")),
+            when(row.get("started_at")),
+            str(row.get("sync")),
+            str(row.get("status")),
+            changes(row),
+        )
+    stdout.print(out)
 
 
 def run_detail(detail: dict[str, Any]) -> None:
     head = ("id", "sync", "status", "mode", "trigger", "started_at", "finished_at", "host", "pid")
     for key in (*head, "source_rows", *_COUNTS, "message"):
         if detail.get(key) is not None:
-            stdout.print(f"{key:>12}: {detail[key]}")
+            value = when(detail[key]) if key.endswith("_at") else detail[key]
+            stdout.print(f"{key:>12}: {value}")
     if detail.get("pending"):
         stdout.print(f"{'pending':>12}: {detail['pending']} (in a vendor job, not yet confirmed)")
     for name, value in sorted((detail.get("stats") or {}).items()):
@@ -166,10 +251,8 @@ def connectors_table(rows: list[dict[str, Any]]) -> None:
 
 
 def checks_table(results: list[dict[str, Any]]) -> None:
-    table = Table(title="check", title_justify="left")
-    for column in ("sync", "step", "result"):
-        table.add_column(column)
+    out = table("check", "sync", "step", "result")
     for result in results:
-        for step in result["steps"]:
-            table.add_row(result["sync"], step["step"], step["result"])
-    stdout.print(table)
+        for i, step in enumerate(result["steps"]):
+            out.add_row(result["sync"] if i == 0 else "", step["step"], step["result"])
+    stdout.print(out)
