@@ -87,6 +87,8 @@ def parse(words: Iterable[str]) -> list[Selector]:
 def parse_one(word: str) -> Selector:
     parts = []
     for piece in word.split(","):
+        if not piece:
+            raise SelectionError(f"selector {word!r}: an empty part before or after a comma")
         method, colon, pattern = piece.partition(":")
         if not colon:
             method, pattern = "name", piece
