@@ -58,33 +58,43 @@ def table(title: str, *columns: str, right: Sequence[str] = ()) -> Table:
     return result
 
 
+def age(value: Any, now: dt.datetime | None = None) -> str:
+    """How long ago a stored timestamp was: ``42s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
+    moment = _moment(value)
+    if moment is None:
+        return "-"
+    now = now or dt.datetime.now(dt.UTC)
+    seconds = int((now - moment).total_seconds())
+    if seconds < 1:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _moment(value: Any) -> dt.datetime | None:
+    """A stored timestamp (ISO text or datetime; SQLite's come without an offset: UTC)."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 def short_id(run_id: str | None) -> str:
     return run_id[:RUN_ID_CHARS] if run_id else "-"
 
 
 def when(value: Any) -> str:
     """A stored timestamp as ``2026-12-07 23:41:05`` (UTC, as stored): no microseconds."""
-    if value is None or value == "":
-        return "-"
-    moment: object = value
-    if isinstance(value, str):
-        try:
-            moment = dt.datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    if isinstance(moment, dt.datetime):
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(dt.UTC)
-        return moment.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def seconds(duration: float) -> str:
-    """``0.4``, ``12.3``, ``1m05``: short enough for a narrow column."""
-    if duration < 100:
-        return f"{duration:.1f}"
-    minutes, rest = divmod(round(duration), 60)
-    return f"{minutes}m{rest:02d}"
+    moment = _moment(value)
+    if moment is None:
+        return "-" if value is None or value == "" else str(value)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class ProgressReporter:
@@ -137,21 +147,25 @@ _PROBLEMS = ("invalid", "rejected", "failed")
 
 
 def runs_summary_table(results: Iterable[RunResult]) -> None:
-    """What ``sync now`` did: one row per sync. The invalid, rejected and failed columns are
-    shown when some run has any, which keeps the usual table inside 80 columns."""
+    """What ``sync now`` did: one row per sync, inside 80 columns; invalid, rejected and
+    failed records are said under the table, with the command that lists them."""
     results = list(results)
-    problems = [k for k in _PROBLEMS if any(r.counts.get(k, 0) for r in results)]
-    counts = (*_CHANGES, *problems)
-    out = table("sync summary", "sync", "status", *counts, "secs", "run", right=(*counts, "secs"))
+    # No duration column: it would push a long name and `interrupted` past 80 columns;
+    # --json has each run's duration_s, and `syncer run show` its start and end.
+    out = table("sync summary", "sync", "status", *_CHANGES, "run", right=_CHANGES)
     for r in results:
         out.add_row(
             r.sync,
             r.status,
-            *(str(r.counts.get(k, 0)) for k in counts),
-            seconds(r.duration_s),
+            *(str(r.counts.get(k, 0)) for k in _CHANGES),
             short_id(r.run_id),
         )
     stdout.print(out)
+    for r in results:
+        problems = [f"{r.counts[k]} {k}" for k in _PROBLEMS if r.counts.get(k)]
+        if problems:
+            shown = f": syncer run show {short_id(r.run_id)}" if r.run_id else ""
+            stdout.print(f"{r.sync}: {', '.join(problems)}{shown}", soft_wrap=True)
 
 
 def plan_table(result: PlanResult, footer: bool = True) -> None:
@@ -188,12 +202,14 @@ def changes(row: dict[str, Any]) -> str:
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
-    """``syncer runs``: one line per run, newest first; ``run show ID`` has the rest."""
-    out = table("runs", "run", "started (UTC)", "sync", "status", "changes")
+    """``syncer runs``: one line per run, newest first, started as an age (``5m ago``):
+    the table fits 80 columns with room for changes; ``run show ID`` has the exact times."""
+    out = table("runs", "run", "started", "sync", "status", "changes")
+    now = dt.datetime.now(dt.UTC)
     for row in rows:
         out.add_row(
             short_id(row.get("id")),
-            when(row.get("started_at")),
+            age(row.get("started_at"), now),
             str(row.get("sync")),
             str(row.get("status")),
             changes(row),
@@ -205,7 +221,7 @@ def run_detail(detail: dict[str, Any]) -> None:
     head = ("id", "sync", "status", "mode", "trigger", "started_at", "finished_at", "host", "pid")
     for key in (*head, "source_rows", *_COUNTS, "message"):
         if detail.get(key) is not None:
-            value = when(detail[key]) if key.endswith("_at") else detail[key]
+            value = f"{when(detail[key])} UTC" if key.endswith("_at") else detail[key]
             stdout.print(f"{key:>12}: {value}")
     if detail.get("pending"):
         stdout.print(f"{'pending':>12}: {detail['pending']} (in a vendor job, not yet confirmed)")
