@@ -381,7 +381,7 @@ def run_demo(
         started = time.perf_counter()
         print(shop.build(shop_path, customers=customers, seed=seed), end="")
         print(f" ({time.perf_counter() - started:.1f}s)")
-        print(f"local webhook receiver on {webhook_url} (HMAC-signed requests only)")
+        print(f"webhook receiver on {webhook_url} (signed requests only)")
 
         ever: dict[str, set[str]] = {s.name: set() for s in syncs}
 
