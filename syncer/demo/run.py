@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Mapping
 from contextlib import closing
@@ -266,6 +267,11 @@ def _clean(directory: Path, syncs: list[DemoSync]) -> None:
             path.with_name(path.name + extra).unlink(missing_ok=True)
 
 
+def _say(text: str) -> None:
+    """A long line of prose, wrapped to 80 columns like the tables around it."""
+    print(textwrap.fill(text, 80, subsequent_indent="  ", break_long_words=False))
+
+
 def _run_cli(title: str, env: Mapping[str, str]) -> int:
     print(f"\n== {title}: {' '.join(['syncer', *CLI[2:]])}", flush=True)
     started = time.perf_counter()
@@ -379,8 +385,9 @@ def run_demo(
         syncs = load_syncs(mappings, env)
         _clean(directory, syncs)
         started = time.perf_counter()
-        print(shop.build(shop_path, customers=customers, seed=seed), end="")
-        print(f" ({time.perf_counter() - started:.1f}s)")
+        # Relative to here when under it: the summary names the path, and is read by a person.
+        built = shop.build(Path(_shown(shop_path)), customers=customers, seed=seed)
+        _say(f"{built} ({time.perf_counter() - started:.1f}s)")
         print(f"webhook receiver on {webhook_url} (signed requests only)")
 
         ever: dict[str, set[str]] = {s.name: set() for s in syncs}
@@ -395,8 +402,8 @@ def run_demo(
 
         print()
         started = time.perf_counter()
-        print(shop.advance(shop_path, days=days), end="")
-        print(f" ({time.perf_counter() - started:.1f}s)")
+        advanced = shop.advance(Path(_shown(shop_path)), days=days)
+        _say(f"{advanced} ({time.perf_counter() - started:.1f}s)")
         remember()
         codes.append(_run_cli(f"Sync after {days} simulated days: only changes are sent", env))
 
