@@ -399,3 +399,18 @@ def test_the_demo_never_overwrites_a_dotenv_of_your_own(
     assert used == demo / "demo.env" and Path(".env").read_text() == "SYNCER_LOG_LEVEL=debug\n"
     assert "DEMO_WEBHOOK_SECRET=s3cret" in used.read_text()
     assert all("--env-file .syncer/demo/demo.env " in line for line in next_steps(used))
+
+
+def test_the_receiver_takes_the_secret_the_demo_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m syncer.demo receiver` after the demo checks the signatures the .env makes."""
+    from syncer.demo.__main__ import _demo_secret
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DEMO_WEBHOOK_SECRET", raising=False)
+    assert _demo_secret() is None
+    Path(".env").write_text("DEMO_WEBHOOK_SECRET=from-dotenv\n")
+    assert _demo_secret() == "from-dotenv"
+    monkeypatch.setenv("DEMO_WEBHOOK_SECRET", "from-environment")
+    assert _demo_secret() == "from-environment"
