@@ -15,8 +15,8 @@ import httpx
 
 from syncer.connector import SyncContext
 from syncer.engine import SyncEngine
-from syncer.errors import ExitCode, SyncerError
-from syncer.mapping import LoadedSync, load_directory, load_named
+from syncer.errors import ConfigError, ExitCode, SyncerError
+from syncer.mapping import LoadedSync, load_directory
 from syncer.normalize import RowEncoder
 from syncer.settings import Settings
 from syncer.state import state_engine
@@ -56,11 +56,12 @@ def _check_sync(
 
 def run_checks(
     settings: Settings,
-    names: list[str],
+    selected: list[tuple[Path, LoadedSync | ConfigError]] | None = None,
     transport: httpx.BaseTransport | None = None,
     env_file: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One result per sync (or per broken file), each with its steps and exit code."""
+    """One result per sync (or per broken file), each with its steps and exit code: the
+    ``selected`` files (see syncer.selection), or every file in the mappings directory."""
     results: list[dict[str, Any]] = []
     try:
         state_engine(settings.state_url.get_secret_value())
@@ -82,21 +83,16 @@ def run_checks(
             }
         )
     loaded: list[LoadedSync] = []
-    if names:
+    if selected is None:
         try:
-            loaded = load_named(settings.mappings_dir, names, env_file)
-        except SyncerError as exc:
-            return [*results, _broken(", ".join(names), exc)]
-    else:
-        try:
-            found = load_directory(settings.mappings_dir, env_file)
+            selected = load_directory(settings.mappings_dir, env_file)
         except SyncerError as exc:
             return [*results, _broken(str(settings.mappings_dir), exc)]
-        for path, item in found:
-            if isinstance(item, LoadedSync):
-                loaded.append(item)
-            else:
-                results.append(_broken(path.name, item))
+    for path, item in selected:
+        if isinstance(item, LoadedSync):
+            loaded.append(item)
+        else:
+            results.append(_broken(path.name, item))
     results.extend(_check_sync(settings, sync, transport) for sync in loaded)
     return results
 

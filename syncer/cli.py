@@ -130,13 +130,60 @@ def sync() -> None:
     """Run syncs."""
 
 
-def _load(ctx: Ctx, names: Iterable[str], everything: bool) -> list[Any]:
-    from syncer.mapping import load_all, load_named
+def _load(
+    ctx: Ctx, selectors: Iterable[str], everything: bool, exclude: Iterable[str] = ()
+) -> list[Any]:
+    """The syncs the selectors choose (see syncer.selection), validated; --all alone keeps
+    reading the whole directory at once."""
+    selectors, exclude = list(selectors), list(exclude)
+    if everything and not exclude:
+        from syncer.mapping import load_all
 
-    directory = ctx.settings.mappings_dir
-    if everything:
-        return load_all(directory, ctx.env_file)
-    return load_named(directory, list(names), ctx.env_file)
+        return load_all(ctx.settings.mappings_dir, ctx.env_file)
+    scan, chosen = _choose(ctx, selectors, exclude, everything)
+    return list(scan.load_strict(chosen))
+
+
+def _choose(
+    ctx: Ctx, selectors: list[str], exclude: list[str], everything: bool
+) -> tuple[Any, list[Any]]:
+    """The mapping files the selectors choose, unvalidated; a selector matching nothing is a
+    usage error (exit 2) that names the nearest syncs, tags or connectors."""
+    from syncer.mapping import MappingScan
+    from syncer.selection import SelectionError, parse, select
+
+    scan = MappingScan(ctx.settings.mappings_dir, ctx.env_file)
+    unread = [e for e in scan.entries if e.problem is not None]
+    try:
+        chosen = select(scan.entries, selectors, exclude, everything=everything)
+    except SelectionError as exc:
+        if unread:
+            files = ", ".join(f"{e.path.name} ({e.problem})" for e in unread)
+            raise SelectionError(f"{exc}; not considered: {files}") from None
+        raise
+    blind = any(p.method != "name" for s in parse([*selectors, *exclude]) for p in s.parts)
+    for entry in unread if blind else ():
+        click.echo(
+            f"note: {entry.path}: {entry.problem}, so tag: and connector: selectors do not see it",
+            err=True,
+        )
+    return scan, chosen
+
+
+def _selection_args(names: tuple[str, ...], everything: bool) -> None:
+    if not names and not everything:
+        raise click.UsageError("name one or more syncs (or selectors), or pass --all")
+    if names and everything:
+        raise click.UsageError("pass sync names (or selectors) or --all, not both")
+
+
+selectors_argument = click.argument("names", nargs=-1, metavar="[SELECTOR]...")
+exclude_option = click.option(
+    "--exclude",
+    multiple=True,
+    metavar="SELECTOR",
+    help="Leave out the syncs this selects (same syntax as SELECTOR; repeatable).",
+)
 
 
 def _combined_exit(codes: Iterable[int]) -> int:
@@ -168,8 +215,9 @@ _STATUS_WORD = {0: "ok", 1: "problems", 75: "tempfail", 78: "config_error"}
 
 
 @sync.command("now")
-@click.argument("names", nargs=-1)
+@selectors_argument
 @click.option("--all", "everything", is_flag=True, help="Run every sync in the mappings directory.")
+@exclude_option
 @click.option(
     "--full-resync",
     "--full-refresh",
@@ -185,16 +233,18 @@ def sync_now(
     ctx: Ctx,
     names: tuple[str, ...],
     everything: bool,
+    exclude: tuple[str, ...],
     full_resync: bool,
     force: bool,
     as_json: bool,
 ) -> None:
-    """Run the named syncs (or --all) now and print a summary."""
-    if not names and not everything:
-        raise click.UsageError("name one or more syncs, or pass --all")
-    if names and everything:
-        raise click.UsageError("pass sync names or --all, not both")
-    syncs = _load(ctx, names, everything)
+    """Run the selected syncs (or --all) now and print a summary.
+
+    A SELECTOR is a sync name, a glob (`crm_*`), `tag:NAME` (tags listed in the mapping) or
+    `connector:NAME`; several add up, commas intersect (`tag:nightly,connector:hubspot`).
+    A selector that matches nothing is a usage error (exit 2) naming the nearest syncs."""
+    _selection_args(names, everything)
+    syncs = _load(ctx, names, everything, exclude)
     engine = ctx.engine()
     from syncer.output import ProgressReporter, runs_summary_table
 
@@ -270,7 +320,11 @@ def daemon(ctx: Ctx, port: int | None) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@selectors_argument
+@click.option(
+    "--all", "everything", is_flag=True, help="Plan every sync in the mappings directory."
+)
+@exclude_option
 @click.option(
     "--full-resync",
     "--full-refresh",
@@ -281,16 +335,58 @@ def daemon(ctx: Ctx, port: int | None) -> None:
 @json_option
 @click.pass_obj
 @handles_errors
-def plan(ctx: Ctx, name: str, full_resync: bool, as_json: bool) -> None:
-    """Show exactly what `sync now NAME` would send, without sending or saving anything."""
-    (item,) = _load(ctx, [name], False)
-    result = ctx.engine().plan(item, full_resync=full_resync)
-    if as_json:
-        _emit_json({"schema_version": JSON_SCHEMA_VERSION, **result.as_dict()})
-    else:
-        from syncer.output import plan_table
+def plan(
+    ctx: Ctx,
+    names: tuple[str, ...],
+    everything: bool,
+    exclude: tuple[str, ...],
+    full_resync: bool,
+    as_json: bool,
+) -> None:
+    """Show exactly what `sync now` with the same selectors would send, without sending or
+    saving anything. One sync name: one plan document with --json; otherwise `plans`."""
+    from syncer.selection import is_plain_name
 
-        plan_table(result)
+    _selection_args(names, everything)
+    syncs = _load(ctx, names, everything, exclude)
+    engine = ctx.engine()
+    from syncer.output import plan_table
+
+    if len(names) == 1 and is_plain_name(names[0]) and not exclude:
+        result = engine.plan(syncs[0], full_resync=full_resync)
+        if as_json:
+            _emit_json({"schema_version": JSON_SCHEMA_VERSION, **result.as_dict()})
+        else:
+            plan_table(result)
+        return
+    plans: list[dict[str, Any]] = []
+    codes: list[int] = []
+    for item in syncs:
+        try:
+            result = engine.plan(item, full_resync=full_resync)
+        except SyncerError as exc:  # one sync's problem does not hide the others' plans
+            codes.append(int(exc.exit_code))
+            plans.append({"sync": item.name, "exit_code": int(exc.exit_code), "error": str(exc)})
+            if not as_json:
+                click.echo(f"error: {item.name}: {exc}", err=True)
+            continue
+        plans.append(result.as_dict())
+        if not as_json:
+            plan_table(result, footer=False)
+            click.echo()
+    code = _combined_exit(codes)
+    if as_json:
+        _emit_json(
+            {
+                "schema_version": JSON_SCHEMA_VERSION,
+                "status": _STATUS_WORD.get(code, "error"),
+                "exit_code": code,
+                "plans": plans,
+            }
+        )
+    else:
+        click.echo("nothing was sent and no state was changed.")
+    sys.exit(code)
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -386,15 +482,28 @@ def connectors(as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
+@selectors_argument
+@click.option(
+    "--all", "everything", is_flag=True, help="Check every sync (the default without SELECTOR)."
+)
+@exclude_option
 @json_option
 @click.pass_obj
 @handles_errors
-def check(ctx: Ctx, names: tuple[str, ...], as_json: bool) -> None:
-    """Validate config, probe each query (LIMIT 10), its columns, and the destination."""
+def check(
+    ctx: Ctx, names: tuple[str, ...], everything: bool, exclude: tuple[str, ...], as_json: bool
+) -> None:
+    """Validate config, probe each query (LIMIT 10), its columns, and the destination, for
+    the selected syncs (every one without SELECTOR; same selectors as `sync now`)."""
     from syncer.checks import run_checks
 
-    results = run_checks(ctx.settings, list(names), env_file=ctx.env_file)
+    if names and everything:
+        raise click.UsageError("pass sync names (or selectors) or --all, not both")
+    selected = None
+    if names or exclude:
+        scan, chosen = _choose(ctx, list(names), list(exclude), not names)
+        selected = scan.load(chosen)
+    results = run_checks(ctx.settings, selected, env_file=ctx.env_file)
     code = _combined_exit(r["exit_code"] for r in results)
     if as_json:
         _emit_json(

@@ -12,6 +12,7 @@ error quotes more of a file than the offending key (see ``_errors_text``).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -176,6 +177,11 @@ class SyncDefinition(_Strict):
         " file name without .yaml."
     )
     description: str | None = Field(default=None, description="Free text.")
+    tags: list[str] = Field(
+        default_factory=list,
+        description="Labels for choosing syncs on the command line (`syncer sync now"
+        " tag:nightly`): letters, digits, _ - . only, each at most once.",
+    )
     source: Source = Field(description="Where the members come from.")
     mode: Mode = Field(
         default=SyncMode.MEMBERSHIP,
@@ -209,6 +215,16 @@ class SyncDefinition(_Strict):
             parse_schedule(value)
         except ScheduleError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_shape(cls, value: list[str]) -> list[str]:
+        for i, tag in enumerate(value):  # by position: a file's values are not quoted back
+            if not _NAME.match(tag):
+                raise ValueError(f"tag {i + 1}: use letters, digits, '_', '-' and '.' only")
+            if tag in value[:i]:
+                raise ValueError(f"tag {i + 1} is listed twice")
         return value
 
     @field_validator("name")
@@ -856,6 +872,85 @@ def declared_names(directory: Path, env_file: Path | None = None) -> dict[str, l
 def valid_name(name: str) -> bool:
     """Whether ``name`` is a sync name a mapping file may declare."""
     return bool(_NAME.match(name))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MappingEntry:
+    """One mapping file as command-line selection sees it: read, not yet validated, so a
+    broken neighbour cannot stop the syncs chosen (see syncer.selection)."""
+
+    name: str
+    path: Path
+    tags: tuple[str, ...]
+    connector: str | None
+    problem: str | None
+    """Why the file's tags and connector are unknown (it cannot be read), else None."""
+    raw: dict[str, Any] | ConfigError = dataclasses.field(repr=False, compare=False)
+
+
+class MappingScan:
+    """Every mapping file of a directory with what selecting among them needs; ``load``
+    validates only the chosen ones."""
+
+    def __init__(self, directory: Path, env_file: Path | None = None) -> None:
+        self.directory = directory
+        self._env = _environment(env_file)
+        self.entries = [self._entry(path, raw) for path, raw in _scan(directory)]
+
+    def _entry(self, path: Path, raw: dict[str, Any] | ConfigError) -> MappingEntry:
+        name = _declared_name(path, raw, self._env)
+        if isinstance(raw, ConfigError):
+            return MappingEntry(name, path, (), None, "cannot be read", raw)
+        tags = raw.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            return MappingEntry(name, path, (), None, "tags: not a list of names", raw)
+        destination = raw.get("destination")
+        connector = destination.get("connector") if isinstance(destination, dict) else None
+        if isinstance(connector, str):
+            try:
+                connector = str(_interpolate(connector, self._env, path, "connector"))
+            except ConfigError:
+                connector = None
+        return MappingEntry(
+            name, path, tuple(tags), connector if isinstance(connector, str) else None, None, raw
+        )
+
+    def load(self, chosen: list[MappingEntry]) -> list[tuple[Path, LoadedSync | ConfigError]]:
+        """Each chosen file validated, or the ConfigError it is refused with; a name that
+        more than one file declares is refused, as in ``load_named``."""
+        files_of: dict[str, list[Path]] = {}
+        for entry in self.entries:
+            files_of.setdefault(entry.name, []).append(entry.path)
+        results: list[tuple[Path, LoadedSync | ConfigError]] = []
+        for entry in chosen:
+            paths = files_of.get(entry.name, [])
+            if len(paths) > 1:
+                others = ", ".join(str(p) for p in paths if p != entry.path)
+                results.append(
+                    (
+                        entry.path,
+                        ConfigError(
+                            f"{entry.path}: name: sync {entry.name!r} is also defined in"
+                            f" {others}; a sync name must be unique"
+                        ),
+                    )
+                )
+            elif isinstance(entry.raw, ConfigError):
+                results.append((entry.path, entry.raw))
+            else:
+                try:
+                    results.append((entry.path, _load(entry.path, self._env, entry.raw)))
+                except ConfigError as exc:
+                    results.append((entry.path, exc))
+        return results
+
+    def load_strict(self, chosen: list[MappingEntry]) -> list[LoadedSync]:
+        """The chosen syncs; all their problems reported together, then raised."""
+        results = self.load(chosen)
+        problems = [str(item) for _, item in results if isinstance(item, ConfigError)]
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return [item for _, item in results if isinstance(item, LoadedSync)]
 
 
 def _not_found(

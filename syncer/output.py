@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -15,9 +18,83 @@ if TYPE_CHECKING:  # importing the engine for its types would load it for `synce
 
     from syncer.engine import PlanResult, ProgressFn, RunResult
 
-# Off a terminal (pipes, CI logs) tables get room instead of being cut to 80 columns.
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+def _width() -> int | None:
+    """COLUMNS when set; else the terminal's width, or 160 off a terminal (pipes, CI logs),
+    where tables get room instead of being cut to 80 columns."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else 160
+
+
+stdout = Console(highlight=False, width=_width())
 stderr = Console(stderr=True, highlight=False)
+
+#: How many characters of a run id the tables show: `syncer run show` takes a unique prefix.
+RUN_ID_CHARS = 8
+
+
+def table(title: str, *columns: str, right: Sequence[str] = ()) -> Table:
+    """A table that fits 80 columns: no borders, two spaces between columns, a rule under the
+    header. Numbers (``right``) never wrap; text columns fold when a name is too long."""
+    result = Table(
+        title=title or None,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for column in columns:
+        numeric = column in right
+        result.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=numeric,
+            overflow="fold",
+        )
+    return result
+
+
+def age(value: Any, now: dt.datetime | None = None) -> str:
+    """How long ago a stored timestamp was: ``42s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
+    moment = _moment(value)
+    if moment is None:
+        return "-"
+    now = now or dt.datetime.now(dt.UTC)
+    seconds = int((now - moment).total_seconds())
+    if seconds < 1:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _moment(value: Any) -> dt.datetime | None:
+    """A stored timestamp (ISO text or datetime; SQLite's come without an offset: UTC)."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def short_id(run_id: str | None) -> str:
+    return run_id[:RUN_ID_CHARS] if run_id else "-"
+
+
+def when(value: Any) -> str:
+    """A stored timestamp as ``2026-12-07 23:41:05`` (UTC, as stored): no microseconds."""
+    moment = _moment(value)
+    if moment is None:
+        return "-" if value is None or value == "" else str(value)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class ProgressReporter:
@@ -65,33 +142,43 @@ class ProgressReporter:
 
 
 _COUNTS = ("added", "removed", "updated", "unchanged", "invalid", "rejected", "failed")
+_CHANGES = ("added", "removed", "updated", "unchanged")
+_PROBLEMS = ("invalid", "rejected", "failed")
 
 
 def runs_summary_table(results: Iterable[RunResult]) -> None:
-    table = Table(title="sync summary", title_justify="left")
-    table.add_column("sync")
-    table.add_column("status")
-    for column in (*_COUNTS, "seconds"):
-        table.add_column(column, justify="right")
-    table.add_column("run id")
+    """What ``sync now`` did: one row per sync, inside 80 columns; invalid, rejected and
+    failed records are said under the table, with the command that lists them."""
+    results = list(results)
+    # No duration column: it would push a long name and `interrupted` past 80 columns;
+    # --json has each run's duration_s, and `syncer run show` its start and end.
+    out = table("sync summary", "sync", "status", *_CHANGES, "run", right=_CHANGES)
     for r in results:
-        counts = (str(r.counts.get(k, 0)) for k in _COUNTS)
-        table.add_row(r.sync, r.status, *counts, f"{r.duration_s:.2f}", r.run_id or "-")
-    stdout.print(table)
+        out.add_row(
+            r.sync,
+            r.status,
+            *(str(r.counts.get(k, 0)) for k in _CHANGES),
+            short_id(r.run_id),
+        )
+    stdout.print(out)
+    for r in results:
+        problems = [f"{r.counts[k]} {k}" for k in _PROBLEMS if r.counts.get(k)]
+        if problems:
+            shown = f": syncer run show {short_id(r.run_id)}" if r.run_id else ""
+            stdout.print(f"{r.sync}: {', '.join(problems)}{shown}", soft_wrap=True)
 
 
-def plan_table(result: PlanResult) -> None:
+def plan_table(result: PlanResult, footer: bool = True) -> None:
     c = result.counts
-    table = Table(title=f"plan for {result.sync} (mode {result.mode})", title_justify="left")
-    table.add_column("change")
-    table.add_column("records", justify="right")
-    table.add_column("sample keys")
-    table.add_row("add", str(c.add), ", ".join(result.samples.get("add", [])))
-    table.add_row("update", str(c.update), ", ".join(result.samples.get("update", [])))
-    table.add_row("remove", str(c.remove), ", ".join(result.samples.get("remove", [])))
-    table.add_row("unchanged", str(c.unchanged), "")
-    table.add_row("invalid", str(c.invalid), "")
-    stdout.print(table)
+    # The heading is a line of its own: as the title of a narrow table it would wrap.
+    stdout.print(f"plan for {result.sync} (mode {result.mode})")
+    out = table("", "change", "records", "sample keys", right=("records",))
+    out.add_row("add", str(c.add), ", ".join(result.samples.get("add", [])))
+    out.add_row("update", str(c.update), ", ".join(result.samples.get("update", [])))
+    out.add_row("remove", str(c.remove), ", ".join(result.samples.get("remove", [])))
+    out.add_row("unchanged", str(c.unchanged), "")
+    out.add_row("invalid", str(c.invalid), "")
+    stdout.print(out)
     stdout.print(f"source rows: {c.source_rows}; members synced now: {c.members_before}")
     if c.unconfirmed:
         stdout.print(
@@ -102,26 +189,40 @@ def plan_table(result: PlanResult) -> None:
         stdout.print(f"  invalid: {reason}")
     if result.guard.blocked:
         stdout.print(f"[bold]blocked:[/bold] {result.guard.reason}")
-    stdout.print("nothing was sent and no state was changed.")
+    if footer:
+        stdout.print("nothing was sent and no state was changed.")
 
 
-_RUN_COLUMNS = ("id", "sync", "status", "trigger", "started_at", *_COUNTS)
+def changes(row: dict[str, Any]) -> str:
+    """``+220 -80 ~3`` (added, removed, updated), then any problems: ``2 rejected``."""
+    marks = {"added": "+", "removed": "-", "updated": "~"}
+    parts = [f"{mark}{row[k]}" for k, mark in marks.items() if row.get(k)]
+    parts += [f"{row[k]} {k}" for k in _PROBLEMS if row.get(k)]
+    return " ".join(parts) or "no change"
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="runs", title_justify="left")
-    for column in _RUN_COLUMNS:
-        table.add_column(column)
+    """``syncer runs``: one line per run, newest first, started as an age (``5m ago``):
+    the table fits 80 columns with room for changes; ``run show ID`` has the exact times."""
+    out = table("runs", "run", "started", "sync", "status", "changes")
+    now = dt.datetime.now(dt.UTC)
     for row in rows:
-        table.add_row(*(str(row.get(k) if row.get(k) is not None else "-") for k in _RUN_COLUMNS))
-    stdout.print(table)
+        out.add_row(
+            short_id(row.get("id")),
+            age(row.get("started_at"), now),
+            str(row.get("sync")),
+            str(row.get("status")),
+            changes(row),
+        )
+    stdout.print(out)
 
 
 def run_detail(detail: dict[str, Any]) -> None:
     head = ("id", "sync", "status", "mode", "trigger", "started_at", "finished_at", "host", "pid")
     for key in (*head, "source_rows", *_COUNTS, "message"):
         if detail.get(key) is not None:
-            stdout.print(f"{key:>12}: {detail[key]}")
+            value = f"{when(detail[key])} UTC" if key.endswith("_at") else detail[key]
+            stdout.print(f"{key:>12}: {value}")
     if detail.get("pending"):
         stdout.print(f"{'pending':>12}: {detail['pending']} (in a vendor job, not yet confirmed)")
     for name, value in sorted((detail.get("stats") or {}).items()):
@@ -166,10 +267,8 @@ def connectors_table(rows: list[dict[str, Any]]) -> None:
 
 
 def checks_table(results: list[dict[str, Any]]) -> None:
-    table = Table(title="check", title_justify="left")
-    for column in ("sync", "step", "result"):
-        table.add_column(column)
+    out = table("check", "sync", "step", "result")
     for result in results:
-        for step in result["steps"]:
-            table.add_row(result["sync"], step["step"], step["result"])
-    stdout.print(table)
+        for i, step in enumerate(result["steps"]):
+            out.add_row(result["sync"] if i == 0 else "", step["step"], step["result"])
+    stdout.print(out)

@@ -428,7 +428,7 @@ def test_dotfiles_and_kubernetes_style_links_are_handled(site: Site) -> None:
 def test_a_name_never_reaches_outside_the_mappings_directory(site: Site) -> None:
     (site.root / "outside.yaml").write_text(VIP.format(query='"select email, name from people"'))
     proc = site.cli("sync", "now", "../outside")
-    assert proc.returncode == 78 and "no sync named '../outside'" in proc.stderr
+    assert proc.returncode == 2 and "no sync matches '../outside'" in proc.stderr
     assert not (site.root / "out").exists()
 
 

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from syncer.demo import shop
 from syncer.demo.receiver import ReceiverServer, start_receiver
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CUSTOMERS = 2000
@@ -343,3 +344,73 @@ def test_full_demo_ends_with_destinations_equal_to_the_warehouse(tmp_path: Path)
     out = tmp_path / ".syncer/demo/out"
     assert (out / "high_value_recent.csv").is_file()
     assert (out / "inactive_contacts.jsonl").is_file()
+    commands = ("  .", "  /")  # the next steps: a long path to the venv in a test
+    tables = [line for line in done.stdout.splitlines() if not line.startswith(commands)]
+    assert [line for line in tables if len(line.rstrip()) > 80] == []
+
+    # The README's next steps, exactly as written there, with nothing exported: the demo's
+    # .env is what points them at the shop (and sets the webhook mapping's variables).
+    steps = readme_next_steps()
+    assert len(steps) == 3 and steps[:2] == ["check", "sync now --all"]
+    printed = done.stdout.split("Try next:\n", 1)[1].splitlines()
+    commands = [line.split("#")[0].split() for line in printed]
+    assert [words[1:] for words in commands] == [step.split() for step in steps]
+    assert all(words[0].endswith("/bin/syncer") for words in commands)  # the demo's venv
+    for step in steps:
+        proc = run_cli(*step.split(), cwd=tmp_path, env={"COLUMNS": "80"})
+        assert proc.returncode == 0, f"syncer {step}: {proc.stdout}{proc.stderr}"
+        assert all(len(line.rstrip()) <= 80 for line in proc.stdout.splitlines()), proc.stdout
+        if step == "sync now --all":
+            assert "lapsed_mid_tier" in proc.stdout and "succeeded" in proc.stdout
+
+
+def readme_next_steps() -> list[str]:
+    """The commands after "After `make demo`" in the README, without `.venv/bin/syncer`."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("After `make demo`", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [
+        line.split("#")[0].strip().removeprefix(".venv/bin/syncer ")
+        for line in block.splitlines()
+        if line.strip()
+    ]
+
+
+def test_the_demo_never_overwrites_a_dotenv_of_your_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncer.demo.run import ENV_MARK, next_steps, write_env
+
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / ".syncer/demo"
+    demo.mkdir(parents=True)
+    args = (demo, demo / "shop.db", demo / "state.db", tmp_path / "mappings", "s3cret")
+
+    assert write_env(*args) == Path(".env")  # none there: the demo's own
+    first = Path(".env").read_text()
+    assert (
+        first.startswith(ENV_MARK)
+        and "SYNCER_WAREHOUSE_URL=sqlite:///.syncer/demo/shop.db" in first
+    )
+    assert (Path(".env").stat().st_mode & 0o777) == 0o600  # it holds the webhook secret
+    assert write_env(*args) == Path(".env")  # a .env the demo wrote is replaced
+
+    Path(".env").write_text("SYNCER_LOG_LEVEL=debug\n")
+    used = write_env(*args)
+    assert used == demo / "demo.env" and Path(".env").read_text() == "SYNCER_LOG_LEVEL=debug\n"
+    assert "DEMO_WEBHOOK_SECRET=s3cret" in used.read_text()
+    assert all("--env-file .syncer/demo/demo.env " in line for line in next_steps(used))
+
+
+def test_the_receiver_takes_the_secret_the_demo_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m syncer.demo receiver` after the demo checks the signatures the .env makes."""
+    from syncer.demo.__main__ import _demo_secret
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DEMO_WEBHOOK_SECRET", raising=False)
+    assert _demo_secret() is None
+    Path(".env").write_text("DEMO_WEBHOOK_SECRET=from-dotenv\n")
+    assert _demo_secret() == "from-dotenv"
+    monkeypatch.setenv("DEMO_WEBHOOK_SECRET", "from-environment")
+    assert _demo_secret() == "from-environment"

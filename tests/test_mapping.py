@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from syncer.errors import ConfigError
-from syncer.mapping import json_schema, load_all, load_file, load_named
+from syncer.mapping import MappingScan, json_schema, load_all, load_file, load_named
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,6 +289,36 @@ def test_load_named_unknown_sync_lists_the_defined_ones(tmp_path: Path) -> None:
         load_named(directory, ["nope"])
     assert "nope" in str(info.value)
     assert "vip" in str(info.value)
+
+
+def test_a_scan_reads_names_tags_and_connectors_without_validating(tmp_path: Path) -> None:
+    """What selectors look at; a broken file is still listed, under its file name."""
+    directory = tmp_path / "mappings"
+    write(directory, "customers.yaml", "name: vip\ntags: [nightly, crm]\n" + VALID)
+    write(directory, "broken.yaml", "source: [\n")
+    scan = MappingScan(directory)
+    entries = {e.name: e for e in scan.entries}
+    assert entries["vip"].tags == ("nightly", "crm") and entries["vip"].connector == "file"
+    assert entries["broken"].problem == "cannot be read" and entries["broken"].tags == ()
+    (sync,) = scan.load_strict([entries["vip"]])
+    assert sync.definition.tags == ["nightly", "crm"]
+    with pytest.raises(ConfigError, match=r"broken\.yaml"):
+        scan.load_strict([entries["broken"]])
+
+
+@pytest.mark.parametrize(
+    ("tags", "problem"),
+    [
+        ("[nightly, 'a b']", "tags: tag 2: use letters, digits"),
+        ("[crm, crm]", "tags: tag 2 is listed twice"),
+        ("nightly", "tags: Input should be a valid list"),
+    ],
+)
+def test_tags_are_names_each_listed_once(tmp_path: Path, tags: str, problem: str) -> None:
+    path = write(tmp_path, "vip.yaml", f"tags: {tags}\n" + VALID)
+    with pytest.raises(ConfigError) as info:
+        load_file(path)
+    assert problem in str(info.value)
 
 
 def test_missing_mappings_directory_says_which_setting(tmp_path: Path) -> None:

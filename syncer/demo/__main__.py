@@ -32,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     receiver = commands.add_parser("receiver", help="run a local webhook receiver")
     receiver.add_argument("--port", type=int, default=8765)
     receiver.add_argument("--host", default="127.0.0.1")
-    receiver.add_argument("--secret", help="require X-Syncer-Signature made with this secret")
+    receiver.add_argument(
+        "--secret",
+        help="require X-Syncer-Signature made with this secret"
+        " (default: DEMO_WEBHOOK_SECRET from the environment or ./.env, as the demo wrote it)",
+    )
 
     run = commands.add_parser("run", help="the full demo: build, sync, advance, sync, verify")
     run.add_argument("--dir", type=Path, default=shop.DEFAULT_PATH.parent)
@@ -41,6 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--customers", type=int, default=shop.DEFAULT_CUSTOMERS)
     run.add_argument("--seed", type=int, default=shop.DEFAULT_SEED)
     return parser
+
+
+def _demo_secret() -> str | None:
+    """The secret the demo's webhook mapping signs with: the environment's, else ./.env's."""
+    import os
+
+    from dotenv import dotenv_values
+
+    if os.environ.get("DEMO_WEBHOOK_SECRET"):
+        return os.environ["DEMO_WEBHOOK_SECRET"]
+    dotenv = Path(".env")
+    return dotenv_values(dotenv).get("DEMO_WEBHOOK_SECRET") if dotenv.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "receiver":
         from syncer.demo.receiver import serve
 
-        serve(args.port, args.secret, args.host)
+        serve(args.port, args.secret or _demo_secret(), args.host)
     else:
         from syncer.demo.run import run_demo
 

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Mapping
 from contextlib import closing
@@ -27,6 +28,16 @@ from syncer.demo import shop
 from syncer.demo.receiver import ReceiverServer, start_receiver
 
 CLI = ("-m", "syncer", "sync", "now", "--all")
+#: First line of a ``.env`` the demo wrote: only such a file is ever replaced by the next demo.
+ENV_MARK = "# Written by `make demo` (python -m syncer.demo run): syncer's settings for the demo."
+#: Where ``python -m syncer.demo receiver`` listens by default: the URL the demo's .env names.
+RECEIVER_PORT = 8765
+#: What to try after the demo; the README's quick start lists the same three.
+NEXT_STEPS = (
+    ("check", "config, queries, destinations: all ok"),
+    ("sync now --all", "no change since the demo: none sent"),
+    ("runs", "every run so far, newest first"),
+)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FILE_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -194,24 +205,24 @@ def verify(
     if problems:
         return Verdict(sync, len(rows), len(held), False, "MISMATCH: " + ", ".join(problems))
     kept = len(held) - len(rows)
-    note = f"ok (+{kept} kept: upsert never removes)" if kept > 0 else "ok"
+    note = f"ok, +{kept} kept" if kept > 0 else "ok"
     return Verdict(sync, len(rows), len(held), True, note)
 
 
 def _destination_label(sync: DemoSync, webhook_url: str) -> str:
     if sync.file_path is not None:
-        return str(sync.file_path)
+        return sync.file_path.name  # the directory is said under the table
     if sync.connector == "webhook" and sync.settings.get("url") == webhook_url:
-        return "webhook -> local receiver"
+        return "webhook receiver"
     return sync.connector
 
 
 def _print_table(verdicts: list[Verdict], webhook_url: str) -> None:
-    header = ("sync", "mode", "destination", "warehouse", "destination", "check")
+    """Plain columns that fit 80 characters (the summary tables' rule too)."""
+    header = ("sync", "destination", "segment", "holds", "check")
     rows = [
         (
             v.sync.name,
-            v.sync.mode,
             _destination_label(v.sync, webhook_url),
             f"{v.warehouse:,}",
             "-" if v.destination is None else f"{v.destination:,}",
@@ -220,13 +231,23 @@ def _print_table(verdicts: list[Verdict], webhook_url: str) -> None:
         for v in verdicts
     ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    right = {3, 4}
+    right = {2, 3}
     for row in (header, *rows):
         cells = [
             cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
             for i, cell in enumerate(row)
         ]
         print("  ".join(cells).rstrip())
+    folders = sorted({str(v.sync.file_path.parent) for v in verdicts if v.sync.file_path})
+    if folders:
+        print(f"Files are in {', '.join(folders)}/. segment: members in the warehouse now;")
+        print("holds: members at the destination.")
+    for v in verdicts:
+        if v.destination is not None and v.ok and v.destination > v.warehouse:
+            print(
+                f"{v.sync.name} is in {v.sync.mode} mode, which never removes: it keeps"
+                f" {v.destination - v.warehouse:,} who left."
+            )
 
 
 def _clean(directory: Path, syncs: list[DemoSync]) -> None:
@@ -246,12 +267,82 @@ def _clean(directory: Path, syncs: list[DemoSync]) -> None:
             path.with_name(path.name + extra).unlink(missing_ok=True)
 
 
+def _say(text: str) -> None:
+    """A long line of prose, wrapped to 80 columns like the tables around it."""
+    print(textwrap.fill(text, 80, subsequent_indent="  ", break_long_words=False))
+
+
 def _run_cli(title: str, env: Mapping[str, str]) -> int:
     print(f"\n== {title}: {' '.join(['syncer', *CLI[2:]])}", flush=True)
     started = time.perf_counter()
     code = subprocess.run([sys.executable, *CLI], env=dict(env), check=False).returncode
     print(f"   (exit code {code}, {time.perf_counter() - started:.1f}s)", flush=True)
     return code
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when under it (the commands run there)."""
+    path = path.resolve()
+    cwd = Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+
+def write_env(
+    directory: Path, shop_path: Path, state_path: Path, mappings: Path, secret: str
+) -> Path:
+    """The settings that point syncer at the demo, so the CLI works on it afterwards with no
+    exports: ``<dir>/demo.env`` always, and ``./.env`` unless one of the user's own is there
+    (a ``.env`` the demo wrote is replaced). Returns the file the CLI will read."""
+    text = "\n".join(
+        (
+            ENV_MARK,
+            "# Delete this file to forget the demo; a .env of your own is never overwritten.",
+            f"SYNCER_WAREHOUSE_URL=sqlite:///{_shown(shop_path)}",
+            f"SYNCER_STATE_URL=sqlite:///{_shown(state_path)}",
+            f"SYNCER_MAPPINGS_DIR={_shown(mappings)}",
+            "# lapsed_mid_tier's webhook; `python -m syncer.demo receiver` listens here, with",
+            "# this secret, when changes are to be sent to it after the demo.",
+            f"DEMO_WEBHOOK_URL=http://127.0.0.1:{RECEIVER_PORT}/hook",
+            f"DEMO_WEBHOOK_SECRET={secret}",
+            "",
+        )
+    )
+    own = directory / "demo.env"
+    dotenv = Path(".env")
+    targets = [own]
+    try:
+        ours = dotenv.read_text(encoding="utf-8").startswith(ENV_MARK)
+    except FileNotFoundError:
+        ours = True
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if ours:
+        targets.append(dotenv)
+    for target in targets:  # it holds a secret: readable by its owner only
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return dotenv if ours else own
+
+
+def _syncer_command() -> str:
+    """How to start this installation's ``syncer``: ``.venv/bin/syncer`` after make demo."""
+    script = Path(sys.executable).parent / "syncer"
+    if not script.exists():
+        return "syncer"
+    if shutil.which("syncer") == str(script):
+        return "syncer"
+    return _shown(script)
+
+
+def next_steps(env_file: Path) -> list[str]:
+    """The three commands the README lists after ``make demo``, as this machine runs them."""
+    command = _syncer_command()
+    if env_file.name != ".env" or env_file.parent.resolve() != Path.cwd().resolve():
+        command += f" --env-file {_shown(env_file)}"
+    width = max(len(f"{command} {args}") for args, _ in NEXT_STEPS)
+    return [f"{command} {args}".ljust(width) + f"   # {why}" for args, why in NEXT_STEPS]
 
 
 def default_mappings() -> Path:
@@ -294,9 +385,10 @@ def run_demo(
         syncs = load_syncs(mappings, env)
         _clean(directory, syncs)
         started = time.perf_counter()
-        print(shop.build(shop_path, customers=customers, seed=seed), end="")
-        print(f" ({time.perf_counter() - started:.1f}s)")
-        print(f"local webhook receiver on {webhook_url} (HMAC-signed requests only)")
+        # Relative to here when under it: the summary names the path, and is read by a person.
+        built = shop.build(Path(_shown(shop_path)), customers=customers, seed=seed)
+        _say(f"{built} ({time.perf_counter() - started:.1f}s)")
+        print(f"webhook receiver on {webhook_url} (signed requests only)")
 
         ever: dict[str, set[str]] = {s.name: set() for s in syncs}
 
@@ -310,8 +402,8 @@ def run_demo(
 
         print()
         started = time.perf_counter()
-        print(shop.advance(shop_path, days=days), end="")
-        print(f" ({time.perf_counter() - started:.1f}s)")
+        advanced = shop.advance(Path(_shown(shop_path)), days=days)
+        _say(f"{advanced} ({time.perf_counter() - started:.1f}s)")
         remember()
         codes.append(_run_cli(f"Sync after {days} simulated days: only changes are sent", env))
 
@@ -326,6 +418,7 @@ def run_demo(
         server.shutdown()
         server.server_close()
 
+    env_file = write_env(directory, shop_path, state_path, mappings, secret)
     failed_runs = [i + 1 for i, code in enumerate(codes) if code != 0]
     mismatched = [v.sync.name for v in verdicts if not v.ok]
     if failed_runs:
@@ -335,4 +428,11 @@ def run_demo(
     if failed_runs or mismatched:
         return 1
     print("\nAll destinations match their warehouse segments.")
+    if env_file.name == ".env":
+        print(f"\nWrote {_shown(env_file)}: syncer now finds the demo's shop and state by itself.")
+    else:
+        print(f"\nYour own .env was kept; the demo's settings are in {_shown(env_file)}.")
+    print("Try next:")
+    for line in next_steps(env_file):
+        print(f"  {line}")
     return 0
