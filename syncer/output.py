@@ -71,11 +71,11 @@ def runs_summary_table(results: Iterable[RunResult]) -> None:
     table = Table(title="sync summary", title_justify="left")
     table.add_column("sync")
     table.add_column("status")
-    for column in (*_COUNTS, "seconds"):
+    for column in (*_COUNTS, "parked", "seconds"):
         table.add_column(column, justify="right")
     table.add_column("run id")
     for r in results:
-        counts = (str(r.counts.get(k, 0)) for k in _COUNTS)
+        counts = (str(r.counts.get(k, 0)) for k in (*_COUNTS, "parked"))
         table.add_row(r.sync, r.status, *counts, f"{r.duration_s:.2f}", r.run_id or "-")
     stdout.print(table)
 
@@ -91,6 +91,8 @@ def plan_table(result: PlanResult) -> None:
     table.add_row("remove", str(c.remove), ", ".join(result.samples.get("remove", [])))
     table.add_row("unchanged", str(c.unchanged), "")
     table.add_row("invalid", str(c.invalid), "")
+    if c.parked:
+        table.add_row("parked", str(c.parked), "refused before: see `syncer rejects`")
     stdout.print(table)
     stdout.print(f"source rows: {c.source_rows}; members synced now: {c.members_before}")
     if c.unconfirmed:
@@ -105,7 +107,7 @@ def plan_table(result: PlanResult) -> None:
     stdout.print("nothing was sent and no state was changed.")
 
 
-_RUN_COLUMNS = ("id", "sync", "status", "trigger", "started_at", *_COUNTS)
+_RUN_COLUMNS = ("id", "sync", "status", "trigger", "started_at", *_COUNTS, "parked")
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
@@ -124,7 +126,13 @@ def run_detail(detail: dict[str, Any]) -> None:
             stdout.print(f"{key:>12}: {detail[key]}")
     if detail.get("pending"):
         stdout.print(f"{'pending':>12}: {detail['pending']} (in a vendor job, not yet confirmed)")
+    if detail.get("parked"):
+        stdout.print(
+            f"{'parked':>12}: {detail['parked']} (refused before, not sent: see `syncer rejects`)"
+        )
     for name, value in sorted((detail.get("stats") or {}).items()):
+        if name == "parked":
+            continue
         stdout.print(f"{name:>12}: {value}  (reported by the destination)")
     if detail.get("jobs"):
         jobs = Table(title="vendor jobs", title_justify="left")
