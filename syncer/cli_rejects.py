@@ -96,6 +96,11 @@ def _mask(key: str, key_type: str | None) -> str:
     return mask_key(key, key_type)
 
 
+def _when(iso: str) -> str:
+    """An ISO 8601 UTC timestamp to the second, for the table (JSON keeps it whole)."""
+    return iso[:19].replace("T", " ")
+
+
 def _table(rows: list[dict[str, Any]], total: int) -> None:
     from rich.table import Table
 
@@ -108,9 +113,9 @@ def _table(rows: list[dict[str, Any]], total: int) -> None:
     for row in rows:
         table.add_row(
             *(str(row[c]) if row[c] is not None else "-" for c in columns),
-            row["first_at"],
-            row["last_at"],
-            row["parked_at"] or "no",
+            _when(row["first_at"]),
+            _when(row["last_at"]),
+            _when(row["parked_at"]) if row["parked_at"] else "no",
         )
     stdout.print(table)
     if total > len(rows):

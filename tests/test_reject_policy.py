@@ -115,7 +115,7 @@ def test_without_a_policy_a_refused_record_is_retried_every_run(tmp_path: Path) 
     bounced = rows[0][0]
     with harness(tmp_path, reject_keys={bounced: BOUNCED}) as h:
         h.segment(rows)
-        for attempt in range(1, 4):
+        for _ in range(3):
             before = len(h.dest.requests)
             code, result = run(h)
             assert (code, result["rejected"], result["parked"]) == (1, 1, 0)
@@ -176,10 +176,11 @@ def test_an_invalid_row_is_parked_too_and_tried_again_once_fixed(tmp_path: Path)
         assert (code, third["invalid"], third["parked"]) == (0, 0, 1)
         plan = h.cli("plan", "vip", "--json")
         assert json.loads(plan.stdout)["parked"] == 1 and json.loads(plan.stdout)["invalid"] == 0
-        h.segment([*people(4), ("person9@example.com", "Fixed", "9.50")])
+        repaired = [*people(4), ("person9@example.com", "Fixed", "9.50")]
+        h.segment(repaired)
         code, fixed = run(h)
         assert (code, fixed["added"], fixed["parked"]) == (0, 1, 0)
-        assert h.dest.members_now() == members_of([*people(4), ("person9@example.com", "Fixed", "9.50")])
+        assert h.dest.members_now() == members_of(repaired)
         assert listed(h)["total"] == 0
 
 
@@ -210,3 +211,98 @@ def test_rejects_for_an_unknown_sync_is_a_usage_error_naming_near_ones(tmp_path:
         proc = h.cli("rejects", "vpi")
         assert proc.returncode == 2, proc.stderr
         assert "vpi" in proc.stderr and "vip" in proc.stderr
+
+
+def test_a_refused_update_and_a_refused_removal_are_parked_too(tmp_path: Path) -> None:
+    rows = people(5)
+    stuck, leaving = rows[1][0], rows[3][0]
+    with harness(tmp_path) as h:
+        policy(h, park_after_runs=1)
+        h.segment(rows)
+        assert run(h)[0] == 0  # all accepted
+        # The destination starts refusing both; one's name changes, the other leaves.
+        h.dest.reject_keys.update({stuck: "field locked", leaving: "cannot remove"})
+        changed = [(k, "Renamed" if k == stuck else n, v) for k, n, v in rows if k != leaving]
+        h.segment(changed)
+        code, refused = run(h)
+        assert (code, refused["rejected"], refused["parked"]) == (1, 2, 0)
+        by_op = {r["operation"]: r for r in listed(h, "vip", "--parked")["rejects"]}
+        assert set(by_op) == {"update", "remove"}
+        before = len(h.dest.requests)
+        code, quiet = run(h)
+        assert (code, quiet["updated"], quiet["removed"], quiet["parked"]) == (0, 0, 0, 2)
+        assert h.dest.requests[before:] == []  # nothing sent at all
+        plan = json.loads(h.cli("plan", "vip", "--json").stdout)
+        assert (plan["update"], plan["remove"], plan["parked"]) == (0, 0, 2)
+        # The member comes back as it is at the destination: its parked removal is moot.
+        back = [*changed, next(r for r in rows if r[0] == leaving)]
+        h.segment(back)
+        code, result = run(h)
+        assert (code, result["parked"]) == (0, 1)
+        ((row),) = listed(h)["rejects"]
+        assert row["operation"] == "update"
+
+
+def test_a_full_resync_tries_parked_records_again(tmp_path: Path) -> None:
+    rows = people(3)
+    bounced = rows[0][0]
+    with harness(tmp_path, reject_keys={bounced: BOUNCED}) as h:
+        policy(h, park_after_runs=1)
+        h.segment(rows)
+        assert run(h)[0] == 1
+        assert run(h)[1]["parked"] == 1
+        h.dest.reject_keys.clear()  # fixed at the destination's end
+        code, result = run(h, "--full-resync")
+        assert (code, result["parked"]) == (0, 0)
+        assert h.dest.members_now() == members_of(rows)
+        assert listed(h)["total"] == 0
+
+
+def test_parked_invalid_rows_do_not_hide_an_empty_source_from_the_guard(tmp_path: Path) -> None:
+    rows = people(4)
+    with harness(tmp_path) as h:
+        policy(h, park_after_runs=1)
+        h.segment(rows)
+        assert run(h)[0] == 0
+        # Every row left turns invalid and one member is gone: no valid row at all.
+        h.segment([(k, n, "not a number") for k, n, _ in rows[:3]])
+        for _ in range(2):  # the invalid rows are parked after the first; still blocked
+            code, result = run(h)
+            assert (code, result["status"], result["removed"]) == (1, "blocked", 0)
+        assert result["parked"] == 3
+        assert h.dest.members_now() == members_of(rows)
+
+
+def test_every_kind_of_refusal_is_parked_on_a_postgres_state_database(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Postgres diffs by joins, not SQLite's merges: the same parking, by the same rules."""
+    rows = people(6)
+    bounced, stuck, leaving = rows[0][0], rows[1][0], rows[2][0]
+    with harness(tmp_path, postgres_url) as h:
+        policy(h, park_after_runs=1)
+        h.segment(rows)
+        assert run(h)[0] == 0
+        h.dest.reject_keys.update({stuck: "locked", leaving: "cannot remove", bounced: BOUNCED})
+        h.dest.members.pop(bounced)  # the destination dropped it; it refuses it back
+        segment = [
+            *[(k, "Renamed" if k == stuck else n, v) for k, n, v in rows if k != leaving],
+            ("person9@example.com", "Broken", "not a number"),
+        ]
+        h.segment(segment)
+        code, refused = run(h, "--full-resync")  # the full resync sends the bounced one too
+        assert (code, refused["rejected"], refused["invalid"]) == (1, 3, 1)
+        assert listed(h, "vip", "--parked")["total"] == 4
+        before = len(h.dest.requests)
+        code, quiet = run(h, "--full-resync")  # a full resync tries parked members again
+        assert code == 1 and h.dest.requests[before:] != []
+        before = len(h.dest.requests)
+        code, quiet = run(h)
+        assert (code, quiet["rejected"], quiet["invalid"], quiet["parked"]) == (0, 0, 0, 4)
+        assert h.dest.requests[before:] == []
+        h.dest.reject_keys.clear()
+        h.segment([(k, "Fixed", v) for k, _, v in rows])  # every row changes, leaving is back
+        code, fixed = run(h)
+        assert (code, fixed["parked"]) == (0, 0)
+        assert h.dest.members_now() == members_of([(k, "Fixed", v) for k, _, v in rows])
+        assert listed(h)["total"] == 0
