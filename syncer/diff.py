@@ -501,10 +501,16 @@ class Staging:
         )
 
     def _count_parked_invalid(self) -> int:
-        match = self._parked_invalid_match("s")
+        """Invalid staged rows that are parked: from the sync's few parked rows into
+        staging's key index, not a scan of the snapshot."""
+        same = same_reason_sql("s.reason", "j.reason", self.dialect)
         return int(
             self.conn.execute(
-                text(f"SELECT COUNT(*) FROM {STAGE} s WHERE s.hash IS NULL AND {match}"),
+                text(
+                    f"SELECT COUNT(*) FROM syncer_rejects j JOIN {STAGE} s ON s.key = j.key"
+                    " WHERE j.sync = :sync AND j.parked_at IS NOT NULL"
+                    f" AND j.outcome = 'invalid' AND s.hash IS NULL AND {same}"
+                ),
                 {"sync": self.sync},
             ).scalar_one()
         )
