@@ -306,3 +306,26 @@ def test_every_kind_of_refusal_is_parked_on_a_postgres_state_database(
         assert (code, fixed["parked"]) == (0, 0)
         assert h.dest.members_now() == members_of([(k, "Fixed", v) for k, _, v in rows])
         assert listed(h)["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "row 12: field ltv: not a number",
+        "row 3: duplicate key (email)",
+        "row : odd",
+        "rows 4: not a prefix",
+        "field phone: not a phone number",
+        "row 7 without a colon",
+    ],
+)
+def test_the_row_number_is_set_aside_alike_in_python_and_sql(reason: str) -> None:
+    """An invalid row's refusal is the same one when only its row number moved: the count
+    kept in Python and the parking matched in SQL must read reasons alike."""
+    from syncer.diff import _strip_row_sql, strip_row
+
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as conn:
+        sql = _strip_row_sql(":r", "sqlite")
+        assert conn.execute(sa.text(f"SELECT {sql}"), {"r": reason}).scalar() == strip_row(reason)
+    engine.dispose()
