@@ -196,6 +196,8 @@ class Staging:
         mode: str,
         field_names: tuple[str, ...],
         full_resync: bool = False,
+        *,
+        park: bool = False,
     ) -> None:
         self.conn = conn
         self.sync = sync
@@ -207,6 +209,9 @@ class Staging:
         self.loaded = 0
         self.invalid_loaded = 0
         self._materialised = False
+        #: Whether the sync has a reject policy: without one nothing is left out, even
+        #: members parked under a policy since removed (syncer.rejects).
+        self.park = park and not full_resync
         #: Set by ``counts`` when the reject policy parked members of each kind (see
         #: syncer.rejects); with none, no query of the change set looks at syncer_rejects.
         self.parked_removals = False
@@ -382,7 +387,7 @@ class Staging:
         else:
             self._join_changes()
         parked_removals = parked_invalid = 0
-        if not self.full_resync and self._any_parked():
+        if self.park and self._any_parked():
             self._park_changes()
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql(f"ANALYZE {CHANGES}")
@@ -409,11 +414,11 @@ class Staging:
             else:  # parked rows were new, unsure or changed: find how many were new
                 valid_synced = total - invalid - new - self._count_parked_new()
             remove = self._count_gone(members, valid_synced, invalid)
-            if remove and self._any_parked(removals=True):
+            if remove and self.park and self._any_parked(removals=True):
                 parked_removals = self._count_parked_removals()
                 self.parked_removals = parked_removals > 0
                 remove -= parked_removals
-        if invalid and self._any_parked(invalid=True):
+        if invalid and self.park and self._any_parked(invalid=True):
             parked_invalid = self._count_parked_invalid()
             self.parked_invalid = parked_invalid > 0
         self._materialised = True

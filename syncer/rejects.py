@@ -114,7 +114,11 @@ def _next_row(
         parked_at = old.parked_at
     else:  # a first refusal, or a new payload: judged afresh
         attempts, first_at, first_run, parked_at = 1, now, run_id, None
-    if parked_at is None and parks(policy, attempts, first_at, now):
+    # Judged by the policy as it is now: one since loosened or removed unparks a member
+    # refused again (a full resync, or a sync with no policy, sends parked members).
+    if not parks(policy, attempts, first_at, now):
+        parked_at = None
+    elif parked_at is None:
         parked_at = now
     return {
         "sync": sync,

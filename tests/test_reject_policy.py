@@ -329,3 +329,24 @@ def test_the_row_number_is_set_aside_alike_in_python_and_sql(reason: str) -> Non
         sql = _strip_row_sql(":r", "sqlite")
         assert conn.execute(sa.text(f"SELECT {sql}"), {"r": reason}).scalar() == strip_row(reason)
     engine.dispose()
+
+
+def test_removing_the_policy_retries_parked_records_as_before(tmp_path: Path) -> None:
+    rows = people(3)
+    bounced = rows[2][0]
+    with harness(tmp_path, reject_keys={bounced: BOUNCED}) as h:
+        mapping = h.mappings / f"{h.name}.yaml"
+        strict = mapping.read_text()
+        policy(h, park_after_runs=1)
+        h.segment(rows)
+        assert run(h)[0] == 1
+        assert run(h)[1]["parked"] == 1
+        mapping.write_text(strict)  # the policy is gone: back to retrying on every run
+        plan = json.loads(h.cli("plan", "vip", "--json").stdout)
+        assert (plan["add"], plan["parked"]) == (1, 0)
+        before = len(h.dest.requests)
+        code, result = run(h)
+        assert (code, result["rejected"], result["parked"]) == (1, 1, 0)
+        assert bounced in sent_keys(h, before)
+        (row,) = listed(h)["rejects"]
+        assert (row["parked"], row["attempts"]) == (False, 2)
