@@ -31,7 +31,14 @@ def runs(settings: Settings, sync: str | None = None, limit: int = 20) -> list[d
     if sync is not None:
         query = query.where(runs_table.c.sync == sync)
     with state_errors(url), state_engine(url).connect() as conn:
-        return [row_dict(row._mapping) for row in reading(conn).execute(query)]
+        return [_with_parked(row_dict(row._mapping)) for row in reading(conn).execute(query)]
+
+
+def _with_parked(run: dict[str, Any]) -> dict[str, Any]:
+    """The run with ``parked``: members the reject policy left out (kept in its stats)."""
+    stats = run.get("stats")
+    run["parked"] = int(json.loads(stats).get("parked", 0)) if stats else 0
+    return run
 
 
 def run_detail(settings: Settings, run_id: str, limit: int = 100) -> dict[str, Any] | None:
@@ -71,6 +78,7 @@ def run_detail(settings: Settings, run_id: str, limit: int = 100) -> dict[str, A
             for p in problems
         ]
         detail["stats"] = json.loads(detail["stats"]) if detail.get("stats") else {}
+        detail["parked"] = int(detail["stats"].get("parked", 0))
         jobs = conn.execute(
             select(jobs_table)
             .where(jobs_table.c.run_id == detail["id"])

@@ -585,6 +585,10 @@ from syncer.cli_forget import forget  # noqa: E402
 
 cli.add_command(forget)
 
+from syncer.cli_rejects import rejects  # noqa: E402
+
+cli.add_command(rejects)
+
 
 def main() -> None:
     # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of

@@ -28,6 +28,9 @@ STAGE = "syncer_stage"
 CHANGES = "syncer_changes"
 _CHANGE_COLUMNS = "key, kind, rownum, hash, destination_id, old_hash, unsure"
 
+#: The kind of a change the reject policy parked (syncer.rejects): sent by no operation.
+PARKED = "parked"
+
 Kind = str
 """A staged row's relation to state: ``new`` (not synced), ``unsure`` (an earlier send was
 never confirmed and the member may be absent: sent as an add), ``changed`` (synced with
@@ -64,6 +67,12 @@ class DiffCounts:
     #: Members whose last send was never confirmed (a crash or a timeout): included in the
     #: adds, updates or removes above, since the destination may or may not have applied it.
     unconfirmed: int = 0
+    #: Members the reject policy parked (syncer.rejects): refused on earlier runs with the
+    #: payload they still have, so not sent (nor counted as invalid) this time.
+    parked: int = 0
+    #: Of ``parked``, the rows that are invalid (still counted as rows with no valid payload
+    #: by the empty-source guard).
+    parked_invalid: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -75,6 +84,7 @@ class DiffCounts:
             "invalid": self.invalid,
             "members_before": self.members_before,
             "unconfirmed": self.unconfirmed,
+            "parked": self.parked,
         }
 
 
@@ -186,6 +196,8 @@ class Staging:
         mode: str,
         field_names: tuple[str, ...],
         full_resync: bool = False,
+        *,
+        park: bool = False,
     ) -> None:
         self.conn = conn
         self.sync = sync
@@ -197,6 +209,13 @@ class Staging:
         self.loaded = 0
         self.invalid_loaded = 0
         self._materialised = False
+        #: Whether the sync has a reject policy: without one nothing is left out, even
+        #: members parked under a policy since removed (syncer.rejects).
+        self.park = park and not full_resync
+        #: Set by ``counts`` when the reject policy parked members of each kind (see
+        #: syncer.rejects); with none, no query of the change set looks at syncer_rejects.
+        self.parked_removals = False
+        self.parked_invalid = False
         #: Set by ``load`` when the snapshot equals state: nothing was staged, nothing changes.
         self.unchanged = False
         self._check: UnchangedCheck | None = None
@@ -367,6 +386,9 @@ class Staging:
             self._merge_changes()
         else:
             self._join_changes()
+        parked_removals = parked_invalid = 0
+        if self.park and self._any_parked():
+            self._park_changes()
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql(f"ANALYZE {CHANGES}")
         found: dict[str, int] = dict(
@@ -383,19 +405,119 @@ class Staging:
         sel = self.selection
         add = sum(int(found.get(k, 0)) for k in sel["add"] or ())
         update = sum(int(found.get(k, 0)) for k in sel["update"] or ())
+        parked = int(found.get(PARKED, 0))
         remove = 0
         if sel["remove"] is not None and members:
-            remove = self._count_gone(members, total - invalid - int(found.get("new", 0)), invalid)
+            new = int(found.get("new", 0))
+            if self.has_duplicates or PARKED not in found:
+                valid_synced = total - invalid - new
+            else:  # parked rows were new, unsure or changed: find how many were new
+                valid_synced = total - invalid - new - self._count_parked_new()
+            remove = self._count_gone(members, valid_synced, invalid)
+            if remove and self.park and self._any_parked(removals=True):
+                parked_removals = self._count_parked_removals()
+                self.parked_removals = parked_removals > 0
+                remove -= parked_removals
+        if invalid and self.park and self._any_parked(invalid=True):
+            parked_invalid = self._count_parked_invalid()
+            self.parked_invalid = parked_invalid > 0
         self._materialised = True
         return DiffCounts(
             source_rows=total,
             add=add,
             update=update,
             remove=remove,
-            unchanged=total - invalid - add - update,
-            invalid=invalid,
+            unchanged=total - invalid - add - update - parked,
+            invalid=invalid - parked_invalid,
             members_before=members,
             unconfirmed=unconfirmed,
+            parked=parked + parked_removals + parked_invalid,
+            parked_invalid=parked_invalid,
+        )
+
+    # -- the reject policy's parked members (syncer.rejects) --------------------------------
+
+    def _any_parked(self, *, removals: bool = False, invalid: bool = False) -> bool:
+        """Whether the sync has parked members (of removals, or invalid rows, if asked): one
+        probe of its few syncer_rejects rows, so a sync with none pays nothing more."""
+        which = " AND operation <> 'remove' AND outcome <> 'invalid'"
+        if removals:
+            which = " AND operation = 'remove'"
+        elif invalid:
+            which = " AND outcome = 'invalid'"
+        sql = (
+            "SELECT 1 FROM syncer_rejects WHERE sync = :sync AND parked_at IS NOT NULL"
+            f"{which} LIMIT 1"
+        )
+        return self.conn.execute(text(sql), {"sync": self.sync}).first() is not None
+
+    def sent_kinds(self) -> tuple[Kind, ...]:
+        """The kinds of changes this run sends as adds or updates."""
+        return tuple(
+            dict.fromkeys((*(self.selection["add"] or ()), *(self.selection["update"] or ())))
+        )
+
+    def _park_changes(self) -> None:
+        """Changes whose member is parked with the payload hash it still has: kind
+        ``parked``, which no operation sends (pages, spans and counts all go by kind). A
+        set-based join from the sync's few parked rows into the change set's key index."""
+        wanted = ", ".join(f"'{k}'" for k in self.sent_kinds())
+        self.conn.execute(
+            text(
+                f"UPDATE {CHANGES} SET kind = '{PARKED}' WHERE kind IN ({wanted}) AND key IN ("
+                f" SELECT j.key FROM syncer_rejects j JOIN {CHANGES} c"
+                " ON c.key = j.key AND c.hash = j.hash"
+                " WHERE j.sync = :sync AND j.parked_at IS NOT NULL"
+                " AND j.operation <> 'remove' AND j.outcome <> 'invalid')"
+            ),
+            {"sync": self.sync},
+        )
+
+    def _count_parked_new(self) -> int:
+        """Parked changes that have no state row (they would have been ``new``)."""
+        return int(
+            self.conn.execute(
+                text(f"SELECT COUNT(*) FROM {CHANGES} WHERE kind = '{PARKED}' AND unsure IS NULL")
+            ).scalar_one()
+        )
+
+    def _count_parked_removals(self) -> int:
+        """Synced members out of the snapshot whose removal is parked."""
+        return int(
+            self.conn.execute(
+                text(
+                    "SELECT COUNT(*) FROM syncer_rejects j JOIN syncer_records r"
+                    " ON r.sync = j.sync AND r.key = j.key"
+                    " WHERE j.sync = :sync AND j.parked_at IS NOT NULL"
+                    f" AND j.operation = 'remove' AND NOT EXISTS"
+                    f" (SELECT 1 FROM {STAGE} s WHERE s.key = j.key)"
+                ),
+                {"sync": self.sync},
+            ).scalar_one()
+        )
+
+    def _parked_invalid_match(self, row: str) -> str:
+        """SQL true when staged invalid row ``row`` is parked: its member is parked as
+        invalid for the same reason (row numbers aside: see ``same_reason_sql``)."""
+        return (
+            "EXISTS (SELECT 1 FROM syncer_rejects j WHERE j.sync = :sync AND j.key = "
+            f"{row}.key AND j.parked_at IS NOT NULL AND j.outcome = 'invalid' AND "
+            f"{same_reason_sql(f'{row}.reason', 'j.reason', self.dialect)})"
+        )
+
+    def _count_parked_invalid(self) -> int:
+        """Invalid staged rows that are parked: from the sync's few parked rows into
+        staging's key index, not a scan of the snapshot."""
+        same = same_reason_sql("s.reason", "j.reason", self.dialect)
+        return int(
+            self.conn.execute(
+                text(
+                    f"SELECT COUNT(*) FROM syncer_rejects j JOIN {STAGE} s ON s.key = j.key"
+                    " WHERE j.sync = :sync AND j.parked_at IS NOT NULL"
+                    f" AND j.outcome = 'invalid' AND s.hash IS NULL AND {same}"
+                ),
+                {"sync": self.sync},
+            ).scalar_one()
         )
 
     def _merge_changes(self) -> None:
@@ -494,6 +616,12 @@ class Staging:
             # ``after`` on (see _merge_changes); it stops as soon as the page is full.
             after_state = "AND key > :after" if after is not None else ""
             after_stage = "WHERE key > :after" if after is not None else ""
+            parked = ""
+            if self.parked_removals:
+                parked = (
+                    " EXCEPT SELECT key FROM syncer_rejects WHERE sync = :sync"
+                    f" AND parked_at IS NOT NULL AND operation = 'remove' {after_state}"
+                )
             return self._page(
                 ("g.key", "r.destination_id", "r.hash", "r.unsure"),
                 # The state row by a lookup per found key: CROSS JOIN keeps the page outermost
@@ -501,18 +629,24 @@ class Staging:
                 # 0.1 s at 1M).
                 " FROM ("
                 f" SELECT key FROM syncer_records WHERE sync = :sync {after_state}"
-                f" EXCEPT SELECT key FROM {STAGE} {after_stage}"
+                f" EXCEPT SELECT key FROM {STAGE} {after_stage}{parked}"
                 " ORDER BY 1 LIMIT :limit) AS g"
                 " CROSS JOIN syncer_records r WHERE r.sync = :sync AND r.key = g.key"
                 " ORDER BY g.key",
                 {"sync": self.sync, "after": after, "limit": limit},
             )
         keyset = "AND r.key > :after" if after is not None else ""
+        parked = ""
+        if self.parked_removals:
+            parked = (
+                " AND NOT EXISTS (SELECT 1 FROM syncer_rejects j WHERE j.sync = :sync"
+                " AND j.key = r.key AND j.parked_at IS NOT NULL AND j.operation = 'remove')"
+            )
         return self._page(
             ("r.key", "r.destination_id", "r.hash", "r.unsure"),
             " FROM syncer_records r"
             f" WHERE r.sync = :sync {keyset} AND NOT EXISTS"
-            f" (SELECT 1 FROM {STAGE} s WHERE s.key = r.key)"
+            f" (SELECT 1 FROM {STAGE} s WHERE s.key = r.key){parked}"
             " ORDER BY r.key LIMIT :limit",
             {"sync": self.sync, "after": after, "limit": limit},
         )
@@ -578,21 +712,46 @@ class Staging:
         return [row[0] for row in self._upsert_page(operation, None, limit)]
 
     def invalid_rows(self, page: int = 5_000) -> Iterator[list[tuple[str | None, str]]]:
+        """The invalid rows as (key, reason), in row order; those parked are left out."""
         after = 0
+        parked = f" AND NOT {self._parked_invalid_match('s')}" if self.parked_invalid else ""
         while True:
             rows = list(
                 self.conn.execute(
                     text(
-                        f"SELECT rownum, key, reason FROM {STAGE} WHERE reason IS NOT NULL"
-                        " AND rownum > :after ORDER BY rownum LIMIT :limit"
+                        f"SELECT s.rownum, s.key, s.reason FROM {STAGE} s"
+                        f" WHERE s.reason IS NOT NULL AND s.rownum > :after{parked}"
+                        " ORDER BY s.rownum LIMIT :limit"
                     ),
-                    {"after": after, "limit": page},
+                    {"after": after, "limit": page, "sync": self.sync},
                 )
             )
             if not rows:
                 return
             after = rows[-1][0]
             yield [(key, reason) for _, key, reason in rows]
+
+
+def same_reason_sql(left: str, right: str, dialect: str) -> str:
+    """SQL true when two invalid-row reasons are the same but for their ``row N: `` prefix
+    (a row's number moves as rows before it come and go; see ``strip_row``)."""
+    return f"{_strip_row_sql(left, dialect)} = {_strip_row_sql(right, dialect)}"
+
+
+def _strip_row_sql(column: str, dialect: str) -> str:
+    find = "strpos" if dialect == "postgresql" else "instr"
+    return (
+        f"(CASE WHEN {column} LIKE 'row %: %'"
+        f" THEN substr({column}, {find}({column}, ': ') + 2) ELSE {column} END)"
+    )
+
+
+def strip_row(reason: str | None) -> str | None:
+    """An invalid-row reason without its ``row N: `` prefix, as ``same_reason_sql`` reads it."""
+    if reason is None or not reason.startswith("row "):
+        return reason
+    at = reason.find(": ")
+    return reason[at + 2 :] if at >= 4 else reason
 
 
 def _first(row: list[Any]) -> Any:

@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncer import audit, recorder
+from syncer import audit, recorder, rejects
 from syncer.connector import Connector, SyncContext, effective_limits
 from syncer.diff import Staging
 from syncer.enums import RunStatus
@@ -48,7 +48,14 @@ from syncer.runcontext import ProgressFn, RunContext
 from syncer.sender import OPERATIONS, send_all
 from syncer.settings import Settings
 from syncer.snapshot import stage
-from syncer.state import is_state_error, reading, state_engine, state_errors, state_failure
+from syncer.state import (
+    is_state_error,
+    reading,
+    state_engine,
+    state_errors,
+    state_failure,
+    writing,
+)
 
 __all__ = ["Guard", "PlanResult", "ProgressFn", "RunResult", "SyncEngine", "check_guards"]
 
@@ -184,13 +191,14 @@ class SyncEngine:
                 run.staging.close()
                 conn.invalidate()  # closing the connection drops staging in one go
         duration = time.monotonic() - run.started
-        values = run.tally.values
+        values = dict(run.tally.values, parked=run.parked)
         run.log.info("run.finished", status=status, duration_s=round(duration, 3), **values)
-        return RunResult(run.id, run.name, status, dict(values), message, int(code), duration)
+        return RunResult(run.id, run.name, status, values, message, int(code), duration)
 
     def _steps(self, run: RunContext) -> tuple[RunStatus, str | None]:
         """The run's steps in order; each commits what it did (see syncer.recorder)."""
         settle_jobs(run)  # raises Waiting while an earlier run's vendor job still runs
+        run.had_rejects = rejects.has_rows(run.conn, run.name)
         staging = run.staging = stage(
             self.settings, run.conn, run.sync, run.full_resync, fork=self.fork_reader
         )
@@ -200,7 +208,11 @@ class SyncEngine:
         if guard.blocked and not run.force:
             return RunStatus.BLOCKED, guard.reason
         send_all(run, staging, counts)
-        return sent_status(run.tally, run.definition.guards), None
+        if run.had_rejects:  # forget members accepted since, or gone (syncer.rejects)
+            with writing(run.conn) as conn:
+                rejects.reconcile(conn, staging)
+        status = sent_status(run.tally, run.definition.guards)
+        return status, rejects.parked_message(run.parked, run.name) if run.parked else None
 
     def _stopped(
         self, run: RunContext, exc: BaseException

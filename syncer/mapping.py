@@ -154,6 +154,33 @@ class Guards(_Strict):
     )
 
 
+class RejectPolicy(_Strict):
+    """When syncer stops sending a record the destination (or the normaliser) keeps refusing.
+
+    Unset (the default), nothing is parked: a refused record is tried on every run, as it
+    always was. Set, a record refused on that many runs, or for that many days, is *parked*:
+    left out of the sends (and of the rejected and invalid counts) until its source row
+    changes, a `--full-resync` tries it, or it leaves the segment. See `syncer rejects`.
+    """
+
+    park_after_runs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Park a record once it was refused on this many runs in a row with the"
+        " same payload. Unset: never, by runs.",
+    )
+    park_after_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Park a record refused again this many days (or more) after it was first"
+        " refused with the same payload. Unset: never, by days.",
+    )
+
+    @property
+    def parks(self) -> bool:
+        return self.park_after_runs is not None or self.park_after_days is not None
+
+
 class Destination(BaseModel):
     """``connector`` picks the entry point; every other key is that connector's setting."""
 
@@ -200,6 +227,11 @@ class SyncDefinition(_Strict):
     )
     guards: Guards = Field(
         default_factory=Guards, description="Safety rails against removing too much."
+    )
+    rejects: RejectPolicy = Field(
+        default_factory=RejectPolicy,
+        description="When to stop retrying a record refused again and again (park it)."
+        " Unset: retry forever.",
     )
 
     @field_validator("schedule")

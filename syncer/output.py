@@ -162,7 +162,7 @@ def runs_summary_table(results: Iterable[RunResult]) -> None:
         )
     stdout.print(out)
     for r in results:
-        problems = [f"{r.counts[k]} {k}" for k in _PROBLEMS if r.counts.get(k)]
+        problems = [f"{r.counts[k]} {k}" for k in (*_PROBLEMS, "parked") if r.counts.get(k)]
         if problems:
             shown = f": syncer run show {short_id(r.run_id)}" if r.run_id else ""
             stdout.print(f"{r.sync}: {', '.join(problems)}{shown}", soft_wrap=True)
@@ -178,6 +178,8 @@ def plan_table(result: PlanResult, footer: bool = True) -> None:
     out.add_row("remove", str(c.remove), ", ".join(result.samples.get("remove", [])))
     out.add_row("unchanged", str(c.unchanged), "")
     out.add_row("invalid", str(c.invalid), "")
+    if c.parked:
+        out.add_row("parked", str(c.parked), "refused before: see `syncer rejects`")
     stdout.print(out)
     stdout.print(f"source rows: {c.source_rows}; members synced now: {c.members_before}")
     if c.unconfirmed:
@@ -197,7 +199,7 @@ def changes(row: dict[str, Any]) -> str:
     """``+220 -80 ~3`` (added, removed, updated), then any problems: ``2 rejected``."""
     marks = {"added": "+", "removed": "-", "updated": "~"}
     parts = [f"{mark}{row[k]}" for k, mark in marks.items() if row.get(k)]
-    parts += [f"{row[k]} {k}" for k in _PROBLEMS if row.get(k)]
+    parts += [f"{row[k]} {k}" for k in (*_PROBLEMS, "parked") if row.get(k)]
     return " ".join(parts) or "no change"
 
 
@@ -225,7 +227,13 @@ def run_detail(detail: dict[str, Any]) -> None:
             stdout.print(f"{key:>12}: {value}")
     if detail.get("pending"):
         stdout.print(f"{'pending':>12}: {detail['pending']} (in a vendor job, not yet confirmed)")
+    if detail.get("parked"):
+        stdout.print(
+            f"{'parked':>12}: {detail['parked']} (refused before, not sent: see `syncer rejects`)"
+        )
     for name, value in sorted((detail.get("stats") or {}).items()):
+        if name == "parked":
+            continue
         stdout.print(f"{name:>12}: {value}  (reported by the destination)")
     if detail.get("jobs"):
         jobs = Table(title="vendor jobs", title_justify="left")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, delete, select, update
 
+from syncer import rejects
 from syncer.connector import Outcome, accepted_whole, join_outcomes
 from syncer.diff import ChangeBatch, DiffCounts, Staging
 from syncer.enums import RunStatus
@@ -58,12 +59,22 @@ def start_run(run: RunContext) -> None:
 
 
 def finish_run(run: RunContext, status: RunStatus, message: str | None) -> None:
-    """The run's row: how it ended, when, why, and its final counters."""
+    """The run's row: how it ended, when, why, and its final counters (members the reject
+    policy parked go in its ``stats``, beside the destination's own counts)."""
     with writing(run.conn) as conn:
+        extra: dict[str, object] = {}
+        if run.parked:
+            stats = conn.execute(
+                select(runs_table.c.stats).where(runs_table.c.id == run.id)
+            ).scalar_one_or_none()
+            merged = dict(json.loads(stats) if stats else {}, parked=run.parked)
+            extra["stats"] = json.dumps(merged, sort_keys=True)
         conn.execute(
             update(runs_table)
             .where(runs_table.c.id == run.id)
-            .values(status=status, finished_at=utcnow(), message=message, **run.tally.values)
+            .values(
+                status=status, finished_at=utcnow(), message=message, **run.tally.values, **extra
+            )
         )
 
 
@@ -73,7 +84,9 @@ def save_counts(conn: Connection, run_id: str, values: dict[str, int]) -> None:
 
 
 def record_invalid(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
-    """The snapshot's counts, and an audit event for each row that failed validation."""
+    """The snapshot's counts, an audit event for each row that failed validation (but those
+    the reject policy parked), and each keyed one counted in ``syncer_rejects``. Parked
+    members whose source row changed are unparked first (see syncer.rejects)."""
     plain = run.plain_keys
     values = dict(
         run.tally.values,
@@ -82,12 +95,23 @@ def record_invalid(run: RunContext, staging: Staging, counts: DiffCounts) -> Non
         unchanged=counts.unchanged,
     )
     with writing(run.conn) as conn:  # the events and the counter that counts them, together
+        if run.had_rejects and not staging.unchanged:
+            rejects.unpark_changed(conn, staging)
         writer = BulkWriter(conn)
+        policy = run.definition.rejects
         for page in staging.invalid_rows() if counts.invalid else ():
+            now = utcnow()
             rows = [(audit_key(key, plain), "validate", "invalid", why) for key, why in page]
-            writer.add_events(run.id, rows, utcnow())
+            writer.add_events(run.id, rows, now)
+            refused = [
+                rejects.Refusal(key, None, "validate", "invalid", why)
+                for key, why in page
+                if key is not None
+            ]
+            rejects.record(conn, run.name, run.id, policy, refused, now)
         save_counts(conn, run.id, values)
     run.tally.values.update(values)
+    run.parked = counts.parked
 
 
 def commit(
@@ -114,6 +138,8 @@ def commit(
                 if pending:
                     hold_pending(conn, run_id, sync_name, batch, pending, now)
             delta = settle(conn, run_id, sync_name, batch, outcomes, now, plain_keys=plain)
+            if delta["rejected"]:
+                _count_refusals(run, batch, outcomes, now)
             values = add_counts(values, delta)
         if answered:
             save_counts(conn, run_id, values)
@@ -121,6 +147,19 @@ def commit(
             mark_sent(conn, sync_name, page, expected(page), now)
     run.tally.values.update(values)
     return page
+
+
+def _count_refusals(
+    run: RunContext, batch: ChangeBatch, outcomes: Sequence[Outcome], now: dt.datetime
+) -> None:
+    """The batch's rejected records, counted by the reject policy (syncer.rejects)."""
+    hashes = batch.hashes
+    refused = [
+        rejects.Refusal(o.key, hashes.get(o.key), batch.operation, "rejected", o.reason)
+        for o in outcomes
+        if o.status == "rejected"
+    ]
+    rejects.record(run.conn, run.name, run.id, run.definition.rejects, refused, now)
 
 
 def coalesce(answered: Answered, plain_keys: bool) -> Answered:

@@ -34,7 +34,7 @@ class Guard:
 
 def check_guards(definition_guards: Guards, counts: DiffCounts) -> Guard:
     """Invariant 4: an empty source or a mass removal is blocked unless forced."""
-    valid = counts.source_rows - counts.invalid
+    valid = counts.source_rows - counts.invalid - counts.parked_invalid
     if counts.members_before and valid == 0 and counts.remove:
         return Guard(
             True,

@@ -81,6 +81,10 @@ class RunContext:
     started: float
     tally: Tally = field(default_factory=Tally)
     staging: Staging | None = None
+    #: Members the reject policy left out of this run (syncer.rejects), and whether the
+    #: sync had any syncer_rejects row when the run started (none: the policy costs nothing).
+    parked: int = 0
+    had_rejects: bool = False
     conn: Connection = field(init=False)
     lease: Lease = field(init=False)
 

@@ -21,7 +21,14 @@ def stage(
     """The snapshot of ``sync`` staged on ``conn``; closed again if anything fails."""
     definition = sync.definition
     fields = tuple(sorted(definition.fields))
-    staging = Staging(conn, definition.name, definition.mode, fields, full_resync)
+    staging = Staging(
+        conn,
+        definition.name,
+        definition.mode,
+        fields,
+        full_resync,
+        park=definition.rejects.parks,
+    )
     staging.create()
     url = settings.warehouse(definition.source.warehouse)
     try:

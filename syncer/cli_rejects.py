@@ -1,0 +1,124 @@
+"""``syncer rejects``: the records a destination (or validation) keeps refusing.
+
+Lists the reject policy's rows (syncer.rejects): each member refused on consecutive runs with
+its reason, how many runs, the first and last of them, and whether it is parked (no longer
+sent until its source row changes). Keys are masked as ``plan`` masks them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from syncer.cli import JSON_SCHEMA_VERSION, Ctx, _emit_json, handles_errors, json_option
+
+
+@click.command("rejects")
+@click.argument("sync_name", required=False, metavar="[SYNC]")
+@click.option("--parked", is_flag=True, help="Only records the reject policy parked.")
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many records to list (parked first, then the most recently refused).",
+)
+@json_option
+@click.pass_obj
+@handles_errors
+def rejects(ctx: Ctx, sync_name: str | None, parked: bool, limit: int, as_json: bool) -> None:
+    """List records refused again and again (all syncs, or SYNC's): masked key, outcome,
+    reason, attempts, first and last attempt, and whether the sync's `rejects` policy parked
+    them (not sent until their source row changes)."""
+    import difflib
+
+    from syncer.errors import ConfigError
+    from syncer.mapping import LoadedSync, load_directory
+    from syncer.rejects import listing, synced_names
+    from syncer.state import reading, state_engine, state_errors
+
+    settings = ctx.settings
+    key_types: dict[str, str] = {}
+    try:
+        for path, item in load_directory(settings.mappings_dir, ctx.env_file):
+            if isinstance(item, LoadedSync):
+                key_types[item.name] = item.definition.source.key_type
+            else:
+                key_types.setdefault(path.stem, "")
+    except ConfigError:
+        pass  # no mappings directory: the state database still says what was refused
+    url = settings.state_url.get_secret_value()
+    with state_errors(url), state_engine(url).connect() as conn:
+        reading(conn)
+        if sync_name is not None:
+            known = set(key_types) | synced_names(conn)
+            if sync_name not in known:
+                near = difflib.get_close_matches(sync_name, sorted(known), n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(near)}?" if near else ""
+                listed = ", ".join(sorted(known)) or "none"
+                raise click.UsageError(f"no sync named {sync_name!r} (known: {listed}){hint}")
+        rows, total = listing(conn, sync_name, parked, limit)
+    shown = [_row(row, key_types.get(row["sync"]) or None) for row in rows]
+    if as_json:
+        _emit_json({"schema_version": JSON_SCHEMA_VERSION, "total": total, "rejects": shown})
+        return
+    _table(shown, total)
+
+
+def _row(row: dict[str, Any], key_type: str | None) -> dict[str, Any]:
+    from syncer.audit import row_dict
+
+    out = row_dict(row)
+    return {
+        "sync": out["sync"],
+        "key": _mask(out["key"], key_type),
+        "operation": out["operation"],
+        "outcome": out["outcome"],
+        "reason": out["reason"],
+        "attempts": out["attempts"],
+        "first_at": out["first_at"],
+        "last_at": out["last_at"],
+        "first_run_id": out["first_run_id"],
+        "last_run_id": out["last_run_id"],
+        "parked": out["parked_at"] is not None,
+        "parked_at": out["parked_at"],
+    }
+
+
+def _mask(key: str, key_type: str | None) -> str:
+    """As ``plan`` masks sample keys; a sync whose mapping is gone is masked like a phone
+    unless it looks like an email, since its key type is no longer known."""
+    from syncer.results import mask_key
+
+    if key_type is None:
+        return mask_key(key, "email" if "@" in key else "phone")
+    return mask_key(key, key_type)
+
+
+def _when(iso: str) -> str:
+    """An ISO 8601 UTC timestamp to the second, for the table (JSON keeps it whole)."""
+    return iso[:19].replace("T", " ")
+
+
+def _table(rows: list[dict[str, Any]], total: int) -> None:
+    from rich.table import Table
+
+    from syncer.output import stdout
+
+    table = Table(title="records refused again and again", title_justify="left")
+    columns = ("sync", "key", "outcome", "operation", "reason", "attempts")
+    for column in (*columns, "first attempt", "last attempt", "parked"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(str(row[c]) if row[c] is not None else "-" for c in columns),
+            _when(row["first_at"]),
+            _when(row["last_at"]),
+            _when(row["parked_at"]) if row["parked_at"] else "no",
+        )
+    stdout.print(table)
+    if total > len(rows):
+        stdout.print(f"{total - len(rows)} more not shown (--limit)")
+    if not rows:
+        stdout.print("no refused records.")
