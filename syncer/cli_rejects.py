@@ -102,22 +102,25 @@ def _when(iso: str) -> str:
 
 
 def _table(rows: list[dict[str, Any]], total: int) -> None:
-    from rich.table import Table
+    """Three lines a record, inside 80 columns: a nine-column table folded every reason and
+    key into pieces. ``--json`` has the same values in full."""
+    from rich.markup import escape
 
     from syncer.output import stdout
 
-    table = Table(title="records refused again and again", title_justify="left")
-    columns = ("sync", "key", "outcome", "operation", "reason", "attempts")
-    for column in (*columns, "first attempt", "last attempt", "parked"):
-        table.add_column(column)
+    if rows:
+        stdout.print("records refused again and again")
     for row in rows:
-        table.add_row(
-            *(str(row[c]) if row[c] is not None else "-" for c in columns),
-            _when(row["first_at"]),
-            _when(row["last_at"]),
-            _when(row["parked_at"]) if row["parked_at"] else "no",
+        parked = f"parked {_when(row['parked_at'])}" if row["parked_at"] else "still retried"
+        stdout.print(
+            f"\n[bold]{escape(row['sync'])}[/bold]  {escape(row['key'] or '-')}"
+            f"  {row['outcome']} {row['operation']}, {row['attempts']}x  {parked}",
+            soft_wrap=True,
         )
-    stdout.print(table)
+        stdout.print(f"  {escape(row['reason'] or '-')}", soft_wrap=True, highlight=False)
+        stdout.print(
+            f"  first {_when(row['first_at'])}, last {_when(row['last_at'])}", highlight=False
+        )
     if total > len(rows):
         stdout.print(f"{total - len(rows)} more not shown (--limit)")
     if not rows:
