@@ -10,7 +10,7 @@ rate-limit headers. Subclasses keep only payload shapes and response parsing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 from urllib.parse import urlsplit
@@ -174,15 +174,12 @@ class RestConnector(Connector, Generic[C]):
 
     def auth_headers(self) -> dict[str, str]:
         """Headers carrying the credentials (values are kept out of every message): those
-        of the ``auth`` declaration, and ``Authorization: Bearer`` with the current access
-        token when the connector renews its own (:meth:`oauth_grant`). Override for
-        credentials that are not a plain header."""
+        of the ``auth`` declaration. Override for credentials that are not a plain header.
+        An access token that renews itself (:meth:`oauth_grant`) is not among them: ``request``
+        sets it as the request leaves, after any wait for the rate limiter."""
         headers: dict[str, str] = {}
         for auth in self.auths():
             headers.update(auth.headers(self.config))
-        token = self.access_token()
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token.value}"
         return headers
 
     # -- OAuth tokens that renew themselves (syncer.oauth) ----------------------------------
@@ -281,6 +278,8 @@ class RestConnector(Connector, Generic[C]):
         with a timestamp belongs there). With tokens that renew themselves, a 401 forgets
         the token it refused and the request is sent once more with a new one."""
         provider = self.token_provider()
+        if provider is not None:
+            auth = _Bearer(self, auth)
         renewed = False
         while True:
             request = self._build(method, path, json_body, params, headers, content)
@@ -456,6 +455,25 @@ class RestConnector(Connector, Generic[C]):
         no emails or phone numbers, one line of at most 200 characters."""
         hidden = [*self.secret_values(), *record_text(records)]
         return scrub(str(text), secrets=hidden, limit=REASON_LIMIT) or "rejected"
+
+
+class _Bearer(httpx.Auth):
+    """``Authorization: Bearer`` with the connector's current access token, set as the
+    request leaves: after the wait for the rate limiter, which may outlast a token (then
+    ``inner``, the connector's own ``auth``, if any)."""
+
+    def __init__(self, connector: RestConnector[Any], inner: httpx.Auth | None) -> None:
+        self.connector = connector
+        self.inner = inner
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.connector.access_token()
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token.value}"
+        if self.inner is None:
+            yield request
+        else:
+            yield from self.inner.auth_flow(request)
 
 
 def group_by_value(
