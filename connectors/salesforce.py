@@ -106,6 +106,14 @@ class SalesforceConfig(RestConfig, RefreshCredentials):
             raise ValueError("base_url (the org's instance URL) is required with access_token")
         return self
 
+    @classmethod
+    def credential_choices(cls) -> list[tuple[str, ...]]:
+        return [
+            ("access_token", "base_url"),
+            ("client_id", "refresh_token"),
+            ("client_id", "username", "private_key"),
+        ]
+
     def renewing_fields(self) -> tuple[str, ...]:
         return ("client_id", "client_secret", "refresh_token", "username", "private_key")
 

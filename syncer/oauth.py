@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from syncer.errors import AuthError, ConfigError, RateLimited, SyncerError, TransientError
 from syncer.http import DestinationClient, describe_host, parse_retry_after, scrub, transport_error
@@ -340,11 +340,21 @@ def forget_all() -> None:
 # -- settings shared by OAuth connectors ---------------------------------------------------
 
 
+def _credential_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The JSON Schema's share of ``_one_way_in``: one set of credentials must be given
+    (editors flag a destination with none)."""
+    choices = getattr(model, "credential_choices", None)
+    if choices is not None:
+        schema["anyOf"] = [{"required": list(fields)} for fields in choices()]
+
+
 class RefreshCredentials(BaseModel):
     """Settings of a connector that can renew its own access tokens: ``client_id``,
     ``client_secret`` and ``refresh_token`` (secrets from the environment), and the token
     endpoint's URL for tests and proxies. Give either these or the static token field named
     by ``static_token_field``, not both."""
+
+    model_config = ConfigDict(json_schema_extra=_credential_schema)
 
     static_token_field: ClassVar[str] = "access_token"
     #: Fields a refresh needs, besides client_id (Salesforce: client_secret is optional).
@@ -397,6 +407,11 @@ class RefreshCredentials(BaseModel):
                 f" {', '.join(self.required_fields())}"
             )
         return self
+
+    @classmethod
+    def credential_choices(cls) -> list[tuple[str, ...]]:
+        """The sets of fields that each make valid credentials (for the JSON Schema)."""
+        return [(cls.static_token_field,), ("client_id", *cls.refresh_fields)]
 
     def renewing_fields(self) -> tuple[str, ...]:
         """Fields whose presence means "renew tokens" (any one of them)."""
