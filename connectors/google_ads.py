@@ -211,6 +211,7 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
 
     def open(self) -> None:
         """Refuse fields Google does not take, and mixes of upload key types."""
+        super().open()
         names = set(self.context.field_names)
         unknown = sorted(names - SUPPORTED[PLATFORM])
         if unknown:

@@ -150,6 +150,7 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 
     def open(self) -> None:
         """Refuse mapped fields LinkedIn cannot take, and a mapping with nothing to match."""
+        super().open()
         check_mapped_kinds("linkedin", self.context.field_names, ID_KINDS)
 
     def check(self) -> None:

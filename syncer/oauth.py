@@ -40,6 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from syncer.errors import AuthError, ConfigError, RateLimited, SyncerError, TransientError
 from syncer.http import DestinationClient, describe_host, parse_retry_after, scrub, transport_error
+from syncer.log import get_logger
+
+log = get_logger("syncer.oauth")
 
 #: Most seconds before expiry a token is renewed.
 MAX_MARGIN = 60.0
@@ -138,10 +141,10 @@ class TokenProvider:
                 raise refusal[0](f"sync {sync!r}: {refusal[1]}")
             try:
                 renewed = self._fetch(http)
-            except TransientError:
+            except TransientError as exc:
                 if current is not None and not self._expired(current):
                     return current  # due, but still valid: try again next time
-                raise
+                raise type(exc)(f"sync {sync!r}: {exc}", retry_after=exc.retry_after) from None
             except _Refused as exc:
                 self._refusal = (exc.kind, exc.text, self.clock())
                 raise exc.kind(f"sync {sync!r}: {exc.text}") from None
@@ -150,6 +153,18 @@ class TokenProvider:
             self._token = renewed
             self._refusal = None
             self.refreshes += 1
+            lifetime = None
+            if renewed.expires_at is not None:
+                lifetime = round(renewed.expires_at - self.clock(), 1)
+            # The account is a digest of the client and credentials, never the token.
+            log.info(
+                "oauth.token_obtained",
+                connector=self.grant.connector,
+                account=self.grant.account,
+                sync=sync,
+                expires_in_s=lifetime,
+                renewal=self.refreshes - 1,
+            )
             return renewed
 
     def refused(self, value: str) -> None:

@@ -139,8 +139,11 @@ class RestConnector(Connector, Generic[C]):
 
     def open(self) -> None:
         """Refuse a sync whose mode removes members (``membership``, ``mirror``) when none of
-        ``membership_fields`` is set: there would be no list to take them out of. Overrides
-        call ``super().open()`` first."""
+        ``membership_fields`` is set: there would be no list to take them out of; get the
+        first access token when the connector renews its own, so a run that cannot get one
+        ends before it marks or sends anything. Overrides call ``super().open()`` first."""
+        if self.token_provider() is not None:
+            self.access_token()
         names = self.membership_fields
         if not names or self.context.mode not in REMOVING_MODES:
             return

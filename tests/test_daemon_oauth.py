@@ -101,6 +101,7 @@ def test_the_daemon_renews_one_shared_token_across_many_lifetimes(tmp_path: Path
             finished = d.events("tick.finished")  # before the stop (which may interrupt one)
             code, _ = d.stop()
             log = d.stderr()
+            obtained = d.events("oauth.token_obtained")
         elapsed = time.monotonic() - started
         assert code == 0, log[-3000:]
         assert elapsed > 3 * LIFETIME  # the daemon outlived several tokens
@@ -110,6 +111,10 @@ def test_the_daemon_renews_one_shared_token_across_many_lifetimes(tmp_path: Path
         # Renewed as it went, but one token per account: far fewer than the runs that sent.
         assert issuer.grants >= 3, issuer.grants
         assert issuer.grants <= elapsed / (LIFETIME * 0.8) + 2, (issuer.grants, elapsed)
+        # Each token obtained is logged (connector, account digest, lifetime), none twice.
+        assert len(obtained) == issuer.grants
+        assert {e["connector"] for e in obtained} == {"hubspot"}
+        assert len({e["account"] for e in obtained}) == 1
         # The two syncs shared tokens: one was used for both lists.
         used: dict[str, set[str]] = {}
         for request in vendor.requests:
