@@ -100,8 +100,6 @@ class SalesforceConfig(RestConfig, RefreshCredentials):
 
     @model_validator(mode="after")
     def _instance_known(self) -> SalesforceConfig:
-        if self.refresh_token is not None and self.private_key is not None:
-            raise ValueError("give either refresh_token or private_key (JWT bearer), not both")
         if not self.renews() and self.base_url is None:
             raise ValueError("base_url (the org's instance URL) is required with access_token")
         return self
@@ -113,6 +111,11 @@ class SalesforceConfig(RestConfig, RefreshCredentials):
             ("client_id", "refresh_token"),
             ("client_id", "username", "private_key"),
         ]
+
+    def conflict(self) -> str | None:
+        if self.refresh_token is not None and self.private_key is not None:
+            return "give either refresh_token or private_key (JWT bearer), not both"
+        return None
 
     def renewing_fields(self) -> tuple[str, ...]:
         return ("client_id", "client_secret", "refresh_token", "username", "private_key")

@@ -80,7 +80,7 @@ class Grant:
     identity: tuple[str, ...]
     grant_setting: str
     client_setting: str
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     keep: tuple[str, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
 
@@ -415,6 +415,9 @@ class RefreshCredentials(BaseModel):
             raise ValueError(
                 f"give either {static} or {', '.join(self.required_fields())}, not both"
             )
+        conflict = self.conflict()
+        if conflict is not None:
+            raise ValueError(conflict)
         missing = [name for name in self.required_fields() if getattr(self, name) is None]
         if missing:
             raise ValueError(
@@ -427,6 +430,11 @@ class RefreshCredentials(BaseModel):
     def credential_choices(cls) -> list[tuple[str, ...]]:
         """The sets of fields that each make valid credentials (for the JSON Schema)."""
         return [(cls.static_token_field,), ("client_id", *cls.refresh_fields)]
+
+    def conflict(self) -> str | None:
+        """What is wrong with refresh credentials that exclude each other (Salesforce's two
+        flows), checked before missing ones; None when nothing is."""
+        return None
 
     def renewing_fields(self) -> tuple[str, ...]:
         """Fields whose presence means "renew tokens" (any one of them)."""

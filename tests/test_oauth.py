@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import respx
+from pydantic import SecretStr
 
 from connectors.linkedin import LinkedInConfig, LinkedInConnector
 from syncer.connector import Record, SyncContext
@@ -30,7 +32,9 @@ from syncer.oauth import (
     refresh_grant,
     rs256_assertion,
 )
+from syncer.ratelimit import AccountLimiter
 from syncer.testing import FakeClock
+from syncer.testing.harness import engine_client
 from tests.fake_oauth import rsa_key_pair
 
 TOKEN_URL = "https://oauth.test/token"
@@ -356,3 +360,63 @@ def test_rs256_assertion_verifies_with_the_public_key() -> None:
 def test_a_private_key_that_is_not_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"destination\.private_key is not an unencrypted PEM"):
         rs256_assertion("not a key", {"iss": "x"})
+
+
+def test_the_token_endpoint_is_asked_outside_the_accounts_limiter(router: respx.Router) -> None:
+    """Google allows one request in flight: the token is fetched as a request leaves, holding
+    that permit, so asking the token endpoint through the limiter would wait for itself."""
+    Endpoint(router)
+    limiter = AccountLimiter([], 1)
+    assert limiter.acquire(None)  # the API request's permit, held
+    got: list[str] = []
+    with engine_client(router, limiter=limiter) as http:
+        thread = threading.Thread(
+            target=lambda: got.append(provider_for(grant()).token(http, "v").value)
+        )
+        thread.start()
+        thread.join(10)
+    limiter.release()
+    assert got == ["tok-1"]
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    text = repr(grant())
+    assert "client-secret-abc" not in text and "refresh-token-xyz" not in text
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({}, "access_token is required, or client_id, client_secret, refresh_token"),
+        ({"access_token": "${T}", "client_id": "a"}, "give either access_token or client_id"),
+        ({"client_id": "a", "refresh_token": "${R}"}, "client_secret missing"),
+    ],
+)
+def test_one_set_of_credentials_is_required(settings: dict[str, str], words: str) -> None:
+    from pydantic import ValidationError
+
+    values = {k: SecretStr(v) if v.startswith("$") else v for k, v in settings.items()}
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        LinkedInConfig(segment_id="42", **values)  # type: ignore[arg-type]
+
+
+def test_salesforce_takes_a_refresh_token_or_a_key_and_needs_an_instance_for_a_static_token() -> (
+    None
+):
+    from pydantic import ValidationError
+
+    from connectors.salesforce import SalesforceConfig
+
+    base = {"external_id_field": "Warehouse_Id__c"}
+    with pytest.raises(ValidationError, match="base_url"):
+        SalesforceConfig(access_token=SecretStr("t"), **base)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="not both"):
+        SalesforceConfig(
+            client_id="c", refresh_token=SecretStr("r"), private_key=SecretStr("k"), **base
+        )  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="private_key missing"):
+        SalesforceConfig(client_id="c", username="u@example.com", **base)  # type: ignore[arg-type]
+    jwt = SalesforceConfig(
+        client_id="c", username="u@example.com", private_key=SecretStr("k"), **base
+    )  # type: ignore[arg-type]
+    assert jwt.renews() and jwt.base_url is None
