@@ -787,8 +787,9 @@ class DestinationClient(httpx.Client):
         redirected, stopped by the stop event; transport failures raise as for ``send``.
 
         For an OAuth token endpoint (syncer.oauth): another host with its own budget, asked
-        before a request takes its permit (a connector capped at one request in flight would
-        otherwise wait for itself), whose refusals mean something else than the API's."""
+        while an API request holds its permit (the token is set as that request leaves, so
+        through the limiter a connector capped at one request in flight would wait for
+        itself), and whose refusals mean something else than the API's."""
         return self._exchange(request, httpx.USE_CLIENT_DEFAULT, None)
 
     def _exchange(

@@ -65,6 +65,8 @@ class TokenIssuer:
         self.issued: dict[str, float] = {}  # token -> when it expires
         self.tokens: list[str] = []  # every token issued, in order
         self.refusals = 0
+        #: Tokens issued while the previous one still lived (renewed before expiry).
+        self.early = 0
         self.event = threading.Condition()
         self._seq = itertools.count(1)
 
@@ -119,6 +121,8 @@ class TokenIssuer:
     def _issue(self) -> dict[str, Any]:
         token = f"{self.style}-access-{next(self._seq):04d}-{time.monotonic_ns() % 10**9:09d}"
         with self.event:
+            if self.tokens and self.valid(self.tokens[-1]):
+                self.early += 1
             self.issued[token] = self.clock() + self.lifetime
             self.tokens.append(token)
             self.event.notify_all()

@@ -39,7 +39,7 @@ STATIC = "static-token-never-used-0000"
 CAMPAIGN = "701xx000000AbCdAAK"
 COLUMNS = ("id", "email", "first_name")
 #: Tokens live this long; the syncs below are paced to take several lifetimes.
-LIFETIME = 0.8
+LIFETIME = 1.0
 PACE = "  rate_limits: [{requests: 4, per_seconds: 1}]\n  batch_size: 2\n"
 
 SOURCE = f"""
@@ -229,11 +229,15 @@ def test_a_sync_longer_than_its_tokens_renews_them_and_delivers_everything(
                     break
         assert summary["status"] == "succeeded", summary
         assert holds(style, w.vendor) == expected(style, rows)
-        # The run outlived its first token: it was renewed (before expiry, or after a 401
-        # where the vendor says nothing of the lifetime), and no request failed for it.
+        # The run outlived its first token. Where the vendor says how long a token lives, it
+        # was renewed when due, so no request ever carried an expired one; Salesforce says
+        # nothing: its token was renewed once the API refused it (401), and the request sent
+        # again. Either way no record failed for it (exit 0).
         assert w.issuer.grants >= 2, w.issuer.grants
-        refused = [r for r, status in w.vendor.handled if status == 401]
-        assert refused == []
+        if style == "salesforce":
+            assert w.vendor.unauthorized >= 1
+        else:
+            assert w.vendor.unauthorized == 0, (w.vendor.unauthorized, w.issuer.grants)
         # Another sync of the same account, a later run: a token again, no refusal.
         w.run.segment(COLUMNS, rows[:10])
         assert w.sync(0)["status"] in ("succeeded", "submitted")

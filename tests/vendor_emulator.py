@@ -95,6 +95,8 @@ class VendorEmulator(FakeVendor):
         self.handled: list[tuple[CapturedRequest, int]] = []
         #: The vendor's OAuth token endpoint on this server (tests.fake_oauth), if any.
         self.issuer: TokenIssuer | None = None
+        #: Requests refused by ``accepts`` (no token, a wrong or an expired one).
+        self.unauthorized = 0
 
     # -- the connector kit (respx, in-process) ---------------------------------------------
 
@@ -118,13 +120,16 @@ class VendorEmulator(FakeVendor):
     def accepts(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header carries a good token: the static ``token``
         the fake was made with, or one its ``issuer`` issued that has not expired."""
-        if authorization is None:
-            return False
         static = getattr(self, "token", None)
         if static is not None and authorization == f"Bearer {static}":
             return True
         issuer = self.issuer
-        return issuer is not None and issuer.valid(authorization.removeprefix("Bearer "))
+        token = (authorization or "").removeprefix("Bearer ")
+        if issuer is not None and issuer.valid(token):
+            return True
+        with self.lock:
+            self.unauthorized += 1
+        return False
 
     def is_token_request(self, req: CapturedRequest) -> bool:
         """A request to the token endpoint: it carries no bearer token to check."""
