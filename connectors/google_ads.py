@@ -44,10 +44,13 @@ from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientErro
 from syncer.http import MAX_RETRY_AFTER, Action
 from syncer.identifiers import SUPPORTED, Kind, identifier
 from syncer.normalize import InvalidValue
+from syncer.oauth import Grant, RefreshCredentials, refresh_grant
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, dig
 
 DEFAULT_VERSION = "v22"
+#: Google's OAuth 2.0 token endpoint (``token_url`` overrides it).
+TOKEN_URL = "https://oauth2.googleapis.com/token"
 PLATFORM: Literal["google"] = "google"
 #: Records per batch (one addOperations call). A record carries at most 5 identifiers, so a
 #: full batch stays far below Google's 100,000 identifiers per request.
@@ -67,10 +70,14 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 _RANGE = re.compile(r"^MATCH_RANGE_(\d+)_TO_(\d+)$")
 
 
-class GoogleAdsConfig(RestConfig):
+class GoogleAdsConfig(RestConfig, RefreshCredentials):
     """Settings of the ``google_ads`` destination."""
 
-    access_token: SecretStr = Field(description="OAuth access token (adwords scope).")
+    access_token: SecretStr | None = Field(
+        default=None,
+        description="Static OAuth access token (adwords scope); or client_id, client_secret"
+        " and refresh_token, and syncer renews tokens itself.",
+    )
     developer_token: SecretStr = Field(description="Google Ads API developer token.")
     customer_id: str = Field(description="Account owning the list (digits; dashes allowed).")
     login_customer_id: str | None = Field(
@@ -139,6 +146,12 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
 
     # -- HTTP hooks ---------------------------------------------------------------------
 
+    def oauth_grant(self) -> Grant | None:
+        """The refresh_token grant at Google's token endpoint, when refresh credentials are
+        set (access tokens live an hour)."""
+        cfg = self.settings
+        return refresh_grant(self.name, cfg, TOKEN_URL) if cfg.renews() else None
+
     def default_headers(self) -> dict[str, str]:
         login = self.settings.login_customer_id
         return {"login-customer-id": login} if login else {}
@@ -198,6 +211,7 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
 
     def open(self) -> None:
         """Refuse fields Google does not take, and mixes of upload key types."""
+        super().open()
         names = set(self.context.field_names)
         unknown = sorted(names - SUPPORTED[PLATFORM])
         if unknown:

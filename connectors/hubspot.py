@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -27,6 +27,7 @@ from syncer.connector import (
 )
 from syncer.declarations import BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError
+from syncer.oauth import Grant, RefreshCredentials, refresh_grant
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks, group_by_value
 from syncer.steps import Steps, apply
@@ -35,6 +36,14 @@ MAX_BATCH = 100  # HubSpot's v3 batch limit (reference: standard, not in the spe
 READ_CHUNK = 100  # inputs per batch/read, the same v3 limit
 DEFAULT_INTERVAL = 10.0  # seconds; the documented window when the header is absent
 DAILY_COOL_DOWN = 300.0  # the daily quota resets at the account's midnight: wait long
+#: HubSpot's OAuth token endpoint (``token_url`` overrides it).
+TOKEN_URL = "https://api.hubapi.com/oauth/v1/token"
+#: HubSpot's own refusal codes (``status`` of its error body) as OAuth's.
+TOKEN_ERRORS = {
+    "BAD_REFRESH_TOKEN": "invalid_grant",
+    "BAD_CLIENT_ID": "invalid_client",
+    "BAD_CLIENT_SECRET": "invalid_client",
+}
 Tier = Literal["starter", "professional", "enterprise", "limit_increase", "public_app"]
 #: Published limits per tier: requests per 10 s (per app) and per day (per account).
 TIER_LIMITS: Mapping[str, tuple[RateLimit, ...]] = {
@@ -46,11 +55,14 @@ TIER_LIMITS: Mapping[str, tuple[RateLimit, ...]] = {
 }
 
 
-class HubSpotConfig(RestConfig):
+class HubSpotConfig(RestConfig, RefreshCredentials):
     """Settings of the ``hubspot`` destination."""
 
-    #: Private-app (or OAuth) access token, sent as ``Authorization: Bearer``.
-    token: SecretStr
+    static_token_field: ClassVar[str] = "token"
+
+    #: Private-app (or OAuth) access token, sent as ``Authorization: Bearer``; or
+    #: client_id, client_secret and refresh_token of an OAuth app, and syncer renews tokens.
+    token: SecretStr | None = None
     #: ILS list id of a MANUAL or SNAPSHOT contact list; needed for membership and mirror.
     list_id: str | None = None
     #: Unique contact property the upsert matches on.
@@ -107,6 +119,14 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
             default_reset=DEFAULT_INTERVAL,
         ),
     )
+
+    def oauth_grant(self) -> Grant | None:
+        """The refresh_token grant at HubSpot's token endpoint, for an OAuth app (access
+        tokens live 30 minutes); None with a private-app ``token``."""
+        cfg = self.settings
+        if not cfg.renews():
+            return None
+        return refresh_grant(self.name, cfg, TOKEN_URL, aliases=TOKEN_ERRORS)
 
     def published_limits(self) -> tuple[RateLimit, ...]:
         """The limits of the account's tier (``tier`` setting)."""

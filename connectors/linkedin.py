@@ -48,6 +48,7 @@ from syncer.identifiers import (
     stale_id_sets,
 )
 from syncer.normalize import InvalidValue
+from syncer.oauth import Grant, RefreshCredentials, refresh_grant
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector
 
@@ -55,6 +56,8 @@ from syncer.rest import RestConfig, RestConnector
 #: users endpoint's maximum is unverified and assumed the same (``batch_size`` lowers it).
 MAX_ELEMENTS = 5_000
 DEFAULT_VERSION = "202604"  # what Segment's production integration pins
+#: LinkedIn's OAuth 2.0 token endpoint (``token_url`` overrides it).
+TOKEN_URL = "https://www.linkedin.com/oauth/v2/accessToken"
 #: Identifier kinds that identify a member (``userIds``), with LinkedIn's id type.
 ID_KINDS: tuple[Kind, ...] = ("email", "maid")
 ID_TYPES: Mapping[str, str] = {"email": "SHA256_EMAIL", "maid": "GOOGLE_AID"}
@@ -70,11 +73,13 @@ DEAD_STATUSES = frozenset({"EXPIRED", "FAILED", "ERROR"})
 ElementAction = Literal["ADD", "REMOVE"]
 
 
-class LinkedInConfig(RestConfig):
+class LinkedInConfig(RestConfig, RefreshCredentials):
     """Settings of the ``linkedin`` destination."""
 
-    access_token: SecretStr = Field(
-        description="3-legged OAuth access token with rw_dmp_segments, from the environment."
+    access_token: SecretStr | None = Field(
+        default=None,
+        description="3-legged OAuth access token with rw_dmp_segments, from the environment;"
+        " or client_id, client_secret and refresh_token, and syncer renews tokens itself.",
     )
     segment_id: str = Field(
         pattern=r"^[0-9A-Za-z_-]+$", description="Id of an existing USER DMP segment."
@@ -118,6 +123,12 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 
     # -- HTTP hooks ---------------------------------------------------------------------
 
+    def oauth_grant(self) -> Grant | None:
+        """The refresh_token grant at LinkedIn's token endpoint, when refresh credentials are
+        set (programmatic refresh tokens must be enabled for the app)."""
+        cfg = self.settings
+        return refresh_grant(self.name, cfg, TOKEN_URL) if cfg.renews() else None
+
     def default_headers(self) -> dict[str, str]:
         return {
             "LinkedIn-Version": self.settings.api_version,
@@ -139,6 +150,7 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 
     def open(self) -> None:
         """Refuse mapped fields LinkedIn cannot take, and a mapping with nothing to match."""
+        super().open()
         check_mapped_kinds("linkedin", self.context.field_names, ID_KINDS)
 
     def check(self) -> None:

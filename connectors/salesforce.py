@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from syncer.connector import (
     BatchResult,
@@ -33,10 +34,20 @@ from syncer.connector import (
 from syncer.declarations import BearerAuth
 from syncer.errors import ConfigError
 from syncer.http import Action
+from syncer.oauth import (
+    JWT_BEARER,
+    Grant,
+    RefreshCredentials,
+    fingerprint,
+    refresh_grant,
+    rs256_assertion,
+)
 from syncer.rest import RestConfig, RestConnector, chunks, group_by_value
 from syncer.steps import Steps, apply
 
 MAX_BATCH = 200  # sObject Collections limit per request
+#: Production login host: token endpoint base and the JWT bearer audience.
+LOGIN_URL = "https://login.salesforce.com"
 QUERY_CHUNK = 200  # values per SOQL IN list: well inside the query length limit
 QUOTA_COOL_DOWN = 300.0  # the allocation is a rolling 24 h: hold for the longest allowed wait
 #: Delete errors that mean the CampaignMember is already gone: the goal is met.
@@ -46,13 +57,26 @@ _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
 
-class SalesforceConfig(RestConfig):
+class SalesforceConfig(RestConfig, RefreshCredentials):
     """Settings of the ``salesforce`` destination."""
 
-    #: The org's instance URL (``https://yourorg.my.salesforce.com``).
-    base_url: str
-    #: OAuth 2.0 access token, sent as ``Authorization: Bearer``.
-    access_token: SecretStr
+    #: The refresh_token grant needs no client secret when the connected app says so.
+    refresh_fields: ClassVar[tuple[str, ...]] = ("refresh_token",)
+
+    #: The org's instance URL (``https://yourorg.my.salesforce.com``); with tokens that renew
+    #: themselves it may be left out: the token endpoint's ``instance_url`` is used.
+    base_url: str | None = None
+    #: Static OAuth 2.0 access token, sent as ``Authorization: Bearer``; or client_id with
+    #: refresh_token (and client_secret), or client_id, username and private_key (JWT bearer).
+    access_token: SecretStr | None = None
+    #: JWT bearer flow: the Salesforce user the connected app acts as.
+    username: str | None = None
+    #: JWT bearer flow: the PEM RSA private key whose certificate the connected app holds.
+    private_key: SecretStr | None = None
+    #: Where tokens come from and the JWT's audience: ``https://test.salesforce.com`` for a
+    #: sandbox, or the org's My Domain URL. The token endpoint is
+    #: ``{login_url}/services/oauth2/token`` unless ``token_url`` says otherwise.
+    login_url: str = LOGIN_URL
     #: REST API version without the ``v``; sObject Collections upsert needs 46.0 or later.
     api_version: str = "53.0"
     sobject: Literal["Contact", "Lead"] = "Contact"
@@ -65,6 +89,41 @@ class SalesforceConfig(RestConfig):
     #: CampaignMember ``Status`` for new members; None: the campaign's default status.
     member_status: str | None = None
     batch_size: int | None = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+
+    @field_validator("login_url")
+    @classmethod
+    def _login_url_shape(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("login_url must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _instance_known(self) -> SalesforceConfig:
+        if not self.renews() and self.base_url is None:
+            raise ValueError("base_url (the org's instance URL) is required with access_token")
+        return self
+
+    @classmethod
+    def credential_choices(cls) -> list[tuple[str, ...]]:
+        return [
+            ("access_token", "base_url"),
+            ("client_id", "refresh_token"),
+            ("client_id", "username", "private_key"),
+        ]
+
+    def conflict(self) -> str | None:
+        if self.refresh_token is not None and self.private_key is not None:
+            return "give either refresh_token or private_key (JWT bearer), not both"
+        return None
+
+    def renewing_fields(self) -> tuple[str, ...]:
+        return ("client_id", "client_secret", "refresh_token", "username", "private_key")
+
+    def required_fields(self) -> tuple[str, ...]:
+        if self.private_key is not None or self.username is not None:
+            return ("client_id", "username", "private_key")
+        return ("client_id", "refresh_token")
 
     @field_validator("api_version")
     @classmethod
@@ -108,6 +167,63 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
     @property
     def api(self) -> str:
         return f"/services/data/v{self.settings.api_version}"
+
+    @property
+    def base_url(self) -> str:
+        """The configured instance URL, else the ``instance_url`` of the token answer."""
+        configured = self.settings.base_url
+        if configured:
+            return configured.rstrip("/")
+        token = self.access_token()
+        instance = token.extra.get("instance_url", "") if token is not None else ""
+        parts = urlsplit(instance)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"sync {self.context.sync_name!r}: salesforce: the token endpoint gave no"
+                " usable instance_url; set destination.base_url to the org's instance URL"
+            )
+        return instance.rstrip("/")
+
+    def oauth_grant(self) -> Grant | None:
+        """The refresh_token grant, or the JWT bearer grant (an RS256 assertion signed with
+        ``private_key``: iss the client id, sub the username, aud ``login_url``), at
+        ``{login_url}/services/oauth2/token``. Salesforce says nothing of a token's lifetime
+        (the org's session timeout): a token is used until it is refused (401)."""
+        cfg = self.settings
+        if not cfg.renews():
+            return None
+        token_url = cfg.token_url or f"{cfg.login_url}/services/oauth2/token"
+        keep = ("instance_url",)
+        if cfg.private_key is None:
+            return refresh_grant(self.name, cfg, token_url, keep=keep)
+        key = cfg.private_key.get_secret_value()
+        claims = {"iss": cfg.client_id or "", "sub": cfg.username or "", "aud": cfg.login_url}
+
+        def form() -> dict[str, str]:
+            return {"grant_type": JWT_BEARER, "assertion": rs256_assertion(key, claims)}
+
+        return Grant(
+            connector=self.name,
+            token_url=token_url,
+            form=form,
+            identity=(cfg.client_id or "", cfg.username or "", fingerprint(key)),
+            grant_setting=(
+                "the JWT of destination.username and destination.private_key (the user must be"
+                " pre-authorised for the connected app, which must hold the key's certificate;"
+                " login_url must be the JWT's audience)"
+            ),
+            client_setting="destination.client_id (the connected app's consumer key)",
+            secrets=(key,),
+            keep=keep,
+        )
+
+    def account_key(self) -> str:
+        """Without a configured instance URL (it comes with the token), the credential
+        names the org; reading the host would ask for a token before any request."""
+        grant = None if self.settings.base_url else self.oauth_grant()
+        if grant is not None:
+            return f"{self.name}:oauth-{grant.account}:org"
+        return super().account_key()
 
     def account_id(self) -> str:
         """The instance host names the org, whose API allowance every user and campaign

@@ -41,7 +41,14 @@ class ConfigError(SyncerError):
 
 
 class AuthError(ConfigError):
-    """The destination refused the credentials; retrying will not help."""
+    """The destination refused the credentials; retrying will not help.
+
+    ``status`` is the HTTP status that said so (401, 403), when one did: a 401 to an OAuth
+    access token is worth one renewal (see syncer.oauth)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TransientError(SyncerError):

@@ -302,7 +302,7 @@ def raise_for_action(
     status = response.status_code
     host = describe_host(response.request)
     if action is Action.AUTH:
-        raise AuthError(f"{host} refused the credentials (HTTP {status})")
+        raise AuthError(f"{host} refused the credentials (HTTP {status})", status=status)
     retry_after = parse_retry_after(response.headers.get("Retry-After"), max_wait=max_wait)
     if action is Action.RATE_LIMITED:
         wait = min(rate_limit_wait, max_wait) if retry_after is None else retry_after
@@ -777,10 +777,31 @@ class DestinationClient(httpx.Client):
     ) -> httpx.Response:
         """Send under a permit; return the read response or raise (see class docstring).
         ``stream`` and ``follow_redirects`` are ignored: never streamed, never redirected."""
+        response = self._exchange(request, auth, self.limiter)
+        self._check(response)
+        return response
+
+    def send_unpaced(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` outside the account's limiter and without classifying the answer:
+        the read response whatever its status. Still bounded in time and size, never
+        redirected, stopped by the stop event; transport failures raise as for ``send``.
+
+        For an OAuth token endpoint (syncer.oauth): another host with its own budget, asked
+        while an API request holds its permit (the token is set as that request leaves, so
+        through the limiter a connector capped at one request in flight would wait for
+        itself), and whose refusals mean something else than the API's."""
+        return self._exchange(request, httpx.USE_CLIENT_DEFAULT, None)
+
+    def _exchange(
+        self,
+        request: httpx.Request,
+        auth: AuthTypes | UseClientDefault | None,
+        limiter: AccountLimiter | None,
+    ) -> httpx.Response:
+        """Send under a permit of ``limiter`` (if any) and read the whole answer."""
         where = f"{request.method} {describe_host(request)}"
         if isinstance(self._transport, _TransportOnFirstRequest):
             self._transport.ready()  # before the permit (see _TransportOnFirstRequest)
-        limiter = self.limiter
         if limiter is not None:
             limit: float | None = getattr(_local, "limit", None)
             stop = self.stop if limit is None else _StopOrLimit(self.stop, limit)
@@ -808,7 +829,6 @@ class DestinationClient(httpx.Client):
             _local.guard = outer
             if limiter is not None:
                 limiter.release()
-        self._check(response)
         return response
 
     def _read(self, response: httpx.Response, guard: _Guard, where: str) -> None:

@@ -1047,6 +1047,8 @@ def json_schema(
         }
         if config.get("required"):
             then["required"] = config["required"]
+        if config.get("anyOf"):  # alternative credentials (syncer.oauth.RefreshCredentials)
+            then["anyOf"] = config["anyOf"]
         rules.append({"if": {"properties": {"connector": {"const": name}}}, "then": then})
     if rules:
         destination["allOf"] = rules

@@ -10,7 +10,7 @@ rate-limit headers. Subclasses keep only payload shapes and response parsing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 from urllib.parse import urlsplit
@@ -27,7 +27,14 @@ from syncer.connector import (
     credential_digest,
 )
 from syncer.declarations import CLIENT_ERRORS, Auth, BasicAuth, RateLimitHeaders
-from syncer.errors import BatchRejected, ConfigError, RateLimited, SyncerError, TransientError
+from syncer.errors import (
+    AuthError,
+    BatchRejected,
+    ConfigError,
+    RateLimited,
+    SyncerError,
+    TransientError,
+)
 from syncer.http import (
     Action,
     DestinationClient,
@@ -37,6 +44,7 @@ from syncer.http import (
     time_limit,
     transport_error,
 )
+from syncer.oauth import AccessToken, Grant, TokenProvider, provider_for
 from syncer.steps import BatchProgress
 from syncer.types import JSON, JSONBody, QueryParams
 
@@ -127,11 +135,15 @@ class RestConnector(Connector, Generic[C]):
         super().__init__(config, context, http)
         #: What each batch got done in this run, so a retried batch resumes (syncer.steps).
         self.progress = BatchProgress()
+        self._tokens: TokenProvider | bool | None = False  # False: not looked up yet
 
     def open(self) -> None:
         """Refuse a sync whose mode removes members (``membership``, ``mirror``) when none of
-        ``membership_fields`` is set: there would be no list to take them out of. Overrides
-        call ``super().open()`` first."""
+        ``membership_fields`` is set: there would be no list to take them out of; get the
+        first access token when the connector renews its own, so a run that cannot get one
+        ends before it marks or sends anything. Overrides call ``super().open()`` first."""
+        if self.token_provider() is not None:
+            self.access_token()
         names = self.membership_fields
         if not names or self.context.mode not in REMOVING_MODES:
             return
@@ -165,11 +177,37 @@ class RestConnector(Connector, Generic[C]):
 
     def auth_headers(self) -> dict[str, str]:
         """Headers carrying the credentials (values are kept out of every message): those
-        of the ``auth`` declaration. Override for credentials that are not a plain header."""
+        of the ``auth`` declaration. Override for credentials that are not a plain header.
+        An access token that renews itself (:meth:`oauth_grant`) is not among them: ``request``
+        sets it as the request leaves, after any wait for the rate limiter."""
         headers: dict[str, str] = {}
         for auth in self.auths():
             headers.update(auth.headers(self.config))
         return headers
+
+    # -- OAuth tokens that renew themselves (syncer.oauth) ----------------------------------
+
+    def oauth_grant(self) -> Grant | None:
+        """How this sync obtains access tokens from the vendor's token endpoint, or None
+        when it uses a static credential (the default). Connectors whose config has refresh
+        credentials return :func:`syncer.oauth.refresh_grant` (or their own :class:`Grant`)."""
+        return None
+
+    def token_provider(self) -> TokenProvider | None:
+        """The process-wide provider of this account's tokens (shared with every sync and
+        thread using the same credentials), or None without :meth:`oauth_grant`."""
+        if self._tokens is False:
+            grant = self.oauth_grant()
+            self._tokens = None if grant is None else provider_for(grant)
+        return self._tokens if isinstance(self._tokens, TokenProvider) else None
+
+    def access_token(self) -> AccessToken | None:
+        """The current access token (fetched or renewed when due), or None without OAuth
+        renewal. Raises TransientError or AuthError/ConfigError like any request."""
+        provider = self.token_provider()
+        if provider is None:
+            return None
+        return provider.token(self.http, self.context.sync_name)
 
     def default_headers(self) -> dict[str, str]:
         """Headers every request carries besides auth: ``static_headers``; override for API
@@ -190,6 +228,10 @@ class RestConnector(Connector, Generic[C]):
         values shown, ``SecretStr`` values (and unset ones) as one :func:`credential_digest`.
         Without either, a digest of every ``SecretStr`` in the config. Override it only when
         the account is not a config field (Salesforce: the instance host alone)."""
+        if not self.account_fields:
+            grant = self.oauth_grant()
+            if grant is not None:  # the client and the user it acts for, never the token
+                return f"oauth-{grant.account}"
         names = self.account_fields or tuple(f for a in self.auths() for f in a.secret_fields)
         if not names:
             return credential_digest(*self.secret_values())
@@ -236,7 +278,49 @@ class RestConnector(Connector, Generic[C]):
         """One request; returns only an answer the HTTP layer accepted, raises syncer errors
         (AuthError, RateLimited, TransientError, BatchRejected, ConfigError) otherwise.
         ``auth`` runs as the request leaves, after any wait for the rate limiter (signing
-        with a timestamp belongs there)."""
+        with a timestamp belongs there). With tokens that renew themselves, a 401 forgets
+        the token it refused and the request is sent once more with a new one."""
+        provider = self.token_provider()
+        if provider is not None:
+            auth = _Bearer(self, auth)
+        renewed = False
+        while True:
+            request = self._build(method, path, json_body, params, headers, content)
+            try:
+                # Never follow redirects: httpx would turn a redirected POST into a GET, and a
+                # 2xx from that would look like an acknowledged batch.
+                response = self.http.send(request, auth=auth, follow_redirects=False)
+                if not isinstance(self.http, DestinationClient):
+                    action = self.classify(response)
+                    raise_for_action(response, secrets=self.secret_values(), action=action)
+            except httpx.RequestError as exc:  # only a plain client lets these through
+                raise transport_error(exc, request) from None
+            except AuthError as exc:
+                if provider is None or exc.status != 401:
+                    raise
+                if renewed:
+                    raise AuthError(
+                        f"{exc}: a token just issued by the token endpoint was refused too;"
+                        " check the app's scopes and the user's access",
+                        status=401,
+                    ) from None
+                # A 401 is not processed: sending again with a new token is safe.
+                bearer = request.headers.get("Authorization", "")
+                provider.refused(bearer.removeprefix("Bearer "))
+                renewed = True
+                continue
+            self.read_rate_limit_headers(response)
+            return response
+
+    def _build(
+        self,
+        method: str,
+        path: str,
+        json_body: JSONBody | None,
+        params: QueryParams | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | None,
+    ) -> httpx.Request:
         all_headers = {**self.default_headers(), **self.auth_headers(), **(headers or {})}
         kwargs: dict[str, Any] = {"headers": all_headers}
         if json_body is not None:
@@ -249,17 +333,7 @@ class RestConnector(Connector, Generic[C]):
         timeout = getattr(self.config, "timeout", None)
         if timeout is not None:
             kwargs["timeout"] = timeout
-        request = self.http.build_request(method, self.url(path), **kwargs)
-        try:
-            # Never follow redirects: httpx would turn a redirected POST into a GET, and a
-            # 2xx from that would look like an acknowledged batch.
-            response = self.http.send(request, auth=auth, follow_redirects=False)
-        except httpx.RequestError as exc:  # only a plain client lets these through
-            raise transport_error(exc, request) from None
-        if not isinstance(self.http, DestinationClient):
-            raise_for_action(response, secrets=self.secret_values(), action=self.classify(response))
-        self.read_rate_limit_headers(response)
-        return response
+        return self.http.build_request(method, self.url(path), **kwargs)
 
     def read_rate_limit_headers(self, response: httpx.Response) -> None:
         """Look at the vendor's rate-limit headers on an accepted answer and ``slow_down``
@@ -384,6 +458,25 @@ class RestConnector(Connector, Generic[C]):
         no emails or phone numbers, one line of at most 200 characters."""
         hidden = [*self.secret_values(), *record_text(records)]
         return scrub(str(text), secrets=hidden, limit=REASON_LIMIT) or "rejected"
+
+
+class _Bearer(httpx.Auth):
+    """``Authorization: Bearer`` with the connector's current access token, set as the
+    request leaves: after the wait for the rate limiter, which may outlast a token (then
+    ``inner``, the connector's own ``auth``, if any)."""
+
+    def __init__(self, connector: RestConnector[Any], inner: httpx.Auth | None) -> None:
+        self.connector = connector
+        self.inner = inner
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.connector.access_token()
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token.value}"
+        if self.inner is None:
+            yield request
+        else:
+            yield from self.inner.auth_flow(request)
 
 
 def group_by_value(

@@ -49,7 +49,8 @@ def send_all(run: RunContext, staging: Staging, counts: DiffCounts) -> None:
     progress = run.progress
     with prompt_handoffs(), run.connector() as connector:
         _, concurrency = effective_limits(connector)
-        guarded(connector, "open", connector.open)
+        # Retried like a batch: it may ask a token endpoint for the run's first access token.
+        run.retry(lambda: guarded(connector, "open", connector.open))
         finished = False
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="syncer-send")
         inflight: dict[Future[Sequence[Outcome]], ChangeBatch] = {}

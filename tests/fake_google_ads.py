@@ -120,8 +120,10 @@ class FakeGoogleAds(VendorEmulator):
     # -- dispatch -----------------------------------------------------------------------
 
     def dispatch(self, req: CapturedRequest) -> Reply:
+        if self.is_token_request(req):
+            return VendorEmulator.dispatch(self, req)
         headers = {k.lower(): v for k, v in req.headers.items()}
-        if headers.get("authorization") != f"Bearer {self.token}":
+        if not self.accepts(headers.get("authorization")):
             with self.lock:
                 self.requests.append(req)
             return google_error(

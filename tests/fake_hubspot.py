@@ -59,8 +59,10 @@ class FakeHubSpot(VendorEmulator):
 
     def dispatch(self, req: CapturedRequest) -> Reply:
         """Auth and rate limits first, then the route; headers on every answer."""
+        if self.is_token_request(req):
+            return VendorEmulator.dispatch(self, req)
         with self.lock:
-            if req.headers.get("Authorization") != f"Bearer {self.token}":
+            if not self.accepts(req.headers.get("Authorization")):
                 self.requests.append(req)
                 return Reply(401, {"status": "error", "category": "INVALID_AUTHENTICATION"})
             now = time.monotonic()

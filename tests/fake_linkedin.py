@@ -56,8 +56,10 @@ class FakeLinkedIn(VendorEmulator):
         return {value for kind, value in self.ids if kind == "SHA256_EMAIL"}
 
     def dispatch(self, req: CapturedRequest) -> Reply:
+        if self.is_token_request(req):
+            return VendorEmulator.dispatch(self, req)
         headers = {k.lower(): v for k, v in req.headers.items()}
-        if headers.get("authorization") != f"Bearer {self.token}":
+        if not self.accepts(headers.get("authorization")):
             with self.lock:
                 self.requests.append(req)
             return error(401, "Invalid access token")

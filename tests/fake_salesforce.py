@@ -89,8 +89,10 @@ class FakeSalesforce(VendorEmulator):
             }
 
     def dispatch(self, req: CapturedRequest) -> Reply:
+        if self.is_token_request(req):
+            return VendorEmulator.dispatch(self, req)
         with self.lock:
-            if req.headers.get("Authorization") != f"Bearer {self.token}":
+            if not self.accepts(req.headers.get("Authorization")):
                 self.requests.append(req)
                 return Reply(
                     401,

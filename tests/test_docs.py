@@ -162,9 +162,16 @@ def test_schema_refuses_a_wrong_value_and_a_missing_required_setting() -> None:
     wrong = _hubspot()
     wrong["destination"]["tier"] = "platinum"
     assert _errors(wrong)
-    missing = _hubspot()
-    del missing["destination"]["token"]
-    assert any("'token' is a required property" in message for message in _errors(missing))
+    google = REPO / "mappings" / "examples" / "google_ads.yaml"
+    missing = yaml.safe_load(google.read_text(encoding="utf-8"))
+    del missing["destination"]["customer_id"]
+    assert any("'customer_id' is a required property" in m for m in _errors(missing))
+    # A destination with no credentials at all: neither the static token nor refresh ones.
+    bare = _hubspot()
+    del bare["destination"]["token"]
+    assert any("is not valid under any of the given schemas" in m for m in _errors(bare))
+    bare["destination"].update(client_id="app", client_secret="${S}", refresh_token="${R}")
+    assert _errors(bare) == []
 
 
 def test_schema_checks_each_connector_by_its_own_settings() -> None:

@@ -46,6 +46,7 @@ import httpx
 
 from syncer.testing import FakeVendor
 from tests.contract import CapturedRequest
+from tests.fake_oauth import TokenIssuer
 
 
 @dataclass
@@ -92,6 +93,10 @@ class VendorEmulator(FakeVendor):
         self.chaotic = 0
         #: Requests a route handled (not a fault, the limit or chaos), with the status.
         self.handled: list[tuple[CapturedRequest, int]] = []
+        #: The vendor's OAuth token endpoint on this server (tests.fake_oauth), if any.
+        self.issuer: TokenIssuer | None = None
+        #: Requests refused by ``accepts`` (no token, a wrong or an expired one).
+        self.unauthorized = 0
 
     # -- the connector kit (respx, in-process) ---------------------------------------------
 
@@ -109,6 +114,27 @@ class VendorEmulator(FakeVendor):
         """``check_batch`` for a handler returning a ``Reply``."""
         refused = self.check_batch(keys)
         return None if refused is None else as_reply(refused)
+
+    # -- OAuth ----------------------------------------------------------------------------
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries a good token: the static ``token``
+        the fake was made with, or one its ``issuer`` issued that has not expired."""
+        static = getattr(self, "token", None)
+        if static is not None and authorization == f"Bearer {static}":
+            return True
+        issuer = self.issuer
+        token = (authorization or "").removeprefix("Bearer ")
+        if issuer is not None and issuer.valid(token):
+            return True
+        with self.lock:
+            self.unauthorized += 1
+        return False
+
+    def is_token_request(self, req: CapturedRequest) -> bool:
+        """A request to the token endpoint: it carries no bearer token to check."""
+        issuer = self.issuer
+        return issuer is not None and req.url.split("?", 1)[0] == issuer.path
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -254,6 +280,10 @@ class VendorEmulator(FakeVendor):
                     self.chaotic += 1
                     self.statuses[chaotic.status] += 1
                     return chaotic
+            if self.issuer is not None and path == self.issuer.path and req.method == "POST":
+                status, body = self.issuer.answer(req)
+                self.statuses[status] += 1
+                return Reply(status, body, headers={"Cache-Control": "no-store"})
             for method, pattern, handler in self._compiled:
                 match = pattern.match(path)
                 if match and method == req.method:
