@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # importing the engine for its types would load it for `syncer runs`
@@ -219,6 +220,13 @@ def runs_table(rows: list[dict[str, Any]]) -> None:
     stdout.print(out)
 
 
+def _short_key(key: str | None) -> str:
+    """A key as the audit log keeps it, a 64-digit hash cut to 16 (enough to tell apart)."""
+    if not key:
+        return "-"
+    return key if len(key) <= 24 else f"{key[:16]}…"
+
+
 def run_detail(detail: dict[str, Any]) -> None:
     head = ("id", "sync", "status", "mode", "trigger", "started_at", "finished_at", "host", "pid")
     for key in (*head, "source_rows", *_COUNTS, "message"):
@@ -250,12 +258,15 @@ def run_detail(detail: dict[str, Any]) -> None:
         outcomes.add_row(row["operation"], row["outcome"], str(row["count"]))
     stdout.print(outcomes)
     if detail["problems"]:
-        problems = Table(title="records not accepted", title_justify="left")
-        for column in ("operation", "outcome", "key", "reason"):
-            problems.add_column(column)
+        # A line a record, not a table: at 80 columns a table folded each reason (the thing
+        # to read) into pieces. --json has the same values.
+        stdout.print("records not accepted")
         for p in detail["problems"]:
-            problems.add_row(p["operation"], p["outcome"], p["key"] or "-", p["reason"] or "")
-        stdout.print(problems)
+            key = escape(_short_key(p["key"]))
+            stdout.print(
+                f"  {p['operation']} {p['outcome']}  {key}  {escape(p['reason'] or '')}",
+                soft_wrap=True,
+            )
 
 
 def connectors_table(rows: list[dict[str, Any]]) -> None:
