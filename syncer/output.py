@@ -100,9 +100,14 @@ def plan_table(result: PlanResult) -> None:
         )
     for reason in result.invalid_samples:
         stdout.print(f"  invalid: {reason}")
+    for item in result.lists:
+        if item["action"] == "create":
+            stdout.print(f"would create {item['kind']} {item['name']!r} (create_if_missing)")
+        else:
+            stdout.print(f"{item['kind']} {item['name']!r}: id {item['id']}")
     if result.guard.blocked:
         stdout.print(f"[bold]blocked:[/bold] {result.guard.reason}")
-    stdout.print("nothing was sent and no state was changed.")
+    stdout.print("nothing was sent, nothing created and no state was changed.")
 
 
 _RUN_COLUMNS = ("id", "sync", "status", "trigger", "started_at", *_COUNTS)

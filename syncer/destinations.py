@@ -1,0 +1,292 @@
+"""Lists, tags, segments and audiences a sync names: found by name, or created exactly once.
+
+A sync may name its list (``list_name: VIP``, ``create_if_missing: true``) instead of giving
+its id. Before the first batch the engine turns the name into the id, and owns the exactly-once
+part; the connector only answers ``find_list(name)`` and ``create_list(name)``
+(:class:`~syncer.connector.NamedList`). The protocol, on the state table
+``syncer_destinations`` (one row per scope: account, kind, name):
+
+1. A ``created`` row holds the id: use it (no request at all).
+2. Otherwise claim the name: insert the row as ``creating`` with our holder, committed. The
+   primary key makes a second process (another replica, another sync naming the same list)
+   lose: it waits for ``created`` (polling, with a deadline), or takes the claim over once the
+   holder is known dead (same host, pid gone) or silent for longer than the lease TTL.
+3. Holding the claim, ask the vendor for lists of that name first: a crash after the vendor
+   created the list but before we stored its id leaves a list to find, not one to make again.
+   Two of that name is a configuration error (nothing is created). None: create it, when the
+   sync says ``create_if_missing``; a retry (timeout, 5xx) looks it up again before creating.
+4. Store the id (``created``) in its own committed transaction, then send.
+
+``plan`` (:func:`preview`) reads the row and looks the name up, and says what a run would do:
+use the list, or create it. It never claims or creates anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from syncer.connector import Connector, NamedList, SyncContext
+from syncer.errors import ConfigError, Interrupted, TransientError
+from syncer.lease import pid_alive
+from syncer.log import get_logger
+from syncer.mapping import LoadedSync
+from syncer.retry import guarded
+from syncer.runcontext import RunContext
+from syncer.state import destinations_table, utcnow, writing
+
+log = get_logger("syncer.destinations")
+
+#: Seconds between looks at a claim another process holds.
+POLL = 0.1
+#: The scope column's width; longer scopes (very long names) are kept as a digest.
+SCOPE_LIMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What a run does (or ``plan`` says it would do) about the list a sync names."""
+
+    kind: str
+    name: str
+    action: str  # "use": it exists (id known); "create": a run would create it
+    destination_id: str | None = None
+    created: bool = False  # this run created it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "id": self.destination_id,
+        }
+
+    def describe(self) -> str:
+        if self.action == "create":
+            return f"would create {self.kind} {self.name!r}"
+        return f"uses {self.kind} {self.name!r} (id {self.destination_id})"
+
+
+def scope_of(connector: Connector, wanted: NamedList) -> str:
+    """The row's key: the vendor account (``account_key``: never a secret), where in it the
+    list lives, its kind and its name. Syncs naming one list of one account share the row."""
+    scope = f"{connector.account_key()}|{wanted.within}|{wanted.kind}|{wanted.name}"
+    if len(scope) > SCOPE_LIMIT:
+        digest = hashlib.sha256(scope.encode("utf-8")).hexdigest()
+        scope = f"{connector.account_key()[:200]}|sha256:{digest}"
+    return scope
+
+
+def with_id(sync: LoadedSync, wanted: NamedList, destination_id: str) -> LoadedSync:
+    """``sync`` with the list's id in its connector config (appended to a list of ids)."""
+    config = sync.connector_config
+    current = getattr(config, wanted.id_field, None)
+    value: Any = [*current, destination_id] if isinstance(current, list) else destination_id
+    updated = config.model_copy(update={wanted.id_field: value})
+    return LoadedSync(sync.definition, sync.path, sync.connector_cls, updated)
+
+
+def resolve(run: RunContext) -> Resolved | None:
+    """Fill in the id of the list the run's sync names (run.sync is replaced), creating the
+    list if the sync says so and it does not exist: exactly once (module docstring)."""
+    with run.connector(with_run_id=False) as connector:
+        wanted = guarded(connector, "named_list", connector.named_list)
+        if wanted is None:
+            return None
+        scope = scope_of(connector, wanted)
+        holder = _holder(run.id)
+        known = _claim(run, scope, wanted, holder, connector.name)
+        if known is not None:
+            run.sync = with_id(run.sync, wanted, known)
+            return Resolved(wanted.kind, wanted.name, "use", known)
+        try:
+            attempt = partial(_find_or_create, run, connector, wanted)
+            found, created = run.retry(lambda: guarded(connector, "create_list", attempt))
+        except BaseException:
+            _release(run.conn, scope, holder)  # nothing half-written: the next run looks again
+            raise
+        stored = _store(run.conn, scope, holder, found)
+    if stored != found:  # our claim was taken over as abandoned, and the other one won
+        raise TransientError(
+            f"sync {run.name}: {wanted.kind} {wanted.name!r} was resolved twice at once"
+            f" ({found} and {stored}); delete the one not in use at {connector.name}"
+        )
+    run.log.info(
+        "destination.created" if created else "destination.found",
+        kind=wanted.kind,
+        destination_id=found,
+    )
+    run.sync = with_id(run.sync, wanted, found)
+    return Resolved(wanted.kind, wanted.name, "use", found, created)
+
+
+def preview(engine: Any, sync: LoadedSync, conn: Connection) -> list[Resolved]:
+    """What a run would do about the list ``sync`` names, for ``plan``: nothing is claimed
+    or created. ``engine`` is the SyncEngine (for its connector wiring and retries)."""
+    definition = sync.definition
+    context = SyncContext(definition.name, definition.mode, tuple(sorted(definition.fields)))
+    with engine.connector_session(sync, context) as connector:
+        wanted = guarded(connector, "named_list", connector.named_list)
+        if wanted is None:
+            return []
+        row = conn.execute(
+            select(destinations_table).where(
+                destinations_table.c.scope == scope_of(connector, wanted)
+            )
+        ).first()
+        if row is not None and row.status == "created":
+            return [Resolved(wanted.kind, wanted.name, "use", row.destination_id)]
+        ids = engine.retry(
+            lambda: guarded(connector, "find_list", lambda: connector.find_list(wanted.name))
+        )
+        one = _one(definition.name, connector, wanted, ids)
+        if one is not None:
+            return [Resolved(wanted.kind, wanted.name, "use", one)]
+        return [Resolved(wanted.kind, wanted.name, "create")]
+
+
+def _find_or_create(run: RunContext, connector: Connector, wanted: NamedList) -> tuple[str, bool]:
+    """(id, created): the one list of that name, else a new one. Each retry looks first, so
+    a create whose answer was lost is found, not made again."""
+    one = _one(run.name, connector, wanted, connector.find_list(wanted.name))
+    if one is not None:
+        return one, False
+    run.log.info("destination.creating", kind=wanted.kind)
+    created = connector.create_list(wanted.name)
+    if not created:
+        raise TransientError(f"{connector.name}: {wanted.kind} created without an id")
+    return str(created), True
+
+
+def _one(sync: str, connector: Connector, wanted: NamedList, ids: list[str]) -> str | None:
+    """The single id of ``ids``; ConfigError naming both when the name is not unique, and
+    when there is none and the sync may not create it."""
+    unique = list(dict.fromkeys(str(i) for i in ids))
+    if len(unique) > 1:
+        raise ConfigError(
+            f"sync {sync}: {connector.name} has {len(unique)} {wanted.kind}s named"
+            f" {wanted.name!r} (ids {', '.join(unique)}); rename or delete all but one, or give"
+            f" {wanted.id_field} instead of the name"
+        )
+    if unique:
+        return unique[0]
+    if not wanted.create:
+        raise ConfigError(
+            f"sync {sync}: {connector.name} has no {wanted.kind} named {wanted.name!r}; set"
+            f" create_if_missing: true to create it, or give {wanted.id_field}"
+        )
+    return None
+
+
+def _holder(run_id: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id}:{uuid.uuid4().hex[:8]}"
+
+
+def _abandoned(holder: str | None, updated_at: dt.datetime, ttl: float) -> bool:
+    """A claim whose process is gone (same host, pid not alive) or silent for ``ttl`` s."""
+    if updated_at.tzinfo is None:  # SQLite hands timestamps back naive (stored as UTC)
+        updated_at = updated_at.replace(tzinfo=dt.UTC)
+    if utcnow() - updated_at > dt.timedelta(seconds=ttl):
+        return True
+    host, _, rest = (holder or "").partition(":")
+    pid = rest.split(":", 1)[0]
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
+
+
+def _claim(
+    run: RunContext, scope: str, wanted: NamedList, holder: str, connector: str
+) -> str | None:
+    """The stored id (a ``created`` row), or None once this run holds the claim."""
+    ttl = max(run.settings.lease_ttl, 1.0)
+    waited = 0.0
+    while True:
+        with writing(run.conn) as conn:
+            row = conn.execute(
+                select(destinations_table).where(destinations_table.c.scope == scope)
+            ).first()
+            if row is None:
+                now = utcnow()
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            destinations_table.insert().values(
+                                scope=scope,
+                                connector=connector,
+                                name=wanted.name,
+                                status="creating",
+                                sync=run.name,
+                                run_id=run.id,
+                                holder=holder,
+                                created_at=now,
+                                updated_at=now,
+                            )
+                        )
+                except IntegrityError:
+                    continue  # another process claimed it between our look and our insert
+                return None
+            if row.status == "created" and row.destination_id:
+                return str(row.destination_id)
+            if _abandoned(row.holder, row.updated_at, ttl):
+                taken = conn.execute(
+                    update(destinations_table)
+                    .where(
+                        destinations_table.c.scope == scope,
+                        destinations_table.c.holder == row.holder,
+                        destinations_table.c.status == "creating",
+                    )
+                    .values(holder=holder, sync=run.name, run_id=run.id, updated_at=utcnow())
+                )
+                if taken.rowcount == 1:
+                    run.log.info("destination.claim_taken_over", kind=wanted.kind)
+                    return None
+                continue
+        if waited > ttl:
+            raise TransientError(
+                f"sync {run.name}: another process ({row.sync or 'a sync'}) is still creating"
+                f" {wanted.kind} {wanted.name!r}; try again"
+            )
+        if run.stop.wait(POLL):
+            raise Interrupted("stopped while waiting for another process to create the list")
+        waited += POLL
+
+
+def _store(conn: Connection, scope: str, holder: str, destination_id: str) -> str:
+    """Record the id as ``created`` (its own committed transaction), if the claim is still
+    ours; the id the row holds afterwards."""
+    with writing(conn) as tx:
+        tx.execute(
+            update(destinations_table)
+            .where(destinations_table.c.scope == scope, destinations_table.c.holder == holder)
+            .values(status="created", destination_id=destination_id, updated_at=utcnow())
+        )
+        row = tx.execute(
+            select(destinations_table.c.destination_id).where(destinations_table.c.scope == scope)
+        ).first()
+    return str(row.destination_id) if row is not None and row.destination_id else destination_id
+
+
+def _release(conn: Connection, scope: str, holder: str) -> None:
+    """Drop our claim after a failure (nothing was stored: the next run looks again)."""
+    try:
+        with writing(conn) as tx:
+            tx.execute(
+                delete(destinations_table).where(
+                    destinations_table.c.scope == scope,
+                    destinations_table.c.holder == holder,
+                    destinations_table.c.status == "creating",
+                )
+            )
+    except Exception:  # the claim then ages out (lease TTL) or its dead pid is seen
+        log.warning("destination.release_failed")
+
+
+__all__ = ["Resolved", "preview", "resolve", "scope_of", "with_id"]

@@ -1,0 +1,259 @@
+"""Lists created when missing, through the real CLI against each vendor's local fake.
+
+A sync names its list (``list_name``, ``audience_name``...) with ``create_if_missing: true``.
+For every vendor: the first run creates the list exactly once and sends to the new id, later
+runs reuse the id stored in the state database (no lookup); ``plan`` says it would create the
+list and creates nothing; a process killed right after the vendor saw the create request
+leaves a list the next run finds by name instead of creating a second; two processes naming
+the same list at once create it at most once; a name the vendor has twice is a configuration
+error (exit 78) naming the sync, the name and both ids, and nothing is created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fake_klaviyo import FakeKlaviyo
+from tests.vendor_emulator import SyncRun, VendorEmulator
+
+#: How long any observable event may take on a loaded machine.
+DEADLINE = 90.0
+LIST_NAME = "VIP customers"
+ROWS = [(f"person{n:02}@example.com", f"Name{n}") for n in range(6)]
+EMAILS = {row[0] for row in ROWS}
+
+
+@dataclass
+class Vendor:
+    """One vendor's fake and a mapping that names its list instead of giving its id."""
+
+    name: str
+    fake: Callable[[], VendorEmulator]
+    env: dict[str, str]
+    #: The destination block's lines naming the list (``{url}`` is the fake's base URL).
+    destination: str
+    #: Path (regex) and method of the creation request; of the lookup by name.
+    create: tuple[str, str]
+    find: tuple[str, str]
+    #: The emails on the list with id ``list_id`` at the fake.
+    members: Callable[[Any, str], set[str]]
+    #: Add a list named ``name`` to the fake; returns its id.
+    seed: Callable[[Any, str], str]
+    #: The fake's list ids by name.
+    ids_named: Callable[[Any, str], list[str]]
+    #: Hold the answer to a creation (the list exists meanwhile) for this many seconds.
+    hold: Callable[[Any, float], None]
+    mode: str = "mirror"
+    fields: str = "email: {column: email, type: email}\n  first_name: first_name"
+
+
+def _klaviyo_seed(vendor: FakeKlaviyo, name: str) -> str:
+    list_id = f"SEED{len(vendor.lists):03d}"
+    vendor.lists[list_id] = name
+    return list_id
+
+
+def _klaviyo_members(vendor: FakeKlaviyo, list_id: str) -> set[str]:
+    return vendor.member_emails() if vendor.list_id == list_id else set()
+
+
+def _hold(vendor: Any, seconds: float) -> None:
+    vendor.create_delay = seconds
+
+
+KLAVIYO = Vendor(
+    name="klaviyo",
+    fake=lambda: FakeKlaviyo("pk_named_0123456789", None),
+    env={"KLAVIYO_API_KEY": "pk_named_0123456789"},
+    destination="""
+  connector: klaviyo
+  api_key: ${{KLAVIYO_API_KEY}}
+  base_url: {url}
+  list_name: {list_name}
+  create_if_missing: true
+  bulk_threshold: 5
+  poll_interval: 0.05""",
+    create=(r"/api/lists$", "POST"),
+    find=(r"/api/lists$", "GET"),
+    members=_klaviyo_members,
+    seed=_klaviyo_seed,
+    ids_named=lambda v, name: [i for i, n in v.lists.items() if n == name],
+    hold=_hold,
+)
+
+VENDORS = [KLAVIYO]
+
+
+def mapping(vendor: Vendor, sync: str, url: str) -> str:
+    destination = vendor.destination.format(url=url, list_name=json.dumps(LIST_NAME))
+    return f"""
+name: {sync}
+source:
+  query: select email, first_name from segment
+  key: email
+  key_type: email
+mode: {vendor.mode}
+fields:
+  {vendor.fields}
+destination:{destination}
+"""
+
+
+@contextmanager
+def world(vendor: Vendor, tmp_path: Path, sync: str = "named") -> Iterator[tuple[Any, SyncRun]]:
+    with vendor.fake() as fake:
+        run = SyncRun(tmp_path, mapping(vendor, sync, fake.url), sync, env=dict(vendor.env))
+        run.segment(("email", "first_name"), ROWS)
+        yield fake, run
+
+
+def creates(vendor: Vendor, fake: VendorEmulator) -> int:
+    return len(fake.requests_to(*vendor.create))
+
+
+def stored(run: SyncRun) -> list[tuple[str, str, str | None]]:
+    """The state database's rows for named lists: (name, status, id)."""
+    path = run.env["SYNCER_STATE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("select name, status, destination_id from syncer_destinations")
+        return [tuple(row) for row in rows]
+
+
+def popen(run: SyncRun, sync: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCER_")}
+    env.update(run.env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncer", "sync", "now", sync, "--json"],
+        cwd=run.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(happened: Callable[[], bool], proc: subprocess.Popen[str] | None = None) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not happened():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process ended first: {out}{err}")
+        assert time.monotonic() < deadline, "the awaited event never came"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("vendor", VENDORS, ids=lambda v: v.name)
+def test_first_run_creates_the_list_once_and_sends_to_it(vendor: Vendor, tmp_path: Path) -> None:
+    with world(vendor, tmp_path) as (fake, run):
+        code, doc = run.sync()
+        assert code == 0, doc
+        assert creates(vendor, fake) == 1
+        (list_id,) = vendor.ids_named(fake, LIST_NAME)
+        assert vendor.members(fake, list_id) == EMAILS
+        assert stored(run) == [(LIST_NAME, "created", list_id)]
+
+        # Later runs use the stored id: no lookup, no creation.
+        looked = len(fake.requests_to(*vendor.find))
+        run.segment(("email", "first_name"), ROWS[:4])
+        code, doc = run.sync()
+        assert code == 0, doc
+        assert doc["runs"][0]["removed"] == 2
+        assert creates(vendor, fake) == 1
+        assert len(fake.requests_to(*vendor.find)) == looked
+        assert vendor.members(fake, list_id) == {row[0] for row in ROWS[:4]}
+
+
+@pytest.mark.parametrize("vendor", VENDORS, ids=lambda v: v.name)
+def test_plan_says_it_would_create_the_list_and_creates_nothing(
+    vendor: Vendor, tmp_path: Path
+) -> None:
+    with world(vendor, tmp_path) as (fake, run):
+        proc = run.cli("plan", "named")
+        assert proc.returncode == 0, proc.stderr
+        assert f"would create {vendor_kind(vendor)} '{LIST_NAME}'" in proc.stdout
+        proc = run.cli("plan", "named", "--json")
+        doc = json.loads(proc.stdout)
+        assert doc["lists"] == [
+            {"kind": vendor_kind(vendor), "name": LIST_NAME, "action": "create", "id": None}
+        ]
+        assert doc["add"] == len(ROWS)
+        assert creates(vendor, fake) == 0
+        assert vendor.ids_named(fake, LIST_NAME) == []
+
+        # Once it exists, plan names its id.
+        code, _ = run.sync()
+        assert code == 0
+        (list_id,) = vendor.ids_named(fake, LIST_NAME)
+        doc = json.loads(run.cli("plan", "named", "--json").stdout)
+        assert doc["lists"][0]["action"] == "use" and doc["lists"][0]["id"] == list_id
+
+
+@pytest.mark.parametrize("vendor", VENDORS, ids=lambda v: v.name)
+def test_killed_after_the_create_request_the_next_run_finds_the_list(
+    vendor: Vendor, tmp_path: Path
+) -> None:
+    with world(vendor, tmp_path) as (fake, run):
+        vendor.hold(fake, 60.0)  # the vendor creates it; its answer never reaches us
+        proc = popen(run, "named")
+        wait_for(lambda: creates(vendor, fake) == 1, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert stored(run) == [(LIST_NAME, "creating", None)]
+        vendor.hold(fake, 0.0)
+
+        code, doc = run.sync()
+        assert code == 0, doc
+        assert creates(vendor, fake) == 1  # found by name, not created again
+        (list_id,) = vendor.ids_named(fake, LIST_NAME)
+        assert vendor.members(fake, list_id) == EMAILS
+        assert stored(run) == [(LIST_NAME, "created", list_id)]
+
+
+@pytest.mark.parametrize("vendor", VENDORS, ids=lambda v: v.name)
+def test_two_processes_at_once_create_the_list_at_most_once(
+    vendor: Vendor, tmp_path: Path
+) -> None:
+    with world(vendor, tmp_path, sync="first") as (fake, run):
+        (run.mappings / "second.yaml").write_text(mapping(vendor, "second", fake.url))
+        vendor.hold(fake, 1.0)  # a slow creation: the other process finds the claim taken
+        procs = [popen(run, "first"), popen(run, "second")]
+        outputs = [proc.communicate(timeout=DEADLINE) for proc in procs]
+        for proc, (out, err) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, out + err
+        assert creates(vendor, fake) == 1
+        (list_id,) = vendor.ids_named(fake, LIST_NAME)
+        assert vendor.members(fake, list_id) == EMAILS
+        assert stored(run) == [(LIST_NAME, "created", list_id)]
+
+
+@pytest.mark.parametrize("vendor", VENDORS, ids=lambda v: v.name)
+def test_a_name_the_vendor_has_twice_is_a_config_error(vendor: Vendor, tmp_path: Path) -> None:
+    with world(vendor, tmp_path) as (fake, run):
+        first, second = vendor.seed(fake, LIST_NAME), vendor.seed(fake, LIST_NAME)
+        proc = run.cli("sync", "now", "named")
+        assert proc.returncode == 78, proc.stdout + proc.stderr
+        said = proc.stdout + proc.stderr
+        assert "named" in said and LIST_NAME in said
+        assert first in said and second in said
+        assert creates(vendor, fake) == 0
+        assert stored(run) == []
+        assert vendor.ids_named(fake, LIST_NAME) == [first, second]
+        proc = run.cli("plan", "named")
+        assert proc.returncode == 78 and first in proc.stdout + proc.stderr
+
+
+def vendor_kind(vendor: Vendor) -> str:
+    return {"meta": "custom audience", "google_ads": "user list"}.get(vendor.name, "list")
