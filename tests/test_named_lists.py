@@ -11,6 +11,7 @@ error (exit 78) naming the sync, the name and both ids, and nothing is created.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.fake_klaviyo import FakeKlaviyo
+from tests.fake_meta import FakeMeta
 from tests.vendor_emulator import SyncRun, VendorEmulator
 
 #: How long any observable event may take on a loaded machine.
@@ -94,7 +96,42 @@ KLAVIYO = Vendor(
     hold=_hold,
 )
 
-VENDORS = [KLAVIYO]
+def _meta_members(vendor: FakeMeta, audience_id: str) -> set[str]:
+    if vendor.audience_id != audience_id:
+        return set()
+    by_hash = {hashlib.sha256(e.encode()).hexdigest(): e for e in EMAILS}
+    return {by_hash.get(h, h) for h in vendor.members()}
+
+
+def _meta_seed(vendor: FakeMeta, name: str) -> str:
+    audience_id = str(vendor._next_audience)
+    vendor._next_audience += 1
+    vendor.audiences[audience_id] = (name, "USER_PROVIDED_ONLY")
+    return audience_id
+
+
+META = Vendor(
+    name="meta",
+    fake=lambda: FakeMeta("EAAB-named-token-0123456789", None, account="1234567"),
+    env={"META_ACCESS_TOKEN": "EAAB-named-token-0123456789"},
+    destination="""
+  connector: meta
+  access_token: ${{META_ACCESS_TOKEN}}
+  base_url: {url}
+  ad_account_id: act_1234567
+  audience_name: {list_name}
+  create_if_missing: true
+  customer_file_source: USER_PROVIDED_ONLY""",
+    create=(r"/act_1234567/customaudiences$", "POST"),
+    find=(r"/act_1234567/customaudiences$", "GET"),
+    members=_meta_members,
+    seed=_meta_seed,
+    ids_named=lambda v, name: [i for i, (n, _) in sorted(v.audiences.items()) if n == name],
+    hold=_hold,
+    fields="email: email",
+)
+
+VENDORS = [KLAVIYO, META]
 
 
 def mapping(vendor: Vendor, sync: str, url: str) -> str:
@@ -257,3 +294,35 @@ def test_a_name_the_vendor_has_twice_is_a_config_error(vendor: Vendor, tmp_path:
 
 def vendor_kind(vendor: Vendor) -> str:
     return {"meta": "custom audience", "google_ads": "user list"}.get(vendor.name, "list")
+
+
+def test_meta_without_a_customer_file_source_says_which_values(tmp_path: Path) -> None:
+    with world(META, tmp_path) as (fake, run):
+        text = mapping(META, "named", fake.url).replace(
+            "  customer_file_source: USER_PROVIDED_ONLY\n", "\n"
+        )
+        (run.mappings / "named.yaml").write_text(text)
+        proc = run.cli("sync", "now", "named")
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 78, said
+        assert "customer_file_source" in said
+        for value in ("USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER"):
+            assert value in said
+        assert fake.requests == []
+
+
+def test_meta_terms_not_accepted_say_where_to_accept_them(tmp_path: Path) -> None:
+    with world(META, tmp_path) as (fake, run):
+        assert isinstance(fake, FakeMeta)
+        fake.terms_accepted = False
+        proc = run.cli("sync", "now", "named")
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 78, said
+        assert "Custom Audience terms" in said and "tos/?act=1234567" in said
+        assert fake.audiences == {} and stored(run) == []
+        assert "EAAB-named-token" not in said
+
+        fake.terms_accepted = True  # a person accepted them: the next run creates it
+        code, doc = run.sync()
+        assert code == 0, doc
+        assert len(fake.audiences) == 1
