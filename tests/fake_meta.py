@@ -169,7 +169,9 @@ class FakeMeta(VendorEmulator):
         listed = sorted(self.audiences.items())
         page = listed[start : start + self.page_size]
         data = [{"id": i, "name": name} for i, (name, _) in page]
-        paging: dict[str, Any] = {"cursors": {"before": str(start), "after": str(start + len(page))}}
+        paging: dict[str, Any] = {
+            "cursors": {"before": str(start), "after": str(start + len(page))}
+        }
         if start + len(page) < len(listed):
             paging["next"] = f"{self.base_url}{req.url.split('?')[0]}?after={start + len(page)}"
         return Reply(200, {"data": data, "paging": paging})
