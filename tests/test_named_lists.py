@@ -30,6 +30,7 @@ import pytest
 from tests.fake_google_ads import FakeGoogleAds
 from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_meta import FakeMeta
+from tests.fake_sendgrid import FakeSendGrid
 from tests.vendor_emulator import SyncRun, VendorEmulator
 
 #: How long any observable event may take on a loaded machine.
@@ -175,7 +176,32 @@ GOOGLE_ADS = Vendor(
     fields="email: email",
 )
 
-VENDORS = [KLAVIYO, META, GOOGLE_ADS]
+def _sendgrid_seed(vendor: FakeSendGrid, name: str) -> str:
+    list_id = f"00000000-0000-4000-8000-{len(vendor.lists):012d}"
+    vendor.lists[list_id] = name
+    return list_id
+
+
+SENDGRID = Vendor(
+    name="sendgrid",
+    fake=lambda: FakeSendGrid("SG.named-key-0123456789", None),
+    env={"SENDGRID_API_KEY": "SG.named-key-0123456789"},
+    destination="""
+  connector: sendgrid
+  api_key: ${{SENDGRID_API_KEY}}
+  base_url: {url}
+  list_name: {list_name}
+  create_if_missing: true
+  poll_interval: 0.05""",
+    create=(r"/v3/marketing/lists$", "POST"),
+    lookups=lambda v: len(v.requests_to(r"/v3/marketing/lists$", "GET")),
+    members=lambda v, list_id: set(v.members()) if v.list_id == list_id else set(),
+    seed=_sendgrid_seed,
+    ids_named=lambda v, name: [i for i, n in sorted(v.lists.items()) if n == name],
+    hold=_hold,
+)
+
+VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID]
 
 
 def mapping(vendor: Vendor, sync: str, url: str) -> str:
