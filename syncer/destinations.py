@@ -30,7 +30,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -91,6 +91,9 @@ def with_id(sync: LoadedSync, wanted: NamedList, destination_id: str) -> LoadedS
     config = sync.connector_config
     current = getattr(config, wanted.id_field, None)
     value: Any = [*current, destination_id] if isinstance(current, list) else destination_id
+    declared = type(config).model_fields[wanted.id_field].annotation
+    if declared is int or int in get_args(declared):  # a numeric id (Mailchimp segments)
+        value = int(destination_id)
     updated = config.model_copy(update={wanted.id_field: value})
     return LoadedSync(sync.definition, sync.path, sync.connector_cls, updated)
 

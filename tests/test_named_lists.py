@@ -29,6 +29,7 @@ import pytest
 
 from tests.fake_google_ads import FakeGoogleAds
 from tests.fake_klaviyo import FakeKlaviyo
+from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_meta import FakeMeta
 from tests.fake_sendgrid import FakeSendGrid
 from tests.vendor_emulator import SyncRun, VendorEmulator
@@ -201,7 +202,32 @@ SENDGRID = Vendor(
     hold=_hold,
 )
 
-VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID]
+def _mailchimp_members(vendor: FakeMailchimp, segment_id: str) -> set[str]:
+    segment = vendor.segments.get(int(segment_id))
+    return set(vendor.members(segment.name)) if segment is not None else set()
+
+
+MAILCHIMP = Vendor(
+    name="mailchimp",
+    fake=lambda: FakeMailchimp("mc-named-key-us21", "aud1"),
+    env={"MAILCHIMP_API_KEY": "mc-named-key-us21"},
+    destination="""
+  connector: mailchimp
+  api_key: ${{MAILCHIMP_API_KEY}}
+  base_url: {url}/3.0
+  list_id: aud1
+  segment_name: {list_name}
+  create_if_missing: true""",
+    create=(r"/lists/aud1/segments$", "POST"),
+    lookups=lambda v: len(v.requests_to(r"/lists/aud1/segments$", "GET")),
+    members=_mailchimp_members,
+    seed=lambda v, name: str(v.add_segment(name).id),
+    ids_named=lambda v, name: [str(i) for i, g in sorted(v.segments.items()) if g.name == name],
+    hold=_hold,
+    fields="email: {column: email, type: email}\n  FNAME: first_name",
+)
+
+VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP]
 
 
 def mapping(vendor: Vendor, sync: str, url: str) -> str:
@@ -369,7 +395,8 @@ def test_a_name_the_vendor_has_twice_is_a_config_error(vendor: Vendor, tmp_path:
 
 
 def vendor_kind(vendor: Vendor) -> str:
-    return {"meta": "custom audience", "google_ads": "user list"}.get(vendor.name, "list")
+    kinds = {"meta": "custom audience", "google_ads": "user list", "mailchimp": "static segment"}
+    return kinds.get(vendor.name, "list")
 
 
 def test_meta_without_a_customer_file_source_says_which_values(tmp_path: Path) -> None:
