@@ -353,7 +353,10 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
         except AuthError as exc:
             raise AuthError(f"{exc}{_FORBIDDEN_HINT}") from None
         except BatchRejected as exc:
-            raise ConfigError(f"mailchimp: {what}: cannot create {name!r}: {exc}") from None
+            noun = "tag" if what == "tag" else "static segment"
+            raise ConfigError(
+                f"mailchimp: {what}: cannot create the {noun} {name!r}: {exc}"
+            ) from None
         data = self.json(response)
         created = _int_id(data.get("id") if isinstance(data, dict) else None)
         if created is None:
