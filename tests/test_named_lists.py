@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.fake_google_ads import FakeGoogleAds
+from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_meta import FakeMeta
@@ -227,7 +228,40 @@ MAILCHIMP = Vendor(
     fields="email: {column: email, type: email}\n  FNAME: first_name",
 )
 
-VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP]
+def _hubspot_members(vendor: FakeHubSpot, list_id: str) -> set[str]:
+    found = vendor.lists.get(list_id)
+    held = found["members"] if found else set()
+    return {vendor.contacts[i]["email"] for i in held}
+
+
+def _hubspot_seed(vendor: FakeHubSpot, name: str) -> str:
+    list_id = str(max(int(i) for i in vendor.lists) + 1)
+    vendor.lists[list_id] = {"processingType": "MANUAL", "members": set(), "name": name}
+    return list_id
+
+
+HUBSPOT = Vendor(
+    name="hubspot",
+    fake=lambda: FakeHubSpot("pat-named-token"),
+    env={"HUBSPOT_TOKEN": "pat-named-token"},
+    destination="""
+  connector: hubspot
+  token: ${{HUBSPOT_TOKEN}}
+  base_url: {url}
+  list_name: {list_name}
+  create_if_missing: true""",
+    create=(r"/crm/v3/lists$", "POST"),
+    lookups=lambda v: len(v.requests_to(r"/crm/v3/lists/search$", "POST")),
+    members=_hubspot_members,
+    seed=_hubspot_seed,
+    ids_named=lambda v, name: [
+        i for i, f in sorted(v.lists.items(), key=lambda x: int(x[0])) if f.get("name") == name
+    ],
+    hold=_hold,
+    fields="email: {column: email, type: email}\n  firstname: first_name",
+)
+
+VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP, HUBSPOT]
 
 
 def mapping(vendor: Vendor, sync: str, url: str) -> str:
