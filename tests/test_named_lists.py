@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.fake_google_ads import FakeGoogleAds
 from tests.fake_hubspot import FakeHubSpot
@@ -178,6 +178,7 @@ GOOGLE_ADS = Vendor(
     fields="email: email",
 )
 
+
 def _sendgrid_seed(vendor: FakeSendGrid, name: str) -> str:
     list_id = f"00000000-0000-4000-8000-{len(vendor.lists):012d}"
     vendor.lists[list_id] = name
@@ -203,6 +204,7 @@ SENDGRID = Vendor(
     hold=_hold,
 )
 
+
 def _mailchimp_members(vendor: FakeMailchimp, segment_id: str) -> set[str]:
     segment = vendor.segments.get(int(segment_id))
     return set(vendor.members(segment.name)) if segment is not None else set()
@@ -227,6 +229,7 @@ MAILCHIMP = Vendor(
     hold=_hold,
     fields="email: {column: email, type: email}\n  FNAME: first_name",
 )
+
 
 def _hubspot_members(vendor: FakeHubSpot, list_id: str) -> set[str]:
     found = vendor.lists.get(list_id)
@@ -293,10 +296,13 @@ def creates(vendor: Vendor, fake: VendorEmulator) -> int:
 
 def stored(run: SyncRun) -> list[tuple[str, str, str | None]]:
     """The state database's rows for named lists: (name, status, id)."""
-    path = run.env["SYNCER_STATE_URL"].removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("select name, status, destination_id from syncer_destinations")
-        return [tuple(row) for row in rows]
+    engine = sa.create_engine(run.env["SYNCER_STATE_URL"])
+    try:
+        with engine.connect() as conn:
+            query = "select name, status, destination_id from syncer_destinations"
+            return [(row[0], row[1], row[2]) for row in conn.execute(sa.text(query))]
+    finally:
+        engine.dispose()
 
 
 def popen(run: SyncRun, sync: str) -> subprocess.Popen[str]:
@@ -405,6 +411,7 @@ def test_two_processes_at_once_create_the_list_at_most_once(vendor: Vendor, tmp_
         for proc, (out, err) in zip(procs, outputs, strict=True):
             assert proc.returncode in allowed, out + err
         assert creates(vendor, fake) == 1
+        assert vendor.lookups(fake) == 1  # only the process holding the claim looked
         (list_id,) = vendor.ids_named(fake, LIST_NAME)
         if isinstance(fake, FakeGoogleAds):
             assert {job["userList"] for job in fake.jobs.values()} == {fake.list_name}
@@ -485,3 +492,28 @@ def test_google_ads_terms_not_accepted_say_so(tmp_path: Path) -> None:
         assert proc.returncode == 78, said
         assert "customer data terms" in said and "Audience manager" in said
         assert fake.user_lists == {} and stored(run) == []
+
+
+def test_on_postgres_a_race_and_a_crash_still_create_the_list_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The claim is a primary key in any state database: the same guarantees on Postgres."""
+    with world(KLAVIYO, tmp_path, sync="first") as (fake, run):
+        run.env["SYNCER_STATE_URL"] = postgres_url
+        (run.mappings / "second.yaml").write_text(mapping(KLAVIYO, "second", fake.url))
+        KLAVIYO.hold(fake, 60.0)
+        proc = popen(run, "first")
+        wait_for(lambda: creates(KLAVIYO, fake) == 1, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert stored(run) == [(LIST_NAME, "creating", None)]
+        KLAVIYO.hold(fake, 1.0)
+
+        procs = [popen(run, "first"), popen(run, "second")]
+        for proc in procs:
+            out, err = proc.communicate(timeout=DEADLINE)
+            assert proc.returncode == 0, out + err
+        assert creates(KLAVIYO, fake) == 1
+        (list_id,) = KLAVIYO.ids_named(fake, LIST_NAME)
+        assert KLAVIYO.members(fake, list_id) == EMAILS
+        assert stored(run) == [(LIST_NAME, "created", list_id)]
