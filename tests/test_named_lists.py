@@ -517,3 +517,15 @@ def test_on_postgres_a_race_and_a_crash_still_create_the_list_once(
         (list_id,) = KLAVIYO.ids_named(fake, LIST_NAME)
         assert KLAVIYO.members(fake, list_id) == EMAILS
         assert stored(run) == [(LIST_NAME, "created", list_id)]
+
+
+def test_check_looks_the_name_up_and_creates_nothing(tmp_path: Path) -> None:
+    with world(SENDGRID, tmp_path) as (fake, run):
+        proc = run.cli("check", "named")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert creates(SENDGRID, fake) == 0 and SENDGRID.lookups(fake) == 1
+        first, second = SENDGRID.seed(fake, LIST_NAME), SENDGRID.seed(fake, LIST_NAME)
+        proc = run.cli("check", "named")
+        assert proc.returncode == 78, proc.stdout + proc.stderr
+        assert "2 lists named 'VIP customers'" in proc.stdout + proc.stderr
+        assert creates(SENDGRID, fake) == 0 and {first, second} <= set(fake.lists)
