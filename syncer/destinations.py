@@ -112,7 +112,7 @@ def resolve(run: RunContext) -> Resolved | None:
             run.sync = with_id(run.sync, wanted, known)
             return Resolved(wanted.kind, wanted.name, "use", known)
         try:
-            attempt = partial(_find_or_create, run, connector, wanted)
+            attempt = partial(_find_or_create, run, connector, wanted, scope, holder)
             found, created = run.retry(lambda: guarded(connector, "create_list", attempt))
         except BaseException:
             _release(run.conn, scope, holder)  # nothing half-written: the next run looks again
@@ -157,12 +157,20 @@ def preview(engine: Any, sync: LoadedSync, conn: Connection) -> list[Resolved]:
         return [Resolved(wanted.kind, wanted.name, "create")]
 
 
-def _find_or_create(run: RunContext, connector: Connector, wanted: NamedList) -> tuple[str, bool]:
+def _find_or_create(
+    run: RunContext, connector: Connector, wanted: NamedList, scope: str, holder: str
+) -> tuple[str, bool]:
     """(id, created): the one list of that name, else a new one. Each retry looks first, so
-    a create whose answer was lost is found, not made again."""
+    a create whose answer was lost is found, not made again; and creates only while the
+    claim is still ours (refreshed first, so a slow holder is not taken for a dead one)."""
     one = _one(run.name, connector, wanted, connector.find_list(wanted.name))
     if one is not None:
         return one, False
+    if not _touch(run.conn, scope, holder):
+        raise TransientError(
+            f"sync {run.name}: another process took over creating {wanted.kind}"
+            f" {wanted.name!r}; try again"
+        )
     run.log.info("destination.creating", kind=wanted.kind)
     created = connector.create_list(wanted.name)
     if not created:
@@ -252,7 +260,7 @@ def _claim(
                     run.log.info("destination.claim_taken_over", kind=wanted.kind)
                     return None
                 continue
-        if waited > ttl:
+        if waited > 2 * ttl:  # by then a silent holder has been taken over, unless it is alive
             raise TransientError(
                 f"sync {run.name}: another process ({row.sync or 'a sync'}) is still creating"
                 f" {wanted.kind} {wanted.name!r}; try again"
@@ -260,6 +268,21 @@ def _claim(
         if run.stop.wait(POLL):
             raise Interrupted("stopped while waiting for another process to create the list")
         waited += POLL
+
+
+def _touch(conn: Connection, scope: str, holder: str) -> bool:
+    """Refresh our claim's ``updated_at``; False when it is no longer ours."""
+    with writing(conn) as tx:
+        touched = tx.execute(
+            update(destinations_table)
+            .where(
+                destinations_table.c.scope == scope,
+                destinations_table.c.holder == holder,
+                destinations_table.c.status == "creating",
+            )
+            .values(updated_at=utcnow())
+        )
+    return touched.rowcount == 1
 
 
 def _store(conn: Connection, scope: str, holder: str, destination_id: str) -> str:

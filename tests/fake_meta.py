@@ -147,7 +147,8 @@ class FakeMeta(VendorEmulator):
             return error(190, "Invalid OAuth access token - Cannot parse access token")
         reply = super().dispatch(req)
         if reply.status == 200:
-            reply = Reply(reply.status, reply.body, {**usage_header(), **reply.headers})
+            headers = {**usage_header(), **reply.headers}
+            reply = Reply(reply.status, reply.body, headers, delay=reply.delay)
         return reply
 
     def _audience_or_error(self, match: re.Match[str]) -> Reply | None:

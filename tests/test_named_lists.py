@@ -11,6 +11,7 @@ error (exit 78) naming the sync, the name and both ids, and nothing is created.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -529,3 +530,33 @@ def test_check_looks_the_name_up_and_creates_nothing(tmp_path: Path) -> None:
         assert proc.returncode == 78, proc.stdout + proc.stderr
         assert "2 lists named 'VIP customers'" in proc.stdout + proc.stderr
         assert creates(SENDGRID, fake) == 0 and {first, second} <= set(fake.lists)
+
+
+def test_a_claim_left_by_a_silent_process_on_another_host_is_taken_over(tmp_path: Path) -> None:
+    """A replica on another host died holding the claim (its pid cannot be checked from here):
+    once the claim is older than SYNCER_LEASE_TTL the next run takes it over and finds the
+    list the dead one created."""
+    with world(KLAVIYO, tmp_path) as (fake, run):
+        run.env["SYNCER_LEASE_TTL"] = "2"
+        KLAVIYO.hold(fake, 60.0)
+        proc = popen(run, "named")
+        wait_for(lambda: creates(KLAVIYO, fake) == 1, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        KLAVIYO.hold(fake, 0.0)
+        engine = sa.create_engine(run.env["SYNCER_STATE_URL"])
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("update syncer_destinations set holder = :holder, updated_at = :now"),
+                {"holder": "other-host:4242:run:x", "now": dt.datetime.now(dt.UTC)},
+            )
+        engine.dispose()
+
+        started = time.monotonic()
+        code, doc = run.sync()
+        assert code == 0, doc
+        assert time.monotonic() - started >= 2.0  # it waited for the claim to go silent
+        assert creates(KLAVIYO, fake) == 1
+        (list_id,) = KLAVIYO.ids_named(fake, LIST_NAME)
+        assert stored(run) == [(LIST_NAME, "created", list_id)]
+        assert KLAVIYO.members(fake, list_id) == EMAILS
