@@ -89,7 +89,10 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+# Typed, so commands in syncer/cli_*.py (imported back into this module) see its type.
+json_option: Callable[[F], F] = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document on stdout."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -463,6 +466,10 @@ def new_connector(name: str, directory: Path | None) -> None:
 # -- commands that live in modules of their own (syncer/cli_*.py) --------------------------------
 # Imported here, after the shared helpers above exist; each module imports only click at the top,
 # so `syncer --version` stays fast.
+
+from syncer.cli_lists import lists  # noqa: E402
+
+cli.add_command(lists)
 
 
 def main() -> None:

@@ -28,21 +28,33 @@ import hashlib
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, get_args
 
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from syncer.audit import row_dict
 from syncer.connector import Connector, NamedList, SyncContext
+from syncer.diff import DiffCounts
 from syncer.errors import ConfigError, Interrupted, TransientError
 from syncer.lease import pid_alive
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
 from syncer.retry import guarded
 from syncer.runcontext import RunContext
-from syncer.state import destinations_table, utcnow, writing
+from syncer.settings import Settings
+from syncer.state import (
+    MAYBE_ABSENT,
+    destinations_table,
+    reading,
+    records_table,
+    state_engine,
+    state_errors,
+    utcnow,
+    writing,
+)
 
 log = get_logger("syncer.destinations")
 
@@ -61,6 +73,9 @@ class Resolved:
     action: str  # "use": it exists (id known); "create": a run would create it
     destination_id: str | None = None
     created: bool = False  # this run created it
+    #: The id came from the vendor, not from ``syncer_destinations``: the sync's members
+    #: are all sent again (see ``_store``).
+    looked_up: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +83,7 @@ class Resolved:
             "name": self.name,
             "action": self.action,
             "id": self.destination_id,
+            "resend_members": self.looked_up,
         }
 
     def describe(self) -> str:
@@ -117,7 +133,7 @@ def resolve(run: RunContext) -> Resolved | None:
         except BaseException:
             _release(run.conn, scope, holder)  # nothing half-written: the next run looks again
             raise
-        stored = _store(run.conn, scope, holder, found)
+        stored, resent = _store(run.conn, scope, holder, found, run.name)
     if stored != found:  # our claim was taken over as abandoned, and the other one won
         raise TransientError(
             f"sync {run.name}: {wanted.kind} {wanted.name!r} was resolved twice at once"
@@ -126,7 +142,9 @@ def resolve(run: RunContext) -> Resolved | None:
     run.log.info(
         "destination.created" if created else "destination.found",
         kind=wanted.kind,
+        name=wanted.name,
         destination_id=found,
+        members_to_send_again=resent,
     )
     run.sync = with_id(run.sync, wanted, found)
     return Resolved(wanted.kind, wanted.name, "use", found, created)
@@ -153,8 +171,24 @@ def preview(engine: Any, sync: LoadedSync, conn: Connection) -> list[Resolved]:
         )
         one = _one(definition.name, connector, wanted, ids)
         if one is not None:
-            return [Resolved(wanted.kind, wanted.name, "use", one)]
-        return [Resolved(wanted.kind, wanted.name, "create")]
+            return [Resolved(wanted.kind, wanted.name, "use", one, looked_up=True)]
+        return [Resolved(wanted.kind, wanted.name, "create", looked_up=True)]
+
+
+def resent(counts: DiffCounts, mode: str) -> DiffCounts:
+    """``counts`` as a run will send them once every state row is "maybe absent" (a list
+    looked up at the vendor: see ``_store``): members in the segment are all sent again
+    (added; updated in ``update_only``), nothing is left unchanged, removals stay."""
+    kept = counts.update + counts.unchanged
+    if mode == "update_only":
+        return replace(counts, update=kept, unchanged=0, unconfirmed=counts.members_before)
+    return replace(
+        counts,
+        add=counts.add + kept,
+        update=0,
+        unchanged=0,
+        unconfirmed=counts.members_before,
+    )
 
 
 def _find_or_create(
@@ -285,19 +319,33 @@ def _touch(conn: Connection, scope: str, holder: str) -> bool:
     return touched.rowcount == 1
 
 
-def _store(conn: Connection, scope: str, holder: str, destination_id: str) -> str:
+def _store(
+    conn: Connection, scope: str, holder: str, destination_id: str, sync: str
+) -> tuple[str, int]:
     """Record the id as ``created`` (its own committed transaction), if the claim is still
-    ours; the id the row holds afterwards."""
+    ours: (the id the row holds afterwards, members of ``sync`` to send again).
+
+    In the same transaction every member the sync's state holds becomes "maybe absent"
+    (MAYBE_ABSENT), so the run adds them all again: the list was just looked up at the
+    vendor, so nothing says the state was built against it (a list created anew after
+    ``syncer lists forget``, a changed name, a list that was given by id before). Adding a
+    member already there is a no-op at every vendor; leaving one out is not."""
     with writing(conn) as tx:
         tx.execute(
             update(destinations_table)
             .where(destinations_table.c.scope == scope, destinations_table.c.holder == holder)
             .values(status="created", destination_id=destination_id, updated_at=utcnow())
         )
+        resent = tx.execute(
+            update(records_table)
+            .where(records_table.c.sync == sync, records_table.c.unsure != MAYBE_ABSENT)
+            .values(unsure=MAYBE_ABSENT)
+        ).rowcount
         row = tx.execute(
             select(destinations_table.c.destination_id).where(destinations_table.c.scope == scope)
         ).first()
-    return str(row.destination_id) if row is not None and row.destination_id else destination_id
+    stored = str(row.destination_id) if row is not None and row.destination_id else destination_id
+    return stored, max(resent or 0, 0)
 
 
 def _release(conn: Connection, scope: str, holder: str) -> None:
@@ -315,4 +363,34 @@ def _release(conn: Connection, scope: str, holder: str) -> None:
         log.warning("destination.release_failed")
 
 
-__all__ = ["Resolved", "preview", "resolve", "scope_of", "with_id"]
+def stored_lists(settings: Settings) -> list[dict[str, Any]]:
+    """Every stored named list (``syncer lists show``), by connector and name."""
+    url = settings.state_url.get_secret_value()
+    table = destinations_table
+    query = select(table).order_by(table.c.connector, table.c.name, table.c.scope)
+    with state_errors(url), state_engine(url).connect() as conn:
+        return [row_dict(row._mapping) for row in reading(conn).execute(query)]
+
+
+def forget(settings: Settings, name: str, connector: str | None = None) -> list[dict[str, Any]]:
+    """Delete the stored rows of lists named ``name`` (of ``connector`` when given), so the
+    next run looks the name up again; the rows deleted. A claim a live run holds right now
+    is kept (ConfigError), so forgetting never lets a second creation start beside it."""
+    url = settings.state_url.get_secret_value()
+    table = destinations_table
+    where = [table.c.name == name]
+    if connector is not None:
+        where.append(table.c.connector == connector)
+    with state_errors(url), state_engine(url).connect() as conn, writing(conn) as tx:
+        rows = tx.execute(select(table).where(*where)).all()
+        for row in rows:
+            if row.status == "creating" and not _abandoned(row.holder, row.updated_at, 60.0):
+                raise ConfigError(
+                    f"{row.connector} list {name!r} is being created by {row.sync or 'a run'}"
+                    " right now; try again once that run ended"
+                )
+        tx.execute(delete(table).where(*where))
+    return [row_dict(row._mapping) for row in rows]
+
+
+__all__ = ["Resolved", "forget", "preview", "resolve", "scope_of", "stored_lists", "with_id"]

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncer import audit, recorder
 from syncer.connector import Connector, SyncContext, effective_limits
 from syncer.destinations import preview as preview_named_list
+from syncer.destinations import resent as resent_counts
 from syncer.destinations import resolve as resolve_named_list
 from syncer.diff import Staging
 from syncer.enums import RunStatus
@@ -101,6 +102,8 @@ class SyncEngine:
                 lists = preview_named_list(self, sync, conn)
                 staging = stage(self.settings, conn, sync, full_resync, fork=self.fork_reader)
                 counts = staging.counts()
+                if counts.members_before and any(item.looked_up for item in lists):
+                    counts = resent_counts(counts, definition.mode)  # as _store will make it
                 key_type = definition.source.key_type
                 sample = {
                     op: [mask_key(k, key_type) for k in staging.sample_keys(op, samples)]

@@ -105,6 +105,11 @@ def plan_table(result: PlanResult) -> None:
             stdout.print(f"would create {item['kind']} {item['name']!r} (create_if_missing)")
         else:
             stdout.print(f"{item['kind']} {item['name']!r}: id {item['id']}")
+        if item.get("resend_members") and c.members_before:
+            stdout.print(
+                f"  its id is not kept yet: the {c.members_before} members synced before are"
+                " sent again (the state may describe another list)"
+            )
     if result.guard.blocked:
         stdout.print(f"[bold]blocked:[/bold] {result.guard.reason}")
     stdout.print("nothing was sent, nothing created and no state was changed.")

@@ -364,7 +364,13 @@ def test_plan_says_it_would_create_the_list_and_creates_nothing(
         proc = run.cli("plan", "named", "--json")
         doc = json.loads(proc.stdout)
         assert doc["lists"] == [
-            {"kind": vendor_kind(vendor), "name": LIST_NAME, "action": "create", "id": None}
+            {
+                "kind": vendor_kind(vendor),
+                "name": LIST_NAME,
+                "action": "create",
+                "id": None,
+                "resend_members": True,
+            }
         ]
         assert doc["add"] == len(ROWS)
         assert creates(vendor, fake) == 0
@@ -560,3 +566,37 @@ def test_a_claim_left_by_a_silent_process_on_another_host_is_taken_over(tmp_path
         (list_id,) = KLAVIYO.ids_named(fake, LIST_NAME)
         assert stored(run) == [(LIST_NAME, "created", list_id)]
         assert KLAVIYO.members(fake, list_id) == EMAILS
+
+
+def test_lists_show_and_forget_after_the_list_was_deleted_at_the_vendor(tmp_path: Path) -> None:
+    with world(KLAVIYO, tmp_path) as (fake, run):
+        assert isinstance(fake, FakeKlaviyo)
+        code, _ = run.sync()
+        assert code == 0
+        (first,) = KLAVIYO.ids_named(fake, LIST_NAME)
+        shown = json.loads(run.cli("lists", "show", "--json").stdout)["lists"]
+        assert [
+            (r["connector"], r["name"], r["destination_id"], r["status"], r["sync"]) for r in shown
+        ] == [("klaviyo", LIST_NAME, first, "created", "named")]
+        assert "pk_named" not in json.dumps(shown)
+        assert first in run.cli("lists", "show").stdout
+
+        # A marketer deletes the list: the kept id is stale until forgotten.
+        del fake.lists[first]
+        fake.list_id, fake.listed = None, set()
+        proc = run.cli("lists", "forget", LIST_NAME)
+        assert proc.returncode == 0 and f"id {first}" in proc.stdout, proc.stderr
+        assert run.cli("lists", "forget", LIST_NAME).returncode == 1  # nothing kept any more
+
+        # The next run creates it again and adds every member again: the state it kept was
+        # built against the deleted list. Plan says so first.
+        plan = json.loads(run.cli("plan", "named", "--json").stdout)
+        assert plan["lists"][0]["action"] == "create" and plan["lists"][0]["resend_members"]
+        assert (plan["add"], plan["update"], plan["unchanged"]) == (len(ROWS), 0, 0)
+        assert "members synced before are sent again" in run.cli("plan", "named").stdout
+        code, doc = run.sync()
+        assert code == 0, doc
+        assert doc["runs"][0]["added"] == len(ROWS)
+        (second,) = KLAVIYO.ids_named(fake, LIST_NAME)
+        assert second != first and creates(KLAVIYO, fake) == 2
+        assert KLAVIYO.members(fake, second) == EMAILS
