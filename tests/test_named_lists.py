@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from tests.fake_google_ads import FakeGoogleAds
 from tests.fake_hubspot import FakeHubSpot
 from tests.fake_klaviyo import FakeKlaviyo
+from tests.fake_linkedin import FakeLinkedIn
 from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_meta import FakeMeta
 from tests.fake_sendgrid import FakeSendGrid
@@ -265,7 +266,38 @@ HUBSPOT = Vendor(
     fields="email: {column: email, type: email}\n  firstname: first_name",
 )
 
-VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP, HUBSPOT]
+
+def _linkedin_seed(vendor: FakeLinkedIn, name: str) -> str:
+    vendor._next_segment += 1
+    segment_id = str(vendor._next_segment)
+    vendor.segments[segment_id] = name
+    return segment_id
+
+
+LINKEDIN = Vendor(
+    name="linkedin",
+    fake=lambda: FakeLinkedIn("li-named-token", None, account="5005"),
+    env={"LINKEDIN_ACCESS_TOKEN": "li-named-token"},
+    destination="""
+  connector: linkedin
+  access_token: ${{LINKEDIN_ACCESS_TOKEN}}
+  base_url: {url}/rest
+  ad_account_id: "5005"
+  segment_name: {list_name}
+  create_if_missing: true
+  source_platform: SYNCER_TEST""",
+    create=(r"/rest/dmpSegments$", "POST"),
+    lookups=lambda v: len(v.requests_to(r"/rest/dmpSegments$", "GET")),
+    members=lambda v, segment_id: (
+        _by_hash(v.email_hashes()) if v.segment_id == segment_id else set()
+    ),
+    seed=_linkedin_seed,
+    ids_named=lambda v, name: [i for i, n in sorted(v.segments.items()) if n == name],
+    hold=_hold,
+    fields="email: email",
+)
+
+VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP, HUBSPOT, LINKEDIN]
 
 
 def mapping(vendor: Vendor, sync: str, url: str) -> str:
@@ -443,7 +475,12 @@ def test_a_name_the_vendor_has_twice_is_a_config_error(vendor: Vendor, tmp_path:
 
 
 def vendor_kind(vendor: Vendor) -> str:
-    kinds = {"meta": "custom audience", "google_ads": "user list", "mailchimp": "static segment"}
+    kinds = {
+        "meta": "custom audience",
+        "google_ads": "user list",
+        "mailchimp": "static segment",
+        "linkedin": "DMP segment",
+    }
     return kinds.get(vendor.name, "list")
 
 
@@ -600,3 +637,14 @@ def test_lists_show_and_forget_after_the_list_was_deleted_at_the_vendor(tmp_path
         (second,) = KLAVIYO.ids_named(fake, LIST_NAME)
         assert second != first and creates(KLAVIYO, fake) == 2
         assert KLAVIYO.members(fake, second) == EMAILS
+
+
+def test_linkedin_without_a_source_platform_says_what_it_takes(tmp_path: Path) -> None:
+    with world(LINKEDIN, tmp_path) as (fake, run):
+        text = mapping(LINKEDIN, "named", fake.url).replace("  source_platform: SYNCER_TEST", "")
+        (run.mappings / "named.yaml").write_text(text)
+        proc = run.cli("sync", "now", "named")
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 78, said
+        assert "source_platform" in said and "Audiences program" in said
+        assert fake.requests == []
