@@ -35,6 +35,7 @@ from tests.fake_linkedin import FakeLinkedIn
 from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_meta import FakeMeta
 from tests.fake_sendgrid import FakeSendGrid
+from tests.fake_tiktok import FakeTikTok
 from tests.vendor_emulator import SyncRun, VendorEmulator
 
 #: How long any observable event may take on a loaded machine.
@@ -297,7 +298,37 @@ LINKEDIN = Vendor(
     fields="email: email",
 )
 
-VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP, HUBSPOT, LINKEDIN]
+
+def _tiktok_seed(vendor: FakeTikTok, name: str) -> str:
+    vendor._next_audience += 1
+    audience_id = str(vendor._next_audience)
+    vendor.audiences[audience_id] = name
+    return audience_id
+
+
+TIKTOK = Vendor(
+    name="tiktok",
+    fake=lambda: FakeTikTok("tt-named-token", "7000", None),
+    env={"TIKTOK_ACCESS_TOKEN": "tt-named-token"},
+    destination="""
+  connector: tiktok
+  access_token: ${{TIKTOK_ACCESS_TOKEN}}
+  base_url: {url}/open_api/v1.3
+  advertiser_id: "7000"
+  audience_name: {list_name}
+  create_if_missing: true""",
+    create=(r"/segment/audience/$", "POST"),
+    lookups=lambda v: len(v.requests_to(r"/dmp/custom_audience/list/$", "GET")),
+    members=lambda v, audience_id: (
+        _by_hash(set(v.members())) if v.audience_id == audience_id else set()
+    ),
+    seed=_tiktok_seed,
+    ids_named=lambda v, name: [i for i, n in sorted(v.audiences.items()) if n == name],
+    hold=_hold,
+    fields="email: email",
+)
+
+VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP, HUBSPOT, LINKEDIN, TIKTOK]
 
 
 def mapping(vendor: Vendor, sync: str, url: str) -> str:
@@ -480,6 +511,7 @@ def vendor_kind(vendor: Vendor) -> str:
         "google_ads": "user list",
         "mailchimp": "static segment",
         "linkedin": "DMP segment",
+        "tiktok": "custom audience",
     }
     return kinds.get(vendor.name, "list")
 
