@@ -102,6 +102,12 @@ def scope_of(connector: Connector, wanted: NamedList) -> str:
     return scope
 
 
+def names_lists(sync: LoadedSync) -> bool:
+    """Whether the sync's connector can name lists at all (no connector is opened for the
+    others: most syncs give ids, and pay nothing for this step)."""
+    return sync.connector_cls.named_list is not Connector.named_list
+
+
 def with_id(sync: LoadedSync, wanted: NamedList, destination_id: str) -> LoadedSync:
     """``sync`` with the list's id in its connector config (appended to a list of ids)."""
     config = sync.connector_config
@@ -117,6 +123,8 @@ def with_id(sync: LoadedSync, wanted: NamedList, destination_id: str) -> LoadedS
 def resolve(run: RunContext) -> Resolved | None:
     """Fill in the id of the list the run's sync names (run.sync is replaced), creating the
     list if the sync says so and it does not exist: exactly once (module docstring)."""
+    if not names_lists(run.sync):
+        return None
     with run.connector(with_run_id=False) as connector:
         wanted = guarded(connector, "named_list", connector.named_list)
         if wanted is None:
@@ -129,7 +137,7 @@ def resolve(run: RunContext) -> Resolved | None:
             return Resolved(wanted.kind, wanted.name, "use", known)
         try:
             attempt = partial(_find_or_create, run, connector, wanted, scope, holder)
-            found, created = run.retry(lambda: guarded(connector, "create_list", attempt))
+            found, created = run.retry(lambda: guarded(connector, "find_list", attempt))
         except BaseException:
             _release(run.conn, scope, holder)  # nothing half-written: the next run looks again
             raise
@@ -153,6 +161,8 @@ def resolve(run: RunContext) -> Resolved | None:
 def preview(engine: Any, sync: LoadedSync, conn: Connection) -> list[Resolved]:
     """What a run would do about the list ``sync`` names, for ``plan``: nothing is claimed
     or created. ``engine`` is the SyncEngine (for its connector wiring and retries)."""
+    if not names_lists(sync):
+        return []
     definition = sync.definition
     context = SyncContext(definition.name, definition.mode, tuple(sorted(definition.fields)))
     with engine.connector_session(sync, context) as connector:
