@@ -386,7 +386,8 @@ class Connector:
         """Verify the destination is reachable and the credentials work; raise if not."""
 
     def open(self) -> None:
-        """Prepare for a run (create the audience, open files...)."""
+        """Prepare for a run (check the mapped fields, open files...). A list the sync names
+        is already resolved by then (see ``named_list``): never create lists here."""
 
     def close(self, success: bool) -> None:
         """Finish a run; ``success`` is False when the run stopped early."""
