@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import pytest
 import sqlalchemy as sa
@@ -34,6 +35,7 @@ from tests.fake_klaviyo import FakeKlaviyo
 from tests.fake_linkedin import FakeLinkedIn
 from tests.fake_mailchimp import FakeMailchimp
 from tests.fake_meta import FakeMeta
+from tests.fake_salesforce import FakeSalesforce
 from tests.fake_sendgrid import FakeSendGrid
 from tests.fake_tiktok import FakeTikTok
 from tests.vendor_emulator import SyncRun, VendorEmulator
@@ -328,7 +330,46 @@ TIKTOK = Vendor(
     fields="email: email",
 )
 
-VENDORS = [KLAVIYO, META, GOOGLE_ADS, SENDGRID, MAILCHIMP, HUBSPOT, LINKEDIN, TIKTOK]
+
+def _salesforce_seed(vendor: FakeSalesforce, name: str) -> str:
+    campaign_id = vendor._id("701")
+    vendor.campaigns[campaign_id] = name
+    return campaign_id
+
+
+SALESFORCE = Vendor(
+    name="salesforce",
+    fake=lambda: FakeSalesforce("00D-named-token", None),
+    env={"SALESFORCE_ACCESS_TOKEN": "00D-named-token"},
+    destination="""
+  connector: salesforce
+  base_url: {url}
+  access_token: ${{SALESFORCE_ACCESS_TOKEN}}
+  external_id_field: Warehouse_Id__c
+  campaign_name: {list_name}
+  create_if_missing: true""",
+    create=(r"/sobjects/Campaign$", "POST"),
+    lookups=lambda v: sum(
+        "FROM Campaign WHERE Name" in unquote_plus(r.url) for r in v.requests_to(r"/query$", "GET")
+    ),
+    members=lambda v, campaign_id: set(v.members()) if v.campaign_id == campaign_id else set(),
+    seed=_salesforce_seed,
+    ids_named=lambda v, name: [i for i, n in sorted(v.campaigns.items()) if n == name],
+    hold=_hold,
+    fields="Email: {column: email, type: email}\n  LastName: first_name",
+)
+
+VENDORS = [
+    KLAVIYO,
+    META,
+    GOOGLE_ADS,
+    SENDGRID,
+    MAILCHIMP,
+    HUBSPOT,
+    LINKEDIN,
+    TIKTOK,
+    SALESFORCE,
+]
 
 
 def mapping(vendor: Vendor, sync: str, url: str) -> str:
@@ -512,6 +553,7 @@ def vendor_kind(vendor: Vendor) -> str:
         "mailchimp": "static segment",
         "linkedin": "DMP segment",
         "tiktok": "custom audience",
+        "salesforce": "campaign",
     }
     return kinds.get(vendor.name, "list")
 
