@@ -28,16 +28,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from syncer.connector import (
     BatchResult,
     Capabilities,
     ConnectorConfig,
     JobStatus,
+    NamedList,
     Operation,
     Record,
     SyncContext,
+    check_named_list,
 )
 from syncer.declarations import BearerAuth, HeaderAuth
 from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientError
@@ -66,6 +68,13 @@ KEY_TYPES: dict[str, frozenset[str]] = {
 Consent = Literal["GRANTED", "DENIED"]
 _DIGITS = re.compile(r"^\d+$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+#: Customer Match membership life span: at most 540 days, or 10000 for "no expiry".
+MAX_LIFE_SPAN = 540
+UNLIMITED_LIFE_SPAN = 10_000
+LIFE_SPAN_CHOICES = (
+    f"days a member stays on the list, 1 to {MAX_LIFE_SPAN}, or {UNLIMITED_LIFE_SPAN} for"
+    " no expiry (Google's default for Customer Match lists is 540)"
+)
 #: ``MATCH_RANGE_20_TO_30`` -> (20, 30); ``MATCH_RANGE_LESS_THAN_20`` -> (0, 19).
 _RANGE = re.compile(r"^MATCH_RANGE_(\d+)_TO_(\d+)$")
 
@@ -83,7 +92,26 @@ class GoogleAdsConfig(RestConfig, RefreshCredentials):
     login_customer_id: str | None = Field(
         default=None, description="Manager account id, when acting through a manager."
     )
-    user_list_id: str = Field(description="The Customer Match (CRM-based) user list id.")
+    user_list_id: str | None = Field(
+        default=None, description="The Customer Match (CRM-based) user list id."
+    )
+    user_list_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The user list by name instead of user_list_id (looked up once, then kept).",
+    )
+    create_if_missing: bool = Field(
+        default=False, description="Create the user_list_name list when the customer has none."
+    )
+    membership_life_span: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days a member stays on a list syncer creates (required to create it):"
+        f" 1 to {MAX_LIFE_SPAN}, or {UNLIMITED_LIFE_SPAN} for no expiry.",
+    )
+    user_list_description: str | None = Field(
+        default=None, description="Description of a user list syncer creates."
+    )
     api_version: str = Field(default=DEFAULT_VERSION, pattern=r"^v\d+$")
     ad_user_data: Consent | None = Field(
         default=None, description="Consent for ad user data, sent on the job (EEA users)."
@@ -99,6 +127,19 @@ class GoogleAdsConfig(RestConfig, RefreshCredentials):
         default=False, description="Strip dots before @gmail.com (off: Customer Match sample)."
     )
     batch_size: int | None = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _list_by_id_or_name(self) -> GoogleAdsConfig:
+        check_named_list(
+            self,
+            id_field="user_list_id",
+            name_field="user_list_name",
+            required={"membership_life_span": LIFE_SPAN_CHOICES},
+        )
+        span = self.membership_life_span
+        if span is not None and span > MAX_LIFE_SPAN and span != UNLIMITED_LIFE_SPAN:
+            raise ValueError(f"membership_life_span must be {LIFE_SPAN_CHOICES}")
+        return self
 
     @field_validator("customer_id", "login_customer_id", "user_list_id")
     @classmethod
@@ -184,11 +225,83 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
                 raise RateLimited(str(exc), retry_after=min(delay, MAX_RETRY_AFTER)) from None
             raise
 
+    # -- user lists created when missing (the engine resolves user_list_name) -----------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.user_list_id is not None or cfg.user_list_name is None:
+            return None
+        return NamedList(
+            "user list",
+            cfg.user_list_name,
+            "user_list_id",
+            create=cfg.create_if_missing,
+            within=cfg.customer_id,
+        )
+
+    def find_list(self, name: str) -> list[str]:
+        """GAQL on ``user_list`` by name, every page: the ids of the lists named so."""
+        quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+        query = (
+            f"SELECT user_list.id, user_list.name FROM user_list WHERE user_list.name = '{quoted}'"
+        )
+        body: dict[str, Any] = {"query": query}
+        ids: list[str] = []
+        while True:
+            response = self.probe(
+                "POST", self._path("googleAds:search"), "user_list_name", json_body=body
+            )
+            data = self.json(response)
+            for row in _results(data):
+                list_id = dig(row, "userList", "id")
+                if dig(row, "userList", "name") == name and list_id is not None:
+                    ids.append(str(list_id))
+            token = dig(data, "nextPageToken")
+            if not isinstance(token, str) or not token:
+                return ids
+            body = {"query": query, "pageToken": token}
+
+    def create_list(self, name: str) -> str:
+        """``userLists:mutate`` creating a CRM-based list for the upload key type the
+        mapping's fields use, with the life span the user chose. A customer that has not
+        accepted Google's customer data terms gets a ConfigError saying so."""
+        cfg = self.settings
+        names = set(self.context.field_names)
+        key_type = next((k for k, kinds in KEY_TYPES.items() if names & kinds), "CONTACT_INFO")
+        user_list: dict[str, Any] = {
+            "name": name,
+            "membershipLifeSpan": str(cfg.membership_life_span),
+            "crmBasedUserList": {"uploadKeyType": key_type, "dataSourceType": "FIRST_PARTY"},
+        }
+        if cfg.user_list_description:
+            user_list["description"] = cfg.user_list_description
+        try:
+            response = self.request(
+                "POST",
+                self._path("userLists:mutate"),
+                json_body={"operations": [{"create": user_list}]},
+            )
+        except BatchRejected as exc:
+            raise ConfigError(_creation_refused(str(exc))) from None
+        results = _results(self.json(response))
+        resource = dig(results[0], "resourceName") if results else None
+        if not isinstance(resource, str) or "/userLists/" not in resource:
+            raise TransientError("google_ads: user list created without a resource name")
+        return resource.rsplit("/", 1)[1]
+
     # -- contract -----------------------------------------------------------------------
 
     def check(self) -> None:
         """Read the user list with GAQL: proves token, developer token, customer and list."""
         cfg = self.settings
+        if cfg.user_list_id is None and cfg.user_list_name is not None:
+            ids = self.find_list(cfg.user_list_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                found = f"{len(ids)} user lists" if ids else "no user list"
+                raise ConfigError(
+                    f"google_ads: user_list_name: {found} named {cfg.user_list_name!r}"
+                )
+            return
         query = (
             "SELECT user_list.id, user_list.name, user_list.type FROM user_list "
             f"WHERE user_list.resource_name = '{self.user_list}'"
@@ -270,6 +383,8 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
     @property
     def user_list(self) -> str:
         cfg = self.settings
+        if cfg.user_list_id is None:  # the engine fills it in from user_list_name first
+            raise ConfigError("google_ads: user_list_id is not known (user_list_name not resolved)")
         return f"customers/{cfg.customer_id}/userLists/{cfg.user_list_id}"
 
     def _path(self, tail: str, customer: str | None = None) -> str:
@@ -505,6 +620,17 @@ def _identifiers_of(operation: Mapping[str, Any]) -> list[Any]:
             found = body.get("userIdentifiers")
             return found if isinstance(found, list) else []
     return []
+
+
+def _creation_refused(message: str) -> str:
+    """Why Google refused to create the list; its terms are a choice only a person makes."""
+    if "TERMS" in message.upper():
+        return (
+            "google_ads: the customer has not accepted Google's customer data terms for"
+            " Customer Match; a person with access must accept them in Google Ads (Tools,"
+            f" Audience manager), then run again ({message})"
+        )
+    return f"google_ads: user_list_name: list not created: {message}"
 
 
 def _body(response: httpx.Response) -> Any:

@@ -17,16 +17,18 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from syncer.connector import (
     BatchResult,
     Capabilities,
+    NamedList,
     Outcome,
     Record,
+    check_named_list,
 )
 from syncer.declarations import BearerAuth, RateLimitHeaders
-from syncer.errors import BatchRejected, ConfigError
+from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.oauth import Grant, RefreshCredentials, refresh_grant
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks, group_by_value
@@ -34,6 +36,7 @@ from syncer.steps import Steps, apply
 
 MAX_BATCH = 100  # HubSpot's v3 batch limit (reference: standard, not in the spec)
 READ_CHUNK = 100  # inputs per batch/read, the same v3 limit
+LIST_PAGE = 500  # lists per page of /lists/search (HubSpot's largest count)
 DEFAULT_INTERVAL = 10.0  # seconds; the documented window when the header is absent
 DAILY_COOL_DOWN = 300.0  # the daily quota resets at the account's midnight: wait long
 #: HubSpot's OAuth token endpoint (``token_url`` overrides it).
@@ -65,6 +68,10 @@ class HubSpotConfig(RestConfig, RefreshCredentials):
     token: SecretStr | None = None
     #: ILS list id of a MANUAL or SNAPSHOT contact list; needed for membership and mirror.
     list_id: str | None = None
+    #: The list by name instead of ``list_id`` (looked up once, then kept).
+    list_name: str | None = Field(default=None, min_length=1)
+    #: Create the ``list_name`` list (a MANUAL contact list) when HubSpot has none by that name.
+    create_if_missing: bool = False
     #: Unique contact property the upsert matches on.
     id_property: str = "email"
     #: Mapping field holding the id property's value; None: the sync key.
@@ -76,6 +83,11 @@ class HubSpotConfig(RestConfig, RefreshCredentials):
     #: Record ids per membership call (HubSpot publishes no maximum).
     membership_chunk_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     batch_size: int | None = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _list_by_id_or_name(self) -> HubSpotConfig:
+        check_named_list(self, id_field="list_id", name_field="list_name", optional=True)
+        return self
 
     @field_validator("api_version")
     @classmethod
@@ -148,11 +160,57 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
     def list_path(self, rest: str = "") -> str:
         return self._crm("lists", f"/{self.settings.list_id}{rest}")
 
+    # -- lists created when missing (the engine resolves list_name) ----------------------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.list_id or cfg.list_name is None:
+            return None
+        return NamedList("list", cfg.list_name, "list_id", create=cfg.create_if_missing)
+
+    def find_list(self, name: str) -> list[str]:
+        """``POST /crm/v3/lists/search`` (a contains-match, every page), kept to exact names."""
+        ids: list[str] = []
+        offset = 0
+        while True:
+            body = {"query": name, "count": LIST_PAGE, "offset": offset}
+            response = self.probe(
+                "POST", self._crm("lists", "/search"), "list_name", json_body=body
+            )
+            data = self.json(response)
+            found = data.get("lists") if isinstance(data, dict) else None
+            for item in found if isinstance(found, list) else []:
+                if isinstance(item, dict) and item.get("name") == name and item.get("listId"):
+                    ids.append(str(item["listId"]))
+            following = data.get("offset") if isinstance(data, dict) else None
+            more = isinstance(data, dict) and data.get("hasMore") is True
+            if not more or not isinstance(following, int) or following <= offset:
+                return ids
+            offset = following
+
+    def create_list(self, name: str) -> str:
+        """``POST /crm/v3/lists``: a MANUAL (static) contact list; its ``listId``."""
+        body = {"name": name, "objectTypeId": "0-1", "processingType": "MANUAL"}
+        response = self.probe("POST", self._crm("lists", ""), "list_name", json_body=body)
+        data = self.json(response)
+        info = data.get("list", data) if isinstance(data, dict) else None
+        list_id = info.get("listId") if isinstance(info, dict) else None
+        if list_id in (None, ""):
+            raise TransientError("hubspot: list created without a listId")
+        return str(list_id)
+
     # -- contract -----------------------------------------------------------------------
 
     def check(self) -> None:
         """Read the list (or one contact without a list): a 401 is AuthError, a 404 a
         ConfigError naming list_id, a network problem TransientError."""
+        cfg = self.settings
+        if not cfg.list_id and cfg.list_name is not None:
+            ids = self.find_list(cfg.list_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                found = f"{len(ids)} lists" if ids else "no list"
+                raise ConfigError(f"hubspot: list_name: {found} named {cfg.list_name!r}")
+            return
         self.open()
         if not self.settings.list_id:
             self.probe("GET", self.contacts_path, "token", params={"limit": 1})

@@ -25,9 +25,9 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
-from syncer.connector import BatchResult, Capabilities, Record
+from syncer.connector import BatchResult, Capabilities, NamedList, Record, check_named_list
 from syncer.declarations import CLIENT_ERRORS, HeaderAuth, RateLimitHeaders
 from syncer.errors import ConfigError, TransientError
 from syncer.ratelimit import RateLimit
@@ -83,6 +83,15 @@ class KlaviyoConfig(JobPolling):
     list_id: str | None = Field(
         default=None, min_length=1, description="Static list for membership; needed to remove."
     )
+    list_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="The static list by name instead of list_id (looked up once, then kept).",
+    )
+    create_if_missing: bool = Field(
+        default=False, description="Create the list_name list when Klaviyo has none by that name."
+    )
     revision: str = Field(default=DEFAULT_REVISION, pattern=r"^\d{4}-\d{2}-\d{2}(\.\w+)?$")
     identifier: Identifier = Field(
         default="email", description="Which profile identifier the sync's key fills."
@@ -94,6 +103,11 @@ class KlaviyoConfig(JobPolling):
         description="Batches with at least this many records use a bulk import job.",
     )
     batch_size: int | None = Field(default=1_000, ge=1, le=MAX_JOB_PROFILES)
+
+    @model_validator(mode="after")
+    def _list_by_id_or_name(self) -> KlaviyoConfig:
+        check_named_list(self, id_field="list_id", name_field="list_name", optional=True)
+        return self
 
 
 class KlaviyoConnector(RestConnector[KlaviyoConfig]):
@@ -127,6 +141,12 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
     def check(self) -> None:
         """``GET /api/lists/{id}`` (or the job list when no list is set): cheap, authenticated."""
         cfg = self.settings
+        if cfg.list_id is None and cfg.list_name is not None:
+            ids = self.find_list(cfg.list_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                found = f"{len(ids)} lists" if ids else "no list"
+                raise ConfigError(f"klaviyo: list_name: {found} named {cfg.list_name!r}")
+            return
         if cfg.list_id is None:
             response = self.request("GET", "/api/profile-bulk-import-jobs")
             self.expect(response, "api_key", error=ConfigError)
@@ -135,6 +155,42 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
         if response.status_code == 404:
             raise ConfigError(f"klaviyo: list_id: no list {cfg.list_id!r} in this account")
         self.expect(response, "list_id", error=ConfigError)
+
+    # -- lists created when missing (the engine resolves list_name: syncer.destinations) --
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.list_id is not None or cfg.list_name is None:
+            return None
+        return NamedList("list", cfg.list_name, "list_id", create=cfg.create_if_missing)
+
+    def find_list(self, name: str) -> list[str]:
+        """``GET /api/lists?filter=equals(name,"...")``, every page: the ids of that name."""
+        params = {"filter": f"equals(name,{json.dumps(name)})", "fields[list]": "name"}
+        ids: list[str] = []
+        cursor: str | None = None
+        while True:
+            query = dict(params) if cursor is None else {**params, "page[cursor]": cursor}
+            response = self.request("GET", "/api/lists", params=query)
+            self.expect(response, "list_name", error=ConfigError)
+            data = self.json(response)
+            items = dig(data, "data")
+            for item in items if isinstance(items, list) else []:
+                if dig(item, "attributes", "name") == name and isinstance(dig(item, "id"), str):
+                    ids.append(str(dig(item, "id")))
+            cursor = _next_cursor(dig(data, "links", "next"))
+            if cursor is None:
+                return ids
+
+    def create_list(self, name: str) -> str:
+        """``POST /api/lists``: a static list; its id from the 201."""
+        body = {"data": {"type": "list", "attributes": {"name": name}}}
+        response = self.request("POST", "/api/lists", json_body=body)
+        self.expect(response, "create list", error=ConfigError)
+        list_id = dig(self.json(response), "data", "id")
+        if not isinstance(list_id, str) or not list_id:
+            raise TransientError("klaviyo: list created without an id")
+        return list_id
 
     def add(self, records: Sequence[Record]) -> BatchResult:
         return self._upsert("add", records, to_list=self.settings.list_id is not None)

@@ -13,9 +13,9 @@ hash, advertiser id) are kept as the record's destination id, compact JSON ``{ki
 so a removal needs no lookup and no raw identifier is ever stored. Names and country are sent
 on ADD only and never kept.
 
-The segment must exist (create it in Campaign Manager or with ``POST /dmpSegments``; see
-docs/connectors/linkedin.md): creating it needs an ad account urn, a source platform and a
-5 s wait before use, and is out of scope here. A 404 from the users endpoint is retried:
+The segment is given by id, or by name (``segment_name``, with ``ad_account_id``): the engine
+looks it up among the account's segments, or creates it (``create_if_missing``, with the
+``source_platform`` LinkedIn approved for the app). A 404 from the users endpoint is retried:
 LinkedIn answers 404 for a segment younger than about 5 s.
 
 Rate limits: 600 requests a minute per member (the token's owner) on ``/users``; LinkedIn
@@ -30,9 +30,16 @@ from functools import partial
 from typing import Any, Literal
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    NamedList,
+    Operation,
+    Record,
+    check_named_list,
+)
 from syncer.declarations import BearerAuth
 from syncer.errors import ConfigError, TransientError
 from syncer.http import Action
@@ -50,7 +57,7 @@ from syncer.identifiers import (
 from syncer.normalize import InvalidValue
 from syncer.oauth import Grant, RefreshCredentials, refresh_grant
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector
+from syncer.rest import RestConfig, RestConnector, dig
 
 #: Most elements per users call: LinkedIn documents 5,000 for the companies endpoint; the
 #: users endpoint's maximum is unverified and assumed the same (``batch_size`` lowers it).
@@ -71,6 +78,13 @@ HINTS: Mapping[Kind, str] = {
 DEAD_STATUSES = frozenset({"EXPIRED", "FAILED", "ERROR"})
 
 ElementAction = Literal["ADD", "REMOVE"]
+#: What ``source_platform`` takes (LinkedIn refuses a platform not approved for the app).
+SOURCE_PLATFORM_CHOICE = (
+    "the sourcePlatform LinkedIn approved for your app in its Audiences program (ask your"
+    " LinkedIn partner contact; syncer cannot choose it)"
+)
+#: Segments listed per page while looking one up by name.
+SEGMENT_PAGE = 100
 
 
 class LinkedInConfig(RestConfig, RefreshCredentials):
@@ -81,8 +95,29 @@ class LinkedInConfig(RestConfig, RefreshCredentials):
         description="3-legged OAuth access token with rw_dmp_segments, from the environment;"
         " or client_id, client_secret and refresh_token, and syncer renews tokens itself.",
     )
-    segment_id: str = Field(
-        pattern=r"^[0-9A-Za-z_-]+$", description="Id of an existing USER DMP segment."
+    segment_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Za-z_-]+$",
+        description="Id of an existing USER DMP segment.",
+    )
+    segment_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The segment by name instead of segment_id (needs ad_account_id).",
+    )
+    create_if_missing: bool = Field(
+        default=False, description="Create a USER segment named segment_name if none exists."
+    )
+    ad_account_id: str | None = Field(
+        default=None,
+        pattern=r"^\d+$",
+        description="Sponsored ad account to find or create segment_name in.",
+    )
+    source_platform: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9_]+$",
+        description="Required to create a segment: the sourcePlatform LinkedIn approved for"
+        " your app in its Audiences program (a partner name such as SEGMENT).",
     )
     api_version: str = Field(
         default=DEFAULT_VERSION,
@@ -93,6 +128,18 @@ class LinkedInConfig(RestConfig, RefreshCredentials):
         default_factory=list, description="Kinds whose columns already hold SHA-256 hex."
     )
     batch_size: int | None = Field(default=MAX_ELEMENTS, ge=1, le=MAX_ELEMENTS)
+
+    @model_validator(mode="after")
+    def _segment_by_id_or_name(self) -> LinkedInConfig:
+        check_named_list(
+            self,
+            id_field="segment_id",
+            name_field="segment_name",
+            required={"source_platform": SOURCE_PLATFORM_CHOICE},
+        )
+        if self.segment_name is not None and self.ad_account_id is None:
+            raise ValueError("segment_name needs ad_account_id: the account to look it up in")
+        return self
 
     @field_validator("prehashed")
     @classmethod
@@ -146,6 +193,74 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
             return Action.RETRY
         return super().classify(response)
 
+    # -- segments created when missing (the engine resolves segment_name) ----------------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.segment_id is not None or cfg.segment_name is None:
+            return None
+        return NamedList(
+            "DMP segment",
+            cfg.segment_name,
+            "segment_id",
+            create=cfg.create_if_missing,
+            within=cfg.ad_account_id or "",
+        )
+
+    def find_list(self, name: str) -> list[str]:
+        """``GET /dmpSegments?q=account&account=urn:li:sponsoredAccount:{id}``, every page:
+        the USER segments named exactly ``name``."""
+        ids: list[str] = []
+        start = 0
+        while True:
+            params = {
+                "q": "account",
+                "account": self._account_urn(),
+                "start": str(start),
+                "count": str(SEGMENT_PAGE),
+            }
+            response = self.probe("GET", "/dmpSegments", "segment_name", params=params)
+            data = self.json(response)
+            elements = data.get("elements") if isinstance(data, dict) else None
+            page = elements if isinstance(elements, list) else []
+            for item in page:
+                if not isinstance(item, dict) or item.get("name") != name:
+                    continue
+                if item.get("type") in (None, "USER") and item.get("id") is not None:
+                    ids.append(str(item["id"]))
+            total = dig(data, "paging", "total")
+            start += len(page)
+            if not page or not isinstance(total, int) or start >= total:
+                return ids
+
+    def create_list(self, name: str) -> str:
+        """``POST /dmpSegments``: a USER segment for LinkedIn ads; its id from the
+        ``x-restli-id`` header (201). LinkedIn needs about 5 s before the segment takes
+        users: the users call's 404 meanwhile is retried (see ``classify``)."""
+        cfg = self.settings
+        body = {
+            "name": name,
+            "sourcePlatform": cfg.source_platform,
+            "sourceSegmentId": name,
+            "account": self._account_urn(),
+            "type": "USER",
+            "destinations": [{"destination": "LINKEDIN"}],
+        }
+        response = self.probe("POST", "/dmpSegments", "segment_name", json_body=body)
+        created: str | None = response.headers.get("x-restli-id") or response.headers.get(
+            "x-linkedin-id"
+        )
+        if not created:
+            data = self.json(response)
+            found = data.get("id") if isinstance(data, dict) else None
+            created = str(found) if found is not None else None
+        if not created:
+            raise TransientError("linkedin: segment created without an id")
+        return created.rsplit(":", 1)[-1]  # a urn (urn:li:dmpSegment:123) or the bare id
+
+    def _account_urn(self) -> str:
+        return f"urn:li:sponsoredAccount:{self.settings.ad_account_id}"
+
     # -- contract -----------------------------------------------------------------------
 
     def open(self) -> None:
@@ -155,7 +270,15 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 
     def check(self) -> None:
         """``GET /dmpSegments/{id}``: authenticated, cheap, and proves the segment exists and
-        can take users (a USER segment that is not expired or failed)."""
+        can take users (a USER segment that is not expired or failed). By name: the
+        account's segments, and the name there once, or creatable."""
+        cfg = self.settings
+        if cfg.segment_id is None and cfg.segment_name is not None:
+            ids = self.find_list(cfg.segment_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                found = f"{len(ids)} segments" if ids else "no segment"
+                raise ConfigError(f"linkedin: segment_name: {found} named {cfg.segment_name!r}")
+            return
         segment_id = self.settings.segment_id
         response = self.probe("GET", f"/dmpSegments/{segment_id}", "segment_id")
         data = self.json(response)
@@ -232,6 +355,8 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
 
     def _send(self, members: list[_Member], result: BatchResult) -> None:
         elements = [e for m in members for e in m.elements]
+        if self.settings.segment_id is None:  # the engine fills it in from segment_name
+            raise ConfigError("linkedin: segment_id is not known (segment_name not resolved)")
         path = f"/dmpSegments/{self.settings.segment_id}/users"
         response = self.request(
             "POST",

@@ -27,9 +27,11 @@ from syncer.connector import (
     BatchResult,
     Capabilities,
     ConnectorConfig,
+    NamedList,
     Outcome,
     Record,
     SyncContext,
+    check_named_list,
 )
 from syncer.declarations import BasicAuth
 from syncer.errors import AuthError, BatchRejected, ConfigError
@@ -67,6 +69,10 @@ class MailchimpConfig(RestConfig):
     #: Membership mechanism: a tag name, or a static segment id (not both).
     tag: str | None = Field(default=None, min_length=1)
     segment_id: int | None = None
+    #: The static segment by name instead of ``segment_id`` (looked up once, then kept).
+    segment_name: str | None = Field(default=None, min_length=1, max_length=100)
+    #: Create the ``segment_name`` segment when the audience has none by that name.
+    create_if_missing: bool = False
     #: How a tag is changed: ``segment`` edits the tag as the static segment it is, 500
     #: addresses per request; ``member`` sets it one request per member (for accounts that
     #: refuse segment edits, or tiny lists).
@@ -82,8 +88,9 @@ class MailchimpConfig(RestConfig):
 
     @model_validator(mode="after")
     def _one_mechanism_and_a_data_centre(self) -> MailchimpConfig:
-        if self.tag is not None and self.segment_id is not None:
-            raise ValueError("set either tag or segment_id, not both")
+        if self.tag is not None and (self.segment_id is not None or self.segment_name):
+            raise ValueError("set either tag or segment_id (or segment_name), not both")
+        check_named_list(self, id_field="segment_id", name_field="segment_name", optional=True)
         if self.tag is None and "tag_method" in self.model_fields_set:
             raise ValueError("tag_method applies to tag only")
         if self.base_url is None and not _DC.search(self.api_key.get_secret_value()):
@@ -128,6 +135,26 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
             return Action.IGNORE
         return super().classify(response)
 
+    # -- static segments created when missing (the engine resolves segment_name) ----------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.segment_id is not None or cfg.segment_name is None:
+            return None
+        return NamedList(
+            "static segment",
+            cfg.segment_name,
+            "segment_id",
+            create=cfg.create_if_missing,
+            within=cfg.list_id,
+        )
+
+    def find_list(self, name: str) -> list[str]:
+        return [str(found) for found in self._static_segments(name, "segment_name")]
+
+    def create_list(self, name: str) -> str:
+        return str(self._create_segment(name, "segment_name"))
+
     # -- contract -------------------------------------------------------------------------
 
     def check(self) -> None:
@@ -138,6 +165,11 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
         self.probe("GET", f"/lists/{cfg.list_id}", "list_id", params={"fields": "id,name"})
         if cfg.tag is not None and cfg.tag_method == "segment":
             self._tag_id = self._find_tag(cfg.tag)
+        if cfg.segment_id is None and cfg.segment_name is not None:
+            ids = self.find_list(cfg.segment_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                found = f"{len(ids)} static segments" if ids else "no static segment"
+                raise ConfigError(f"mailchimp: segment_name: {found} named {cfg.segment_name!r}")
         if cfg.segment_id is not None:
             response = self.probe(
                 "GET", f"/lists/{cfg.list_id}/segments/{cfg.segment_id}", "segment_id"
@@ -277,8 +309,14 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
             return self._tag_id
 
     def _find_tag(self, tag: str) -> int | None:
-        """The id of the static segment named exactly ``tag``, paging through all of them."""
+        """The id of the static segment named exactly ``tag``."""
+        found = self._static_segments(tag, "tag")
+        return found[0] if found else None
+
+    def _static_segments(self, name: str, what: str) -> list[int]:
+        """The ids of the static segments named exactly ``name``, paging through them all."""
         path = f"/lists/{self.settings.list_id}/segments"
+        ids: list[int] = []
         offset = 0
         while True:
             params: dict[str, str | int] = {
@@ -291,31 +329,38 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
                 response = self.request("GET", path, params=params)
             except BatchRejected as exc:
                 raise ConfigError(
-                    f"mailchimp: tag: cannot list the audience's tags: {exc}"
+                    f"mailchimp: {what}: cannot list the audience's segments and tags: {exc}"
                 ) from None
             data = self.json(response)
             page = _items(data, "segments")
             for segment in page:
                 found = _int_id(segment.get("id"))
-                if segment.get("name") == tag and found is not None:
-                    return found
+                if segment.get("name") == name and found is not None:
+                    ids.append(found)
             offset += len(page)
             total = data.get("total_items") if isinstance(data, dict) else None
             if not page or not isinstance(total, int) or offset >= total:
-                return None
+                return ids
 
     def _create_tag(self, tag: str) -> int:
+        return self._create_segment(tag, "tag")
+
+    def _create_segment(self, name: str, what: str) -> int:
+        """A new static segment (a tag is one) named ``name``: its id."""
         path = f"/lists/{self.settings.list_id}/segments"
         try:
-            response = self.request("POST", path, json_body={"name": tag, "static_segment": []})
+            response = self.request("POST", path, json_body={"name": name, "static_segment": []})
         except AuthError as exc:
             raise AuthError(f"{exc}{_FORBIDDEN_HINT}") from None
         except BatchRejected as exc:
-            raise ConfigError(f"mailchimp: tag: cannot create the tag: {exc}") from None
+            noun = "tag" if what == "tag" else "static segment"
+            raise ConfigError(
+                f"mailchimp: {what}: cannot create the {noun} {name!r}: {exc}"
+            ) from None
         data = self.json(response)
         created = _int_id(data.get("id") if isinstance(data, dict) else None)
         if created is None:
-            raise ConfigError("mailchimp: tag: creating the tag returned no segment id")
+            raise ConfigError(f"mailchimp: {what}: creating {name!r} returned no segment id")
         return created
 
     def _hash_of(self, record: Record) -> str | None:

@@ -26,25 +26,27 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from syncer.connector import (
     BatchResult,
     Capabilities,
+    NamedList,
     Operation,
     Outcome,
     Record,
+    check_named_list,
 )
 from syncer.declarations import CLIENT_ERRORS
-from syncer.errors import BatchRejected, ConfigError
+from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.http import Action
 from syncer.identifiers import SUPPORTED, Kind, date_parts, identifier, looks_hashed, sha256_hex
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector
+from syncer.rest import RestConfig, RestConnector, dig
 from syncer.steps import Steps, apply
 
 DEFAULT_VERSION = "v24.0"
@@ -80,13 +82,51 @@ REFUSAL_TITLES = ("audience size too low",)
 FULL_USAGE = 100
 
 Row = dict[str, str]
+CustomerFileSource = Literal[
+    "USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED"
+]
+FILE_SOURCES: tuple[str, ...] = get_args(CustomerFileSource)
+#: What the user states when creating an audience (Meta requires it; syncer cannot know it).
+FILE_SOURCE_CHOICES = (
+    "USER_PROVIDED_ONLY (you collected the data from your customers),"
+    " PARTNER_PROVIDED_ONLY (partners gave it to you) or BOTH_USER_AND_PARTNER_PROVIDED"
+)
+#: "Terms of service has not been accepted": the ad account never accepted the Custom
+#: Audience terms, which only a person can do, in Meta's web page.
+TOS_CODES = frozenset({2655, 2663})
+TOS_URL = "https://business.facebook.com/ads/manage/customaudiences/tos/?act={account}"
+#: Audiences listed per page while looking one up by name.
+AUDIENCE_PAGE = 100
 
 
 class MetaConfig(RestConfig):
     """Settings of the ``meta`` destination."""
 
     access_token: SecretStr = Field(description="System-user access token, from the environment.")
-    audience_id: str = Field(pattern=r"^\d+$", description="The customer-list custom audience.")
+    audience_id: str | None = Field(
+        default=None, pattern=r"^\d+$", description="The customer-list custom audience."
+    )
+    audience_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The audience by name instead of audience_id (needs ad_account_id).",
+    )
+    create_if_missing: bool = Field(
+        default=False, description="Create the audience_name audience when the account has none."
+    )
+    ad_account_id: str | None = Field(
+        default=None,
+        pattern=r"^(act_)?\d+$",
+        description="Ad account to find or create audience_name in (digits, act_ allowed).",
+    )
+    customer_file_source: CustomerFileSource | None = Field(
+        default=None,
+        description="Where the audience's data comes from (required to create it): "
+        + ", ".join(FILE_SOURCES),
+    )
+    audience_description: str | None = Field(
+        default=None, description="Description of an audience syncer creates."
+    )
     api_version: str = Field(default=DEFAULT_VERSION, pattern=r"^v\d+\.\d+$")
     app_secret: SecretStr | None = Field(
         default=None, description="App secret: adds appsecret_proof, for apps that require it."
@@ -106,6 +146,18 @@ class MetaConfig(RestConfig):
         description="error_subcodes meaning the audience refuses the edit (per-record rejection).",
     )
     batch_size: int | None = Field(default=MAX_ROWS, ge=1, le=MAX_ROWS)
+
+    @model_validator(mode="after")
+    def _audience_by_id_or_name(self) -> MetaConfig:
+        check_named_list(
+            self,
+            id_field="audience_id",
+            name_field="audience_name",
+            required={"customer_file_source": FILE_SOURCE_CHOICES},
+        )
+        if self.audience_name is not None and self.ad_account_id is None:
+            raise ValueError("audience_name needs ad_account_id: the account to look it up in")
+        return self
 
     @field_validator("prehashed")
     @classmethod
@@ -169,6 +221,8 @@ class MetaConnector(RestConnector[MetaConfig]):
         if code in THROTTLE_CODES:
             self._slow_down_for_usage(response, throttled=True)
             return Action.RATE_LIMITED
+        if code in TOS_CODES:
+            return Action.IGNORE  # create_list says which terms to accept, and where
         if code in AUTH_CODES:
             return Action.AUTH
         if error.get("is_transient") is True or code in (1, 2):
@@ -199,11 +253,87 @@ class MetaConnector(RestConnector[MetaConfig]):
         if fullest >= FULL_USAGE and not throttled:
             self.slow_down(60.0)
 
+    # -- audiences created when missing (the engine resolves audience_name) --------------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.audience_id is not None or cfg.audience_name is None:
+            return None
+        return NamedList(
+            "custom audience",
+            cfg.audience_name,
+            "audience_id",
+            create=cfg.create_if_missing,
+            within=self._account(),
+        )
+
+    def find_list(self, name: str) -> list[str]:
+        """``GET /act_{id}/customaudiences?fields=id,name``, every page: the ids named so."""
+        path = f"/{self.settings.api_version}/act_{self._account()}/customaudiences"
+        params = {**self.auth_params(), "fields": "id,name", "limit": str(AUDIENCE_PAGE)}
+        ids: list[str] = []
+        while True:
+            response = self.request("GET", path, params=params)
+            self._expect_account(response, "audience_name")
+            data = self.json(response)
+            items = data.get("data") if isinstance(data, dict) else None
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and item.get("name") == name and item.get("id"):
+                    ids.append(str(item["id"]))
+            after = dig(data, "paging", "cursors", "after")
+            if not isinstance(dig(data, "paging", "next"), str) or not isinstance(after, str):
+                return ids
+            params = {**params, "after": after}
+
+    def create_list(self, name: str) -> str:
+        """``POST /act_{id}/customaudiences``: a customer-list (``CUSTOM``) audience with the
+        customer file source the user stated. Terms not accepted: a ConfigError with the
+        page where a person accepts them."""
+        cfg = self.settings
+        body: dict[str, Any] = {
+            "name": name,
+            "subtype": "CUSTOM",
+            "customer_file_source": cfg.customer_file_source,
+        }
+        if cfg.audience_description:
+            body["description"] = cfg.audience_description
+        path = f"/{cfg.api_version}/act_{self._account()}/customaudiences"
+        response = self.request("POST", path, params=self.auth_params(), json_body=body)
+        self._expect_account(response, "create audience")
+        audience_id = dig(self.json(response), "id")
+        if not isinstance(audience_id, (str, int)) or not str(audience_id):
+            raise TransientError("meta: audience created without an id")
+        return str(audience_id)
+
+    def _account(self) -> str:
+        return (self.settings.ad_account_id or "").removeprefix("act_")
+
+    def _expect_account(self, response: httpx.Response, what: str) -> None:
+        """A refused call on the ad account is a configuration error naming what to fix."""
+        if response.status_code < 400:
+            return
+        error = _error(response)
+        meta = self.reason(_describe(error) or f"HTTP {response.status_code}")
+        if _int(error.get("code")) in TOS_CODES:
+            url = TOS_URL.format(account=self._account())
+            raise ConfigError(
+                f"meta: ad account {self._account()} has not accepted the Custom Audience terms;"
+                f" a person with access to it must accept them at {url}, then run again ({meta})"
+            )
+        raise ConfigError(f"meta: {what}: ad account {self._account()}: {meta}")
+
     # -- contract -----------------------------------------------------------------------
 
     def check(self) -> None:
-        """``GET /{version}/{audience_id}``: the token works and can see the audience."""
+        """``GET /{version}/{audience_id}``: the token works and can see the audience (by
+        name: the ad account's audiences, and the name there once, or creatable)."""
         cfg = self.settings
+        if cfg.audience_id is None and cfg.audience_name is not None:
+            ids = self.find_list(cfg.audience_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                found = f"{len(ids)} audiences" if ids else "no audience"
+                raise ConfigError(f"meta: audience_name: {found} named {cfg.audience_name!r}")
+            return
         response = self.request(
             "GET",
             self._path(),
@@ -375,6 +505,8 @@ class MetaConnector(RestConnector[MetaConfig]):
 
     def _path(self) -> str:
         cfg = self.settings
+        if cfg.audience_id is None:  # the engine fills it in from audience_name before a run
+            raise ConfigError("meta: audience_id is not known (audience_name not resolved)")
         return f"/{cfg.api_version}/{cfg.audience_id}"
 
 

@@ -28,11 +28,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from syncer.connector import (
     BatchResult,
     Capabilities,
+    NamedList,
     Outcome,
     Record,
+    check_named_list,
 )
 from syncer.declarations import BearerAuth
-from syncer.errors import ConfigError
+from syncer.errors import ConfigError, TransientError
 from syncer.http import Action
 from syncer.oauth import (
     JWT_BEARER,
@@ -86,6 +88,10 @@ class SalesforceConfig(RestConfig, RefreshCredentials):
     external_id_source: str | None = None
     #: Campaign whose members this sync manages; needed for membership and mirror.
     campaign_id: str | None = None
+    #: The campaign by name instead of ``campaign_id`` (looked up once, then kept).
+    campaign_name: str | None = Field(default=None, min_length=1, max_length=80)
+    #: Create the ``campaign_name`` campaign (active) when the org has none by that name.
+    create_if_missing: bool = False
     #: CampaignMember ``Status`` for new members; None: the campaign's default status.
     member_status: str | None = None
     batch_size: int | None = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
@@ -139,6 +145,11 @@ class SalesforceConfig(RestConfig, RefreshCredentials):
         if not _API_NAME.fullmatch(value) or value == "Id":
             raise ValueError("external_id_field must be an external-ID field's API name, not Id")
         return value
+
+    @model_validator(mode="after")
+    def _campaign_by_id_or_name(self) -> SalesforceConfig:
+        check_named_list(self, id_field="campaign_id", name_field="campaign_name", optional=True)
+        return self
 
     @field_validator("campaign_id")
     @classmethod
@@ -237,12 +248,59 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         if "Id" in self.context.field_names:
             raise ConfigError("salesforce: do not map a field called Id (upsert by external id)")
 
+    # -- campaigns created when missing (the engine resolves campaign_name) --------------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.campaign_id or cfg.campaign_name is None:
+            return None
+        return NamedList("campaign", cfg.campaign_name, "campaign_id", create=cfg.create_if_missing)
+
+    def find_list(self, name: str) -> list[str]:
+        """SOQL ``SELECT Id, Name FROM Campaign WHERE Name = '...'``, every page
+        (``nextRecordsUrl``): the ids of the campaigns named exactly ``name``."""
+        soql = f"SELECT Id, Name FROM Campaign WHERE Name = {_soql_string(name)}"
+        path, params = f"{self.api}/query", {"q": soql}
+        ids: list[str] = []
+        while True:
+            response = self.probe("GET", path, "campaign_name", params=params)
+            body = self.json(response)
+            rows = body.get("records") if isinstance(body, dict) else None
+            for row in rows if isinstance(rows, list) else []:
+                if isinstance(row, dict) and row.get("Name") == name and row.get("Id"):
+                    ids.append(str(row["Id"]))
+            following = body.get("nextRecordsUrl") if isinstance(body, dict) else None
+            if not isinstance(following, str) or not following:
+                return ids
+            path, params = following, {}
+
+    def create_list(self, name: str) -> str:
+        """``POST /sobjects/Campaign`` (active); its ``id`` from the 201. A user who may not
+        create campaigns (no Marketing User permission) gets a ConfigError with the org's
+        reason."""
+        body = {"Name": name, "IsActive": True}
+        path = f"{self.api}/sobjects/Campaign"
+        response = self.probe("POST", path, "campaign_name", json_body=body)
+        data = self.json(response)
+        created = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(created, str) or not _SFID.fullmatch(created):
+            raise TransientError("salesforce: campaign created without an id")
+        return created
+
+    # -- contract -----------------------------------------------------------------------
+
     def check(self) -> None:
         """Describe the sObject (the token, version and external-ID field) and read the
         campaign: 401 is AuthError, a wrong setting a ConfigError naming it, a network
         failure TransientError."""
-        self.open()
         cfg = self.settings
+        if not cfg.campaign_id and cfg.campaign_name is not None:
+            ids = self.find_list(cfg.campaign_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                what = f"{len(ids)} campaigns" if ids else "no campaign"
+                raise ConfigError(f"salesforce: campaign_name: {what} named {cfg.campaign_name!r}")
+        else:
+            self.open()  # with a name, membership needs the id the run resolves first
         response = self.probe(
             "GET", f"{self.api}/sobjects/{cfg.sobject}/describe", "api_version/sobject"
         )

@@ -24,11 +24,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from syncer.connector import BatchResult, Capabilities, Record
+from syncer.connector import BatchResult, Capabilities, NamedList, Record, check_named_list
 from syncer.declarations import CLIENT_ERRORS, BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError, TransientError
 from syncer.rest import JobPolling, RestConnector, chunks, dig
@@ -39,6 +40,8 @@ MAX_CONTACTS = 30_000
 #: Most emails per search/emails call, and ids per list-removal call (as Segment sends them).
 SEARCH_CHUNK = 100
 REMOVE_CHUNK = 100
+#: Lists per page while looking one up by name (SendGrid's largest page).
+LIST_PAGE = 1000
 #: Reserved contact fields; every other mapped field is a custom field.
 RESERVED_FIELDS = frozenset(
     {
@@ -64,7 +67,16 @@ class SendGridConfig(JobPolling):
     """Settings of the ``sendgrid`` destination."""
 
     api_key: SecretStr = Field(description="API key with Marketing scopes, from the environment.")
-    list_ids: list[str] = Field(min_length=1, description="Marketing list ids (UUIDs).")
+    list_ids: list[str] = Field(default_factory=list, description="Marketing list ids (UUIDs).")
+    list_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="The list by name instead of list_ids (looked up once, then kept).",
+    )
+    create_if_missing: bool = Field(
+        default=False, description="Create the list_name list when the account has none."
+    )
     custom_field_ids: dict[str, str] = Field(
         default_factory=dict, description="Mapped field name -> SendGrid custom field id."
     )
@@ -80,6 +92,11 @@ class SendGridConfig(JobPolling):
             except ValueError:
                 raise ValueError("list_ids must be SendGrid list UUIDs") from None
         return value
+
+    @model_validator(mode="after")
+    def _lists_by_id_or_name(self) -> SendGridConfig:
+        check_named_list(self, id_field="list_ids", name_field="list_name")
+        return self
 
 
 class SendGridConnector(RestConnector[SendGridConfig]):
@@ -100,10 +117,53 @@ class SendGridConnector(RestConnector[SendGridConfig]):
     # 4xx answers come back to the connector: their ``errors[]`` become reasons.
     parsed_statuses = CLIENT_ERRORS
 
+    # -- lists created when missing (the engine resolves list_name) ----------------------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.list_ids or cfg.list_name is None:
+            return None
+        return NamedList("list", cfg.list_name, "list_ids", create=cfg.create_if_missing)
+
+    def find_list(self, name: str) -> list[str]:
+        """``GET /v3/marketing/lists`` (1,000 a page, ``_metadata.next``): ids named so."""
+        ids: list[str] = []
+        path = "/v3/marketing/lists"
+        params: dict[str, str] | None = {"page_size": str(LIST_PAGE)}
+        while True:
+            response = self.request("GET", path, params=params)
+            self.expect(response, "list_name", error=ConfigError)
+            data = self.json(response)
+            items = dig(data, "result")
+            for item in items if isinstance(items, list) else []:
+                if dig(item, "name") == name and isinstance(dig(item, "id"), str):
+                    ids.append(str(dig(item, "id")))
+            following = dig(data, "_metadata", "next")
+            if not isinstance(following, str) or not following:
+                return ids
+            parts = urlsplit(following)  # followed on our own base URL, with its query
+            path, params = parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+    def create_list(self, name: str) -> str:
+        """``POST /v3/marketing/lists``: its id from the 201."""
+        response = self.request("POST", "/v3/marketing/lists", json_body={"name": name})
+        self.expect(response, "create list", error=ConfigError)
+        list_id = dig(self.json(response), "id")
+        if not isinstance(list_id, str) or not list_id:
+            raise TransientError("sendgrid: list created without an id")
+        return list_id
+
     # -- contract -----------------------------------------------------------------------
 
     def check(self) -> None:
         """``GET /v3/marketing/lists/{id}`` for every list: authenticated and cheap."""
+        cfg = self.settings
+        if not cfg.list_ids and cfg.list_name is not None:
+            ids = self.find_list(cfg.list_name)
+            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
+                found = f"{len(ids)} lists" if ids else "no list"
+                raise ConfigError(f"sendgrid: list_name: {found} named {cfg.list_name!r}")
+            return
         for list_id in self.settings.list_ids:
             response = self.request("GET", f"/v3/marketing/lists/{list_id}")
             if response.status_code == 404:

@@ -27,9 +27,16 @@ from functools import partial
 from typing import Any, Literal
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from syncer.connector import BatchResult, Capabilities, Operation, Record
+from syncer.connector import (
+    BatchResult,
+    Capabilities,
+    NamedList,
+    Operation,
+    Record,
+    check_named_list,
+)
 from syncer.declarations import HeaderAuth
 from syncer.errors import AuthError, BatchRejected, ConfigError, TransientError
 from syncer.http import Action
@@ -45,12 +52,14 @@ from syncer.identifiers import (
 )
 from syncer.normalize import InvalidValue
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector
+from syncer.rest import RestConfig, RestConnector, dig
 
 #: Users per mapping call. TikTok publishes no maximum for this route [U]: a conservative
 #: default, configurable up to MAX_USERS.
 DEFAULT_BATCH = 1_000
 MAX_USERS = 10_000
+#: Audiences listed per page while looking one up by name.
+AUDIENCE_PAGE = 100
 #: Kinds in the order they go into ``id_schema``, with TikTok's schema names.
 ID_KINDS: tuple[Kind, ...] = ("email", "phone", "maid")
 SCHEMA: Mapping[str, str] = {
@@ -73,7 +82,17 @@ class TikTokConfig(RestConfig):
 
     access_token: SecretStr = Field(description="Marketing API access token, from the environment.")
     advertiser_id: str = Field(pattern=r"^\d+$", description="Advertiser (ad account) id.")
-    audience_id: str = Field(pattern=r"^\d+$", description="Id of an existing custom audience.")
+    audience_id: str | None = Field(
+        default=None, pattern=r"^\d+$", description="Id of an existing custom audience."
+    )
+    audience_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The audience by name instead of audience_id (looked up once, then kept).",
+    )
+    create_if_missing: bool = Field(
+        default=False, description="Create the audience_name audience when the advertiser has none."
+    )
     region: str | None = Field(
         default=None, description="Default country (ISO alpha-2) for phones without one."
     )
@@ -89,6 +108,11 @@ class TikTokConfig(RestConfig):
     @classmethod
     def _hashed_kinds(cls, value: list[Kind]) -> list[Kind]:
         return prehashed_kinds("tiktok", value)
+
+    @model_validator(mode="after")
+    def _audience_by_id_or_name(self) -> TikTokConfig:
+        check_named_list(self, id_field="audience_id", name_field="audience_name")
+        return self
 
 
 class TikTokConnector(RestConnector[TikTokConfig]):
@@ -120,6 +144,61 @@ class TikTokConnector(RestConnector[TikTokConfig]):
             return Action.RETRY
         return super().classify(response)
 
+    # -- audiences created when missing (the engine resolves audience_name) --------------
+
+    def named_list(self) -> NamedList | None:
+        cfg = self.settings
+        if cfg.audience_id is not None or cfg.audience_name is None:
+            return None
+        return NamedList(
+            "custom audience",
+            cfg.audience_name,
+            "audience_id",
+            create=cfg.create_if_missing,
+            within=cfg.advertiser_id,
+        )
+
+    def find_list(self, name: str) -> list[str]:
+        """``GET /dmp/custom_audience/list/`` (100 a page, ``page_info.total_page``): the
+        advertiser's audiences named exactly ``name``."""
+        ids: list[str] = []
+        page = 1
+        while True:
+            params = {
+                "advertiser_id": self.settings.advertiser_id,
+                "page": str(page),
+                "page_size": str(AUDIENCE_PAGE),
+            }
+            response = self.probe(
+                "GET", "/dmp/custom_audience/list/", "audience_name", params=params
+            )
+            data = self._expect(response, "audience_name", ConfigError)
+            items = data.get("list") if isinstance(data, dict) else None
+            for item in items if isinstance(items, list) else []:
+                found = item.get("audience_id") if isinstance(item, dict) else None
+                if isinstance(item, dict) and item.get("name") == name and found is not None:
+                    ids.append(str(found))
+            total = dig(data, "page_info", "total_page")
+            if not isinstance(total, int) or page >= total:
+                return ids
+            page += 1
+
+    def create_list(self, name: str) -> str:
+        """``POST /segment/audience/`` (``action: create``), the streaming route's audience:
+        its ``audience_id`` from ``data``."""
+        cfg = self.settings
+        body = {
+            "advertiser_id": cfg.advertiser_id,
+            "custom_audience_name": name,
+            "action": "create",
+        }
+        response = self.probe("POST", "/segment/audience/", "audience_name", json_body=body)
+        data = self._expect(response, "audience_name", ConfigError)
+        created = data.get("audience_id") if isinstance(data, dict) else None
+        if created in (None, ""):
+            raise TransientError("tiktok: audience created without an audience_id")
+        return str(created)
+
     # -- contract -----------------------------------------------------------------------
 
     def open(self) -> None:
@@ -130,6 +209,12 @@ class TikTokConnector(RestConnector[TikTokConfig]):
         """Two cheap authenticated reads: ``/advertiser/info/`` proves the token and the
         advertiser, ``/dmp/custom_audience/get/`` that the audience belongs to it."""
         cfg = self.settings
+        if cfg.audience_id is None and cfg.audience_name is not None:
+            found = self.find_list(cfg.audience_name)
+            if len(found) > 1 or (not found and not cfg.create_if_missing):
+                what = f"{len(found)} audiences" if found else "no audience"
+                raise ConfigError(f"tiktok: audience_name: {what} named {cfg.audience_name!r}")
+            return
         ids = json.dumps([cfg.advertiser_id])
         response = self.probe(
             "GET", "/advertiser/info/", "advertiser_id", params={"advertiser_ids": ids}
@@ -222,6 +307,8 @@ class TikTokConnector(RestConnector[TikTokConfig]):
         """The ``/segment/mapping/`` body: the kinds present, one inner array per user."""
         cfg = self.settings
         kinds = [k for k in ID_KINDS if any(k in u for u in users)]
+        if cfg.audience_id is None:  # the engine fills it in from audience_name first
+            raise ConfigError("tiktok: audience_id is not known (audience_name not resolved)")
         audiences = [cfg.audience_id]
         batch = [
             [{"id": u[k], "audience_ids": audiences} if k in u else {} for k in kinds]

@@ -385,7 +385,7 @@ def plan(
             }
         )
     else:
-        click.echo("nothing was sent and no state was changed.")
+        click.echo("nothing was sent, nothing created and no state was changed.")
     sys.exit(code)
 
 
@@ -588,6 +588,10 @@ cli.add_command(forget)
 from syncer.cli_rejects import rejects  # noqa: E402
 
 cli.add_command(rejects)
+
+from syncer.cli_lists import lists  # noqa: E402
+
+cli.add_command(lists)
 
 
 def main() -> None:

@@ -202,6 +202,55 @@ class BatchResult:
         return cls(records)
 
 
+@dataclass(frozen=True, slots=True)
+class NamedList:
+    """A list, tag, segment or audience a sync names instead of giving its id.
+
+    The engine (syncer.destinations) resolves it before the first batch: the id it stored
+    for this name before, else the one list the vendor has by that name (``find_list``),
+    else, with ``create``, a new one (``create_list``), created exactly once even across
+    crashes and replicas. The id then goes into the config field ``id_field`` (appended
+    when that field is a list of ids). ``within`` names the part of the account the list
+    lives in when the credential reaches several (an ad account, a customer id)."""
+
+    kind: str
+    name: str
+    id_field: str
+    create: bool = False
+    within: str = ""
+
+
+def check_named_list(
+    config: BaseModel,
+    *,
+    id_field: str,
+    name_field: str,
+    required: dict[str, str] | None = None,
+    optional: bool = False,
+) -> None:
+    """The rules a config naming its list follows (call it from a ``model_validator``): the
+    id or the name, not both, and one of them unless the list is ``optional``;
+    ``create_if_missing`` only with the name, and then every setting in ``required``
+    (field -> the values it takes) set. ValueError says which."""
+    given_id = getattr(config, id_field, None)
+    name = getattr(config, name_field, None)
+    create = bool(getattr(config, "create_if_missing", False))
+    if given_id and name is not None:
+        raise ValueError(f"set either {id_field} or {name_field}, not both")
+    if not given_id and name is None and not optional:
+        raise ValueError(
+            f"set {id_field}, or {name_field} (with create_if_missing: true to create it)"
+        )
+    if create and name is None:
+        raise ValueError(f"create_if_missing needs {name_field}: the name to find or create")
+    if create:
+        for field_name, choices in (required or {}).items():
+            if getattr(config, field_name, None) is None:
+                raise ValueError(
+                    f"create_if_missing needs {field_name}, a choice only you can make: {choices}"
+                )
+
+
 class ConnectorConfig(BaseModel):
     """Base for a connector's settings (the ``destination:`` block of a mapping).
 
@@ -337,7 +386,8 @@ class Connector:
         """Verify the destination is reachable and the credentials work; raise if not."""
 
     def open(self) -> None:
-        """Prepare for a run (create the audience, open files...)."""
+        """Prepare for a run (check the mapped fields, open files...). A list the sync names
+        is already resolved by then (see ``named_list``): never create lists here."""
 
     def close(self, success: bool) -> None:
         """Finish a run; ``success`` is False when the run stopped early."""
@@ -383,6 +433,23 @@ class Connector:
         record with no ``destination_id`` by its key. Must not do I/O.
         """
         return None
+
+    # -- lists created when missing (syncer.destinations) ------------------------------
+
+    def named_list(self) -> NamedList | None:
+        """The list the config names instead of giving its id; None when it gives the id (or
+        the connector has no list). The engine resolves it before the first batch."""
+        return None
+
+    def find_list(self, name: str) -> list[str]:
+        """The ids of every list of this kind named exactly ``name`` (two means the name is
+        ambiguous: the engine refuses it). A read; may be called any number of times."""
+        raise NotImplementedError(f"{self.name} cannot look lists up by name")
+
+    def create_list(self, name: str) -> str:
+        """Create the list ``name`` with the config's settings and return its id. The engine
+        calls it only after ``find_list`` found none, holding the claim on the name."""
+        raise NotImplementedError(f"{self.name} cannot create lists")
 
     # -- HTTP layer hooks ---------------------------------------------------------------
 

@@ -24,6 +24,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncer import audit, recorder, rejects
 from syncer.connector import Connector, SyncContext, effective_limits
+from syncer.destinations import preview as preview_named_list
+from syncer.destinations import resent as resent_counts
+from syncer.destinations import resolve as resolve_named_list
 from syncer.diff import Staging
 from syncer.enums import RunStatus
 from syncer.errors import ExitCode, Interrupted, LeaseHeld, SyncerError, where
@@ -103,8 +106,11 @@ class SyncEngine:
             reading(conn)
             staging: Staging | None = None
             try:
+                lists = preview_named_list(self, sync, conn)
                 staging = stage(self.settings, conn, sync, full_resync, fork=self.fork_reader)
                 counts = staging.counts()
+                if counts.members_before and any(item.looked_up for item in lists):
+                    counts = resent_counts(counts, definition.mode)  # as _store will make it
                 key_type = definition.source.key_type
                 sample = {
                     op: [mask_key(k, key_type) for k in staging.sample_keys(op, samples)]
@@ -117,7 +123,13 @@ class SyncEngine:
                     staging.close()
                 conn.invalidate()  # discards the staging table and the open transaction
         return PlanResult(
-            definition.name, definition.mode, counts, sample, invalid[:samples], guard
+            definition.name,
+            definition.mode,
+            counts,
+            sample,
+            invalid[:samples],
+            guard,
+            [item.as_dict() for item in lists],
         )
 
     def run(
@@ -197,6 +209,9 @@ class SyncEngine:
 
     def _steps(self, run: RunContext) -> tuple[RunStatus, str | None]:
         """The run's steps in order; each commits what it did (see syncer.recorder)."""
+        # The list the sync names (not its id): found, or created exactly once, and its id
+        # stored before anything is sent (syncer.destinations).
+        resolve_named_list(run)
         settle_jobs(run)  # raises Waiting while an earlier run's vendor job still runs
         run.had_rejects = rejects.has_rows(run.conn, run.name)
         staging = run.staging = stage(

@@ -190,10 +190,20 @@ def plan_table(result: PlanResult, footer: bool = True) -> None:
         )
     for reason in result.invalid_samples:
         stdout.print(f"  invalid: {reason}")
+    for item in result.lists:
+        if item["action"] == "create":
+            stdout.print(f"would create {item['kind']} {item['name']!r} (create_if_missing)")
+        else:
+            stdout.print(f"{item['kind']} {item['name']!r}: id {item['id']}")
+        if item.get("resend_members") and c.members_before:
+            stdout.print(
+                f"  its id is not kept yet: the {c.members_before} members synced before are"
+                " sent again (the state may describe another list)"
+            )
     if result.guard.blocked:
         stdout.print(f"[bold]blocked:[/bold] {result.guard.reason}")
     if footer:
-        stdout.print("nothing was sent and no state was changed.")
+        stdout.print("nothing was sent, nothing created and no state was changed.")
 
 
 def changes(row: dict[str, Any]) -> str:

@@ -116,6 +116,9 @@ class PlanResult:
     samples: dict[Operation, list[str]]
     invalid_samples: list[str]
     guard: Guard
+    #: The list the sync names instead of giving its id, and what a run would do about it
+    #: (``{"kind", "name", "action": "use" | "create", "id"}``; see syncer.destinations).
+    lists: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,4 +129,5 @@ class PlanResult:
             "invalid_samples": self.invalid_samples,
             "blocked": self.guard.blocked,
             "blocked_reason": self.guard.reason,
+            "lists": self.lists,
         }

@@ -61,14 +61,27 @@ class FakeGoogleAds(VendorEmulator):
         ("POST", JOB_PATH + r":addOperations", "add_operations"),
         ("POST", JOB_PATH + r":run", "run"),
         ("POST", r"/(?P<v>v\d+)/customers/(?P<cid>\d+)/googleAds:search", "search"),
+        ("POST", r"/(?P<v>v\d+)/customers/(?P<cid>\d+)/userLists:mutate", "mutate_user_lists"),
     ]
 
-    def __init__(self, token: str, developer_token: str, customer: str, user_list: str) -> None:
+    def __init__(
+        self, token: str, developer_token: str, customer: str, user_list: str | None
+    ) -> None:
         super().__init__()
         self.token = token
         self.developer_token = developer_token
         self.customer = customer
+        #: The list whose members are kept: the one given, else the first one created.
         self.user_list = user_list
+        #: Every user list: id -> its fields (name, membershipLifeSpan, crmBasedUserList).
+        self.user_lists: dict[str, dict[str, Any]] = (
+            {user_list: {"name": "Emulated", "type": "CRM_BASED"}} if user_list else {}
+        )
+        #: Whether the customer accepted the customer data terms (else a creation fails).
+        self.terms_accepted = True
+        #: Seconds the answer to a creation is held (the list exists meanwhile).
+        self.create_delay = 0.0
+        self._list_ids = itertools.count(9000)
         #: Identifiers on the list, each as canonical JSON of one UserIdentifier.
         self.identifiers: set[str] = set()
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -167,10 +180,53 @@ class FakeGoogleAds(VendorEmulator):
             "status": "PENDING",
             "operations": [],
             "consent": metadata.get("consent"),
+            "userList": metadata.get("userList"),
             "script": script,
             "polls": 0,
         }
         return Reply(200, {"resourceName": name})
+
+    def _resource(self, list_id: str) -> str:
+        return f"customers/{self.customer}/userLists/{list_id}"
+
+    def mutate_user_lists(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        """One ``create`` of a CRM-based list (what syncer sends); checks its fields."""
+        bad = self._customer_ok(match)
+        if bad:
+            return bad
+        operations = (req.json() or {}).get("operations") or []
+        if len(operations) != 1 or "create" not in operations[0]:
+            return google_error(400, "INVALID_ARGUMENT", {"requestError": "INVALID_INPUT"}, "op")
+        created = operations[0]["create"]
+        crm = created.get("crmBasedUserList") or {}
+        span = int(created.get("membershipLifeSpan") or 0)
+        if crm.get("uploadKeyType") not in ("CONTACT_INFO", "CRM_ID", "MOBILE_ADVERTISING_ID"):
+            code = {"userListError": "UPLOAD_KEY_TYPE_REQUIRED"}
+            return google_error(400, "INVALID_ARGUMENT", code, "upload key type")
+        if not (1 <= span <= 540 or span == 10000):
+            code = {"userListError": "INVALID_MEMBERSHIP_LIFE_SPAN"}
+            return google_error(400, "INVALID_ARGUMENT", code, "life span")
+        if not self.terms_accepted:
+            code = {"userListError": "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS"}
+            return google_error(400, "INVALID_ARGUMENT", code, "customer data terms")
+        list_id = str(next(self._list_ids))
+        self.user_lists[list_id] = {**created, "type": "CRM_BASED"}
+        if self.user_list is None:
+            self.user_list = list_id
+        body = {"results": [{"resourceName": self._resource(list_id)}]}
+        return Reply(200, body, delay=self.create_delay)
+
+    def sent_to(self, list_id: str) -> set[str]:
+        """Hashed emails on ``list_id`` once every job sent to it ran (started or not)."""
+        found: set[str] = set()
+        for job in self.jobs.values():
+            if job.get("userList") != self._resource(list_id):
+                continue
+            for op in job["operations"]:
+                for ident in _identifiers(op):
+                    if "hashedEmail" in ident:
+                        (found.add if "create" in op else found.discard)(ident["hashedEmail"])
+        return found
 
     def _job(self, match: re.Match[str]) -> tuple[str, dict[str, Any] | None]:
         name = f"customers/{match['cid']}/offlineUserDataJobs/{match['job']}"
@@ -299,6 +355,15 @@ class FakeGoogleAds(VendorEmulator):
             return bad
         query = str((req.json() or {}).get("query", ""))
         where = re.search(r"resource_name = '([^']+)'", query)
+        named = re.search(r"user_list\.name = '((?:[^'\\]|\\.)*)'", query)
+        if " FROM user_list " in query and named:
+            wanted = re.sub(r"\\(.)", r"\1", named.group(1))
+            rows = [
+                {"userList": {"resourceName": self._resource(i), "id": i, "name": fields["name"]}}
+                for i, fields in sorted(self.user_lists.items())
+                if fields["name"] == wanted
+            ]
+            return Reply(200, {"results": rows})
         if " FROM user_list " in query:
             if where and where.group(1) != self.list_name:
                 return Reply(200, {"results": []})

@@ -30,6 +30,8 @@ class FakeHubSpot(VendorEmulator):
         ("POST", r"/crm/v3/objects/contacts/batch/upsert", "upsert"),
         ("POST", r"/crm/v3/objects/contacts/batch/read", "batch_read"),
         ("GET", r"/crm/v3/objects/contacts", "read_contacts"),
+        ("POST", r"/crm/v3/lists/search", "search_lists"),
+        ("POST", r"/crm/v3/lists", "create_list"),
         ("GET", _LIST, "get_list"),
         ("PUT", _LIST + r"/memberships/(?P<action>add|remove)", "membership"),
     ]
@@ -40,8 +42,12 @@ class FakeHubSpot(VendorEmulator):
         self.contacts: dict[str, dict[str, str]] = {}  # record id -> properties
         self.by_email: dict[str, str] = {}
         self.lists: dict[str, dict[str, Any]] = {
-            list_id: {"processingType": "MANUAL", "members": set()}
+            list_id: {"processingType": "MANUAL", "members": set(), "name": "segment"}
         }
+        #: Seconds the answer to a list creation is held (the list exists meanwhile).
+        self.create_delay = 0.0
+        #: Lists per page of ``/lists/search`` (HubSpot's up to 500), to test paging.
+        self.page_size = 2
         self.reject: set[str] = set()
         self.per_10s = per_10s
         self.daily = 250_000
@@ -172,6 +178,48 @@ class FakeHubSpot(VendorEmulator):
 
     def read_contacts(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         return Reply(200, {"results": []})
+
+    def search_lists(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        """Lists whose name contains ``query``, ``count`` (at most ``page_size``) a page."""
+        body = req.json() or {}
+        query = str(body.get("query") or "").lower()
+        offset = int(body.get("offset") or 0)
+        count = min(int(body.get("count") or 20), self.page_size)
+        found = [
+            {"listId": i, "name": f.get("name", ""), "processingType": f["processingType"]}
+            for i, f in sorted(self.lists.items(), key=lambda item: int(item[0]))
+            if query in str(f.get("name", "")).lower()
+        ]
+        page = found[offset : offset + count]
+        more = offset + count < len(found)
+        return Reply(
+            200, {"lists": page, "hasMore": more, "offset": offset + len(page), "total": len(found)}
+        )
+
+    def create_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        body = req.json() or {}
+        name = body.get("name")
+        if (
+            not name
+            or body.get("objectTypeId") != "0-1"
+            or body.get("processingType")
+            not in (
+                "MANUAL",
+                "SNAPSHOT",
+                "DYNAMIC",
+            )
+        ):
+            return Reply(400, {"category": "VALIDATION_ERROR", "message": "invalid list"})
+        if any(f.get("name") == name for f in self.lists.values()):
+            return Reply(400, {"category": "VALIDATION_ERROR", "message": "name already used"})
+        list_id = str(max((int(i) for i in self.lists), default=100) + 1)
+        self.lists[list_id] = {
+            "processingType": body["processingType"],
+            "members": set(),
+            "name": name,
+        }
+        info = {"listId": list_id, "name": name, "processingType": body["processingType"]}
+        return Reply(200, {"list": {**info, "objectTypeId": "0-1"}}, delay=self.create_delay)
 
     def get_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         found = self.lists.get(match["list_id"])

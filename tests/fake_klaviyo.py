@@ -1,12 +1,16 @@
-"""A stateful local Klaviyo: profiles, one static list, bulk import jobs (queued -> processing ->
+"""A stateful local Klaviyo: profiles, one static list (the one given, or else the first one
+created through ``POST /api/lists``; other lists are kept by name only, to be found), bulk
+import jobs (queued -> processing ->
 complete, with import errors), the required ``revision`` header, JSON:API error envelopes,
 ``RateLimit-*`` headers on every 2xx and at most 1,000 ids per list-relationship call."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 from tests.contract import CapturedRequest
 from tests.vendor_emulator import Reply, VendorEmulator
@@ -23,6 +27,8 @@ class FakeKlaviyo(VendorEmulator):
     base_url = "https://klaviyo.fake"
     batch_cap = 10_000  # profiles per bulk import job (list relationships: 1,000 ids)
     endpoints: ClassVar[list[tuple[str, str, str]]] = [
+        ("GET", r"/api/lists", "find_lists"),
+        ("POST", r"/api/lists", "create_list"),
         ("GET", r"/api/lists/(?P<list_id>[^/]+)", "get_list"),
         ("POST", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_add"),
         ("DELETE", r"/api/lists/(?P<list_id>[^/]+)/relationships/profiles", "list_remove"),
@@ -33,10 +39,14 @@ class FakeKlaviyo(VendorEmulator):
         ("GET", r"/api/profile-bulk-import-jobs/(?P<job>[^/]+)/profiles", "job_profiles"),
     ]
 
-    def __init__(self, api_key: str, list_id: str) -> None:
+    def __init__(self, api_key: str, list_id: str | None, list_name: str = "Newsletter") -> None:
         super().__init__()
         self.api_key = api_key
         self.list_id = list_id
+        #: Every list: id -> name (``find_lists`` filters on the name).
+        self.lists: dict[str, str] = {list_id: list_name} if list_id else {}
+        #: Seconds the answer to a list creation is held (the list exists meanwhile).
+        self.create_delay = 0.0
         self.profiles: dict[str, dict[str, Any]] = {}  # id -> attributes
         self.by_email: dict[str, str] = {}
         self.listed: set[str] = set()  # profile ids on the list
@@ -110,6 +120,30 @@ class FakeKlaviyo(VendorEmulator):
         return ids if refused is None else refused
 
     # -- routes -------------------------------------------------------------------------
+
+    def find_lists(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        """``filter=equals(name,"...")``, one page of at most 10 (a ``links.next`` after)."""
+        query = parse_qs(urlsplit(req.url).query)
+        wanted = re.fullmatch(r'equals\(name,"(.*)"\)', query.get("filter", [""])[0])
+        names = sorted(self.lists.items())
+        found = [(i, n) for i, n in names if wanted is None or n == json.loads(f'"{wanted[1]}"')]
+        start = int(query.get("page[cursor]", ["0"])[0])
+        page = found[start : start + 10]
+        data = [{"type": "list", "id": i, "attributes": {"name": n}} for i, n in page]
+        more = start + 10 < len(found)
+        following = f"{self.base_url}/api/lists/?page%5Bcursor%5D={start + 10}" if more else None
+        return Reply(200, {"data": data, "links": {"self": req.url, "next": following}})
+
+    def create_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        name = (req.json() or {}).get("data", {}).get("attributes", {}).get("name")
+        if not isinstance(name, str) or not name:
+            return error(400, "invalid", "A list needs a name.")
+        list_id = f"NEW{next(self._ids):04d}"
+        self.lists[list_id] = name
+        if self.list_id is None:
+            self.list_id = list_id
+        data = {"type": "list", "id": list_id, "attributes": {"name": name}}
+        return Reply(201, {"data": data}, delay=self.create_delay)
 
     def get_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         if match["list_id"] != self.list_id:

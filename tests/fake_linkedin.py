@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 from tests.contract import CapturedRequest
 from tests.vendor_emulator import Reply, VendorEmulator
@@ -28,14 +29,30 @@ class FakeLinkedIn(VendorEmulator):
     base_url = "https://api.linkedin.fake"
     batch_cap = 5_000  # elements per BATCH_CREATE
     endpoints: ClassVar[list[tuple[str, str, str]]] = [
+        ("GET", r"/rest/dmpSegments", "find_segments"),
+        ("POST", r"/rest/dmpSegments", "create_segment"),
         ("GET", r"/rest/dmpSegments/(?P<id>\d+)", "get_segment"),
         ("POST", r"/rest/dmpSegments/(?P<id>\d+)/users", "users"),
     ]
 
-    def __init__(self, token: str, segment_id: str, young_for: float = 0.0) -> None:
+    #: Segments per page of ``GET /rest/dmpSegments`` (LinkedIn's count), to test paging.
+    page_size = 2
+
+    def __init__(
+        self, token: str, segment_id: str | None, young_for: float = 0.0, account: str = "5005"
+    ) -> None:
         super().__init__()
         self.token = token
+        #: The segment whose members are kept: the one given, else the first one created.
         self.segment_id = segment_id
+        self.account = account
+        #: Every segment of the account: id -> name.
+        self.segments: dict[str, str] = {segment_id: "Emulated"} if segment_id else {}
+        #: The ``sourcePlatform`` values this app may create segments with.
+        self.platforms = {"SYNCER_TEST"}
+        #: Seconds the answer to a segment creation is held (the segment exists meanwhile).
+        self.create_delay = 0.0
+        self._next_segment = 880000
         self.created = time.monotonic()
         self.young_for = young_for
         self.ids: set[tuple[str, str]] = set()  # (idType, idValue)
@@ -76,6 +93,39 @@ class FakeLinkedIn(VendorEmulator):
     def _segment_visible(self, segment_id: str) -> bool:
         young = time.monotonic() - self.created < self.young_for
         return segment_id == self.segment_id and not young
+
+    def find_segments(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        query = parse_qs(urlsplit(req.url).query)
+        if query.get("q") != ["account"]:
+            return error(400, "q=account required")
+        if query.get("account") != [f"urn:li:sponsoredAccount:{self.account}"]:
+            return error(403, "Not enough permissions to access the account")
+        start = int(query.get("start", ["0"])[0])
+        count = min(int(query.get("count", ["10"])[0]), self.page_size)
+        listed = sorted(self.segments.items())
+        page = [
+            {"id": int(i), "name": n, "type": "USER", "status": "READY"}
+            for i, n in listed[start : start + count]
+        ]
+        paging = {"start": start, "count": count, "total": len(listed)}
+        return Reply(200, {"elements": page, "paging": paging})
+
+    def create_segment(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        body = req.json() or {}
+        if body.get("account") != f"urn:li:sponsoredAccount:{self.account}":
+            return error(403, "Not enough permissions to access the account")
+        if body.get("sourcePlatform") not in self.platforms:
+            return error(400, "sourcePlatform is not allowed for this application")
+        if body.get("type") != "USER" or not body.get("name"):
+            return error(400, "name and type are required")
+        self._next_segment += 1
+        segment_id = str(self._next_segment)
+        self.segments[segment_id] = str(body["name"])
+        if self.segment_id is None:
+            self.segment_id = segment_id
+            self.created = time.monotonic()
+        headers = {"x-restli-id": segment_id}
+        return Reply(201, None, headers=headers, delay=self.create_delay)
 
     def get_segment(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         if not self._segment_visible(match["id"]):

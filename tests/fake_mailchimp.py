@@ -84,6 +84,8 @@ class FakeMailchimp(VendorEmulator):
         self._next_id = 1000
         #: Mailchimp's largest ``count`` for a listing; tests lower it to make pages.
         self.max_count = 1000
+        #: Seconds the answer to a segment creation is held (the segment exists meanwhile).
+        self.create_delay = 0.0
         #: Addresses batch subscribe refuses, with Mailchimp's message.
         self.invalid: dict[str, str] = {}
         self._inflight = 0
@@ -260,7 +262,7 @@ class FakeMailchimp(VendorEmulator):
         for email in body["static_segment"]:
             if md5(email) in self.audience:
                 segment.members.add(md5(email))
-        return Reply(200, self._segment_json(segment))
+        return Reply(200, self._segment_json(segment), delay=self.create_delay)
 
     def _segment_json(self, segment: Segment) -> dict[str, Any]:
         return {

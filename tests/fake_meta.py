@@ -84,12 +84,31 @@ class FakeMeta(VendorEmulator):
         ("GET", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)", "get_audience"),
         ("POST", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)/users", "add_users"),
         ("DELETE", r"/(?P<version>v\d+\.\d+)/(?P<audience>\d+)/users", "remove_users"),
+        ("GET", r"/(?P<version>v\d+\.\d+)/act_(?P<account>\d+)/customaudiences", "list_audiences"),
+        (
+            "POST",
+            r"/(?P<version>v\d+\.\d+)/act_(?P<account>\d+)/customaudiences",
+            "create_audience",
+        ),
     ]
+    #: Audiences listed per page (Meta's ``limit`` is honoured up to this), to test paging.
+    page_size = 2
 
-    def __init__(self, token: str, audience_id: str) -> None:
+    def __init__(self, token: str, audience_id: str | None, account: str = "1234567") -> None:
         super().__init__()
         self.token = token
+        #: The audience whose rows are kept: the one given, else the first one created.
         self.audience_id = audience_id
+        #: Ad account -> audience id -> (name, customer_file_source).
+        self.account = account
+        self.audiences: dict[str, tuple[str, str]] = (
+            {audience_id: ("Emulated", "USER_PROVIDED_ONLY")} if audience_id else {}
+        )
+        #: Whether the ad account accepted the Custom Audience terms (else code 2663).
+        self.terms_accepted = True
+        #: Seconds the answer to a creation is held (the audience exists meanwhile).
+        self.create_delay = 0.0
+        self._next_audience = 23850000000000100
         self.rows: set[Row] = set()
         self._by_id: dict[tuple[str, str], Row] = {}
         self.versions: set[str] = set()
@@ -128,7 +147,8 @@ class FakeMeta(VendorEmulator):
             return error(190, "Invalid OAuth access token - Cannot parse access token")
         reply = super().dispatch(req)
         if reply.status == 200:
-            reply = Reply(reply.status, reply.body, {**usage_header(), **reply.headers})
+            headers = {**usage_header(), **reply.headers}
+            reply = Reply(reply.status, reply.body, headers, delay=reply.delay)
         return reply
 
     def _audience_or_error(self, match: re.Match[str]) -> Reply | None:
@@ -140,6 +160,48 @@ class FakeMeta(VendorEmulator):
                 33,
             )
         return None
+
+    def list_audiences(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        """The account's audiences, ``page_size`` a page, with cursors (``paging.next``)."""
+        if match["account"] != self.account:
+            return error(100, f"Unsupported get request. Object with ID 'act_{match['account']}'")
+        query = parse_qs(urlsplit(req.url).query)
+        start = int(query.get("after", ["0"])[0])
+        listed = sorted(self.audiences.items())
+        page = listed[start : start + self.page_size]
+        data = [{"id": i, "name": name} for i, (name, _) in page]
+        paging: dict[str, Any] = {
+            "cursors": {"before": str(start), "after": str(start + len(page))}
+        }
+        if start + len(page) < len(listed):
+            paging["next"] = f"{self.base_url}{req.url.split('?')[0]}?after={start + len(page)}"
+        return Reply(200, {"data": data, "paging": paging})
+
+    def create_audience(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        body = req.json() or {}
+        if match["account"] != self.account:
+            return error(100, f"Unsupported post request. Object with ID 'act_{match['account']}'")
+        if not self.terms_accepted:
+            return error(
+                2663,
+                "(#2663) Terms of service has not been accepted. To accept, go to "
+                f"https://www.facebook.com/customaudiences/app/tos/?act={self.account}",
+            )
+        source = body.get("customer_file_source")
+        if body.get("subtype") == "CUSTOM" and source not in (
+            "USER_PROVIDED_ONLY",
+            "PARTNER_PROVIDED_ONLY",
+            "BOTH_USER_AND_PARTNER_PROVIDED",
+        ):
+            return error(100, "(#100) Missing parameter(s): customer_file_source")
+        if not body.get("name"):
+            return error(100, "(#100) The parameter name is required")
+        audience_id = str(self._next_audience)
+        self._next_audience += 1
+        self.audiences[audience_id] = (str(body["name"]), str(source))
+        if self.audience_id is None:
+            self.audience_id = audience_id
+        return Reply(200, {"id": audience_id}, delay=self.create_delay)
 
     def get_audience(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         missing = self._audience_or_error(match)

@@ -18,6 +18,9 @@ from tests.contract import CapturedRequest
 from tests.vendor_emulator import Reply, VendorEmulator
 
 V = r"/services/data/v(?P<version>\d+\.\d)"
+_CAMPAIGN_BY_NAME = re.compile(
+    r"SELECT Id, Name FROM Campaign WHERE Name = '(?P<name>(?:[^'\\]|\\.)*)'"
+)
 _IN = re.compile(r"ContactId IN \(([^)]*)\)")
 _BY_EXTERNAL = re.compile(
     r"SELECT Id, (?P<field>\w+) FROM Contact WHERE (?P=field) IN \((?P<values>.*)\)"
@@ -40,14 +43,24 @@ class FakeSalesforce(VendorEmulator):
         ("POST", V + r"/composite/sobjects", "insert"),
         ("DELETE", V + r"/composite/sobjects", "delete"),
         ("GET", V + r"/query", "query"),
+        ("GET", V + r"/query/01g-(?P<cursor>\d+)", "query_more"),
         ("GET", V + r"/sobjects/(?P<sobject>\w+)/describe", "describe"),
         ("GET", V + r"/sobjects/Campaign/(?P<id>\w+)", "campaign"),
+        ("POST", V + r"/sobjects/Campaign", "create_campaign"),
     ]
 
-    def __init__(self, token: str, campaign_id: str, allocation: int = 100_000) -> None:
+    def __init__(self, token: str, campaign_id: str | None, allocation: int = 100_000) -> None:
         super().__init__()
         self.token = token
+        #: The campaign whose members are kept: the one given, else the first one created.
         self.campaign_id = campaign_id
+        #: Every campaign: Id -> Name (names need not be unique in Salesforce).
+        self.campaigns: dict[str, str] = {campaign_id: "Emulated"} if campaign_id else {}
+        #: Seconds the answer to a campaign creation is held (it exists meanwhile).
+        self.create_delay = 0.0
+        #: Rows per page of a campaign query (``nextRecordsUrl`` beyond), to test paging.
+        self.page_size = 2
+        self._cursors: dict[str, tuple[list[dict[str, Any]], str]] = {}
         self.contacts: dict[str, dict[str, Any]] = {}  # Id -> fields
         self.by_external: dict[str, str] = {}
         # member Id -> (CampaignId, ContactId)
@@ -215,6 +228,15 @@ class FakeSalesforce(VendorEmulator):
                 if ext in wanted
             ]
             return Reply(200, {"totalSize": len(rows), "done": True, "records": rows})
+        named = _CAMPAIGN_BY_NAME.fullmatch(soql)
+        if named is not None:
+            wanted = _unquote(named["name"])
+            rows = [
+                {"attributes": {"type": "Campaign"}, "Id": i, "Name": n}
+                for i, n in sorted(self.campaigns.items())
+                if n == wanted
+            ]
+            return self._page(rows, 0, soql)
         found = _IN.search(soql)
         if not soql.startswith("SELECT Id, ContactId FROM CampaignMember") or not found:
             return Reply(400, [{"errorCode": "MALFORMED_QUERY", "message": "unsupported"}])
@@ -225,6 +247,37 @@ class FakeSalesforce(VendorEmulator):
             if campaign == self.campaign_id and contact in wanted
         ]
         return Reply(200, {"totalSize": len(rows), "done": True, "records": rows})
+
+    def _page(self, rows: list[dict[str, Any]], start: int, soql: str) -> Reply:
+        """``page_size`` rows from ``start``, with a ``nextRecordsUrl`` while more remain."""
+        page = rows[start : start + self.page_size]
+        body: dict[str, Any] = {
+            "totalSize": len(rows),
+            "done": start + len(page) >= len(rows),
+            "records": page,
+        }
+        if not body["done"]:
+            self._cursors[str(start + len(page))] = (rows, soql)
+            body["nextRecordsUrl"] = f"/services/data/v53.0/query/01g-{start + len(page)}"
+        return Reply(200, body)
+
+    def query_more(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        rows, soql = self._cursors[match["cursor"]]
+        return self._page(rows, int(match["cursor"]), soql)
+
+    def create_campaign(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        body = req.json() or {}
+        name = body.get("Name")
+        if not isinstance(name, str) or not name:
+            return Reply(
+                400, [_error("REQUIRED_FIELD_MISSING", "Required fields are missing: [Name]")]
+            )
+        campaign_id = self._id("701")
+        self.campaigns[campaign_id] = name
+        if self.campaign_id is None:
+            self.campaign_id = campaign_id
+        reply = {"id": campaign_id, "success": True, "errors": []}
+        return Reply(201, reply, delay=self.create_delay)
 
     def describe(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         fields = [

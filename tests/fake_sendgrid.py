@@ -25,14 +25,24 @@ class FakeSendGrid(VendorEmulator):
         ("PUT", r"/v3/marketing/contacts", "upsert"),
         ("GET", r"/v3/marketing/contacts/imports/(?P<job>[^/]+)", "get_job"),
         ("POST", r"/v3/marketing/contacts/search/emails", "search"),
+        ("GET", r"/v3/marketing/lists", "find_lists"),
+        ("POST", r"/v3/marketing/lists", "create_list"),
         ("GET", r"/v3/marketing/lists/(?P<list_id>[^/]+)", "get_list"),
         ("DELETE", r"/v3/marketing/lists/(?P<list_id>[^/]+)/contacts", "list_remove"),
     ]
 
-    def __init__(self, api_key: str, list_id: str) -> None:
+    #: Lists per page of ``GET /v3/marketing/lists`` (SendGrid's is up to 1,000): paging.
+    page_size = 2
+
+    def __init__(self, api_key: str, list_id: str | None) -> None:
         super().__init__()
         self.api_key = api_key
+        #: The list whose members are kept: the one given, else the first one created.
         self.list_id = list_id
+        #: Every list: id -> name.
+        self.lists: dict[str, str] = {list_id: "VIP"} if list_id else {}
+        #: Seconds the answer to a list creation is held (the list exists meanwhile).
+        self.create_delay = 0.0
         self.contacts: dict[str, dict[str, Any]] = {}  # email -> contact
         self.jobs: dict[str, dict[str, Any]] = {}
         self.blocked_domains: set[str] = set()
@@ -116,6 +126,31 @@ class FakeSendGrid(VendorEmulator):
         if not any("contact" in item for item in result.values()):
             return errors(404, "no contacts found")
         return Reply(200, {"result": result})
+
+    def find_lists(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        query = parse_qs(urlsplit(req.url).query)
+        start = int(query.get("page_token", ["0"])[0])
+        listed = sorted(self.lists.items())
+        page = listed[start : start + self.page_size]
+        result = [{"id": i, "name": n, "contact_count": 0} for i, n in page]
+        metadata: dict[str, Any] = {"count": len(listed)}
+        if start + len(page) < len(listed):
+            metadata["next"] = (
+                f"{self.base_url}/v3/marketing/lists?page_size={self.page_size}"
+                f"&page_token={start + len(page)}"
+            )
+        return Reply(200, {"result": result, "_metadata": metadata})
+
+    def create_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        name = (req.json() or {}).get("name")
+        if not isinstance(name, str) or not name or len(name) > 100:
+            return errors(400, "name is required and at most 100 characters", "name")
+        list_id = str(uuid.uuid4())
+        self.lists[list_id] = name
+        if self.list_id is None:
+            self.list_id = list_id
+        body = {"id": list_id, "name": name, "contact_count": 0}
+        return Reply(201, body, delay=self.create_delay)
 
     def get_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         if match["list_id"] != self.list_id:

@@ -43,13 +43,23 @@ class FakeTikTok(VendorEmulator):
         ("POST", rf"{PREFIX}/segment/mapping/", "mapping"),
         ("GET", rf"{PREFIX}/advertiser/info/", "advertiser_info"),
         ("GET", rf"{PREFIX}/dmp/custom_audience/get/", "audience_get"),
+        ("GET", rf"{PREFIX}/dmp/custom_audience/list/", "audience_list"),
+        ("POST", rf"{PREFIX}/segment/audience/", "audience_create"),
     ]
+    #: Audiences per page of ``/dmp/custom_audience/list/``, to test paging.
+    page_size = 2
 
-    def __init__(self, token: str, advertiser_id: str, audience_id: str) -> None:
+    def __init__(self, token: str, advertiser_id: str, audience_id: str | None) -> None:
         super().__init__()
         self.token = token
         self.advertiser_id = advertiser_id
+        #: The audience whose members are kept: the one given, else the first one created.
         self.audience_id = audience_id
+        #: Every audience of the advertiser: id -> name.
+        self.audiences: dict[str, str] = {audience_id: "Emulated"} if audience_id else {}
+        #: Seconds the answer to an audience creation is held (it exists meanwhile).
+        self.create_delay = 0.0
+        self._next_audience = 7100000
         self.held: set[tuple[str, str]] = set()  # (schema, hash)
         self.refused: set[str] = set()  # hashes TikTok refuses (the whole call fails)
         self.max_users = 10_000
@@ -86,6 +96,33 @@ class FakeTikTok(VendorEmulator):
         if ids != [self.advertiser_id]:
             return answer(40001, "No permission to operate advertiser")
         return answer(data={"list": [{"advertiser_id": self.advertiser_id, "name": "Shop"}]})
+
+    def audience_list(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        query = parse_qs(urlsplit(req.url).query)
+        if query.get("advertiser_id") != [self.advertiser_id]:
+            return answer(40001, "advertiser_id: no permission to operate this advertiser")
+        page = int(query.get("page", ["1"])[0])
+        size = min(int(query.get("page_size", ["10"])[0]), self.page_size)
+        listed = sorted(self.audiences.items())
+        items = [{"audience_id": i, "name": n} for i, n in listed[(page - 1) * size : page * size]]
+        total_page = max(1, -(-len(listed) // size))
+        info = {"page": page, "page_size": size, "total_number": len(listed)}
+        return answer(data={"list": items, "page_info": {**info, "total_page": total_page}})
+
+    def audience_create(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
+        body = req.json() or {}
+        if body.get("advertiser_id") != self.advertiser_id:
+            return answer(40001, "advertiser_id: no permission to operate this advertiser")
+        if body.get("action") != "create" or not body.get("custom_audience_name"):
+            return answer(40002, "custom_audience_name and action create are required")
+        self._next_audience += 1
+        audience_id = str(self._next_audience)
+        self.audiences[audience_id] = str(body["custom_audience_name"])
+        if self.audience_id is None:
+            self.audience_id = audience_id
+        reply = answer(data={"audience_id": audience_id})
+        reply.delay = self.create_delay
+        return reply
 
     def audience_get(self, req: CapturedRequest, match: re.Match[str]) -> Reply:
         query = parse_qs(urlsplit(req.url).query)
