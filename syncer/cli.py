@@ -464,6 +464,10 @@ def new_connector(name: str, directory: Path | None) -> None:
 # Imported here, after the shared helpers above exist; each module imports only click at the top,
 # so `syncer --version` stays fast.
 
+from syncer.cli_prune import prune  # noqa: E402
+
+cli.add_command(prune)
+
 
 def main() -> None:
     # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of

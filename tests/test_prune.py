@@ -1,0 +1,281 @@
+"""``syncer prune`` through the real CLI: old runs and their audit events go, acknowledged
+state and what later runs still need stay, and a sync running meanwhile is not disturbed.
+
+Runs are made old by moving their ``started_at`` into the past directly in the state
+database, the only way to have a 200-day-old run in a test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncer.state import events_table, jobs_table, runs_table, ticks_table
+from tests.fake_destination import Harness, harness, members_of, people
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def ago(days: float) -> dt.datetime:
+    return NOW - dt.timedelta(days=days)
+
+
+def state(h: Harness) -> sa.Engine:
+    return sa.create_engine(h.state_url)
+
+
+def age(h: Harness, run_ids: list[str], days: float) -> None:
+    """Make these runs (and their events) ``days`` old."""
+    engine = state(h)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(runs_table)
+            .where(runs_table.c.id.in_(run_ids))
+            .values(started_at=ago(days), finished_at=ago(days))
+        )
+        conn.execute(
+            sa.update(events_table).where(events_table.c.run_id.in_(run_ids)).values(at=ago(days))
+        )
+    engine.dispose()
+
+
+def add_run(h: Harness, sync: str, days: float, status: str = "succeeded", events: int = 0) -> str:
+    """A run of another sync, written as syncer writes one, ``days`` old."""
+    run_id = uuid.uuid4().hex
+    engine = state(h)
+    with engine.begin() as conn:
+        conn.execute(
+            runs_table.insert().values(
+                id=run_id,
+                sync=sync,
+                status=status,
+                trigger="cli",
+                mode="mirror",
+                started_at=ago(days),
+                finished_at=None if status == "running" else ago(days),
+            )
+        )
+        if events:
+            conn.execute(
+                events_table.insert(),
+                [
+                    {
+                        "run_id": run_id,
+                        "key": uuid.uuid4().hex,
+                        "operation": "add",
+                        "outcome": "accepted",
+                        "at": ago(days),
+                    }
+                    for _ in range(events)
+                ],
+            )
+    engine.dispose()
+    return run_id
+
+
+def add_job(h: Harness, sync: str, run_id: str, settled: bool) -> None:
+    engine = state(h)
+    with engine.begin() as conn:
+        conn.execute(
+            jobs_table.insert().values(
+                sync=sync,
+                job=uuid.uuid4().hex,
+                run_id=run_id,
+                sealed=1,
+                status="succeeded" if settled else "submitted",
+                created_at=ago(300),
+                settled_at=ago(299) if settled else None,
+            )
+        )
+    engine.dispose()
+
+
+def table_rows(h: Harness, query: Any) -> list[Any]:
+    engine = state(h)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    engine.dispose()
+    return list(rows)
+
+
+def events_of(h: Harness, run_ids: list[str]) -> int:
+    (row,) = table_rows(h, sa.select(sa.func.count()).where(events_table.c.run_id.in_(run_ids)))
+    return int(row[0])
+
+
+def prune(h: Harness, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = h.cli("prune", *args, "--json", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def sync_ok(h: Harness) -> dict[str, Any]:
+    code, doc, proc = h.sync()
+    assert code == 0 and doc is not None, proc.stdout + proc.stderr
+    run: dict[str, Any] = doc["runs"][0]
+    return run
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def test_prune_removes_only_old_runs_and_keeps_state_and_latest_runs(
+    tmp_path: Path, state_url: str
+) -> None:
+    rows = people(12)
+    with harness(tmp_path, state_url) as h:
+        h.segment(rows[:10])
+        first = sync_ok(h)["run_id"]
+        h.segment(rows)
+        second = sync_ok(h)["run_id"]
+        h.segment(rows[2:])
+        latest = sync_ok(h)["run_id"]  # recent: stays
+        age(h, [first, second], days=200)
+        # Another sync whose runs are all old: only its latest finished run stays, and a run
+        # still marked running stays whatever its age.
+        legacy_old = add_run(h, "legacy", 300, events=3)
+        add_job(h, "legacy", legacy_old, settled=True)  # goes with its run
+        legacy_latest = add_run(h, "legacy", 250, events=2)
+        legacy_running = add_run(h, "legacy", 260, status="running")
+        # A run whose vendor job is not settled yet stays: the job's records depend on it.
+        waiting = add_run(h, "ads", 300, events=4)
+        add_job(h, "ads", waiting, settled=False)
+        ads_latest = add_run(h, "ads", 200)
+        engine = state(h)
+        with engine.begin() as conn:
+            conn.execute(
+                ticks_table.insert(),
+                [
+                    {
+                        "sync": "vip",
+                        "tick": int(ago(200).timestamp()),
+                        "holder": "h:1",
+                        "claimed_at": 0.0,
+                    },
+                    {
+                        "sync": "vip",
+                        "tick": int(ago(1).timestamp()),
+                        "holder": "h:1",
+                        "claimed_at": 0.0,
+                    },
+                ],
+            )
+        engine.dispose()
+        old_events = events_of(h, [first, second, legacy_old])
+        assert old_events == 10 + 2 + 3
+        state_before = h.state_hashes()
+        expected = {
+            "syncer_runs": 3,
+            "syncer_events": old_events,
+            "syncer_jobs": 1,
+            "syncer_ticks": 1,
+        }
+
+        dry = prune(h, "--older-than", "90d", "--dry-run")
+        assert dry["dry_run"] is True and dry["removed"] == expected
+        assert len(table_rows(h, sa.select(runs_table.c.id))) == 8  # nothing went
+
+        done = prune(h, "--older-than", "90d")
+        assert done["status"] == "ok" and done["removed"] == expected
+
+        kept = {row.id for row in table_rows(h, sa.select(runs_table.c.id))}
+        assert kept == {latest, legacy_latest, legacy_running, waiting, ads_latest}
+        assert events_of(h, [first, second, legacy_old]) == 0
+        assert events_of(h, [legacy_latest, waiting]) == 2 + 4
+        assert len(table_rows(h, sa.select(jobs_table.c.job))) == 1  # the unsettled one
+        assert h.state_hashes() == state_before
+        assert [r["id"] for r in h.runs()] == [latest]
+        shown = h.cli("run", "show", latest)
+        assert shown.returncode == 0 and latest in shown.stdout
+
+        # Idempotent, and the state it kept is the state the next run diffs against.
+        again = prune(h, "--older-than", "90d")
+        assert again["removed"] == dict.fromkeys(expected, 0)
+        nothing = sync_ok(h)
+        assert (nothing["added"], nothing["removed"], nothing["updated"]) == (0, 0, 0)
+        assert h.dest.members_now() == members_of(rows[2:])
+
+
+def test_prune_says_what_it_removed_in_words(tmp_path: Path) -> None:
+    with harness(tmp_path) as h:
+        h.segment(people(3))
+        old = sync_ok(h)["run_id"]
+        sync_ok(h)
+        age(h, [old], days=30)
+        proc = h.cli("prune", "--older-than", "2w")
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith("Removed what started before ")
+        assert "(older than 2w)" in lines[0]
+        assert [line.split() for line in lines[1:5]] == [
+            ["syncer_runs", "1"],
+            ["syncer_events", "3"],
+            ["syncer_jobs", "0"],
+            ["syncer_ticks", "0"],
+        ]
+
+
+@pytest.mark.parametrize("given", ["banana", "6m", "90", "d", "0d", "-1d", "1.5d", "90 days"])
+def test_an_age_that_is_not_one_is_a_usage_error_naming_the_forms(
+    tmp_path: Path, given: str
+) -> None:
+    with harness(tmp_path) as h:
+        proc = h.cli("prune", "--older-than", given)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "--older-than" in proc.stderr and "90d, 12h, 2w" in proc.stderr
+        assert not (tmp_path / "state.db").exists()  # nothing was opened, let alone deleted
+
+
+def test_the_setting_is_the_default_and_is_checked(tmp_path: Path) -> None:
+    with harness(tmp_path) as h:
+        missing = h.cli("prune")
+        assert missing.returncode == 2
+        assert "--older-than 90d" in missing.stderr and "SYNCER_PRUNE_OLDER_THAN" in missing.stderr
+        doc = prune(h, env={"SYNCER_PRUNE_OLDER_THAN": "30d"})
+        assert doc["older_than"] == "30d"
+        wrong = h.cli("prune", env={"SYNCER_PRUNE_OLDER_THAN": "banana"})
+        assert wrong.returncode == 78
+        assert "SYNCER_PRUNE_OLDER_THAN" in wrong.stderr and "90d, 12h, 2w" in wrong.stderr
+
+
+def test_a_prune_beside_a_running_sync_leaves_it_to_finish(tmp_path: Path) -> None:
+    rows = people(300)
+    # Each request takes a while, so the sync is mid-way (between commits) while the prune
+    # deletes in batches of 100 events: the two take turns at the write lock.
+    with harness(tmp_path, latency=0.2) as h:
+        h.segment(people(5))
+        sync_ok(h)
+        old = [add_run(h, "legacy", 200 + i, events=2_000) for i in range(10)]
+        add_run(h, "legacy", 100)
+        h.segment(rows)
+        proc = h.popen()
+        deadline = time.monotonic() + 60
+        while h.dest.hits < 2:  # observable: the sync is sending
+            assert proc.poll() is None and time.monotonic() < deadline, h.output(proc)
+            time.sleep(0.02)
+        done = prune(h, "--older-than", "90d", "--batch-size", "100")
+        sent_meanwhile = h.dest.hits
+        assert proc.poll() is None, "the sync ended before the prune did: nothing overlapped"
+        assert done["removed"]["syncer_runs"] == 10
+        assert done["removed"]["syncer_events"] == 20_000
+        assert proc.wait(120) == 0, h.output(proc)
+        out, _ = h.output(proc)
+        (run,) = json.loads(out)["runs"]
+        assert run["status"] == "succeeded" and run["added"] == 295
+        assert h.dest.hits > sent_meanwhile  # it went on sending after the prune
+        assert h.dest.members_now() == members_of(rows)
+        assert events_of(h, old) == 0
+        assert events_of(h, [run["run_id"]]) == 295
