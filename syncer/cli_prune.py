@@ -44,10 +44,25 @@ class Age(click.ParamType):  # type: ignore[type-arg]
     show_default=True,
     help="Audit events deleted per write transaction (a running sync waits at most one).",
 )
+@click.option(
+    "--pace",
+    type=click.FloatRange(0, 100),
+    default=3.0,
+    show_default=True,
+    help="Seconds idle after each batch per second it took, so running syncs find the write"
+    " lock free. 0: as fast as possible (nothing else running).",
+)
 @json_option
 @click.pass_obj
 @handles_errors
-def prune(ctx: Ctx, older_than: str | None, dry_run: bool, batch_size: int, as_json: bool) -> None:
+def prune(
+    ctx: Ctx,
+    older_than: str | None,
+    dry_run: bool,
+    batch_size: int,
+    pace: float,
+    as_json: bool,
+) -> None:
     """Delete runs, their audit events and settled vendor jobs older than --older-than.
 
     Acknowledged state is never touched, nor running runs, runs whose vendor jobs are not
@@ -72,7 +87,12 @@ def prune(ctx: Ctx, older_than: str | None, dry_run: bool, batch_size: int, as_j
     _stop_on_signals(stop)
     with state_errors(url):
         report = run_prune(
-            state_engine(url), older_than, dry_run=dry_run, batch_size=batch_size, stop=stop
+            state_engine(url),
+            older_than,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            pace=pace,
+            stop=stop,
         )
     code = int(ExitCode.TEMPFAIL) if report.stopped else int(ExitCode.OK)
     if as_json:

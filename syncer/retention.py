@@ -46,6 +46,11 @@ from syncer.state import (
 
 #: Audit events deleted per write transaction.
 BATCH_SIZE = 10_000
+#: Seconds idle after each batch per second the batch took: the write lock is then free most
+#: of the time, so a running sync's commits find it free instead of waiting behind batch after
+#: batch (SQLite's busy handler polls, it does not queue: a prune that takes the lock again at
+#: once starves the waiter). 0 deletes as fast as possible.
+PACE = 3.0
 #: Runs looked at per page (their events are then deleted ``BATCH_SIZE`` at a time).
 RUN_PAGE = 200
 
@@ -82,6 +87,7 @@ def prune(
     *,
     dry_run: bool = False,
     batch_size: int = BATCH_SIZE,
+    pace: float = PACE,
     stop: threading.Event | None = None,
     now: dt.datetime | None = None,
 ) -> PruneReport:
@@ -97,7 +103,7 @@ def prune(
         if dry_run:
             _count(conn, report, tick_cutoff)
         else:
-            _delete(conn, report, tick_cutoff, batch_size, stop)
+            _delete(conn, report, tick_cutoff, batch_size, pace, stop)
         if conn.in_transaction():
             conn.commit()
     report.duration_s = time.monotonic() - started
@@ -146,9 +152,11 @@ def _delete(
     report: PruneReport,
     tick_cutoff: int,
     batch_size: int,
+    pace: float,
     stop: threading.Event | None,
 ) -> None:
     removed = report.removed
+    idle = stop if stop is not None else threading.Event()
     after: tuple[Any, str] | None = None
     while True:
         if stop is not None and stop.is_set():
@@ -170,6 +178,7 @@ def _delete(
             if stop is not None and stop.is_set():
                 report.stopped = True
                 return
+            began = time.monotonic()
             with writing(conn):
                 batch = (
                     select(events_table.c.id)
@@ -181,6 +190,8 @@ def _delete(
             removed["syncer_events"] += max(gone.rowcount, 0)
             if gone.rowcount < batch_size:
                 break
+            if pace:
+                idle.wait(pace * (time.monotonic() - began))
         with writing(conn):
             jobs = conn.execute(
                 delete(jobs_table).where(

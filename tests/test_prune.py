@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from syncer.state import events_table, jobs_table, runs_table, ticks_table
+from syncer.state import BulkWriter, events_table, jobs_table, runs_table, ticks_table, upgrade
 from tests.fake_destination import Harness, harness, members_of, people
 
 NOW = dt.datetime.now(dt.UTC)
@@ -50,6 +50,7 @@ def add_run(h: Harness, sync: str, days: float, status: str = "succeeded", event
     """A run of another sync, written as syncer writes one, ``days`` old."""
     run_id = uuid.uuid4().hex
     engine = state(h)
+    upgrade(engine)  # the schema, when no command made it yet
     with engine.begin() as conn:
         conn.execute(
             runs_table.insert().values(
@@ -63,18 +64,12 @@ def add_run(h: Harness, sync: str, days: float, status: str = "succeeded", event
             )
         )
         if events:
-            conn.execute(
-                events_table.insert(),
-                [
-                    {
-                        "run_id": run_id,
-                        "key": uuid.uuid4().hex,
-                        "operation": "add",
-                        "outcome": "accepted",
-                        "at": ago(days),
-                    }
-                    for _ in range(events)
-                ],
+            stamp = BulkWriter(conn).stamp(ago(days))
+            m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            conn.exec_driver_sql(
+                "INSERT INTO syncer_events (run_id, key, operation, outcome, at)"
+                f" VALUES ({m}, {m}, 'add', 'accepted', {m})",
+                [(run_id, f"{run_id}{i:032x}", stamp) for i in range(events)],
             )
     engine.dispose()
     return run_id
@@ -252,10 +247,10 @@ def test_the_setting_is_the_default_and_is_checked(tmp_path: Path) -> None:
 
 
 def test_a_prune_beside_a_running_sync_leaves_it_to_finish(tmp_path: Path) -> None:
-    rows = people(300)
+    rows = people(600)
     # Each request takes a while, so the sync is mid-way (between commits) while the prune
     # deletes in batches of 100 events: the two take turns at the write lock.
-    with harness(tmp_path, latency=0.2) as h:
+    with harness(tmp_path, latency=0.15) as h:
         h.segment(people(5))
         sync_ok(h)
         old = [add_run(h, "legacy", 200 + i, events=2_000) for i in range(10)]
@@ -266,16 +261,62 @@ def test_a_prune_beside_a_running_sync_leaves_it_to_finish(tmp_path: Path) -> No
         while h.dest.hits < 2:  # observable: the sync is sending
             assert proc.poll() is None and time.monotonic() < deadline, h.output(proc)
             time.sleep(0.02)
-        done = prune(h, "--older-than", "90d", "--batch-size", "100")
-        sent_meanwhile = h.dest.hits
+        # --pace 0: batch after batch with no pause, the hardest case for the sync's commits.
+        done = prune(h, "--older-than", "90d", "--batch-size", "100", "--pace", "0")
         assert proc.poll() is None, "the sync ended before the prune did: nothing overlapped"
         assert done["removed"]["syncer_runs"] == 10
         assert done["removed"]["syncer_events"] == 20_000
         assert proc.wait(120) == 0, h.output(proc)
         out, _ = h.output(proc)
         (run,) = json.loads(out)["runs"]
-        assert run["status"] == "succeeded" and run["added"] == 295
-        assert h.dest.hits > sent_meanwhile  # it went on sending after the prune
+        assert run["status"] == "succeeded" and run["added"] == 595
         assert h.dest.members_now() == members_of(rows)
         assert events_of(h, old) == 0
-        assert events_of(h, [run["run_id"]]) == 295
+        assert events_of(h, [run["run_id"]]) == 595
+
+
+# -- the daemon's daily prune (SYNCER_PRUNE_OLDER_THAN) -----------------------------------
+
+
+def test_the_daemon_prunes_once_a_day_across_replicas(tmp_path: Path) -> None:
+    from tests.test_daemon_process import running
+
+    with harness(tmp_path) as h:
+        old = [add_run(h, "legacy", 100 + i, events=50) for i in range(4)]
+        latest = add_run(h, "legacy", 40)
+        env = {"SYNCER_PRUNE_OLDER_THAN": "30d"}
+        with running(h, env, tag="a") as a, running(h, env, tag="b") as b:
+            deadline = time.monotonic() + 60
+            while (
+                len(a.events("prune.finished") + b.events("prune.finished")) < 1
+                or len(a.events("prune.skipped") + b.events("prune.skipped")) < 1
+            ):
+                assert time.monotonic() < deadline, a.stderr() + b.stderr()
+                time.sleep(0.1)
+            (finished,) = a.events("prune.finished") + b.events("prune.finished")
+            assert a.stop()[0] == 0 and b.stop()[0] == 0
+        assert (finished["runs"], finished["events"], finished["stopped"]) == (4, 200, False)
+        assert finished["older_than"] == "30d"
+        assert events_of(h, old) == 0
+        assert {r.id for r in table_rows(h, sa.select(runs_table.c.id))} == {latest}
+        (claim,) = table_rows(h, sa.select(ticks_table).where(ticks_table.c.sync == "syncer:prune"))
+        assert claim.status == "succeeded" and claim.tick == int(time.time() // 86400 * 86400)
+
+
+def test_sigterm_stops_the_daemons_prune_between_batches(tmp_path: Path) -> None:
+    from tests.test_daemon_process import running
+
+    with harness(tmp_path) as h:
+        old = [add_run(h, "legacy", 100 + i, events=20_000) for i in range(10)]
+        add_run(h, "legacy", 40)
+        with running(h, {"SYNCER_PRUNE_OLDER_THAN": "30d"}) as d:
+            d.wait_for("prune.started")
+            code, took = d.stop()
+            assert code == 0 and took < 20, d.stderr()
+            (finished,) = d.events("prune.finished")
+        # Whatever it got through is gone for good; what is left is whole runs' worth or the
+        # remains of one, for the next prune.
+        assert events_of(h, old) + finished["events"] == 200_000
+        claims = table_rows(h, sa.select(ticks_table).where(ticks_table.c.sync == "syncer:prune"))
+        # Stopped half way, the day's claim is given back so the next daemon finishes it.
+        assert len(claims) == (0 if finished["stopped"] else 1)
