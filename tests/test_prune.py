@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from syncer.state import BulkWriter, events_table, jobs_table, runs_table, ticks_table, upgrade
-from tests.fake_destination import Harness, harness, members_of, people
+from tests.fake_destination import Harness, cli_env, harness, members_of, people
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -320,3 +323,33 @@ def test_sigterm_stops_the_daemons_prune_between_batches(tmp_path: Path) -> None
         claims = table_rows(h, sa.select(ticks_table).where(ticks_table.c.sync == "syncer:prune"))
         # Stopped half way, the day's claim is given back so the next daemon finishes it.
         assert len(claims) == (0 if finished["stopped"] else 1)
+
+
+def test_sigterm_stops_a_prune_between_batches_and_the_next_one_finishes(tmp_path: Path) -> None:
+    slow = ("--batch-size", "100", "--pace", "5")  # a hundred batches, most of the time idle
+    with harness(tmp_path) as h:
+        old = [add_run(h, "legacy", 100 + i, events=2_000) for i in range(5)]
+        add_run(h, "legacy", 40)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncer", "prune", "--older-than", "90d", "--json", *slow],
+            cwd=h.root,
+            env=cli_env(h.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while events_of(h, old) == 10_000:  # observable: the first batches are gone
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 75, out + err
+        first = json.loads(out)
+        assert first["status"] == "stopped" and first["stopped"] is True
+        assert "run `syncer prune` again" in err
+        left = events_of(h, old)
+        assert 0 < left == 10_000 - first["removed"]["syncer_events"]
+        rest = prune(h, "--older-than", "90d")
+        assert rest["removed"]["syncer_events"] == left
+        assert first["removed"]["syncer_runs"] + rest["removed"]["syncer_runs"] == 5
