@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, select, tuple_
+from sqlalchemy import Connection, Delete, Engine, Select, delete, func, select, tuple_
 
 from syncer.ages import parse_age
 from syncer.claims import KEEP_SECONDS
@@ -155,13 +155,12 @@ def _delete(
     pace: float,
     stop: threading.Event | None,
 ) -> None:
+    """Page through the old runs: each page's events a batch per transaction, then its runs
+    and their settled jobs (so a run whose row is still there is found again next time)."""
+    pacer = _Pacer(conn, pace, stop if stop is not None else threading.Event())
     removed = report.removed
-    idle = stop if stop is not None else threading.Event()
     after: tuple[Any, str] | None = None
-    while True:
-        if stop is not None and stop.is_set():
-            report.stopped = True
-            return
+    while not pacer.stop.is_set():
         query = _old_runs(report.cutoff)
         if after is not None:
             query = query.where(tuple_(runs_table.c.started_at, runs_table.c.id) > after)
@@ -172,39 +171,47 @@ def _delete(
             break
         after = (page[-1].started_at, page[-1].id)
         ids = [row.id for row in page]
-        # The events first, a batch per transaction, then the runs and their settled jobs:
-        # a run whose row is still there is found again by the next prune.
-        while True:
-            if stop is not None and stop.is_set():
-                report.stopped = True
-                return
-            began = time.monotonic()
-            with writing(conn):
-                batch = (
-                    select(events_table.c.id)
-                    .where(events_table.c.run_id.in_(ids))
-                    .limit(batch_size)
-                    .scalar_subquery()
-                )
-                gone = conn.execute(delete(events_table).where(events_table.c.id.in_(batch)))
-            removed["syncer_events"] += max(gone.rowcount, 0)
-            if gone.rowcount < batch_size:
-                break
-            if pace:
-                idle.wait(pace * (time.monotonic() - began))
-        with writing(conn):
-            jobs = conn.execute(
-                delete(jobs_table).where(
-                    jobs_table.c.run_id.in_(ids), jobs_table.c.settled_at.is_not(None)
-                )
-            )
-            runs = conn.execute(
-                delete(runs_table).where(
-                    runs_table.c.id.in_(ids), runs_table.c.status != RunStatus.RUNNING
-                )
-            )
-        removed["syncer_jobs"] += max(jobs.rowcount, 0)
-        removed["syncer_runs"] += max(runs.rowcount, 0)
-    with writing(conn):
-        ticks = conn.execute(delete(ticks_table).where(ticks_table.c.tick < tick_cutoff))
-    removed["syncer_ticks"] += max(ticks.rowcount, 0)
+        batch = (
+            select(events_table.c.id)
+            .where(events_table.c.run_id.in_(ids))
+            .limit(batch_size)
+            .scalar_subquery()
+        )
+        gone = batch_size
+        while gone >= batch_size and not pacer.stop.is_set():
+            (gone,) = pacer.write(delete(events_table).where(events_table.c.id.in_(batch)))
+            removed["syncer_events"] += gone
+        if pacer.stop.is_set():
+            break
+        jobs, runs = pacer.write(
+            delete(jobs_table).where(
+                jobs_table.c.run_id.in_(ids), jobs_table.c.settled_at.is_not(None)
+            ),
+            delete(runs_table).where(
+                runs_table.c.id.in_(ids), runs_table.c.status != RunStatus.RUNNING
+            ),
+        )
+        removed["syncer_jobs"] += jobs
+        removed["syncer_runs"] += runs
+    if pacer.stop.is_set():
+        report.stopped = True
+        return
+    (ticks,) = pacer.write(delete(ticks_table).where(ticks_table.c.tick < tick_cutoff))
+    removed["syncer_ticks"] += ticks
+
+
+class _Pacer:
+    """Write transactions, each followed by ``pace`` times its own duration of idling (cut
+    short by ``stop``), so other writers find the lock free between them."""
+
+    def __init__(self, conn: Connection, pace: float, stop: threading.Event) -> None:
+        self.conn, self.pace, self.stop = conn, pace, stop
+
+    def write(self, *statements: Delete) -> tuple[int, ...]:
+        """Run the statements in one transaction; the rows each deleted."""
+        began = time.monotonic()
+        with writing(self.conn):
+            counts = tuple(max(self.conn.execute(s).rowcount, 0) for s in statements)
+        if self.pace:
+            self.stop.wait(self.pace * (time.monotonic() - began))
+        return counts

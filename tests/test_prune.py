@@ -353,3 +353,31 @@ def test_sigterm_stops_a_prune_between_batches_and_the_next_one_finishes(tmp_pat
         rest = prune(h, "--older-than", "90d")
         assert rest["removed"]["syncer_events"] == left
         assert first["removed"]["syncer_runs"] + rest["removed"]["syncer_runs"] == 5
+
+
+def test_many_small_runs_go_page_after_page(tmp_path: Path) -> None:
+    """A daemon syncing every minute leaves many runs with few events each: more than one
+    page of runs (see syncer.retention.RUN_PAGE) goes, the latest stays."""
+    with harness(tmp_path) as h:
+        add_run(h, "minutely", 600, events=1)
+        engine = state(h)
+        with engine.begin() as conn:
+            conn.execute(
+                runs_table.insert(),
+                [
+                    {
+                        "id": f"m{i:05d}",
+                        "sync": "minutely",
+                        "status": "succeeded",
+                        "trigger": "schedule",
+                        "mode": "mirror",
+                        "started_at": ago(100 + i / 1440),
+                    }
+                    for i in range(450)
+                ],
+            )
+        engine.dispose()
+        done = prune(h, "--older-than", "90d", "--pace", "0")
+        assert done["removed"]["syncer_runs"] == 450 and done["removed"]["syncer_events"] == 1
+        (kept,) = table_rows(h, sa.select(runs_table.c.id))
+        assert kept.id == "m00000"  # the newest: 100 days old, the sync's latest
