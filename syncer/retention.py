@@ -212,6 +212,12 @@ class _Pacer:
         began = time.monotonic()
         with writing(self.conn):
             counts = tuple(max(self.conn.execute(s).rowcount, 0) for s in statements)
+        if self.conn.dialect.name == "sqlite":
+            # Copy the batch's pages from the WAL into the database here, outside the write
+            # lock, rather than leave them to the auto-checkpoint of whichever commit comes
+            # next, which is most often a running sync's (measured beside a sync: 1.13 times
+            # its time without this, 1.02 with it). PASSIVE never waits for anyone.
+            self.conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if self.pace:
             self.stop.wait(self.pace * (time.monotonic() - began))
         return counts
