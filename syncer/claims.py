@@ -69,6 +69,17 @@ class Claims:
                 .values(run_id=run_id, status=status[:20])
             )
 
+    def release(self, sync: str, tick: int) -> None:
+        """Give up this replica's claim of ``(sync, tick)``, so it can be claimed again."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(ticks_table).where(
+                    ticks_table.c.sync == sync,
+                    ticks_table.c.tick == tick,
+                    ticks_table.c.holder == self.holder,
+                )
+            )
+
     def last_tick(self, sync: str) -> int | None:
         """The newest claimed tick of ``sync`` by any replica."""
         with self.engine.connect() as conn:

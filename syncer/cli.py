@@ -593,6 +593,10 @@ from syncer.cli_lists import lists  # noqa: E402
 
 cli.add_command(lists)
 
+from syncer.cli_prune import prune  # noqa: E402
+
+cli.add_command(prune)
+
 
 def main() -> None:
     # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of

@@ -17,6 +17,9 @@ What it does, and why it is built this way:
 * **Stop** on SIGTERM/SIGINT: no new ticks, running syncs finish their in-flight batches
   (the engine's stop event), then exit 0; after ``SYNCER_SHUTDOWN_GRACE`` seconds, or on a
   second signal, it leaves at once with 75, which loses nothing (see "Stopping a run").
+* **Retention** with ``SYNCER_PRUNE_OLDER_THAN``: once a day (at start, then after each UTC
+  midnight) one replica claims the day in ``syncer_ticks`` and prunes old runs and audit
+  events in a thread of its own (``syncer.retention``), in short batches beside running syncs.
 * **Health** on ``/healthz`` and ``/readyz``, **metrics** on ``/metrics`` (``syncer.metrics``),
   and **alerts** once per incident (``syncer.alerts``).
 """
@@ -56,6 +59,12 @@ log = get_logger("syncer.daemon")
 
 #: How long ``/readyz`` waits for the state database before calling it unreachable.
 READY_TIMEOUT = 3.0
+
+#: The claim of a day's prune in ``syncer_ticks``: not a valid sync name, so never a sync's.
+PRUNE_CLAIM = "syncer:prune"
+_DAY = 86400
+#: Seconds between a failed prune and the next try, and the longest sleep of the prune thread.
+PRUNE_RETRY = 3600.0
 
 #: How a run may end without being worth a warning in the daemon's log.
 _QUIET = frozenset({RunStatus.SUCCEEDED, RunStatus.SUBMITTED, RunStatus.WAITING, RunStatus.LOCKED})
@@ -143,6 +152,7 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
         self.server: ThreadingHTTPServer | None = None
         self.deadline: float | None = None  # monotonic: when the grace ends, once stopping
+        self.pruner: threading.Thread | None = None
         url = settings.alert_webhook_url
         self.alerter = Alerter(
             self.state,
@@ -327,6 +337,59 @@ class Daemon:
         with self._running_cond:
             return sum(self._running.values())
 
+    # -- retention ---------------------------------------------------------------------------
+
+    def _prune_daily(self, older_than: str) -> None:
+        """The prune thread: today's prune unless a replica did it, then wait for tomorrow."""
+        done: int | None = None
+        while not self.stopping.is_set():
+            now = self.clock()
+            day = int(now // _DAY * _DAY)
+            if day != done and self.prune_once(older_than, day):
+                done = day
+            wait = min(PRUNE_RETRY, day + _DAY - now) if done == day else PRUNE_RETRY
+            self.stopping.wait(max(1.0, wait))
+
+    def prune_once(self, older_than: str, day: int) -> bool:
+        """Claim ``day``'s prune and run it; True when the day needs nothing more from this
+        replica (pruned here or elsewhere), False to try again later (never raises)."""
+        from syncer.retention import prune
+
+        try:
+            claims = self.claims()
+            if not claims.claim(PRUNE_CLAIM, day):
+                log.info("prune.skipped", reason="pruned by another replica today")
+                return True
+        except Exception as exc:
+            log.warning("prune.error", error=type(exc).__name__)
+            return False
+        log.info("prune.started", older_than=older_than)
+        try:
+            report = prune(self.state(), older_than, stop=self.stopping)
+        except Exception as exc:  # the state database is busy or down: another try later
+            log.error("prune.error", error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                claims.release(PRUNE_CLAIM, day)
+            return False
+        with contextlib.suppress(Exception):
+            if report.stopped:  # stopped by SIGTERM: whoever starts next today finishes it
+                claims.release(PRUNE_CLAIM, day)
+            else:
+                claims.finish(PRUNE_CLAIM, day, None, "succeeded")
+        removed = report.removed
+        log.info(
+            "prune.finished",
+            older_than=older_than,
+            cutoff=report.cutoff.isoformat(),
+            stopped=report.stopped,
+            duration_s=round(report.duration_s, 3),
+            runs=removed["syncer_runs"],
+            events=removed["syncer_events"],
+            jobs=removed["syncer_jobs"],
+            ticks=removed["syncer_ticks"],
+        )
+        return True
+
     # -- health ------------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
@@ -412,6 +475,12 @@ class Daemon:
         )
         self._apply_jobs()
         self.scheduler.start()
+        older_than = self.settings.prune_older_than
+        if older_than is not None:
+            self.pruner = threading.Thread(
+                target=self._prune_daily, args=(older_than,), name="syncer-prune"
+            )
+            self.pruner.start()
         log.info(
             "daemon.started",
             port=bound,
@@ -469,6 +538,10 @@ class Daemon:
             while self._running and time.monotonic() < deadline:
                 self._running_cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             left = sorted(self._running)
+        if self.pruner is not None:  # it stops between two batches
+            self.pruner.join(max(0.0, deadline - time.monotonic()))
+            if self.pruner.is_alive():
+                left.append("prune")
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from syncer.errors import ConfigError
@@ -216,6 +217,29 @@ class Settings(BaseSettings):
         description="Share of a run's records that may be rejected, invalid or failed before"
         " the run counts as failing (and alerts).",
     )
+
+    prune_older_than: str | None = Field(
+        default=None,
+        description="Retention: once a day the daemon deletes runs, their audit events and"
+        " settled vendor jobs that started longer ago than this (`90d`, `12h`, `2w`: hours,"
+        " days or weeks), in short batches, once across replicas. Unset: nothing is pruned."
+        " Also the default of `syncer prune --older-than`. Acknowledged state is never"
+        " pruned.",
+    )
+
+    @field_validator("prune_older_than")
+    @classmethod
+    def _retention_age(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from syncer.ages import AgeError, parse_age
+
+        try:
+            parse_age(value)
+        except AgeError as exc:
+            # A custom error: pydantic would put "Value error, " before a plain ValueError's text.
+            raise PydanticCustomError("retention_age", str(exc)) from None
+        return value.strip()
 
     def warehouse(self, name: str) -> str:
         """The URL of the named warehouse, or a ConfigError that says how to set it."""
