@@ -46,12 +46,12 @@ from syncer.errors import BatchRejected, ConfigError, RateLimited, TransientErro
 from syncer.http import MAX_RETRY_AFTER, Action
 from syncer.identifiers import SUPPORTED, Kind, identifier
 from syncer.normalize import InvalidValue
-from syncer.oauth import Grant, RefreshCredentials, refresh_grant
+from syncer.oauth import RefreshCredentials
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, dig
 
 DEFAULT_VERSION = "v22"
-#: Google's OAuth 2.0 token endpoint (``token_url`` overrides it).
+#: Google's OAuth 2.0 token endpoint (``token_url`` overrides it); tokens live an hour.
 TOKEN_URL = "https://oauth2.googleapis.com/token"
 PLATFORM: Literal["google"] = "google"
 #: Records per batch (one addOperations call). A record carries at most 5 identifiers, so a
@@ -164,6 +164,7 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
         async_jobs=True,
     )
     default_base_url = "https://googleads.googleapis.com"
+    default_token_url = TOKEN_URL
     # Google publishes no fixed QPS (token buckets per developer token and customer, 429 with
     # retryDelay when spent): a modest pace; operations on one job are serialised anyway.
     rate_limits = (RateLimit(5, 1),)
@@ -186,12 +187,6 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
         return self._job
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def oauth_grant(self) -> Grant | None:
-        """The refresh_token grant at Google's token endpoint, when refresh credentials are
-        set (access tokens live an hour)."""
-        cfg = self.settings
-        return refresh_grant(self.name, cfg, TOKEN_URL) if cfg.renews() else None
 
     def default_headers(self) -> dict[str, str]:
         login = self.settings.login_customer_id
@@ -294,13 +289,7 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
     def check(self) -> None:
         """Read the user list with GAQL: proves token, developer token, customer and list."""
         cfg = self.settings
-        if cfg.user_list_id is None and cfg.user_list_name is not None:
-            ids = self.find_list(cfg.user_list_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                found = f"{len(ids)} user lists" if ids else "no user list"
-                raise ConfigError(
-                    f"google_ads: user_list_name: {found} named {cfg.user_list_name!r}"
-                )
+        if self.check_list_name():
             return
         query = (
             "SELECT user_list.id, user_list.name, user_list.type FROM user_list "

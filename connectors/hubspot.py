@@ -29,7 +29,7 @@ from syncer.connector import (
 )
 from syncer.declarations import BearerAuth, RateLimitHeaders
 from syncer.errors import BatchRejected, ConfigError, TransientError
-from syncer.oauth import Grant, RefreshCredentials, refresh_grant
+from syncer.oauth import RefreshCredentials
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, chunks, group_by_value
 from syncer.steps import Steps, apply
@@ -39,7 +39,7 @@ READ_CHUNK = 100  # inputs per batch/read, the same v3 limit
 LIST_PAGE = 500  # lists per page of /lists/search (HubSpot's largest count)
 DEFAULT_INTERVAL = 10.0  # seconds; the documented window when the header is absent
 DAILY_COOL_DOWN = 300.0  # the daily quota resets at the account's midnight: wait long
-#: HubSpot's OAuth token endpoint (``token_url`` overrides it).
+#: HubSpot's OAuth token endpoint (``token_url`` overrides it); its tokens live 30 minutes.
 TOKEN_URL = "https://api.hubapi.com/oauth/v1/token"
 #: HubSpot's own refusal codes (``status`` of its error body) as OAuth's.
 TOKEN_ERRORS = {
@@ -113,6 +113,8 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
         modes=frozenset({"membership", "upsert", "mirror"}), max_batch_size=MAX_BATCH
     )
     default_base_url = "https://api.hubapi.com"
+    default_token_url = TOKEN_URL
+    token_errors = TOKEN_ERRORS
     rate_limits = TIER_LIMITS["starter"]
     max_concurrency = 4
     # HubSpot counts per app and account, not per list: syncs to several lists with one
@@ -131,14 +133,6 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
             default_reset=DEFAULT_INTERVAL,
         ),
     )
-
-    def oauth_grant(self) -> Grant | None:
-        """The refresh_token grant at HubSpot's token endpoint, for an OAuth app (access
-        tokens live 30 minutes); None with a private-app ``token``."""
-        cfg = self.settings
-        if not cfg.renews():
-            return None
-        return refresh_grant(self.name, cfg, TOKEN_URL, aliases=TOKEN_ERRORS)
 
     def published_limits(self) -> tuple[RateLimit, ...]:
         """The limits of the account's tier (``tier`` setting)."""
@@ -204,12 +198,7 @@ class HubSpotConnector(RestConnector[HubSpotConfig]):
     def check(self) -> None:
         """Read the list (or one contact without a list): a 401 is AuthError, a 404 a
         ConfigError naming list_id, a network problem TransientError."""
-        cfg = self.settings
-        if not cfg.list_id and cfg.list_name is not None:
-            ids = self.find_list(cfg.list_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                found = f"{len(ids)} lists" if ids else "no list"
-                raise ConfigError(f"hubspot: list_name: {found} named {cfg.list_name!r}")
+        if self.check_list_name():
             return
         self.open()
         if not self.settings.list_id:

@@ -141,11 +141,7 @@ class KlaviyoConnector(RestConnector[KlaviyoConfig]):
     def check(self) -> None:
         """``GET /api/lists/{id}`` (or the job list when no list is set): cheap, authenticated."""
         cfg = self.settings
-        if cfg.list_id is None and cfg.list_name is not None:
-            ids = self.find_list(cfg.list_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                found = f"{len(ids)} lists" if ids else "no list"
-                raise ConfigError(f"klaviyo: list_name: {found} named {cfg.list_name!r}")
+        if self.check_list_name():
             return
         if cfg.list_id is None:
             response = self.request("GET", "/api/profile-bulk-import-jobs")

@@ -55,7 +55,7 @@ from syncer.identifiers import (
     stale_id_sets,
 )
 from syncer.normalize import InvalidValue
-from syncer.oauth import Grant, RefreshCredentials, refresh_grant
+from syncer.oauth import RefreshCredentials
 from syncer.ratelimit import RateLimit
 from syncer.rest import RestConfig, RestConnector, dig
 
@@ -63,7 +63,8 @@ from syncer.rest import RestConfig, RestConnector, dig
 #: users endpoint's maximum is unverified and assumed the same (``batch_size`` lowers it).
 MAX_ELEMENTS = 5_000
 DEFAULT_VERSION = "202604"  # what Segment's production integration pins
-#: LinkedIn's OAuth 2.0 token endpoint (``token_url`` overrides it).
+#: LinkedIn's OAuth 2.0 token endpoint (``token_url`` overrides it); programmatic refresh
+#: tokens must be enabled for the app.
 TOKEN_URL = "https://www.linkedin.com/oauth/v2/accessToken"
 #: Identifier kinds that identify a member (``userIds``), with LinkedIn's id type.
 ID_KINDS: tuple[Kind, ...] = ("email", "maid")
@@ -163,18 +164,13 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
     description = "LinkedIn Matched Audiences (DMP segment users)"
     capabilities = Capabilities.ad_audience(MAX_ELEMENTS)
     default_base_url = "https://api.linkedin.com/rest"
+    default_token_url = TOKEN_URL
     rate_limits = (RateLimit(600, 60),)
     max_concurrency = 4
     # LinkedIn counts per member and app, that is per access token (the default account).
     auth = BearerAuth("access_token")
 
     # -- HTTP hooks ---------------------------------------------------------------------
-
-    def oauth_grant(self) -> Grant | None:
-        """The refresh_token grant at LinkedIn's token endpoint, when refresh credentials are
-        set (programmatic refresh tokens must be enabled for the app)."""
-        cfg = self.settings
-        return refresh_grant(self.name, cfg, TOKEN_URL) if cfg.renews() else None
 
     def default_headers(self) -> dict[str, str]:
         return {
@@ -272,12 +268,7 @@ class LinkedInConnector(RestConnector[LinkedInConfig]):
         """``GET /dmpSegments/{id}``: authenticated, cheap, and proves the segment exists and
         can take users (a USER segment that is not expired or failed). By name: the
         account's segments, and the name there once, or creatable."""
-        cfg = self.settings
-        if cfg.segment_id is None and cfg.segment_name is not None:
-            ids = self.find_list(cfg.segment_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                found = f"{len(ids)} segments" if ids else "no segment"
-                raise ConfigError(f"linkedin: segment_name: {found} named {cfg.segment_name!r}")
+        if self.check_list_name():
             return
         segment_id = self.settings.segment_id
         response = self.probe("GET", f"/dmpSegments/{segment_id}", "segment_id")

@@ -165,11 +165,7 @@ class MailchimpConnector(RestConnector[MailchimpConfig]):
         self.probe("GET", f"/lists/{cfg.list_id}", "list_id", params={"fields": "id,name"})
         if cfg.tag is not None and cfg.tag_method == "segment":
             self._tag_id = self._find_tag(cfg.tag)
-        if cfg.segment_id is None and cfg.segment_name is not None:
-            ids = self.find_list(cfg.segment_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                found = f"{len(ids)} static segments" if ids else "no static segment"
-                raise ConfigError(f"mailchimp: segment_name: {found} named {cfg.segment_name!r}")
+        self.check_list_name()
         if cfg.segment_id is not None:
             response = self.probe(
                 "GET", f"/lists/{cfg.list_id}/segments/{cfg.segment_id}", "segment_id"

@@ -328,11 +328,7 @@ class MetaConnector(RestConnector[MetaConfig]):
         """``GET /{version}/{audience_id}``: the token works and can see the audience (by
         name: the ad account's audiences, and the name there once, or creatable)."""
         cfg = self.settings
-        if cfg.audience_id is None and cfg.audience_name is not None:
-            ids = self.find_list(cfg.audience_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                found = f"{len(ids)} audiences" if ids else "no audience"
-                raise ConfigError(f"meta: audience_name: {found} named {cfg.audience_name!r}")
+        if self.check_list_name():
             return
         response = self.request(
             "GET",

@@ -217,7 +217,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
             connector=self.name,
             token_url=token_url,
             form=form,
-            identity=(cfg.client_id or "", cfg.username or "", fingerprint(key)),
+            identity=(cfg.client_id or "", cfg.username or "", cfg.login_url, fingerprint(key)),
             grant_setting=(
                 "the JWT of destination.username and destination.private_key (the user must be"
                 " pre-authorised for the connected app, which must hold the key's certificate;"
@@ -294,12 +294,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         campaign: 401 is AuthError, a wrong setting a ConfigError naming it, a network
         failure TransientError."""
         cfg = self.settings
-        if not cfg.campaign_id and cfg.campaign_name is not None:
-            ids = self.find_list(cfg.campaign_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                what = f"{len(ids)} campaigns" if ids else "no campaign"
-                raise ConfigError(f"salesforce: campaign_name: {what} named {cfg.campaign_name!r}")
-        else:
+        if not self.check_list_name():
             self.open()  # with a name, membership needs the id the run resolves first
         response = self.probe(
             "GET", f"{self.api}/sobjects/{cfg.sobject}/describe", "api_version/sobject"

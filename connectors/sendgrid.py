@@ -157,12 +157,7 @@ class SendGridConnector(RestConnector[SendGridConfig]):
 
     def check(self) -> None:
         """``GET /v3/marketing/lists/{id}`` for every list: authenticated and cheap."""
-        cfg = self.settings
-        if not cfg.list_ids and cfg.list_name is not None:
-            ids = self.find_list(cfg.list_name)
-            if len(ids) > 1 or (not ids and not cfg.create_if_missing):
-                found = f"{len(ids)} lists" if ids else "no list"
-                raise ConfigError(f"sendgrid: list_name: {found} named {cfg.list_name!r}")
+        if self.check_list_name():
             return
         for list_id in self.settings.list_ids:
             response = self.request("GET", f"/v3/marketing/lists/{list_id}")

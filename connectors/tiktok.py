@@ -209,11 +209,7 @@ class TikTokConnector(RestConnector[TikTokConfig]):
         """Two cheap authenticated reads: ``/advertiser/info/`` proves the token and the
         advertiser, ``/dmp/custom_audience/get/`` that the audience belongs to it."""
         cfg = self.settings
-        if cfg.audience_id is None and cfg.audience_name is not None:
-            found = self.find_list(cfg.audience_name)
-            if len(found) > 1 or (not found and not cfg.create_if_missing):
-                what = f"{len(found)} audiences" if found else "no audience"
-                raise ConfigError(f"tiktok: audience_name: {what} named {cfg.audience_name!r}")
+        if self.check_list_name():
             return
         ids = json.dumps([cfg.advertiser_id])
         response = self.probe(

@@ -7,11 +7,14 @@ from typing import Any
 
 import click
 
-from syncer.cli import JSON_SCHEMA_VERSION, Ctx, _emit_json, _stop_on_signals, handles_errors
-
-# syncer.cli's own json_option, spelled out: syncer.cli imports this module at its end, and
-# through that cycle mypy cannot tell the shared decorator's type.
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+from syncer.cli import (
+    JSON_SCHEMA_VERSION,
+    Ctx,
+    _emit_json,
+    _stop_on_signals,
+    handles_errors,
+    json_option,
+)
 
 
 class Age(click.ParamType):  # type: ignore[type-arg]

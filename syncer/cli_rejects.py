@@ -31,12 +31,11 @@ def rejects(ctx: Ctx, sync_name: str | None, parked: bool, limit: int, as_json: 
     """List records refused again and again (all syncs, or SYNC's): masked key, outcome,
     reason, attempts, first and last attempt, and whether the sync's `rejects` policy parked
     them (not sent until their source row changes)."""
-    import difflib
-
     from syncer.errors import ConfigError
     from syncer.mapping import LoadedSync, load_directory
     from syncer.rejects import listing, synced_names
     from syncer.state import reading, state_engine, state_errors
+    from syncer.stateadmin import unknown
 
     settings = ctx.settings
     key_types: dict[str, str] = {}
@@ -53,11 +52,8 @@ def rejects(ctx: Ctx, sync_name: str | None, parked: bool, limit: int, as_json: 
         reading(conn)
         if sync_name is not None:
             known = set(key_types) | synced_names(conn)
-            if sync_name not in known:
-                near = difflib.get_close_matches(sync_name, sorted(known), n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join(near)}?" if near else ""
-                listed = ", ".join(sorted(known)) or "none"
-                raise click.UsageError(f"no sync named {sync_name!r} (known: {listed}){hint}")
+            if sync_name not in known:  # a SyncerError (exit 2), so --json gets its document
+                raise unknown(sync_name, known, f"the state database or {settings.mappings_dir}")
         rows, total = listing(conn, sync_name, parked, limit)
     shown = [_row(row, key_types.get(row["sync"]) or None) for row in rows]
     if as_json:
@@ -96,22 +92,17 @@ def _mask(key: str, key_type: str | None) -> str:
     return mask_key(key, key_type)
 
 
-def _when(iso: str) -> str:
-    """An ISO 8601 UTC timestamp to the second, for the table (JSON keeps it whole)."""
-    return iso[:19].replace("T", " ")
-
-
 def _table(rows: list[dict[str, Any]], total: int) -> None:
     """Three lines a record, inside 80 columns: a nine-column table folded every reason and
     key into pieces. ``--json`` has the same values in full."""
     from rich.markup import escape
 
-    from syncer.output import stdout
+    from syncer.output import stdout, when  # when: to the second (JSON keeps it whole)
 
     if rows:
         stdout.print("records refused again and again")
     for row in rows:
-        parked = f"parked {_when(row['parked_at'])}" if row["parked_at"] else "still retried"
+        parked = f"parked {when(row['parked_at'])}" if row["parked_at"] else "still retried"
         stdout.print(
             f"\n[bold]{escape(row['sync'])}[/bold]  {escape(row['key'] or '-')}"
             f"  {row['outcome']} {row['operation']}, {row['attempts']}x  {parked}",
@@ -119,7 +110,7 @@ def _table(rows: list[dict[str, Any]], total: int) -> None:
         )
         stdout.print(f"  {escape(row['reason'] or '-')}", soft_wrap=True, highlight=False)
         stdout.print(
-            f"  first {_when(row['first_at'])}, last {_when(row['last_at'])}", highlight=False
+            f"  first {when(row['first_at'])}, last {when(row['last_at'])}", highlight=False
         )
     if total > len(rows):
         stdout.print(f"{total - len(rows)} more not shown (--limit)")

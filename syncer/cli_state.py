@@ -55,6 +55,17 @@ def _unknown(ctx: Ctx, engine: Any, name: str, mappings: dict[str, list[Path]]) 
     return unknown(name, names | set(mappings), where)
 
 
+def _described(ctx: Ctx, engine: Any, name: str, mappings: dict[str, list[Path]]) -> Any:
+    """``describe`` of ``name``, or UnknownSync (exit 2) when neither the state database
+    (rows or a lease) nor a mapping file knows it."""
+    from syncer.stateadmin import describe
+
+    info = describe(engine, name)
+    if not info["has_state"] and info["lease"] is None and name not in mappings:
+        raise _unknown(ctx, engine, name, mappings)
+    return info
+
+
 def _confirm(yes: bool, question: str) -> None:
     """Ask on a terminal; off one, --yes is required (a pipeline must say what it means)."""
     if yes:
@@ -77,14 +88,11 @@ def state_show(ctx: Ctx, name: str, as_json: bool) -> None:
     the last run, vendor jobs not settled, rejects, and whether a run holds it now. Works
     for a sync whose mapping is gone."""
     from syncer.state import state_errors
-    from syncer.stateadmin import describe
 
     mappings = _mapping_files(ctx)
     engine, url = _open(ctx)
     with state_errors(url):
-        info = describe(engine, name)
-        if not info["has_state"] and info["lease"] is None and name not in mappings:
-            raise _unknown(ctx, engine, name, mappings)
+        info = _described(ctx, engine, name, mappings)
     info["mapping"] = [str(p) for p in mappings.get(name, [])]
     if as_json:
         _emit_json({"schema_version": JSON_SCHEMA_VERSION, "state": info})
@@ -94,11 +102,9 @@ def state_show(ctx: Ctx, name: str, as_json: bool) -> None:
 
 def _when(iso: str | None) -> str:
     """An ISO 8601 UTC timestamp to the second, for people (JSON keeps it whole)."""
-    if not iso:
-        return "-"
-    import datetime as dt
+    from syncer.output import when
 
-    return dt.datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{when(iso)} UTC" if iso else "-"
 
 
 _COUNTS = ("added", "removed", "updated", "unchanged", "rejected", "invalid", "failed")
@@ -175,14 +181,12 @@ def state_reset(ctx: Ctx, name: str, yes: bool, as_json: bool) -> None:
     the segment again as an add (a full sync). Runs and the audit log are kept. Refused
     while the sync runs or a vendor job it submitted is not settled."""
     from syncer.state import state_errors
-    from syncer.stateadmin import describe, refuse_if_jobs, refuse_if_running, reset
+    from syncer.stateadmin import refuse_if_jobs, refuse_if_running, reset
 
     mappings = _mapping_files(ctx)
     engine, url = _open(ctx)
     with state_errors(url):
-        info = describe(engine, name)
-        if not info["has_state"] and info["lease"] is None and name not in mappings:
-            raise _unknown(ctx, engine, name, mappings)
+        info = _described(ctx, engine, name, mappings)
         refuse_if_running(engine, name, "state reset")
         refuse_if_jobs(info["jobs"], name)
         total = info["members"]["total"]

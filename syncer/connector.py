@@ -451,6 +451,26 @@ class Connector:
         calls it only after ``find_list`` found none, holding the claim on the name."""
         raise NotImplementedError(f"{self.name} cannot create lists")
 
+    def check_list_name(self) -> bool:
+        """``check()``'s part for a list the config names: the vendor has it once, or none and
+        the sync may create it (nothing is created). ConfigError otherwise; True when the config
+        names its list (the caller then has no id to check), False when it gives the id."""
+        wanted = self.named_list()
+        if wanted is None:
+            return False
+        ids = list(dict.fromkeys(self.find_list(wanted.name)))
+        if len(ids) > 1:
+            raise ConfigError(
+                f"{self.name}: {len(ids)} {wanted.kind}s named {wanted.name!r}; rename or delete"
+                f" all but one, or give {wanted.id_field} instead of the name"
+            )
+        if not ids and not wanted.create:
+            raise ConfigError(
+                f"{self.name}: no {wanted.kind} named {wanted.name!r}; set create_if_missing:"
+                f" true to create it, or give {wanted.id_field}"
+            )
+        return True
+
     # -- HTTP layer hooks ---------------------------------------------------------------
 
     def account_key(self) -> str:

@@ -387,6 +387,7 @@ def forget(settings: Settings, name: str, connector: str | None = None) -> list[
     next run looks the name up again; the rows deleted. A claim a live run holds right now
     is kept (ConfigError), so forgetting never lets a second creation start beside it."""
     url = settings.state_url.get_secret_value()
+    ttl = max(settings.lease_ttl, 1.0)  # as _claim judges a claim abandoned
     table = destinations_table
     where = [table.c.name == name]
     if connector is not None:
@@ -394,7 +395,7 @@ def forget(settings: Settings, name: str, connector: str | None = None) -> list[
     with state_errors(url), state_engine(url).connect() as conn, writing(conn) as tx:
         rows = tx.execute(select(table).where(*where)).all()
         for row in rows:
-            if row.status == "creating" and not _abandoned(row.holder, row.updated_at, 60.0):
+            if row.status == "creating" and not _abandoned(row.holder, row.updated_at, ttl):
                 raise ConfigError(
                     f"{row.connector} list {name!r} is being created by {row.sync or 'a run'}"
                     " right now; try again once that run ended"

@@ -37,6 +37,7 @@ from syncer.log import get_logger
 from syncer.mapping import LoadedSync
 from syncer.normalize import InvalidValue, key_converter
 from syncer.recorder import hold_pending, save_counts
+from syncer.results import mask_key
 from syncer.retry import guarded
 from syncer.runcontext import RunContext
 from syncer.sender import deliver
@@ -313,7 +314,11 @@ def _remove(run: RunContext, key: str) -> Forgotten:
             " finished, to confirm it and erase syncer's traces"
         )
         return Forgotten(name, connector_name, PENDING, why, int(ExitCode.TEMPFAIL))
-    why = f"{outcome.status}: {outcome.reason or 'no reason given'}; run forget again to retry"
+    # The vendor's text may quote the person it refused: it goes to the run's message and
+    # stderr, which forget never erases, so the key is masked as plan masks it.
+    masked = mask_key(key, run.definition.source.key_type)
+    reason = (outcome.reason or "no reason given").replace(key, masked)
+    why = f"{outcome.status}: {reason}; run forget again to retry"
     return Forgotten(name, connector_name, FAILED, why, int(ExitCode.PROBLEMS))
 
 

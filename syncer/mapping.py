@@ -894,11 +894,7 @@ def load_named(directory: Path, names: list[str], env_file: Path | None = None) 
 def declared_names(directory: Path, env_file: Path | None = None) -> dict[str, list[Path]]:
     """The sync name each mapping file declares, with its files, without loading connectors
     or requiring their variables (a file that cannot be read counts as its stem)."""
-    env = _environment(env_file)
-    names: dict[str, list[Path]] = {}
-    for path, raw in _scan(directory):
-        names.setdefault(_declared_name(path, raw, env), []).append(path)
-    return names
+    return MappingScan(directory, env_file).files_of()
 
 
 def valid_name(name: str) -> bool:
@@ -947,12 +943,17 @@ class MappingScan:
             name, path, tuple(tags), connector if isinstance(connector, str) else None, None, raw
         )
 
+    def files_of(self) -> dict[str, list[Path]]:
+        """Each declared sync name with the files declaring it (more than one: a conflict)."""
+        names: dict[str, list[Path]] = {}
+        for entry in self.entries:
+            names.setdefault(entry.name, []).append(entry.path)
+        return names
+
     def load(self, chosen: list[MappingEntry]) -> list[tuple[Path, LoadedSync | ConfigError]]:
         """Each chosen file validated, or the ConfigError it is refused with; a name that
         more than one file declares is refused, as in ``load_named``."""
-        files_of: dict[str, list[Path]] = {}
-        for entry in self.entries:
-            files_of.setdefault(entry.name, []).append(entry.path)
+        files_of = self.files_of()
         results: list[tuple[Path, LoadedSync | ConfigError]] = []
         for entry in chosen:
             paths = files_of.get(entry.name, [])

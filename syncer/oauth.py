@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -51,6 +51,8 @@ MARGIN_SHARE = 0.2
 #: Seconds a refused grant is answered from memory (other threads and syncs of the account
 #: get the same error without asking the endpoint again).
 REFUSAL_MEMORY = 10.0
+#: Seconds a still-valid token is kept after a failed renewal before the endpoint is asked again.
+RENEWAL_RETRY = 5.0
 #: Refusal codes that blame the client (id or secret) rather than the grant.
 CLIENT_CODES = frozenset({"invalid_client", "unauthorized_client", "invalid_client_id"})
 _EXPLAINED = 160  # characters of a vendor's error_description kept in a message
@@ -143,7 +145,13 @@ class TokenProvider:
                 renewed = self._fetch(http)
             except TransientError as exc:
                 if current is not None and not self._expired(current):
-                    return current  # due, but still valid: try again next time
+                    # Due, but still valid: keep it, and ask again only after a pause, so
+                    # an endpoint that is down is not asked (and waited on) by every request.
+                    pause = self.clock() + RENEWAL_RETRY
+                    if current.expires_at is not None:
+                        pause = min(pause, current.expires_at)
+                    self._token = replace(current, renew_at=pause)
+                    return current
                 raise type(exc)(f"sync {sync!r}: {exc}", retry_after=exc.retry_after) from None
             except _Refused as exc:
                 self._refusal = (exc.kind, exc.text, self.clock())
@@ -277,10 +285,9 @@ def _exchange(http: httpx.Client, request: httpx.Request) -> httpx.Response:
     if isinstance(http, DestinationClient):
         return http.send_unpaced(request)
     try:
-        response = http.send(request, follow_redirects=False)
+        return http.send(request, follow_redirects=False)
     except httpx.RequestError as exc:
         raise transport_error(exc, request) from None
-    return response
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -311,7 +318,8 @@ def _error_of(
         return None, None
     code = body.get("error")
     if not isinstance(code, str):
-        code = body.get("status") if isinstance(body.get("status"), str) else None
+        status = body.get("status")
+        code = status if isinstance(status, str) else None
     description = body.get("error_description") or body.get("message")
     if code is not None:
         code = aliases.get(code, code)

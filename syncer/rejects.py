@@ -22,11 +22,11 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, func, select, text
 
 from syncer.diff import CHANGES, STAGE, Staging, same_reason_sql, strip_row
 from syncer.mapping import RejectPolicy
-from syncer.state import CONFIRMED, rejects_table
+from syncer.state import CONFIRMED, rejects_table, runs_table
 
 _CHUNK = 500
 _COLUMNS = (
@@ -139,7 +139,7 @@ def _next_row(
 def _upsert(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
-    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.dialects import postgresql, sqlite  # postgres's only when it is used
 
     dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(rejects_table)
@@ -172,8 +172,6 @@ def unpark_changed(conn: Connection, staging: Staging) -> None:
         f"EXISTS (SELECT 1 FROM {STAGE} s WHERE s.key = syncer_rejects.key"
         f" AND s.hash IS NULL AND NOT ({same}))"
     )
-    if not wanted:
-        changed = "1 = 0"
     conn.execute(
         text(
             "UPDATE syncer_rejects SET parked_at = NULL"
@@ -235,8 +233,6 @@ def listing(
         where.append(rejects_table.c.sync == sync)
     if parked_only:
         where.append(rejects_table.c.parked_at.is_not(None))
-    from sqlalchemy import func
-
     total = conn.execute(select(func.count()).select_from(rejects_table).where(*where)).scalar()
     rows = conn.execute(
         select(rejects_table)
@@ -254,7 +250,5 @@ def listing(
 
 def synced_names(conn: Connection) -> set[str]:
     """Syncs the state database knows of: those with runs or refused records."""
-    from syncer.state import runs_table
-
     names = set(conn.execute(select(rejects_table.c.sync).distinct()).scalars())
     return names | set(conn.execute(select(runs_table.c.sync).distinct()).scalars())

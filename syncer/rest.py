@@ -44,7 +44,14 @@ from syncer.http import (
     time_limit,
     transport_error,
 )
-from syncer.oauth import AccessToken, Grant, TokenProvider, provider_for
+from syncer.oauth import (
+    AccessToken,
+    Grant,
+    RefreshCredentials,
+    TokenProvider,
+    provider_for,
+    refresh_grant,
+)
 from syncer.steps import BatchProgress
 from syncer.types import JSON, JSONBody, QueryParams
 
@@ -117,6 +124,11 @@ class RestConnector(Connector, Generic[C]):
     account_fields: ClassVar[tuple[str, ...]] = ()
     static_headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
     membership_fields: ClassVar[tuple[str, ...]] = ()
+    #: The vendor's OAuth token endpoint, for a config with :class:`RefreshCredentials`: the
+    #: default ``oauth_grant`` is the refresh_token grant there (``token_url`` overrides it).
+    default_token_url: ClassVar[str] = ""
+    #: A vendor's own token-refusal codes as OAuth's (HubSpot's ``BAD_REFRESH_TOKEN``...).
+    token_errors: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -142,8 +154,7 @@ class RestConnector(Connector, Generic[C]):
         ``membership_fields`` is set: there would be no list to take them out of; get the
         first access token when the connector renews its own, so a run that cannot get one
         ends before it marks or sends anything. Overrides call ``super().open()`` first."""
-        if self.token_provider() is not None:
-            self.access_token()
+        self.access_token()
         names = self.membership_fields
         if not names or self.context.mode not in REMOVING_MODES:
             return
@@ -189,9 +200,15 @@ class RestConnector(Connector, Generic[C]):
 
     def oauth_grant(self) -> Grant | None:
         """How this sync obtains access tokens from the vendor's token endpoint, or None
-        when it uses a static credential (the default). Connectors whose config has refresh
-        credentials return :func:`syncer.oauth.refresh_grant` (or their own :class:`Grant`)."""
-        return None
+        when it uses a static credential: by default the refresh_token grant at
+        ``default_token_url`` when the config has refresh credentials. Override for another
+        grant (return your own :class:`Grant`)."""
+        cfg = self.config
+        if not self.default_token_url or not isinstance(cfg, RefreshCredentials):
+            return None
+        if not cfg.renews():
+            return None
+        return refresh_grant(self.name, cfg, self.default_token_url, aliases=self.token_errors)
 
     def token_provider(self) -> TokenProvider | None:
         """The process-wide provider of this account's tokens (shared with every sync and

@@ -140,13 +140,19 @@ def no_match(selector: Selector, items: Sequence[Selectable], lead: str = "no sy
     part = lonely[0]
     known = _known(part.method, items)
     prefix = "" if part.method == "name" else f"{part.method}:"
-    near = difflib.get_close_matches(part.pattern, known, n=3, cutoff=0.6)
-    if near:
-        return message + f"; did you mean: {', '.join(prefix + n for n in near)}?"
+    close = near(part.pattern, known)
+    if close:
+        return message + f"; did you mean: {', '.join(prefix + n for n in close)}?"
     what = {"name": "syncs", "tag": "tags in use", "connector": "connectors in use"}[part.method]
     shown = ", ".join(known[:_LISTED]) or "none"
     more = f" and {len(known) - _LISTED} more" if len(known) > _LISTED else ""
     return message + f" ({what}: {shown}{more})"
+
+
+def near(word: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The known names closest to a mistyped ``word`` (the one spelling of "did you mean"
+    that selectors, ``state`` and ``rejects`` share)."""
+    return difflib.get_close_matches(word, sorted(set(known)), n=n, cutoff=0.6)
 
 
 def _known(method: str, items: Sequence[Selectable]) -> list[str]:

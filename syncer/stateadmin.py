@@ -7,10 +7,9 @@ so a run can neither be under way nor start in between, and either every row cha
 
 from __future__ import annotations
 
-import difflib
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from syncer.audit import row_dict
 from syncer.errors import ExitCode, Interrupted, LeaseHeld, SyncerError, TransientError
 from syncer.lease import Lease, pid_alive
 from syncer.log import get_logger
+from syncer.selection import near
 from syncer.state import (
     CONFIRMED,
     MAYBE_ABSENT,
@@ -104,13 +104,9 @@ def known_names(conn: Connection) -> set[str]:
     return {name for (name,) in conn.execute(query) if name is not None}
 
 
-def near(name: str, candidates: Iterable[str]) -> list[str]:
-    return difflib.get_close_matches(name, sorted(set(candidates)), n=5, cutoff=0.6)
-
-
 def unknown(name: str, candidates: set[str], where: str) -> UnknownSync:
     """The error for a name with no state and no mapping, with the names it may have meant."""
-    close = near(name, candidates)
+    close = near(name, candidates, n=5)
     if close:
         hint = "did you mean " + ", ".join(repr(n) for n in close) + "?"
     elif candidates:

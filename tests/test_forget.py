@@ -417,3 +417,19 @@ def test_debug_logs_of_a_forget_never_show_the_key(tmp_path: Path) -> None:
         assert "forget.started" in proc.stderr and "member is locked" in proc.stderr
         for form in (PERSON, TYPED.strip(), sha256(PERSON)):
             assert form not in proc.stdout + proc.stderr
+
+
+def test_a_refusal_quoting_the_person_is_reported_masked(tmp_path: Path) -> None:
+    """The run's message and stderr outlive the forget: a vendor's refusal that quotes the
+    address must not put it there."""
+    with two_syncs(tmp_path) as (h, _news):
+        h.dest.reject_keys[PERSON] = f"member {PERSON} is locked"
+
+        code, doc, proc = forget(h)
+
+        assert code == 1, proc.stderr
+        reason = by_sync(doc)["vip"]["reason"]
+        assert "is locked" in reason and PERSON not in reason
+        assert PERSON not in proc.stderr + proc.stdout
+        messages = rows(h, "select message from syncer_runs where trigger = 'forget'")
+        assert messages and not any(PERSON in (m or "") for (m,) in messages)

@@ -24,6 +24,7 @@ from syncer.enums import SyncMode
 from syncer.errors import AuthError, ConfigError, RateLimited, TransientError
 from syncer.oauth import (
     MAX_MARGIN,
+    RENEWAL_RETRY,
     Grant,
     TokenProvider,
     forget_all,
@@ -297,6 +298,27 @@ def test_a_due_token_still_valid_is_used_while_the_endpoint_is_down(
     with pytest.raises(TransientError):
         provider.token(client, "vip")
     assert provider.token(client, "vip").value == "tok-4"
+
+
+def test_a_failed_renewal_is_not_tried_again_by_every_request(
+    router: respx.Router, client: httpx.Client
+) -> None:
+    """While the endpoint is down and the token still valid, requests go on with the token
+    instead of each waiting on the endpoint; it is asked again after a short pause."""
+    endpoint = Endpoint(router, lifetime=100)
+    clock = FakeClock()
+    provider = TokenProvider(grant(), clock=clock)
+    first = provider.token(client, "vip")
+    clock.sleep(90)  # due (80), not expired (100)
+    endpoint.script = [httpx.Response(502)]
+    assert provider.token(client, "vip") is first
+    asked = endpoint.calls
+    for _ in range(20):
+        assert provider.token(client, "vip").value == first.value
+    assert endpoint.calls == asked  # the endpoint was not asked by each request
+    clock.sleep(RENEWAL_RETRY)
+    assert provider.token(client, "vip").value != first.value  # asked again, renewed
+    assert endpoint.calls == asked + 1
 
 
 def test_a_rotated_refresh_token_is_used_next_time(
