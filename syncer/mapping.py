@@ -181,6 +181,78 @@ class RejectPolicy(_Strict):
         return self.park_after_runs is not None or self.park_after_days is not None
 
 
+class Experiment(_Strict):
+    """A holdout: a share of the segment that is never sent, to measure what sending earns.
+
+    A member's group is a hash of (salt, phase, key): see Measuring lift in the README.
+    """
+
+    holdout_percent: float = Field(
+        description="Share of the segment held out, 0.1 to 50 (steps of 0.01)."
+    )
+    salt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Hash salt; defaults to the sync's name, so each sync holds out other"
+        " people.",
+    )
+    phase: int = Field(
+        default=1,
+        ge=1,
+        description="Bump it to change the percent or salt: each phase is a fresh comparison,"
+        " never pooled with another. Phases only move forward.",
+    )
+
+    @field_validator("holdout_percent")
+    @classmethod
+    def _percent(cls, value: float) -> float:
+        from syncer.holdout import require_valid_percent
+
+        return require_valid_percent(value)
+
+
+class Measurement(_Strict):
+    """What a member's outcome is, for `syncer report lift`."""
+
+    outcomes: str = Field(
+        min_length=1,
+        description="A query on the sync's warehouse returning `member_key`, `event_at` and"
+        " `revenue` (one row per conversion event); it runs inside the warehouse, only"
+        " per-group totals come out.",
+    )
+    window_days: int = Field(
+        default=30, ge=1, description="Days after a member's entry that their outcomes count."
+    )
+    min_holdout_members: int = Field(
+        default=100,
+        ge=1,
+        description="Below this many held-out members the report says not enough data yet.",
+    )
+    min_holdout_conversions: int = Field(
+        default=10,
+        ge=0,
+        description="Below this many held-out conversions the report says not enough data yet.",
+    )
+
+    @field_validator("outcomes")
+    @classmethod
+    def _one_reading_query(cls, value: str) -> str:
+        return normalize_query(value)
+
+
+class Writeback(_Strict):
+    """Runs, membership changes and audit outcomes appended to the warehouse after each run."""
+
+    enabled: bool = Field(default=True, description="`false` turns it off for this sync.")
+    schema_: str | None = Field(
+        default=None,
+        alias="schema",
+        min_length=1,
+        description="Warehouse schema of the tables; default SYNCER_WRITEBACK_SCHEMA"
+        " (`syncer`). Ignored on SQLite.",
+    )
+
+
 class Destination(BaseModel):
     """``connector`` picks the entry point; every other key is that connector's setting."""
 
@@ -232,6 +304,18 @@ class SyncDefinition(_Strict):
         default_factory=RejectPolicy,
         description="When to stop retrying a record refused again and again (park it)."
         " Unset: retry forever.",
+    )
+
+    experiment: Experiment | None = Field(
+        default=None,
+        description="A holdout group kept from the destination, to measure lift.",
+    )
+    measurement: Measurement | None = Field(
+        default=None, description="The outcomes `syncer report lift` compares."
+    )
+    writeback: Writeback | None = Field(
+        default=None,
+        description="Write runs, membership and outcomes back to the warehouse after each run.",
     )
 
     @field_validator("schedule")

@@ -227,6 +227,48 @@ class Settings(BaseSettings):
         " pruned.",
     )
 
+    global_holdout_percent: float = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="A global holdout: this share of everyone (0.1 to 50; 0, the default, is"
+        " off) that no sync ever sends, decided by its own salt before any sync's own"
+        " holdout. Changing it needs a new SYNCER_GLOBAL_HOLDOUT_PHASE. See Measuring lift.",
+    )
+    global_holdout_salt: str = Field(
+        default="syncer-global",
+        min_length=1,
+        description="The global holdout's salt (see SYNCER_GLOBAL_HOLDOUT_PERCENT).",
+    )
+    global_holdout_phase: int = Field(
+        default=1,
+        ge=1,
+        description="The global holdout's phase: bump it to change its percent or salt.",
+    )
+    writeback: bool = Field(
+        default=False,
+        description="Write every sync's runs, membership changes and audit outcomes back to"
+        " its warehouse after each run (as a sync's `writeback:` block does for one sync).",
+    )
+    writeback_schema: str = Field(
+        default="syncer",
+        min_length=1,
+        description="The warehouse schema write-back tables go in when a sync names none"
+        " (ignored on SQLite, which has none: the tables go in the warehouse's own file).",
+    )
+
+    @field_validator("global_holdout_percent")
+    @classmethod
+    def _global_percent(cls, value: float) -> float:
+        if value == 0:
+            return value
+        from syncer.holdout import require_valid_percent
+
+        try:
+            return require_valid_percent(value)
+        except ValueError as exc:
+            raise PydanticCustomError("holdout_percent", str(exc)) from None
+
     @field_validator("prune_older_than")
     @classmethod
     def _retention_age(cls, value: str | None) -> str | None:

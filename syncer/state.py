@@ -48,7 +48,7 @@ from syncer.dist import missing_driver
 from syncer.engines import track
 from syncer.errors import ConfigError, SyncerError, TransientError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = MetaData()
 
@@ -237,6 +237,64 @@ destinations_table = Table(
 )
 
 
+# Version 8 (issue 16): experiments, membership history and write-back to the warehouse.
+experiments_table = Table(
+    "syncer_experiments",
+    metadata,
+    # One row per phase of a sync's experiment (and per phase of the global holdout, under
+    # sync ``*global*``), written by the run that starts it. A phase's split is frozen: a run
+    # refuses a changed percent or salt under the same phase (syncer.holdout).
+    Column("sync", String(200), primary_key=True),
+    Column("phase", Integer, primary_key=True),
+    Column("holdout_percent", Float, nullable=False),
+    Column("salt", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("started_run", String(32)),
+)
+
+membership_table = Table(
+    "syncer_membership",
+    metadata,
+    # Who was in a sync's segment, when, in which group and phase: one row per stay, open
+    # (exited_at NULL) while the member is in, closed by the run that saw them leave.
+    # ``member_key`` is the key as staged (normalised; the SHA-256 for hashed-key
+    # destinations), which joins outcomes; ``key`` is the key as the audit log stores it.
+    Column("id", Integer().with_variant(BigInteger(), "postgresql"), primary_key=True,
+           autoincrement=True),
+    Column("sync", String(200), nullable=False),
+    Column("member_key", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("phase", Integer, nullable=False),
+    Column("grp", String(20), nullable=False),  # treated | holdout | global_holdout
+    Column("entered_at", DateTime(timezone=True), nullable=False),
+    Column("entered_run", String(32)),
+    Column("exited_at", DateTime(timezone=True)),
+    Column("exited_run", String(32)),
+)
+# Open stays by group and key: the history's diff against staging walks it in key order.
+Index(
+    "syncer_membership_open",
+    membership_table.c.sync,
+    membership_table.c.grp,
+    membership_table.c.member_key,
+    sqlite_where=membership_table.c.exited_at.is_(None),
+    postgresql_where=membership_table.c.exited_at.is_(None),
+)
+Index("syncer_membership_key", membership_table.c.sync, membership_table.c.member_key)
+Index("syncer_membership_entered", membership_table.c.sync, membership_table.c.entered_run)
+Index("syncer_membership_exited", membership_table.c.sync, membership_table.c.exited_run)
+
+writeback_table = Table(
+    "syncer_writeback",
+    metadata,
+    # One row per run written back to the warehouse (syncer.writeback); a run without one
+    # (its write-back failed, or had not happened yet) is written by the next run.
+    Column("sync", String(200), primary_key=True),
+    Column("run_id", String(32), primary_key=True),
+    Column("written_at", DateTime(timezone=True), nullable=False),
+)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -396,6 +454,12 @@ def _migrate_7(conn: Connection) -> None:
     destinations_table.create(conn, checkfirst=True)
 
 
+def _migrate_8(conn: Connection) -> None:
+    """Version 8: experiments, membership history and the write-back ledger."""
+    for table in (experiments_table, membership_table, writeback_table):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1,
     2: _migrate_2,
@@ -404,6 +468,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     5: _migrate_5,
     6: _migrate_6,
     7: _migrate_7,
+    8: _migrate_8,
 }
 
 
