@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,7 +27,11 @@ from syncer.unchanged import UnchangedCheck
 
 STAGE = "syncer_stage"
 CHANGES = "syncer_changes"
+#: The run's held-out members (syncer.holdout): key as staged, and group.
+HELD = "syncer_held"
 _CHANGE_COLUMNS = "key, kind, rownum, hash, destination_id, old_hash, unsure"
+
+_GROUP_BY_LETTER = {"h": "holdout", "g": "global_holdout", "t": "treated"}
 
 #: The kind of a change the reject policy parked (syncer.rejects): sent by no operation.
 PARKED = "parked"
@@ -73,6 +78,9 @@ class DiffCounts:
     #: Of ``parked``, the rows that are invalid (still counted as rows with no valid payload
     #: by the empty-source guard).
     parked_invalid: int = 0
+    #: Valid rows held out of the destination (syncer.holdout): in ``source_rows``, never
+    #: sent; those the destination already holds are among the removals.
+    held: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -85,6 +93,7 @@ class DiffCounts:
             "members_before": self.members_before,
             "unconfirmed": self.unconfirmed,
             "parked": self.parked,
+            "held_out": self.held,
         }
 
 
@@ -198,8 +207,15 @@ class Staging:
         full_resync: bool = False,
         *,
         park: bool = False,
+        full_check: bool = False,
     ) -> None:
         self.conn = conn
+        #: Stage the snapshot even when it equals state (the membership history needs it
+        #: when a phase starts or the history begins; see syncer.membership).
+        self.full_check = full_check
+        #: Valid rows held out of the destination (syncer.holdout), staged in ``HELD``.
+        self.held_loaded = 0
+        self._held_file: Any = None
         self.sync = sync
         self.field_names = field_names
         self.dialect = conn.dialect.name
@@ -228,6 +244,8 @@ class Staging:
         self.spill.close()
         if self._check is not None:
             self._check.close()
+        if self._held_file is not None:
+            self._held_file.close()
 
     def create(self) -> None:
         self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {STAGE}")
@@ -237,6 +255,8 @@ class Staging:
             f"CREATE TEMPORARY TABLE {STAGE} (rownum {number} PRIMARY KEY,"
             " key TEXT, hash BIGINT, reason TEXT)"
         )
+        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {HELD}")
+        self.conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {HELD} (key TEXT, grp TEXT)")
 
     def load(self, chunks: Iterable[EncodedChunk]) -> None:
         """Bulk-insert encoded chunks (COPY on Postgres, executemany elsewhere).
@@ -256,6 +276,8 @@ class Staging:
             for chunk in chunks:
                 self.loaded += chunk.rows
                 self.invalid_loaded += len(chunk.invalid)
+                if chunk.held:
+                    self._hold(chunk.held)
                 if check is None:
                     write(chunk)
                 elif not check.hold(chunk):  # it differs: stage what was held, then go on
@@ -269,10 +291,53 @@ class Staging:
                     for held in check.release():
                         write(held)
         self.spill.flush()
+        self._stage_held()
+
+    def _hold(self, rows: list[tuple[str, str]]) -> None:
+        """Set held-out rows aside in a file (a COPY into staging may be under way on the
+        connection); ``_stage_held`` loads them once the snapshot is in."""
+        if self._held_file is None:
+            self._held_file = tempfile.TemporaryFile(prefix="syncer-held-")  # noqa: SIM115
+            self.held_loaded = 0
+        self.held_loaded += len(rows)
+        # Keys hold no NUL (see normalize._key_text); the group is named by its first letter.
+        self._held_file.write("".join(f"{grp[0]}{key}\0" for key, grp in rows).encode())
+
+    def held_rows(self) -> Iterator[tuple[str, str]]:
+        file = self._held_file
+        if file is None:
+            return
+        file.seek(0)
+        rest = b""
+        while block := file.read(1 << 20):
+            parts = (rest + block).split(b"\0")
+            rest = parts.pop()
+            for part in parts:
+                text_ = part.decode()
+                yield text_[1:], _GROUP_BY_LETTER[text_[0]]
+
+    def _stage_held(self) -> None:
+        if self._held_file is None:
+            return
+        if self.dialect == "postgresql":
+            raw: Any = self.conn.connection.driver_connection
+            with raw.cursor() as cursor, cursor.copy(f"COPY {HELD} (key, grp) FROM STDIN") as copy:
+                for row in self.held_rows():
+                    copy.write_row(row)
+        else:
+            marks = "?, ?" if self.conn.dialect.paramstyle == "qmark" else "%s, %s"
+            insert: Any = self.conn.connection.cursor()
+            try:
+                insert.executemany(
+                    f"INSERT INTO {HELD} (key, grp) VALUES ({marks})", self.held_rows()
+                )
+            finally:
+                insert.close()
+        self.conn.exec_driver_sql(f"CREATE INDEX {HELD}_key ON {HELD} (key, grp)")
 
     def _unchanged_check(self) -> UnchangedCheck | None:
         """Chunks are held rather than staged while they may equal state (syncer.unchanged)."""
-        if self.dialect != "sqlite" or self.full_resync:
+        if self.dialect != "sqlite" or self.full_resync or self.full_check:
             return None
         return UnchangedCheck(self.conn, self.sync)
 
@@ -308,10 +373,21 @@ class Staging:
         else:
             run = lambda sql, rows: self.conn.exec_driver_sql(sql, list(rows))  # noqa: E731
 
+        # SQLite numbers a chunk itself only when every row before it is in: rows held out
+        # (syncer.holdout) leave gaps, after which chunks are numbered explicitly.
+        last = [0]
+
         def insert_rows(chunk: EncodedChunk) -> None:
+            contiguous = last[0] == chunk.start
+            last[0] = chunk.start + chunk.rows
+            if chunk.held:
+                numbers = [n for n, *_ in chunk.invalid]
+                if chunk.keys:
+                    numbers.append(max(chunk.row_numbers()))
+                last[0] = max(numbers, default=chunk.start)
             if chunk.keys:
                 columns = (chunk.keys, chunk.hashes)
-                if auto and chunk.rownums is None:
+                if auto and chunk.rownums is None and contiguous:
                     run(auto_sql, zip(*columns, strict=True))
                 else:
                     run(numbered_sql, zip(chunk.row_numbers(), *columns, strict=True))
@@ -331,7 +407,8 @@ class Staging:
             return
         if self.dialect == "sqlite":
             last = self.conn.exec_driver_sql(f"SELECT MAX(rownum) FROM {STAGE}").scalar()
-            if (last or 0) != self.loaded:  # the rowid numbering in _writer went wrong
+            expected = self.loaded if not self.held_loaded else min(last or 0, self.loaded)
+            if (last or 0) != expected:  # the rowid numbering in _writer went wrong
                 raise RuntimeError(f"staging numbered {last} rows, {self.loaded} were read")
         self.conn.exec_driver_sql(f"CREATE INDEX {STAGE}_key ON {STAGE} (key, hash)")
         if self.dialect == "postgresql":
@@ -370,8 +447,10 @@ class Staging:
         )
         if self.unchanged:
             self._materialised = True
-            n = self.loaded
-            return DiffCounts(source_rows=n, unchanged=n, members_before=n)
+            n = self.loaded - self.held_loaded
+            return DiffCounts(
+                source_rows=self.loaded, unchanged=n, members_before=n, held=self.held_loaded
+            )
         members, unconfirmed = self.conn.execute(
             text(
                 "SELECT COUNT(*), COALESCE(SUM(CASE WHEN unsure <> 0 THEN 1 ELSE 0 END), 0)"
@@ -394,7 +473,8 @@ class Staging:
         found: dict[str, int] = dict(
             self.conn.execute(text(f"SELECT kind, COUNT(*) FROM {CHANGES} GROUP BY kind")).all()
         )
-        total = self.loaded
+        # Held-out rows are in the query's rows but not in the snapshot the diff compares.
+        total = self.loaded - self.held_loaded
         invalid = self.invalid_loaded
         if self.has_duplicates:
             invalid = int(
@@ -423,7 +503,7 @@ class Staging:
             self.parked_invalid = parked_invalid > 0
         self._materialised = True
         return DiffCounts(
-            source_rows=total,
+            source_rows=self.loaded,
             add=add,
             update=update,
             remove=remove,
@@ -433,6 +513,7 @@ class Staging:
             unconfirmed=unconfirmed,
             parked=parked + parked_removals + parked_invalid,
             parked_invalid=parked_invalid,
+            held=self.held_loaded,
         )
 
     # -- the reject policy's parked members (syncer.rejects) --------------------------------

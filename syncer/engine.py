@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncer import audit, recorder, rejects
+from syncer import audit, experiments, recorder, rejects
 from syncer.connector import Connector, SyncContext, effective_limits
 from syncer.destinations import preview as preview_named_list
 from syncer.destinations import resent as resent_counts
@@ -107,8 +107,17 @@ class SyncEngine:
             staging: Staging | None = None
             try:
                 lists = preview_named_list(self, sync, conn)
-                staging = stage(self.settings, conn, sync, full_resync, fork=self.fork_reader)
+                prepared = experiments.prepare(conn, sync, self.settings)
+                staging = stage(
+                    self.settings,
+                    conn,
+                    sync,
+                    full_resync,
+                    fork=self.fork_reader,
+                    assignment=prepared.assignment,
+                )
                 counts = staging.counts()
+                experiment = experiments.preview(conn, staging, prepared, sync)
                 if counts.members_before and any(item.looked_up for item in lists):
                     counts = resent_counts(counts, definition.mode)  # as _store will make it
                 key_type = definition.source.key_type
@@ -130,6 +139,7 @@ class SyncEngine:
             invalid[:samples],
             guard,
             [item.as_dict() for item in lists],
+            experiment,
         )
 
     def run(
@@ -214,14 +224,27 @@ class SyncEngine:
         resolve_named_list(run)
         settle_jobs(run)  # raises Waiting while an earlier run's vendor job still runs
         run.had_rejects = rejects.has_rows(run.conn, run.name)
+        # Holdout splits and history (syncer.experiments): refused here if a split changed
+        # mid-phase, before anything is staged or sent.
+        prepared = experiments.prepare(run.conn, run.sync, self.settings)
         staging = run.staging = stage(
-            self.settings, run.conn, run.sync, run.full_resync, fork=self.fork_reader
+            self.settings,
+            run.conn,
+            run.sync,
+            run.full_resync,
+            fork=self.fork_reader,
+            assignment=prepared.assignment,
+            full_check=prepared.full_check,
         )
         counts = staging.counts()
         recorder.record_invalid(run, staging, counts)
         guard = check_guards(run.definition.guards, counts)
         if guard.blocked and not run.force:
             return RunStatus.BLOCKED, guard.reason
+        history = experiments.record(run.conn, staging, prepared, run.id, run.plain_keys)
+        run.log.info(
+            "run.membership", entered=history.entered, exited=history.exited, held=counts.held
+        )
         send_all(run, staging, counts)
         if run.had_rejects:  # forget members accepted since, or gone (syncer.rejects)
             with writing(run.conn) as conn:

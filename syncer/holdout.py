@@ -146,9 +146,7 @@ class PhaseCheck:
     last_phase: int
 
 
-def check_phase(
-    conn: Connection, sync: LoadedSync, assigned: Assignment
-) -> PhaseCheck:
+def check_phase(conn: Connection, sync: LoadedSync, assigned: Assignment) -> PhaseCheck:
     """Refuse a split that changed under the same phase, or a phase that went backwards
     (ConfigError, exit 78, naming the file and field); say which phases this run starts."""
     name = sync.definition.name

@@ -193,8 +193,7 @@ class Experiment(_Strict):
     salt: str | None = Field(
         default=None,
         min_length=1,
-        description="Hash salt; defaults to the sync's name, so each sync holds out other"
-        " people.",
+        description="Hash salt; defaults to the sync's name, so each sync holds out other people.",
     )
     phase: int = Field(
         default=1,

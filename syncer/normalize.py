@@ -19,7 +19,7 @@ import re
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Context, Decimal
 from functools import partial
 from hashlib import sha256
@@ -59,10 +59,13 @@ class EncodedChunk:
     hashes: list[int]
     rownums: list[int] | None
     invalid: list[InvalidRow]
+    #: Valid rows held out of the destination (syncer.holdout): (key as staged, group). They
+    #: are not in ``keys``: never staged, so never sent, and removed if they were.
+    held: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
-        return len(self.keys) + len(self.invalid)
+        return len(self.keys) + len(self.invalid) + len(self.held)
 
     def row_numbers(self) -> Iterable[int]:
         if self.rownums is not None:
@@ -654,6 +657,29 @@ class RowEncoder:
         self._dumps = partial(orjson.dumps, default=_auto)
         # Plain orjson.dumps until a chunk needs the hook (output is the same either way).
         self._fast_dumps: Callable[[Any], bytes] = orjson.dumps
+        self._grouper: Callable[[Sequence[str]], list[str]] | None = None
+        # The chunk's normalised keys before hashing, kept only to group them (hold_out).
+        self._plain_keys: list[str] | None = None
+
+    def hold_out(self, grouper: Callable[[Sequence[str]], list[str]] | None) -> None:
+        """Split every chunk by group (syncer.holdout): held-out rows go to ``chunk.held``.
+        ``grouper`` maps normalised keys (before any hashing) to groups."""
+        self._grouper = grouper
+
+    def _split(self, chunk: EncodedChunk, plain: Sequence[str]) -> EncodedChunk:
+        """Move ``chunk``'s held-out rows (by their normalised keys ``plain``) to ``held``."""
+        assert self._grouper is not None
+        groups = self._grouper(plain)
+        treated = [group == "treated" for group in groups]
+        if all(treated):
+            return chunk
+        numbers = list(chunk.row_numbers())
+        keys = chunk.keys
+        chunk.held = [(k, g) for k, g, t in zip(keys, groups, treated, strict=True) if not t]
+        chunk.keys = list(compress(keys, treated))
+        chunk.hashes = list(compress(chunk.hashes, treated))
+        chunk.rownums = list(compress(numbers, treated))
+        return chunk
 
     def encode(self, rows: Iterable[Sequence[Any]], start: int = 0) -> list[StagedRow]:
         """One staging row per source row, in row order, payloads as JSON text; bad rows carry
@@ -681,12 +707,17 @@ class RowEncoder:
         that attempt give up, and the chunk is encoded again row by row, which is where every
         reason is worded: both paths give the same result for a chunk the fast one accepts.
         """
+        self._plain_keys = None
         fast = self._encode_whole(rows, spill.size)
         if fast is not None:
             keys, hashes, payloads, ends = fast
             spill.write(payloads, ends, start)
-            return EncodedChunk(start, keys, hashes, None, [])
-        return self._encode_rows(rows, start, spill)
+            chunk = EncodedChunk(start, keys, hashes, None, [])
+        else:
+            chunk = self._encode_rows(rows, start, spill)
+        if self._grouper is None:
+            return chunk
+        return self._split(chunk, self._plain_keys or chunk.keys)
 
     def _encode_whole(
         self, rows: Sequence[Sequence[Any]], offset: int
@@ -729,6 +760,7 @@ class RowEncoder:
         if "" in keys:
             return None
         if self._hash_keys:
+            self._plain_keys = keys if self._grouper is not None else None
             keys = [sha256(key.encode("utf-8")).hexdigest() for key in keys]
         return keys
 
@@ -805,6 +837,8 @@ class RowEncoder:
         key_index, key_conv = self._key_index, self._key
         plain, pick, convert = self._plain, self._pick, self._convert
         string_keys, hash_keys = self._string_keys, self._hash_keys
+        plains: list[str] | None = [] if hash_keys and self._grouper is not None else None
+        self._plain_keys = plains
         dumps, digest, shift = self._dumps, xxh3_64_intdigest, _SIGN_SHIFT
         for rownum, row in enumerate(rows, start + 1):
             raw_key = row[key_index]
@@ -828,6 +862,7 @@ class RowEncoder:
             if not key:
                 refuse((rownum, None, f"row {rownum}: empty key ({self.key_column})"))
                 continue
+            plain_key = key
             if hash_keys:
                 key = sha256(key.encode("utf-8")).hexdigest()
             try:
@@ -846,6 +881,8 @@ class RowEncoder:
             keep(payload)
             rownums.append(rownum)
             keys.append(key)
+            if plains is not None:
+                plains.append(plain_key)
             hashes.append(digest(payload) - shift)
             offset += len(payload)
             end_at(offset)

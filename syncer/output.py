@@ -200,10 +200,41 @@ def plan_table(result: PlanResult, footer: bool = True) -> None:
                 f"  its id is not kept yet: the {c.members_before} members synced before are"
                 " sent again (the state may describe another list)"
             )
+    if result.experiment is not None:
+        experiment_lines(result.experiment, result.mode)
     if result.guard.blocked:
         stdout.print(f"[bold]blocked:[/bold] {result.guard.reason}")
     if footer:
         stdout.print("nothing was sent, nothing created and no state was changed.")
+
+
+def experiment_lines(experiment: dict[str, Any], mode: str) -> None:
+    """The plan's lines about held-out members (syncer.experiments)."""
+    parts = []
+    if experiment.get("phase"):
+        starts = " (starts with this run)" if experiment.get("starts") else ""
+        parts.append(
+            f"experiment phase {experiment['phase']}{starts}: {experiment['holdout']} members"
+            f" held out ({experiment['holdout_percent']:g}%)"
+        )
+    if experiment.get("global_holdout_percent"):
+        parts.append(
+            f"global holdout: {experiment['global_holdout']} members"
+            f" ({experiment['global_holdout_percent']:g}%)"
+        )
+    for part in parts:
+        stdout.print(part + ", never sent")
+    newly = experiment.get("newly_held_out", 0)
+    if newly:
+        if mode in ("membership", "mirror"):
+            stdout.print(
+                f"newly held out: {newly} members the destination holds; among the removals"
+            )
+        else:
+            stdout.print(
+                f"newly held out: {newly} members the destination holds; mode {mode} does not"
+                " remove them (they stay, and are counted as held out)"
+            )
 
 
 def changes(row: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from sqlalchemy.exc import ArgumentError
 
 from syncer.errors import ConfigError, SyncerError, TransientError, where
 from syncer.forking import alone, fork_lock
+from syncer.holdout import Assignment
 from syncer.log import get_logger
 from syncer.mapping import SyncDefinition
 from syncer.normalize import EncodedChunk, PayloadSpill, RowEncoder
@@ -71,6 +72,8 @@ class ReadJob:
     origin: str
     batch_size: int
     hash_keys: bool = False
+    #: The holdout splits (syncer.holdout); held-out rows arrive in ``EncodedChunk.held``.
+    assignment: Assignment | None = None
 
     @contextmanager
     def chunks(
@@ -86,6 +89,8 @@ class ReadJob:
             self.url, query, self.batch_size, self.origin, fresh=fresh, on_connect=on_connect
         ) as (columns, partitions):
             encoder = RowEncoder(self.definition, columns, self.origin, hash_keys=self.hash_keys)
+            if self.assignment is not None and self.assignment.active:
+                encoder.hold_out(self.assignment.grouper())
             yield _encode(encoder, partitions, spill)
 
 

@@ -119,6 +119,8 @@ class PlanResult:
     #: The list the sync names instead of giving its id, and what a run would do about it
     #: (``{"kind", "name", "action": "use" | "create", "id"}``; see syncer.destinations).
     lists: list[dict[str, Any]] = field(default_factory=list)
+    #: The sync's holdout, if it has one (see syncer.experiments.preview).
+    experiment: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -130,4 +132,5 @@ class PlanResult:
             "blocked": self.guard.blocked,
             "blocked_reason": self.guard.reason,
             "lists": self.lists,
+            "experiment": self.experiment,
         }

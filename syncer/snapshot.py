@@ -10,15 +10,26 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from syncer.diff import Staging
+from syncer.holdout import Assignment
 from syncer.mapping import LoadedSync
 from syncer.reader import ReadJob, encoded_chunks
 from syncer.settings import Settings
 
 
 def stage(
-    settings: Settings, conn: Connection, sync: LoadedSync, full_resync: bool, *, fork: bool
+    settings: Settings,
+    conn: Connection,
+    sync: LoadedSync,
+    full_resync: bool,
+    *,
+    fork: bool,
+    assignment: Assignment | None = None,
+    full_check: bool = False,
 ) -> Staging:
-    """The snapshot of ``sync`` staged on ``conn``; closed again if anything fails."""
+    """The snapshot of ``sync`` staged on ``conn``; closed again if anything fails.
+
+    Held-out members (``assignment``, syncer.holdout) are staged apart and never sent;
+    ``full_check`` stages the snapshot even when it equals state (syncer.membership)."""
     definition = sync.definition
     fields = tuple(sorted(definition.fields))
     staging = Staging(
@@ -28,6 +39,7 @@ def stage(
         fields,
         full_resync,
         park=definition.rejects.parks,
+        full_check=full_check,
     )
     staging.create()
     url = settings.warehouse(definition.source.warehouse)
@@ -38,6 +50,7 @@ def stage(
             str(sync.path),
             settings.read_batch_size,
             hash_keys=sync.connector_cls.capabilities.hashed_keys,
+            assignment=assignment,
         )
         with encoded_chunks(job, staging.spill, fork=fork) as chunks:
             staging.load(chunks)

@@ -259,8 +259,12 @@ membership_table = Table(
     # (exited_at NULL) while the member is in, closed by the run that saw them leave.
     # ``member_key`` is the key as staged (normalised; the SHA-256 for hashed-key
     # destinations), which joins outcomes; ``key`` is the key as the audit log stores it.
-    Column("id", Integer().with_variant(BigInteger(), "postgresql"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id",
+        Integer().with_variant(BigInteger(), "postgresql"),
+        primary_key=True,
+        autoincrement=True,
+    ),
     Column("sync", String(200), nullable=False),
     Column("member_key", Text, nullable=False),
     Column("key", Text, nullable=False),

@@ -42,7 +42,7 @@ from syncer.state import CONFIRMED
 SAMPLE = 256
 _SHIFT = 1 << 63
 _MASK = (1 << 64) - 1
-_HEAD = struct.Struct("<qqq")  # a held chunk: start, rows, length of its keys
+_HEAD = struct.Struct("<qqqq")  # a held chunk: start, rows, length of its keys, numbered
 
 
 def digest(keys: list[bytes], hashes: Iterable[int]) -> int:
@@ -83,9 +83,12 @@ class UnchangedCheck:
         if len(utf8) != len(keys):  # one did after all: doubt, rather than split it
             self.doubt = True
             return False
-        self._file.write(_HEAD.pack(chunk.start, len(keys), len(blob)))
+        numbered = chunk.rownums is not None  # rows held out left gaps (syncer.holdout)
+        self._file.write(_HEAD.pack(chunk.start, len(keys), len(blob), numbered))
         self._file.write(blob)
         self._file.write(array("q", chunk.hashes))
+        if numbered:
+            self._file.write(array("q", chunk.rownums or ()))
         self.rows += len(keys)
         self._digest += digest(utf8, chunk.hashes)
         return True
@@ -105,11 +108,16 @@ class UnchangedCheck:
         file = self._file
         file.seek(0)
         while head := file.read(_HEAD.size):
-            start, rows, size = _HEAD.unpack(head)
+            start, rows, size, numbered = _HEAD.unpack(head)
             keys = file.read(size).decode().split("\0") if rows else []
             hashes = array("q")
             hashes.frombytes(file.read(8 * rows))
-            yield EncodedChunk(start, keys, hashes.tolist(), None, [])
+            rownums = None
+            if numbered:
+                numbers = array("q")
+                numbers.frombytes(file.read(8 * rows))
+                rownums = numbers.tolist()
+            yield EncodedChunk(start, keys, hashes.tolist(), rownums, [])
         self.close()
 
     def close(self) -> None:
