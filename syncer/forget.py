@@ -44,6 +44,7 @@ from syncer.sender import deliver
 from syncer.state import (
     events_table,
     is_state_error,
+    membership_table,
     pending_table,
     reading,
     records_table,
@@ -108,10 +109,11 @@ class Holding:
     pending: bool = False  # in a vendor job not settled yet
     events: int = 0  # audit events naming them
     rejects: int = 0  # reject-policy rows
+    stays: int = 0  # membership history rows (held-out members have them too)
 
     @property
     def found(self) -> bool:
-        return self.held or self.pending or bool(self.events or self.rejects)
+        return self.held or self.pending or bool(self.events or self.rejects or self.stays)
 
 
 @dataclass(slots=True)
@@ -159,7 +161,12 @@ def look_up(engine: SyncEngine, sync: LoadedSync, raw: str) -> Holding:
             .select_from(rejects_table)
             .where(rejects_table.c.sync == name, rejects_table.c.key == key)
         ).scalar_one()
-    return Holding(sync, key, None, held, pending, int(events), int(rejects))
+        stays = conn.execute(
+            select(func.count())
+            .select_from(membership_table)
+            .where(membership_table.c.sync == name, membership_table.c.member_key == key)
+        ).scalar_one()
+    return Holding(sync, key, None, held, pending, int(events), int(rejects), int(stays))
 
 
 def unmapped_syncs(engine: SyncEngine, mapped: Sequence[str]) -> list[str]:
@@ -356,7 +363,7 @@ def _records(rows: list[Any]) -> list[Record]:
 
 def erase(conn: Connection, sync: str, key: str) -> int:
     """Every trace of ``key`` in ``sync`` (in the caller's transaction): its state row,
-    reject-policy and vendor-job rows, and the key of its audit events, which stay as
+    reject-policy and vendor-job rows, its membership history, and the key of its audit events, which stay as
     tombstones so every run's counts are unchanged. Returns how many events were erased."""
     forms = audit_forms(key)
     conn.execute(
@@ -367,6 +374,12 @@ def erase(conn: Connection, sync: str, key: str) -> int:
     )
     conn.execute(
         delete(pending_table).where(pending_table.c.sync == sync, pending_table.c.key == key)
+    )
+    # Their stays in the segment's history (syncer.membership), held out or not.
+    conn.execute(
+        delete(membership_table).where(
+            membership_table.c.sync == sync, membership_table.c.member_key == key
+        )
     )
     result = conn.execute(
         update(events_table).where(_events_of(sync, key)).values(key=None, reason=TOMBSTONE)

@@ -232,3 +232,17 @@ def test_the_global_holdout_is_never_sent_by_any_sync(story: Story, tmp_path: Pa
     code, _, out = story.cli("sync", "now", "vip")
     assert code == 78, out
     assert "SYNCER_GLOBAL_HOLDOUT_PHASE" in out
+
+
+def test_forget_erases_a_held_out_members_history(story: Story, tmp_path: Path) -> None:
+    rows = emails(60)
+    keys = [r[0] for r in rows]
+    story.segment(rows)
+    with_experiment(tmp_path / "mappings", percent=20)
+    assert story.cli("sync", "now", "vip")[0] == 0
+    person = sorted(held(keys, 20))[0]
+    assert person in open_groups(story)
+    code, _, out = story.cli("forget", "--key", person.upper(), "--yes")
+    assert code == 0, out
+    assert person not in {r["member_key"] for r in history(story)}
+    assert len(history(story)) == 59
