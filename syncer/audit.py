@@ -37,7 +37,9 @@ def runs(settings: Settings, sync: str | None = None, limit: int = 20) -> list[d
 def _with_parked(run: dict[str, Any]) -> dict[str, Any]:
     """The run with ``parked``: members the reject policy left out (kept in its stats)."""
     stats = run.get("stats")
-    run["parked"] = int(json.loads(stats).get("parked", 0)) if stats else 0
+    ours = json.loads(stats) if stats else {}
+    run["parked"] = int(ours.get("parked", 0))
+    run["held_out"] = int(ours.get("held_out", 0))
     return run
 
 
@@ -79,6 +81,7 @@ def run_detail(settings: Settings, run_id: str, limit: int = 100) -> dict[str, A
         ]
         detail["stats"] = json.loads(detail["stats"]) if detail.get("stats") else {}
         detail["parked"] = int(detail["stats"].get("parked", 0))
+        detail["held_out"] = int(detail["stats"].get("held_out", 0))
         jobs = conn.execute(
             select(jobs_table)
             .where(jobs_table.c.run_id == detail["id"])

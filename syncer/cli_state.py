@@ -257,7 +257,8 @@ def state_move(ctx: Ctx, old: str, new: str, yes: bool, as_json: bool) -> None:
     if as_json:
         _emit_json({"schema_version": JSON_SCHEMA_VERSION, "from": old, "to": new, "moved": moved})
     else:
-        rows = ", ".join(f"{n} {_WHAT.get(t, t)}" for t, n in moved.items() if n)
+        order = [*_WHAT, *sorted(set(moved) - set(_WHAT))]
+        rows = ", ".join(f"{moved[t]} {_WHAT.get(t, t)}" for t in order if moved.get(t))
         click.echo(f"moved the state of sync {old!r} to {new!r}: {rows}")
     click.echo(("warning: " if warn else "") + hint, err=True)
 
@@ -271,6 +272,9 @@ _WHAT = {
     "syncer_alerts": "alert state",
     "syncer_rejects": "rejects",
     "syncer_destinations": "created lists",
+    "syncer_membership": "membership history rows",
+    "syncer_experiments": "experiment phases",
+    "syncer_writeback": "runs written back",
 }
 
 

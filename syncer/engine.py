@@ -214,6 +214,8 @@ class SyncEngine:
                 conn.invalidate()  # closing the connection drops staging in one go
         duration = time.monotonic() - run.started
         values = dict(run.tally.values, parked=run.parked)
+        if run.held_out:
+            values["held_out"] = run.held_out
         run.log.info("run.finished", status=status, duration_s=round(duration, 3), **values)
         return RunResult(run.id, run.name, status, values, message, int(code), duration)
 

@@ -363,8 +363,9 @@ def _records(rows: list[Any]) -> list[Record]:
 
 def erase(conn: Connection, sync: str, key: str) -> int:
     """Every trace of ``key`` in ``sync`` (in the caller's transaction): its state row,
-    reject-policy and vendor-job rows, its membership history, and the key of its audit events, which stay as
-    tombstones so every run's counts are unchanged. Returns how many events were erased."""
+    reject-policy and vendor-job rows, its membership history, and the key of its audit
+    events, which stay as tombstones so every run's counts are unchanged. Returns how many
+    events were erased."""
     forms = audit_forms(key)
     conn.execute(
         delete(records_table).where(records_table.c.sync == sync, records_table.c.key == key)

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from syncer.diff import HELD, STAGE, Staging
-from syncer.holdout import TREATED
+from syncer.holdout import GLOBAL_HOLDOUT, HOLDOUT, TREATED
 
 #: The SQLite function that stores a key the way the audit log does (SHA-256 hex).
 _SHA = "syncer_sha256"
@@ -38,6 +38,8 @@ class HistoryCounts:
 
 def has_history(conn: Connection, sync: str) -> bool:
     """Whether the sync's history has begun (one probe of its key index)."""
+    if open_phase(conn, sync) is not None:
+        return True
     row = conn.execute(
         text("SELECT 1 FROM syncer_membership WHERE sync = :sync LIMIT 1"), {"sync": sync}
     ).first()
@@ -83,15 +85,31 @@ def update(
         " CAST(:phase AS INTEGER), n.grp, :now, CAST(:run AS TEXT)"
     )
     treated = f"'{TREATED}'"
+    # Named, not ``<> treated``: two seeks in the open-stays index instead of a scan of it.
+    held_groups = f"('{HOLDOUT}', '{GLOBAL_HOLDOUT}')"
     open_treated = (
         "SELECT member_key FROM syncer_membership WHERE sync = :sync"
         f" AND grp = {treated} AND exited_at IS NULL"
     )
     open_held = (
         "SELECT member_key, grp FROM syncer_membership WHERE sync = :sync"
-        f" AND grp <> {treated} AND exited_at IS NULL"
+        f" AND grp IN {held_groups} AND exited_at IS NULL"
     )
-    if not staging.unchanged or new_phase:
+    # With no open treated stay (a first run, a new phase) every valid key enters and
+    # nobody leaves: no merge with the history at all.
+    anyone_in = not new_phase and _any_open_treated(conn, sync)
+    if not anyone_in:
+        counts.entered += (
+            conn.execute(
+                text(
+                    f"{insert} FROM (SELECT DISTINCT key AS member_key, {treated} AS grp"
+                    f" FROM {STAGE} WHERE hash IS NOT NULL) n"
+                ),
+                params,
+            ).rowcount
+            or 0
+        )
+    elif not staging.unchanged:
         # The snapshot's valid keys against the open treated stays: on SQLite EXCEPT merges
         # the two key-ordered indexes (see syncer.diff), elsewhere anti-joins.
         staged = f"SELECT key AS member_key FROM {STAGE} WHERE hash IS NOT NULL"
@@ -130,7 +148,7 @@ def update(
     counts.exited += (
         conn.execute(
             text(
-                f"{close} AND grp <> {treated} AND NOT EXISTS (SELECT 1 FROM {HELD} h"
+                f"{close} AND grp IN {held_groups} AND NOT EXISTS (SELECT 1 FROM {HELD} h"
                 " WHERE h.key = syncer_membership.member_key AND h.grp = syncer_membership.grp)"
             ),
             params,
@@ -148,6 +166,17 @@ def update(
         or 0
     )
     return counts
+
+
+def _any_open_treated(conn: Connection, sync: str) -> bool:
+    row = conn.execute(
+        text(
+            "SELECT 1 FROM syncer_membership WHERE sync = :sync AND grp = :grp"
+            " AND exited_at IS NULL LIMIT 1"
+        ),
+        {"sync": sync, "grp": TREATED},
+    ).first()
+    return row is not None
 
 
 def _audit_key_sql(conn: Connection, plain: bool) -> str:

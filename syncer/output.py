@@ -164,6 +164,8 @@ def runs_summary_table(results: Iterable[RunResult]) -> None:
     stdout.print(out)
     for r in results:
         problems = [f"{r.counts[k]} {k}" for k in (*_PROBLEMS, "parked") if r.counts.get(k)]
+        if r.counts.get("held_out"):
+            problems.append(f"{r.counts['held_out']} held out (never sent)")
         if problems:
             shown = f": syncer run show {short_id(r.run_id)}" if r.run_id else ""
             stdout.print(f"{r.sync}: {', '.join(problems)}{shown}", soft_wrap=True)
@@ -280,8 +282,12 @@ def run_detail(detail: dict[str, Any]) -> None:
         stdout.print(
             f"{'parked':>12}: {detail['parked']} (refused before, not sent: see `syncer rejects`)"
         )
+    if detail.get("held_out"):
+        stdout.print(
+            f"{'held out':>12}: {detail['held_out']} (the experiment's holdout: never sent)"
+        )
     for name, value in sorted((detail.get("stats") or {}).items()):
-        if name == "parked":
+        if name in ("parked", "held_out"):
             continue
         stdout.print(f"{name:>12}: {value}  (reported by the destination)")
     if detail.get("jobs"):

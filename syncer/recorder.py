@@ -60,14 +60,16 @@ def start_run(run: RunContext) -> None:
 
 def finish_run(run: RunContext, status: RunStatus, message: str | None) -> None:
     """The run's row: how it ended, when, why, and its final counters (members the reject
-    policy parked go in its ``stats``, beside the destination's own counts)."""
+    policy parked and those an experiment held out go in its ``stats``, beside the
+    destination's own counts)."""
     with writing(run.conn) as conn:
         extra: dict[str, object] = {}
-        if run.parked:
+        ours = {k: v for k, v in (("parked", run.parked), ("held_out", run.held_out)) if v}
+        if ours:
             stats = conn.execute(
                 select(runs_table.c.stats).where(runs_table.c.id == run.id)
             ).scalar_one_or_none()
-            merged = dict(json.loads(stats) if stats else {}, parked=run.parked)
+            merged = dict(json.loads(stats) if stats else {}, **ours)
             extra["stats"] = json.dumps(merged, sort_keys=True)
         conn.execute(
             update(runs_table)
@@ -112,6 +114,7 @@ def record_invalid(run: RunContext, staging: Staging, counts: DiffCounts) -> Non
         save_counts(conn, run.id, values)
     run.tally.values.update(values)
     run.parked = counts.parked
+    run.held_out = counts.held
 
 
 def commit(

@@ -84,6 +84,8 @@ class RunContext:
     #: Members the reject policy left out of this run (syncer.rejects), and whether the
     #: sync had any syncer_rejects row when the run started (none: the policy costs nothing).
     parked: int = 0
+    #: Valid rows held out of the destination by an experiment (syncer.holdout).
+    held_out: int = 0
     had_rejects: bool = False
     conn: Connection = field(init=False)
     lease: Lease = field(init=False)

@@ -284,9 +284,8 @@ Index(
     sqlite_where=membership_table.c.exited_at.is_(None),
     postgresql_where=membership_table.c.exited_at.is_(None),
 )
-Index("syncer_membership_key", membership_table.c.sync, membership_table.c.member_key)
-Index("syncer_membership_entered", membership_table.c.sync, membership_table.c.entered_run)
-Index("syncer_membership_exited", membership_table.c.sync, membership_table.c.exited_run)
+# No other index: each would be written for every member a first run records (a run's
+# entries and exits, forget and write-back read by scanning the sync's rows instead).
 
 writeback_table = Table(
     "syncer_writeback",

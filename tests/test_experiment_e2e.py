@@ -92,6 +92,10 @@ def test_held_out_members_are_never_sent_and_every_member_has_history(
     assert code == 0, out
     assert set(story.destination.members) == set(keys) - holdout
     assert not holdout & set(story.destination.members)
+    (run,) = doc["runs"]
+    assert run["held_out"] == len(holdout) and run["added"] == 200 - len(holdout)
+    code, _, out = story.cli("run", "show", run["run_id"])
+    assert code == 0 and f"held out: {len(holdout)}" in out, out
 
     stays = history(story)
     assert len(stays) == 200  # treated and held out alike (intention to treat)

@@ -293,6 +293,9 @@ def test_move_renames_every_table_keyed_by_sync(tmp_path: Path) -> None:
             f" last_at, parked_at) values ('vip', 'k2', 'add', 'rejected', 3, {at}, {at}, {at})",
             "insert into syncer_destinations (scope, connector, name, status, sync, created_at,"
             f" updated_at) values ('webhook:x', 'webhook', 'x', 'created', 'vip', {at}, {at})",
+            "insert into syncer_experiments (sync, phase, holdout_percent, salt, started_at)"
+            f" values ('vip', 1, 10, 'vip', {at})",
+            f"insert into syncer_writeback (sync, run_id, written_at) values ('vip', 'r1', {at})",
         )
         proc = h.cli("state", "move", "vip", "vip2", "--yes", "--json")
         assert proc.returncode == 0, proc.stderr
