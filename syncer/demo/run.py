@@ -285,7 +285,7 @@ def _print_table(verdicts: list[Verdict], webhook_url: str) -> None:
         if v.ok and v.held_out and v.sync.split is not None:
             _say(
                 f"{v.sync.name} holds out {v.sync.split.percent:g}% of its segment"
-                f" ({v.held_out:,} now): none of them was sent, and none is at the destination."
+                f" ({v.held_out:,} now, by the hash of their key): none is at the destination."
             )
         if v.destination is not None and v.ok and v.kept:
             print(
@@ -463,6 +463,12 @@ def check_report(
             "The report counts exactly the planted members, conversions and revenue of both groups."
         )
     analysis = phase.get("analysis") or {}
+    if analysis.get("enough_data") is False:
+        lines.append(
+            f"Not enough data yet at this size ({planted.group(HOLDOUT).members:,} held out):"
+            " the report rightly draws no conclusion. `make demo` (50,000 customers) has enough."
+        )
+        return lines, problems
     for metric, truth, shown in (
         ("conversion", PLANTED.conversion_difference, _points(PLANTED.conversion_difference)),
         ("revenue", PLANTED.revenue_difference, _money(PLANTED.revenue_difference)),
@@ -527,7 +533,7 @@ def measure(
     as_of = ((planted.last_entry or datetime.now(UTC)) + timedelta(days=window + 1)).date()
     html = directory / LIFT_HTML
     command = ["report", "lift", sync.name, "--as-of", as_of.isoformat()]
-    print(f"\n$ syncer {' '.join(command)} --html {_shown(html)}", flush=True)
+    print(f"\n$ syncer {' '.join(command)} \\\n    --html {_shown(html)}", flush=True)
     code = subprocess.run(
         [sys.executable, "-m", "syncer", *command, "--html", str(html)], env=dict(env), check=False
     ).returncode
