@@ -273,11 +273,33 @@ def test_the_closing_check_catches_a_held_out_member_at_the_destination(tmp_path
         good = verify(sync, path, server, "", set(), out)
         target.write_text("key\n" + "".join(f"{m}\n" for m in members))
         bad = verify(sync, path, server, "", set(), out)
+        # Sent once and removed since: the members file is right, the change log tells.
+        target.write_text("key\n" + "".join(f"{m}\n" for m in members if m not in out))
+        one = min(out)
+        log = target.with_name(target.name + ".changes.jsonl")
+        log.write_text(
+            json.dumps({"operation": "add", "key": one, "fields": {}})
+            + "\n"
+            + json.dumps({"operation": "remove", "key": one, "fields": {}})
+            + "\n"
+        )
+        removed = verify(sync, path, server, "", set(), out)
     finally:
         server.shutdown()
         server.server_close()
     assert good.ok and good.note == f"ok, {len(out)} held out" and good.held_out == len(out)
     assert not bad.ok and bad.note == f"MISMATCH: {len(out)} held-out members sent"
+    assert not removed.ok and removed.note == "MISMATCH: 1 held-out members sent"
+
+
+def test_the_receiver_remembers_who_was_ever_sent() -> None:
+    from syncer.demo.receiver import DemoReceiver
+
+    receiver = DemoReceiver()
+    record = {"key": "ada@example.com", "fields": {}}
+    receiver.apply({"sync": "s", "operation": "add", "records": [record]})
+    receiver.apply({"sync": "s", "operation": "remove", "records": [record]})
+    assert receiver.members("s") == {} and receiver.sent("s") == {"ada@example.com"}
 
 
 # -- the whole demo, with the report ------------------------------------------------------------

@@ -174,7 +174,6 @@ def warehouse_rows(shop_path: Path, sync: DemoSync) -> dict[str, dict[str, Any]]
 def file_members(path: Path) -> dict[str, dict[str, Any]]:
     """Members of a file destination: CSV rows or JSONL lines, by their ``key``."""
     import csv
-    import json
 
     if not path.exists():
         return {}
@@ -190,6 +189,16 @@ def file_members(path: Path) -> dict[str, dict[str, Any]]:
     return members
 
 
+def file_sent(path: Path) -> set[str]:
+    """Every key a file destination was ever sent (added or updated), from its change log."""
+    log = path.with_name(path.name + ".changes.jsonl")
+    if not log.exists():
+        return set()
+    with open(log, encoding="utf-8") as handle:
+        entries = (json.loads(line) for line in handle if line.strip())
+        return {str(e["key"]) for e in entries if e.get("operation") != "remove"}
+
+
 def verify(
     sync: DemoSync,
     shop_path: Path,
@@ -202,13 +211,16 @@ def verify(
 
     membership/mirror: exactly the current segment. upsert: everyone the segment ever held
     during the demo (it never removes). Either way without its ``held_out`` members, who must
-    never reach it. Text fields must carry the current warehouse value.
+    never have been sent at all (the file's change log, the receiver's record say who was).
+    Text fields must carry the current warehouse value.
     """
     rows = warehouse_rows(shop_path, sync)
     if sync.connector == "file" and sync.file_path is not None:
         held = file_members(sync.file_path)
+        sent = file_sent(sync.file_path) if held_out else set()
     elif sync.connector == "webhook" and sync.settings.get("url") == webhook_url:
         held = receiver.receiver.members(sync.name)
+        sent = receiver.receiver.sent(sync.name)
     else:
         return Verdict(sync, len(rows), None, True, "not checked (not a local destination)")
     if sync.mode in ("membership", "mirror"):
@@ -218,8 +230,8 @@ def verify(
     else:
         return Verdict(sync, len(rows), len(held), True, "not checked (update_only)")
     missing = len(expected - held.keys())
-    sent_held_out = len(held.keys() & held_out)
-    extra = len(held.keys() - expected) - sent_held_out
+    sent_held_out = len((sent | held.keys()) & held_out)
+    extra = len(held.keys() - expected - held_out)
     stale = 0
     if sync.mode != "membership":  # membership mode never sends field changes
         for key, row in rows.items():
@@ -285,7 +297,7 @@ def _print_table(verdicts: list[Verdict], webhook_url: str) -> None:
         if v.ok and v.held_out and v.sync.split is not None:
             _say(
                 f"{v.sync.name} holds out {v.sync.split.percent:g}% of its segment"
-                f" ({v.held_out:,} now, by the hash of their key): none is at the destination."
+                f" ({v.held_out:,} now, by the hash of their key): none of them was ever sent."
             )
         if v.destination is not None and v.ok and v.kept:
             print(
