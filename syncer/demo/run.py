@@ -1,8 +1,12 @@
-"""The end-to-end demo behind ``make demo``: build, sync, advance a week, sync again, verify.
+"""The end-to-end demo behind ``make demo``: build, sync, advance a week, sync again, verify,
+then measure: plant a known lift in the shop's future orders and report it.
 
-The syncing is done by the real CLI in a subprocess, exactly as a user would run it; this
-module only prepares a warehouse and destinations around it and then checks, independently of
-the engine's own bookkeeping, that every destination holds what the warehouse says it should.
+The syncing and the report are done by the real CLI in a subprocess, exactly as a user would
+run them; this module only prepares a warehouse and destinations around it and then checks,
+independently of the engine's own bookkeeping, that every destination holds what the warehouse
+says it should (and never a held-out member), that the membership history puts every member in
+the group the documented hash gives, and that the lift report counts exactly what was planted
+and its intervals hold the planted truth.
 """
 
 from __future__ import annotations
