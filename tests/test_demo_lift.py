@@ -188,10 +188,9 @@ def test_the_demo_mapping_holds_out_and_measures_inactive_contacts(tmp_path: Pat
 # -- the demo's checks ------------------------------------------------------------------------
 
 
-def design_report(
-    summary: Any, conversion: tuple[float, float], revenue: tuple[float, float]
-) -> dict[str, Any]:
-    """A --json document in the design's layout (DESIGN16.md), with intervals as given."""
+def lift_report(summary: Any, low: float, enough: bool = True) -> dict[str, Any]:
+    """A --json document in syncer.lift's layout, every interval from ``low`` x its truth to
+    twice the truth."""
 
     def group(name: str) -> dict[str, Any]:
         got = summary.group(name)
@@ -202,29 +201,22 @@ def design_report(
             "revenue_sq": got.revenue_sq,
         }
 
-    return {
-        "sync": SYNC,
-        "phases": [
-            {
-                "phase": 1,
-                "treated": group(TREATED),
-                "holdout": group(HOLDOUT),
-                "analysis": {
-                    "conversion": {
-                        "difference": {
-                            "estimate": 0.03,
-                            "low": conversion[0],
-                            "high": conversion[1],
-                        },
-                        "relative": {"estimate": 0.4, "low": -5.0, "high": -4.0},
-                    },
-                    "revenue_per_member": {
-                        "difference": {"estimate": 2.5, "ci": list(revenue)},
-                    },
-                },
-            }
-        ],
-    }
+    def estimate(truth: float) -> dict[str, float]:
+        return {"estimate": truth, "low": low * truth, "high": 2 * truth}
+
+    def metric(difference: float) -> dict[str, Any]:
+        return {
+            "difference": estimate(difference),
+            "relative_lift": estimate(PLANTED.relative_lift),
+            "p_value": 0.001,
+        }
+
+    analysis: dict[str, Any] = {"enough_data": enough, "confidence": 0.95}
+    if enough:
+        analysis["conversion"] = metric(PLANTED.conversion_difference)
+        analysis["revenue"] = metric(PLANTED.revenue_difference)
+    phase = {"phase": 1, "treated": group(TREATED), "holdout": group(HOLDOUT)}
+    return {"sync": SYNC, "phases": [{**phase, "analysis": analysis}]}
 
 
 def test_the_demo_reads_the_report_against_the_planted_truth(
@@ -234,17 +226,24 @@ def test_the_demo_reads_the_report_against_the_planted_truth(
 
     _, _, summary = planted
     sync = DemoSync(SYNC, "upsert", "", "email", "email", "default", "file", {}, split=SPLIT)
-    lines, problems = check_report(design_report(summary, (0.01, 0.05), (0.5, 4.0)), summary, sync)
+    lines, problems = check_report(lift_report(summary, low=0.5), summary, sync)
     assert problems == []
     assert lines[0].startswith("The report counts exactly the planted")
-    assert "[+1.0, +5.0] points, holds the planted +3.0 points" in lines[1]
-    assert "revenue difference, [+0.50, +4.00] per member, holds" in lines[2]
+    assert lines[1] == "The report's 95% intervals against the planted truth:"
+    rows = [line.split() for line in lines[3:]]
+    assert [row[-2:] for row in rows] == [["holds", "it"]] * 4
+    assert "[+1.5, +6.0]" in lines[3] and "+3.0" in lines[3]  # percentage points
+    assert "[+18.8%, +75.0%]" in lines[4] and "+37.5%" in lines[4]
+    assert all(len(line) <= 80 for line in lines[1:])
 
-    report = design_report(summary, (0.035, 0.05), (3.0, 4.0))
+    report = lift_report(summary, low=1.5)
     report["phases"][0]["holdout"]["members"] -= 1  # a report that lost a member
     lines, problems = check_report(report, summary, sync)
     assert len(problems) == 1 and problems[0].startswith("holdout: the report counts")
-    assert "MISSES the planted +3.0 points" in lines[0] and "MISSES" in lines[1]
+    assert [line.split()[-2:] for line in lines[2:]] == [["MISSES", "it"]] * 4
+
+    lines, problems = check_report(lift_report(summary, 0.5, enough=False), summary, sync)
+    assert problems == [] and lines[1].startswith("Not enough data yet at this size")
 
 
 def test_the_closing_check_catches_a_held_out_member_at_the_destination(tmp_path: Path) -> None:
@@ -320,7 +319,8 @@ def test_the_demo_reports_the_planted_lift(tmp_path: Path) -> None:
     flat = " ".join(out.split())  # the prose is wrapped to 80 columns
     assert "skipped" not in flat and "note:" not in flat and "MISMATCH" not in flat, out
     assert "The report counts exactly the planted members, conversions and revenue" in flat
-    assert flat.count("holds the planted") == 2, out
+    assert "The report's 95% intervals against the planted truth:" in out
+    assert out.count("holds it") == 4 and "MISSES" not in out, out
     assert "The report with its charts is in .syncer/demo/lift.html" in flat
     page = (tmp_path / ".syncer/demo/lift.html").read_text(encoding="utf-8")
     assert "<svg" in page and "http://" not in page.replace("http://www.w3.org", "")
