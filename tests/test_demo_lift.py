@@ -166,6 +166,23 @@ def test_planted_orders_move_no_segment(tmp_path: Path) -> None:
     assert shop.segment_members(path) == before
 
 
+def test_planted_orders_leave_the_simulated_weeks_alone(tmp_path: Path) -> None:
+    """`python -m syncer.demo advance` after the demo simulates what it would have without
+    them: the shop's past is what lies before its clock."""
+    plain, planted_shop = tmp_path / "plain.db", tmp_path / "planted.db"
+    shop.build(plain, customers=1500)
+    shutil.copy(plain, planted_shop)
+    entries = {email: ENTERED for email in shop.segment_members(plain)["inactive"]}
+    assert plant_outcomes(planted_shop, entries, Assignment(SPLIT), seed=3).orders > 0
+    first, second = shop.advance(plain, days=7), shop.advance(planted_shop, days=7)
+    assert (first.orders_added, first.entered, first.left) == (
+        second.orders_added,
+        second.entered,
+        second.left,
+    )
+    assert shop.segment_members(plain) == shop.segment_members(planted_shop)
+
+
 def test_the_demo_mapping_holds_out_and_measures_inactive_contacts(tmp_path: Path) -> None:
     from syncer.mapping import load_file
 
