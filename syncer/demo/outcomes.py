@@ -131,7 +131,7 @@ def plant_outcomes(
     lift: PlantedLift = PLANTED,
     window_days: int = 30,
 ) -> PlantSummary:
-    """Write each member's orders in ``[entry + MARGIN, entry + window - MARGIN)`` into the shop.
+    """Write each member's orders in ``[entry + MARGIN, entry + window - MARGIN]`` into the shop.
 
     ``entries`` maps a member's key (the normalised email the sync stages) to when they entered
     the segment. The same shop, entries, assignment and seed always plant the same orders.
