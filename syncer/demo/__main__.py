@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         " (default: DEMO_WEBHOOK_SECRET from the environment or ./.env, as the demo wrote it)",
     )
 
-    run = commands.add_parser("run", help="the full demo: build, sync, advance, sync, verify")
+    run = commands.add_parser(
+        "run", help="the full demo: build, sync, advance, sync, verify, report lift"
+    )
     run.add_argument("--dir", type=Path, default=shop.DEFAULT_PATH.parent)
     run.add_argument("--days", type=int, default=7)
     run.add_argument("--mappings", type=Path, help="mappings directory (default: ./mappings)")

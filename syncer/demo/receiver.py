@@ -89,6 +89,7 @@ class DemoReceiver:
         self.guard = ReplayGuard(secret) if secret is not None else None
         self._lock = threading.Lock()
         self._members: dict[str, dict[str, dict[str, Any]]] = {}
+        self._sent: dict[str, set[str]] = {}
         self.requests: Counter[str] = Counter()
         self.duplicates = 0
         """Requests whose idempotency key was already seen: answered, not applied again."""
@@ -133,6 +134,8 @@ class DemoReceiver:
             parsed.append((str(key), fields))
         with self._lock:
             members = self._members.setdefault(sync, {})
+            if operation != "remove":
+                self._sent.setdefault(sync, set()).update(key for key, _ in parsed)
             for key, fields in parsed:
                 if operation == "add":
                     members[key] = dict(fields)
@@ -150,6 +153,11 @@ class DemoReceiver:
         """A copy of the current members of ``sync``: key -> last known fields."""
         with self._lock:
             return {key: dict(fields) for key, fields in self._members.get(sync, {}).items()}
+
+    def sent(self, sync: str) -> set[str]:
+        """Every key ever added or updated for ``sync``, removed since or not: who was sent."""
+        with self._lock:
+            return set(self._sent.get(sync, ()))
 
     def counts(self) -> dict[str, int]:
         """Member count per sync: safe to show, it names nobody."""

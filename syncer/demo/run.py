@@ -1,12 +1,18 @@
-"""The end-to-end demo behind ``make demo``: build, sync, advance a week, sync again, verify.
+"""The end-to-end demo behind ``make demo``: build, sync, advance a week, sync again, verify,
+then measure: plant a known lift in the shop's future orders and report it.
 
-The syncing is done by the real CLI in a subprocess, exactly as a user would run it; this
-module only prepares a warehouse and destinations around it and then checks, independently of
-the engine's own bookkeeping, that every destination holds what the warehouse says it should.
+The syncing and the report are done by the real CLI in a subprocess, exactly as a user would
+run them; this module only prepares a warehouse and destinations around it and then checks,
+independently of the engine's own bookkeeping, that every destination holds what the warehouse
+says it should (and never a held-out member), that the membership history puts every member in
+the group the documented hash gives, and that the lift report counts exactly what was planted
+and its intervals hold the planted truth.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import secrets
@@ -19,13 +25,16 @@ import time
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from syncer.demo import shop
+from syncer.demo.outcomes import PLANTED, PlantSummary, plant_outcomes
 from syncer.demo.receiver import ReceiverServer, start_receiver
+from syncer.holdout import HOLDOUT, TREATED, Assignment, Split
 
 CLI = ("-m", "syncer", "sync", "now", "--all")
 #: First line of a ``.env`` the demo wrote: only such a file is ever replaced by the next demo.
@@ -38,6 +47,8 @@ NEXT_STEPS = (
     ("sync now --all", "no change since the demo: none sent"),
     ("runs", "every run so far, newest first"),
 )
+#: The lift report's page, in the demo's directory.
+LIFT_HTML = "lift.html"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FILE_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -56,6 +67,10 @@ class DemoSync:
     settings: dict[str, Any]
     text_fields: dict[str, str] = field(default_factory=dict)
     """Destination field -> source column, for fields sent as plain text (checked verbatim)."""
+    split: Split | None = None
+    """The sync's holdout (its ``experiment:`` block), as the engine applies it."""
+    window_days: int | None = None
+    """Its ``measurement:`` window, when it has one: the sync whose lift the demo reports."""
 
     @property
     def file_path(self) -> Path | None:
@@ -72,6 +87,10 @@ class Verdict:
     destination: int | None
     ok: bool
     note: str
+    kept: int = 0
+    """Members an upsert destination keeps after they left the segment."""
+    held_out: int = 0
+    """Members of the segment held out of the destination (never sent)."""
 
 
 def _expand(value: Any, env: Mapping[str, str]) -> Any:
@@ -93,6 +112,19 @@ def load_syncs(directory: Path, env: Mapping[str, str]) -> list[DemoSync]:
             continue
         source = raw.get("source") or {}
         destination = _expand(dict(raw.get("destination") or {}), env)
+        name = str(raw.get("name") or path.stem)
+        experiment = raw.get("experiment")
+        split = None
+        if isinstance(experiment, dict) and experiment.get("holdout_percent") is not None:
+            split = Split(
+                str(experiment.get("salt") or name),
+                int(experiment.get("phase") or 1),
+                float(experiment["holdout_percent"]),
+            )
+        measurement = raw.get("measurement")
+        window = None
+        if isinstance(measurement, dict) and measurement.get("outcomes"):
+            window = int(measurement.get("window_days") or 30)
         text_fields = {}
         for dest, spec in (raw.get("fields") or {}).items():
             column, kind = (
@@ -104,7 +136,7 @@ def load_syncs(directory: Path, env: Mapping[str, str]) -> list[DemoSync]:
                 text_fields[str(dest)] = column
         found.append(
             DemoSync(
-                name=str(raw.get("name") or path.stem),
+                name=name,
                 mode=str(raw.get("mode") or "membership"),
                 query=str(source.get("query", "")),
                 key=str(source.get("key", "")),
@@ -113,6 +145,8 @@ def load_syncs(directory: Path, env: Mapping[str, str]) -> list[DemoSync]:
                 connector=str(destination.pop("connector", "")),
                 settings=destination,
                 text_fields=text_fields,
+                split=split,
+                window_days=window,
             )
         )
     return found
@@ -144,7 +178,6 @@ def warehouse_rows(shop_path: Path, sync: DemoSync) -> dict[str, dict[str, Any]]
 def file_members(path: Path) -> dict[str, dict[str, Any]]:
     """Members of a file destination: CSV rows or JSONL lines, by their ``key``."""
     import csv
-    import json
 
     if not path.exists():
         return {}
@@ -160,33 +193,49 @@ def file_members(path: Path) -> dict[str, dict[str, Any]]:
     return members
 
 
+def file_sent(path: Path) -> set[str]:
+    """Every key a file destination was ever sent (added or updated), from its change log."""
+    log = path.with_name(path.name + ".changes.jsonl")
+    if not log.exists():
+        return set()
+    with open(log, encoding="utf-8") as handle:
+        entries = (json.loads(line) for line in handle if line.strip())
+        return {str(e["key"]) for e in entries if e.get("operation") != "remove"}
+
+
 def verify(
     sync: DemoSync,
     shop_path: Path,
     receiver: ReceiverServer,
     webhook_url: str,
     ever: set[str],
+    held_out: frozenset[str] = frozenset(),
 ) -> Verdict:
     """Compare one destination with what its mode says it must hold.
 
     membership/mirror: exactly the current segment. upsert: everyone the segment ever held
-    during the demo (it never removes). Text fields must carry the current warehouse value.
+    during the demo (it never removes). Either way without its ``held_out`` members, who must
+    never have been sent at all (the file's change log, the receiver's record say who was).
+    Text fields must carry the current warehouse value.
     """
     rows = warehouse_rows(shop_path, sync)
     if sync.connector == "file" and sync.file_path is not None:
         held = file_members(sync.file_path)
+        sent = file_sent(sync.file_path) if held_out else set()
     elif sync.connector == "webhook" and sync.settings.get("url") == webhook_url:
         held = receiver.receiver.members(sync.name)
+        sent = receiver.receiver.sent(sync.name)
     else:
         return Verdict(sync, len(rows), None, True, "not checked (not a local destination)")
     if sync.mode in ("membership", "mirror"):
-        expected = set(rows)
+        expected = set(rows) - held_out
     elif sync.mode == "upsert":
-        expected = ever
+        expected = ever - held_out
     else:
         return Verdict(sync, len(rows), len(held), True, "not checked (update_only)")
     missing = len(expected - held.keys())
-    extra = len(held.keys() - expected)
+    sent_held_out = len((sent | held.keys()) & held_out)
+    extra = len(held.keys() - expected - held_out)
     stale = 0
     if sync.mode != "membership":  # membership mode never sends field changes
         for key, row in rows.items():
@@ -198,15 +247,21 @@ def verify(
                 if isinstance(value, str) and str(fields.get(dest, "")) != value:
                     stale += 1
                     break
-    counts = {"missing": missing, "unexpected": extra, "with stale fields": stale}
+    counts = {
+        "held-out members sent": sent_held_out,
+        "missing": missing,
+        "unexpected": extra,
+        "with stale fields": stale,
+    }
     if sync.connector == "webhook":
         counts["updates for non-members"] = receiver.receiver.unknown_updates[sync.name]
     problems = [f"{count} {what}" for what, count in counts.items() if count]
     if problems:
         return Verdict(sync, len(rows), len(held), False, "MISMATCH: " + ", ".join(problems))
-    kept = len(held) - len(rows)
-    note = f"ok, +{kept} kept" if kept > 0 else "ok"
-    return Verdict(sync, len(rows), len(held), True, note)
+    kept = len(held.keys() - rows.keys())
+    out = len(rows.keys() & held_out)
+    note = f"ok, {out:,} held out" if out else f"ok, +{kept} kept" if kept else "ok"
+    return Verdict(sync, len(rows), len(held), True, note, kept, out)
 
 
 def _destination_label(sync: DemoSync, webhook_url: str) -> str:
@@ -243,11 +298,265 @@ def _print_table(verdicts: list[Verdict], webhook_url: str) -> None:
         print(f"Files are in {', '.join(folders)}/. segment: members in the warehouse now;")
         print("holds: members at the destination.")
     for v in verdicts:
-        if v.destination is not None and v.ok and v.destination > v.warehouse:
+        if v.ok and v.held_out and v.sync.split is not None:
+            _say(
+                f"{v.sync.name} holds out {v.sync.split.percent:g}% of its segment"
+                f" ({v.held_out:,} now, by the hash of their key): none of them was ever sent."
+            )
+        if v.destination is not None and v.ok and v.kept:
             print(
                 f"{v.sync.name} is in {v.sync.mode} mode, which never removes: it keeps"
-                f" {v.destination - v.warehouse:,} who left."
+                f" {v.kept:,} who left."
             )
+
+
+def membership_groups(state_path: Path, sync: str) -> dict[str, str]:
+    """Member key -> group, as the engine recorded the sync's membership history ({}: none)."""
+    try:
+        with closing(sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)) as conn:
+            rows = conn.execute(
+                "SELECT member_key, grp FROM syncer_membership WHERE sync = ?", (sync,)
+            ).fetchall()
+    except sqlite3.Error:
+        return {}
+    return {str(key): str(group) for key, group in rows}
+
+
+def held_out_members(
+    sync: DemoSync, seen: Mapping[str, int], history: Mapping[str, Mapping[str, str]]
+) -> frozenset[str]:
+    """Who of the segment the real assignment holds out of ``sync``'s destination.
+
+    Empty without an experiment, and (with a note) when the engine recorded no membership
+    history: a syncer from before holdouts sends everyone, and the check would only say so.
+    """
+    if sync.split is None:
+        return frozenset()
+    if not history.get(sync.name):
+        _say(
+            f"note: {sync.name} has an experiment but the state holds no membership history"
+            " for it: this syncer does not apply holdouts yet, so its held-out members are"
+            " not checked."
+        )
+        return frozenset()
+    assigned = Assignment(sync.split)
+    return frozenset(key for key in seen if assigned.group(key) == HOLDOUT)
+
+
+def check_history(sync: DemoSync, seen: Mapping[str, int], history: Mapping[str, str]) -> list[str]:
+    """The engine's membership history against the demo's own account: the same members (all
+    who were ever in the segment) in the groups the real assignment gives them."""
+    if sync.split is None or not history:
+        return []
+    assigned = Assignment(sync.split)
+    problems = []
+    missing, extra = len(seen.keys() - history.keys()), len(history.keys() - seen.keys())
+    if missing or extra:
+        problems.append(
+            f"{sync.name}: membership history misses {missing:,} and has {extra:,} unexpected"
+        )
+    wrong = sum(1 for key, group in history.items() if group != assigned.group(key))
+    if wrong:
+        problems.append(f"{sync.name}: {wrong:,} members recorded in another group")
+    return problems
+
+
+def _utc(value: Any) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def run_times(state_path: Path, sync: str) -> list[datetime]:
+    """When each run of ``sync`` finished, oldest first: every entry is recorded by then."""
+    with closing(sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)) as conn:
+        rows = conn.execute(
+            "SELECT finished_at FROM syncer_runs WHERE sync = ? AND finished_at IS NOT NULL"
+            " ORDER BY started_at",
+            (sync,),
+        ).fetchall()
+    return [_utc(row[0]) for row in rows]
+
+
+def report_missing(env: Mapping[str, str]) -> str | None:
+    """Why this syncer cannot report on the planted orders (None: it can)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncer", "report", "lift", "--help"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return "this syncer has no `syncer report lift` command yet"
+    if "--as-of" not in proc.stdout:
+        return "`syncer report lift` has no --as-of yet, which the planted (future) orders need"
+    return None
+
+
+def _points(value: float) -> str:
+    """A difference of two rates, in percentage points."""
+    return f"{value * 100:+.1f}"
+
+
+def _money(value: float) -> str:
+    return f"{value:+,.2f}" if value < 0 or value > 0 else "0.00"
+
+
+def _share(value: float) -> str:
+    return f"{value:+.1%}"
+
+
+#: The four numbers the demo holds the report to: (metric, statistic, label, truth, format).
+_TRUTHS = (
+    ("conversion", "difference", "conversion rate, points", PLANTED.conversion_difference,
+     _points),
+    ("conversion", "relative_lift", "conversion rate, relative", PLANTED.relative_lift, _share),
+    ("revenue", "difference", "revenue per member", PLANTED.revenue_difference, _money),
+    ("revenue", "relative_lift", "revenue per member, relative", PLANTED.relative_lift, _share),
+)  # fmt: skip
+
+
+def check_report(
+    report: Mapping[str, Any], planted: PlantSummary, sync: DemoSync
+) -> tuple[list[str], list[str]]:
+    """What the report's ``--json`` says against what was planted: (lines to print, problems).
+
+    Its totals must be exactly the planted ones (anything else is a bug in the report or the
+    history). Its intervals should hold the planted truth, as a 95% interval does 95% of the
+    time: a miss is shown, not failed (the demo's seed is fixed; the test checks it holds).
+    """
+    assert sync.split is not None
+    phases = [p for p in report.get("phases", []) if p.get("phase") == sync.split.phase]
+    if not phases:
+        return [], [f"the report has no phase {sync.split.phase}"]
+    phase = phases[0]
+    problems = []
+    for group in (TREATED, HOLDOUT):
+        got, want = phase.get(group) or {}, planted.group(group)
+        same = (
+            got.get("members") == want.members
+            and got.get("conversions") == want.conversions
+            and math.isclose(float(got.get("revenue") or 0), want.revenue, abs_tol=0.01)
+        )
+        if not same:
+            problems.append(
+                f"{group}: the report counts {got.get('members')} members,"
+                f" {got.get('conversions')} conversions, {got.get('revenue')} revenue;"
+                f" planted {want.members}, {want.conversions}, {want.revenue:.2f}"
+            )
+    lines = []
+    if not problems:
+        lines.append(
+            "The report counts exactly the planted members, conversions and revenue of both groups."
+        )
+    analysis = phase.get("analysis") or {}
+    if not analysis.get("enough_data"):
+        lines.append(
+            f"Not enough data yet at this size ({planted.group(HOLDOUT).members:,} held out):"
+            " the report rightly draws no conclusion. `make demo` (50,000 customers) has enough."
+        )
+        return lines, problems
+    confidence = float(analysis.get("confidence") or 0.95)
+    rows = []
+    for metric, statistic, label, truth, shown in _TRUTHS:
+        found = (analysis.get(metric) or {}).get(statistic) or {}
+        low, high = found.get("low"), found.get("high")
+        if low is None or high is None:
+            problems.append(f"the report gives no interval for {metric} {statistic}")
+            continue
+        verdict = "holds it" if low <= truth <= high else "MISSES it"
+        rows.append((label, f"[{shown(low)}, {shown(high)}]", shown(truth), verdict))
+    if rows:
+        lines.append(f"The report's {confidence:.0%} intervals against the planted truth:")
+        header = ("", "interval", "planted", "")
+        widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+        for row in (header, *rows):
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return lines, problems
+
+
+def measure(
+    sync: DemoSync,
+    directory: Path,
+    shop_path: Path,
+    state_path: Path,
+    seen: Mapping[str, int],
+    seed: int,
+    env: Mapping[str, str],
+) -> bool:
+    """Plant a known lift in the shop's future orders, then let `syncer report lift` find it
+    and write its HTML page. False when the report failed or miscounted the planted data."""
+    assert sync.split is not None and sync.window_days is not None
+    window = sync.window_days
+    times = run_times(state_path, sync.name)
+    entries = {key: times[run] for key, run in seen.items() if run < len(times)}
+    started = time.perf_counter()
+    planted = plant_outcomes(
+        shop_path, entries, Assignment(sync.split), seed=seed, window_days=window
+    )
+    treated, holdout = planted.group(TREATED), planted.group(HOLDOUT)
+    _say(
+        f"Planted {planted.orders:,} orders dated in the {window} days after each member"
+        f" entered the segment (after the shop's own clock, so no segment moves): by the real"
+        f" assignment, {PLANTED.holdout_conversion:.0%} of held-out and"
+        f" {PLANTED.treated_conversion:.0%} of treated members buy (a true lift of"
+        f" {PLANTED.conversion_difference * 100:+.1f} points, {PLANTED.relative_lift:+.1%}),"
+        f" {PLANTED.revenue_per_member(HOLDOUT):.2f} vs"
+        f" {PLANTED.revenue_per_member(TREATED):.2f} revenue per member"
+        f" ({_money(PLANTED.revenue_difference)}). Drawn: {holdout.conversions:,} of"
+        f" {holdout.members:,} held-out and {treated.conversions:,} of {treated.members:,}"
+        f" treated members bought ({time.perf_counter() - started:.1f}s)."
+    )
+    if not membership_groups(state_path, sync.name):
+        _say(f"skipped: the lift report (no membership history for {sync.name})")
+        return True
+    missing = report_missing(env)
+    if missing is not None:
+        _say(f"skipped: the lift report: {missing}")
+        return True
+    # Every window has closed a day before this date; the orders lie in the future, so the
+    # report is read as of then rather than now.
+    as_of = ((planted.last_entry or datetime.now(UTC)) + timedelta(days=window + 1)).date()
+    html = directory / LIFT_HTML
+    command = ["report", "lift", sync.name, "--as-of", as_of.isoformat()]
+    print(f"\n$ syncer {' '.join(command)} \\\n    --html {_shown(html)}", flush=True)
+    code = subprocess.run(
+        [sys.executable, "-m", "syncer", *command, "--html", str(html)], env=dict(env), check=False
+    ).returncode
+    if code != 0:
+        print(f"   (exit code {code})")
+        return False
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncer", *command, "--json"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        report = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except ValueError:
+        report = None
+    if report is None:
+        print(f"`syncer {' '.join(command)} --json` failed (exit code {proc.returncode}):")
+        print(proc.stderr.strip())
+        return False
+    lines, problems = check_report(report, planted, sync)
+    print()
+    for line in lines:
+        if line.startswith("  "):  # a table row: as it is
+            print(line.rstrip())
+        else:
+            _say(line)
+    for problem in problems:
+        _say(f"MISMATCH: {problem}")
+    if html.is_file():
+        _say(f"The report with its charts is in {_shown(html)}: open it in a browser.")
+        _say(f"To read it again: syncer {' '.join(command)}")
+    else:
+        problems.append("no HTML report written")
+        _say(f"MISMATCH: the report wrote no {_shown(html)}")
+    return not problems
 
 
 def _clean(directory: Path, syncs: list[DemoSync]) -> None:
@@ -255,6 +564,7 @@ def _clean(directory: Path, syncs: list[DemoSync]) -> None:
     for suffix in ("", "-journal", "-wal", "-shm"):
         (directory / f"state.db{suffix}").unlink(missing_ok=True)
     shutil.rmtree(directory / "out", ignore_errors=True)
+    (directory / LIFT_HTML).unlink(missing_ok=True)
     root = directory.resolve()
     for sync in syncs:
         path = sync.file_path
@@ -379,6 +689,8 @@ def run_demo(
         DEMO_WEBHOOK_SECRET=secret,
         # A proxy from the environment must not intercept the local receiver.
         NO_PROXY=",".join([*no_proxy, "127.0.0.1", "localhost"]),
+        # The planted lift is computed with the sync's own split only.
+        SYNCER_GLOBAL_HOLDOUT_PERCENT="0",
     )
     env["no_proxy"] = env["NO_PROXY"]
     try:
@@ -390,33 +702,54 @@ def run_demo(
         _say(f"{built} ({time.perf_counter() - started:.1f}s)")
         print(f"webhook receiver on {webhook_url} (signed requests only)")
 
-        ever: dict[str, set[str]] = {s.name: set() for s in syncs}
+        # Per sync: every member the segment held during the demo -> the run that first saw them.
+        first_seen: dict[str, dict[str, int]] = {s.name: {} for s in syncs}
 
-        def remember() -> None:
+        def remember(run: int) -> None:
             for sync in syncs:
                 if sync.warehouse == "default" and sync.query:
-                    ever[sync.name] |= warehouse_rows(shop_path, sync).keys()
+                    seen = first_seen[sync.name]
+                    for key in warehouse_rows(shop_path, sync).keys() - seen.keys():
+                        seen[key] = run
 
-        remember()
+        remember(0)
         codes = [_run_cli("First sync: every member is new", env)]
 
         print()
         started = time.perf_counter()
         advanced = shop.advance(Path(_shown(shop_path)), days=days)
         _say(f"{advanced} ({time.perf_counter() - started:.1f}s)")
-        remember()
+        remember(1)
         codes.append(_run_cli(f"Sync after {days} simulated days: only changes are sent", env))
 
+        history = {s.name: membership_groups(state_path, s.name) for s in syncs if s.split}
+        held_out = {s.name: held_out_members(s, first_seen[s.name], history) for s in syncs}
         print("\n== Warehouse segments vs destinations")
+        ever = {name: set(seen) for name, seen in first_seen.items()}
         verdicts = [
-            verify(sync, shop_path, server, webhook_url, ever[sync.name])
+            verify(sync, shop_path, server, webhook_url, ever[sync.name], held_out[sync.name])
             for sync in syncs
             if sync.warehouse == "default"
         ]
         _print_table(verdicts, webhook_url)
+        history_problems = [
+            problem
+            for sync in syncs
+            if sync.split is not None
+            for problem in check_history(sync, first_seen[sync.name], history[sync.name])
+        ]
+        for problem in history_problems:
+            print(f"MISMATCH: {problem}")
     finally:
         server.shutdown()
         server.server_close()
+
+    measured = [s for s in syncs if s.split is not None and s.window_days]
+    report_failed = []
+    for sync in measured:
+        print(f"\n== Measuring {sync.name}: a planted lift, and the report that finds it")
+        if not measure(sync, directory, shop_path, state_path, first_seen[sync.name], seed, env):
+            report_failed.append(sync.name)
 
     env_file = write_env(directory, shop_path, state_path, mappings, secret)
     failed_runs = [i + 1 for i, code in enumerate(codes) if code != 0]
@@ -425,7 +758,11 @@ def run_demo(
         print(f"\nFAILED: CLI run {', '.join(map(str, failed_runs))} exited non-zero")
     if mismatched:
         print(f"\nFAILED: destinations differ from the warehouse: {', '.join(mismatched)}")
-    if failed_runs or mismatched:
+    if history_problems:
+        print("\nFAILED: the membership history differs from the segments and their splits")
+    if report_failed:
+        print(f"\nFAILED: `syncer report lift` failed for {', '.join(report_failed)}")
+    if failed_runs or mismatched or history_problems or report_failed:
         return 1
     print("\nAll destinations match their warehouse segments.")
     if env_file.name == ".env":

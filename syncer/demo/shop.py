@@ -349,13 +349,14 @@ def advance(path: Path | str = DEFAULT_PATH, *, days: int = 7) -> AdvanceSummary
         today = previous + timedelta(days=days)
 
         # Each customer keeps buying at their pace of the past year (plus a small chance of
-        # a comeback), so a simulated week looks like the weeks before it.
+        # a comeback), so a simulated week looks like the weeks before it. Orders after the
+        # clock (the demo's planted outcomes) are not the past: they do not count.
         live = conn.execute(
             "SELECT r.customer_id, r.orders_count, r.ltv, COUNT(o.order_id)"
             " FROM customer_rfm r LEFT JOIN orders o ON o.customer_id = r.customer_id"
-            " AND date(o.ordered_at) > date(?, '-365 days')"
+            " AND date(o.ordered_at) > date(?, '-365 days') AND date(o.ordered_at) <= ?"
             " GROUP BY r.customer_id ORDER BY r.customer_id",
-            (previous.isoformat(),),
+            (previous.isoformat(), previous.isoformat()),
         ).fetchall()
         ids = [int(cid) for cid, *_ in live]
         weights = [year + (0.03 if count else 0.01) for _, count, _, year in live]
