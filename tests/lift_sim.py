@@ -127,3 +127,56 @@ def calibrate(
         share["rs"],
         share["srm"],
     )
+
+
+def report_document(
+    rng: np.random.Generator,
+    *,
+    sync: str = "vip_customers",
+    n: int = 20_000,
+    holdout_percent: float = 10.0,
+    p_holdout: float = 0.05,
+    lift: float = 0.10,
+    window_days: int = 30,
+    drop_holdout: float = 0.0,
+    settings: LiftSettings | None = None,
+) -> dict[str, object]:
+    """A ``syncer report lift --json`` document of one simulated phase, with a plausible
+    cumulative curve (conversions arrive at a decaying daily rate over the window)."""
+    treated, holdout = simulate(
+        rng, n, holdout_percent / 100, p_holdout, lift, drop_holdout=drop_holdout
+    )
+    analysis = analyse(treated, holdout, settings or LiftSettings(holdout_percent))
+    arrived = [1 - math.exp(-(day + 1) / 8) for day in range(window_days)]
+    share = [a / arrived[-1] for a in arrived]
+
+    def per_member(total: float, members: int, day: int) -> float:
+        return total / members * share[day] if members else 0.0
+
+    curve = [
+        {
+            "day": day,
+            "treated_conversion": per_member(treated.conversions, treated.members, day),
+            "holdout_conversion": per_member(holdout.conversions, holdout.members, day),
+            "treated_revenue": per_member(treated.revenue, treated.members, day),
+            "holdout_revenue": per_member(holdout.revenue, holdout.members, day),
+        }
+        for day in range(window_days)
+    ]
+    return {
+        "sync": sync,
+        "connector": "hubspot",
+        "window_days": window_days,
+        "generated_at": "2026-12-08T03:00:00+00:00",
+        "phases": [
+            {
+                "phase": 1,
+                "holdout_percent": holdout_percent,
+                "started_at": "2026-10-01T00:00:00+00:00",
+                "treated": treated.as_dict(),
+                "holdout": holdout.as_dict(),
+                "analysis": analysis.as_dict(),
+                "curve": curve,
+            }
+        ],
+    }
