@@ -10,6 +10,7 @@ table of the same numbers beside it, so nothing is said by the drawing alone.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from functools import cache
@@ -30,7 +31,7 @@ def render(report: dict[str, Any]) -> str:
         sync=str(report.get("sync", "")),
         connector=str(report.get("connector", "")),
         window_days=report.get("window_days"),
-        generated_at=str(report.get("generated_at", "")),
+        generated_at=when(report.get("generated_at")),
         phases=phases,
         treated_colour=TREATED_COLOUR,
         holdout_colour=HOLDOUT_COLOUR,
@@ -83,6 +84,20 @@ def amount(value: float | None, signed: bool = False) -> str:
     if signed:
         return _signed(text, value)
     return MINUS + text if value < 0 else text
+
+
+def when(value: Any) -> str:
+    """An ISO timestamp as "2026-10-01 09:30 UTC" (as given when it is not one)."""
+    if not value:
+        return ""
+    try:
+        moment = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+        return moment.strftime("%Y-%m-%d %H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 def count(value: float | None, signed: bool = False) -> str:
@@ -164,7 +179,7 @@ def _phase(raw: dict[str, Any], report: dict[str, Any]) -> Phase:
     return Phase(
         number=int(raw.get("phase", 0)),
         holdout_percent=f"{float(raw.get('holdout_percent') or 0):g}%",
-        started_at=str(raw.get("started_at") or ""),
+        started_at=when(raw.get("started_at")),
         enough_data=enough,
         reason=reason,
         srm_warning=str(analysis.get("srm_warning") or ""),
@@ -269,7 +284,8 @@ def _effect(metric: dict[str, Any], ci: str, absolute: Any) -> str:
         verdict = "unlikely to be chance alone"
     else:
         verdict = "could be chance: the interval includes no effect"
-    return f"{text}; p = {p_value(p)}, {verdict}."
+    shown = p_value(p)
+    return f"{text}; p {shown if shown.startswith('<') else '= ' + shown}, {verdict}."
 
 
 def _incremental_headline(conversion: dict[str, Any], revenue: dict[str, Any], ci: str) -> str:

@@ -79,6 +79,7 @@ def test_the_page_gives_the_numbers_with_headings_charts_and_tables(report: dict
     tags = [tag for tag, _ in structure.tags]
     assert tags.count("h1") == 1 and "h2" in tags and "h3" in tags
     assert "Lift report: vip_customers" in text and "Phase 1" in text
+    assert "started 2026-10-01 00:00 UTC" in text and "generated 2026-12-08 03:00 UTC" in text
     phase = report["phases"][0]
     analysis = phase["analysis"]
     treated_rate = analysis["conversion"]["treated"]["estimate"]
@@ -182,6 +183,9 @@ def test_the_template_is_packaged() -> None:
         (lift_html.count, 238.4, "238"),
         (lift_html.p_value, 0.0004, "< 0.001"),
         (lift_html.p_value, 0.0312, "0.031"),
+        (lift_html.when, "2026-10-01T11:30:00+02:00", "2026-10-01 09:30 UTC"),
+        (lift_html.when, "yesterday", "yesterday"),
+        (lift_html.when, None, ""),
     ],
 )
 def test_number_formats(function: Any, value: float | None, expected: str) -> None:
