@@ -66,11 +66,13 @@ class GroupTotals:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GroupTotals:
+        """From a row or JSON object; a NULL sum (SQL's SUM over no rows) counts as 0, and
+        Decimal (PostgreSQL's numeric) is taken as float."""
         return cls(
-            members=int(raw["members"]),
-            conversions=int(raw["conversions"]),
-            revenue=float(raw["revenue"]),
-            revenue_sq=float(raw["revenue_sq"]),
+            members=int(raw.get("members") or 0),
+            conversions=int(raw.get("conversions") or 0),
+            revenue=float(raw.get("revenue") or 0),
+            revenue_sq=float(raw.get("revenue_sq") or 0),
         )
 
     def as_dict(self) -> dict[str, Any]:

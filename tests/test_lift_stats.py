@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -295,6 +296,8 @@ def test_impossible_totals_are_refused() -> None:
     assert GroupTotals.from_dict(GroupTotals(3, 1, 2.5, 6.25).as_dict()) == GroupTotals(
         3, 1, 2.5, 6.25
     )
+    row = {"members": 5, "conversions": None, "revenue": None, "revenue_sq": Decimal("0")}
+    assert GroupTotals.from_dict(row) == GroupTotals(5, 0, 0.0, 0.0)
 
 
 # -- properties --------------------------------------------------------------------------------
