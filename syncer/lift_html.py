@@ -168,7 +168,10 @@ def _phase(raw: dict[str, Any], report: dict[str, Any]) -> Phase:
     conversion, revenue = analysis.get("conversion") or {}, analysis.get("revenue") or {}
     reason = str(analysis.get("reason") or "")
     headlines = (
-        [_conversion_headline(conversion, ci), _revenue_headline(revenue, ci)]
+        [
+            _conversion_headline(conversion, ci, 1 - confidence),
+            _revenue_headline(revenue, ci, 1 - confidence),
+        ]
         if enough
         else [reason[:1].upper() + reason[1:] + "." if reason else "Not enough data yet."]
     )
@@ -248,23 +251,23 @@ def _phase(raw: dict[str, Any], report: dict[str, Any]) -> Phase:
     )
 
 
-def _conversion_headline(conversion: dict[str, Any], ci: str) -> str:
+def _conversion_headline(conversion: dict[str, Any], ci: str, alpha: float) -> str:
     treated = _get(conversion, "treated", "estimate")
     holdout = _get(conversion, "holdout", "estimate")
     start = f"Treated members converted {percent(treated)} vs {percent(holdout)} held out"
-    return start + _effect(conversion, ci, points)
+    return start + _effect(conversion, ci, points, alpha)
 
 
-def _revenue_headline(revenue: dict[str, Any], ci: str) -> str:
+def _revenue_headline(revenue: dict[str, Any], ci: str, alpha: float) -> str:
     treated = _get(revenue, "treated", "estimate")
     holdout = _get(revenue, "holdout", "estimate")
     start = f"Revenue per member was {amount(treated)} treated vs {amount(holdout)} held out"
-    return start + _effect(revenue, ci, lambda v: amount(v, signed=True))
+    return start + _effect(revenue, ci, lambda v: amount(v, signed=True), alpha)
 
 
-def _effect(metric: dict[str, Any], ci: str, absolute: Any) -> str:
-    """ ": +12% (95% CI +2% to +22%), p = 0.010." in the relative lift when there is one,
-    else in the absolute difference; then whether chance explains it."""
+def _effect(metric: dict[str, Any], ci: str, absolute: Any, alpha: float) -> str:
+    """The effect clause, such as ': +12% (95% CI +2% to +22%); p = 0.010, unlikely to be
+    chance alone.': in relative lift when there is one, else in the absolute difference."""
     relative, difference = metric.get("relative_lift") or {}, metric.get("difference") or {}
     if relative.get("estimate") is not None:
         chosen, fmt = relative, lift_percent
@@ -279,11 +282,7 @@ def _effect(metric: dict[str, Any], ci: str, absolute: Any) -> str:
     p = metric.get("p_value")
     if p is None:
         return text + "."
-    low, high = difference.get("low"), difference.get("high")
-    if low is not None and high is not None and (low > 0 or high < 0):
-        verdict = "unlikely to be chance alone"
-    else:
-        verdict = "could be chance: the interval includes no effect"
+    verdict = "unlikely to be chance alone" if p < alpha else "could be chance alone"
     shown = p_value(p)
     return f"{text}; p {shown if shown.startswith('<') else '= ' + shown}, {verdict}."
 

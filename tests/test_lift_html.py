@@ -197,3 +197,15 @@ def test_number_formats(function: Any, value: float | None, expected: str) -> No
 )
 def test_axis_tops_are_round(value: float, top: float) -> None:
     assert lift_html.nice_ceiling(value) == pytest.approx(top)
+
+
+@pytest.mark.parametrize(("seed", "lift"), [(0, 0.1), (1, 0.4), (2, 0.0), (3, 0.4)])
+def test_the_headline_verdict_follows_the_p_value(seed: int, lift: float) -> None:
+    report = report_document(np.random.default_rng(seed), n=30_000, lift=lift)
+    analysis = report["phases"][0]["analysis"]  # type: ignore[index]
+    page = render(report)
+    for metric, start in (("conversion", "Treated members converted"), ("revenue", "Revenue per")):
+        line = page[page.index(start) :].split("</p>")[0]
+        significant = analysis[metric]["p_value"] < 0.05
+        assert ("unlikely to be chance alone" in line) == significant, line
+        assert ("could be chance alone" in line) == (not significant), line
