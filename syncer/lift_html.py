@@ -188,7 +188,7 @@ def _phase(raw: dict[str, Any], report: dict[str, Any]) -> Phase:
         srm_warning=str(analysis.get("srm_warning") or ""),
         headlines=headlines,
         mde=_mde(analysis.get("mde") or {}, confidence),
-        groups=_groups(treated, holdout, conversion, revenue, ci),
+        groups=_groups(treated, holdout, conversion, revenue, f" ({ci})" if enough else ""),
         comparison=_comparison(conversion, revenue) if enough else [],
         sample_ratio=_sample_ratio(analysis.get("sample_ratio") or {}),
         charts=[
@@ -347,7 +347,7 @@ def _groups(
         Row("Members", [count(treated, "members"), count(holdout, "members")]),
         Row("Conversions", [count(treated, "conversions"), count(holdout, "conversions")]),
         Row(
-            f"Conversion rate ({ci})",
+            f"Conversion rate{ci}",
             [
                 _with_interval(conversion.get("treated") or {}, lambda v: percent(v, 2)),
                 _with_interval(conversion.get("holdout") or {}, lambda v: percent(v, 2)),
@@ -355,7 +355,7 @@ def _groups(
         ),
         Row("Revenue", [amount(treated.get("revenue")), amount(holdout.get("revenue"))]),
         Row(
-            f"Revenue per member ({ci})",
+            f"Revenue per member{ci}",
             [
                 _with_interval(revenue.get("treated") or {}, amount),
                 _with_interval(revenue.get("holdout") or {}, amount),

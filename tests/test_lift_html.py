@@ -108,6 +108,7 @@ def test_the_page_gives_the_numbers_with_headings_charts_and_tables(report: dict
     assert tags.count("circle") == 4  # the final point of each group's error bar
     assert tags.count("table") == 3  # groups, comparison, the daily numbers behind the charts
     assert text.count(" pts") >= 2 and "p-value" in text
+    assert "Conversion rate (95% CI)" in text and "Revenue per member (95% CI)" in text
 
 
 def test_a_sample_ratio_mismatch_is_shown_first_and_prominently() -> None:
@@ -134,6 +135,7 @@ def test_not_enough_data_says_so_instead_of_a_result() -> None:
     assert tags.count("circle") == 0  # no intervals drawn
     assert tags.count("polyline") == 4  # the curves still describe the groups
     assert "Minimum detectable effect" in text and "Sample ratio" in text
+    assert "Conversion rate " in text and "CI" not in text
 
 
 def test_everything_is_escaped(report: dict[str, Any]) -> None:
