@@ -211,3 +211,13 @@ def test_the_headline_verdict_follows_the_p_value(seed: int, lift: float) -> Non
         significant = analysis[metric]["p_value"] < 0.05
         assert ("unlikely to be chance alone" in line) == significant, line
         assert ("could be chance alone" in line) == (not significant), line
+
+
+def test_phases_are_separate_sections_with_unique_ids(report: dict[str, Any]) -> None:
+    second = copy.deepcopy(report["phases"][0])
+    second["phase"] = 2
+    page = render({**report, "phases": [report["phases"][0], second]})
+    structure = parse(page)
+    ids = [attrs["id"] for _, attrs in structure.tags if attrs.get("id")]
+    assert len(ids) == len(set(ids)) and "phase-1" in ids and "phase-2" in ids
+    assert [tag for tag, _ in structure.tags].count("section") == 2
