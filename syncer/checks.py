@@ -19,7 +19,7 @@ from syncer.errors import ConfigError, ExitCode, SyncerError
 from syncer.mapping import LoadedSync, load_directory
 from syncer.normalize import RowEncoder
 from syncer.settings import Settings
-from syncer.state import state_engine
+from syncer.state import reading, state_engine, state_errors
 from syncer.warehouse import stream
 
 PROBE_ROWS = 10
@@ -44,6 +44,8 @@ def _check_sync(
             staged = list(encoder.encode(itertools.chain.from_iterable(partitions)))
         invalid = sum(1 for row in staged if row[4] is not None)
         _step(steps, "query", f"ok: {len(staged)} sample rows, {invalid} invalid")
+        if definition.experiment is not None or settings.global_holdout_percent:
+            _step(steps, "experiment", _experiment(settings, sync))
         context = SyncContext(definition.name, definition.mode, tuple(sorted(definition.fields)))
         with SyncEngine(settings, transport).connector_session(sync, context) as connector:
             connector.check()
@@ -52,6 +54,28 @@ def _check_sync(
         _step(steps, "error", str(exc))
         return {"sync": sync.name, "ok": False, "exit_code": int(exc.exit_code), "steps": steps}
     return {"sync": sync.name, "ok": True, "exit_code": 0, "steps": steps}
+
+
+def _experiment(settings: Settings, sync: LoadedSync) -> str:
+    """The holdout against the phases recorded so far: a split changed mid-phase is the
+    same configuration error here as in a run (syncer.experiments)."""
+    from syncer.experiments import prepare
+
+    engine = state_engine(settings.state_url.get_secret_value())
+    with state_errors(settings.state_url.get_secret_value()), engine.connect() as conn:
+        prepared = prepare(reading(conn), sync, settings)
+        conn.rollback()
+    parts = []
+    own, glob = prepared.assignment.sync, prepared.assignment.global_
+    if own is not None:
+        starts = any(row == sync.definition.name for row, _ in prepared.phases.starts)
+        parts.append(
+            f"phase {own.phase}, {own.percent:g}% held out"
+            + (" (starts with the next run)" if starts else "")
+        )
+    if glob is not None:
+        parts.append(f"global holdout {glob.percent:g}%")
+    return "ok: " + ", ".join(parts)
 
 
 def run_checks(

@@ -250,3 +250,26 @@ def test_forget_erases_a_held_out_members_history(story: Story, tmp_path: Path) 
     assert code == 0, out
     assert person not in {r["member_key"] for r in history(story)}
     assert len(history(story)) == 59
+
+
+def test_check_reports_the_experiment_and_refuses_a_changed_split(
+    story: Story, tmp_path: Path
+) -> None:
+    story.segment(emails(20))
+    with_experiment(tmp_path / "mappings", percent=10)
+
+    def experiment_step() -> tuple[int, str]:
+        code, doc, _ = story.cli("check", "vip", "--json")
+        steps = [step for r in doc["checks"] for step in r["steps"]]
+        said = " ".join(s["result"] for s in steps if s["step"] in ("experiment", "error"))
+        return code, said
+
+    code, said = experiment_step()
+    assert code == 0, said
+    assert said == "ok: phase 1, 10% held out (starts with the next run)"
+    assert story.cli("sync", "now", "vip")[0] == 0
+    assert experiment_step() == (0, "ok: phase 1, 10% held out")
+    with_experiment(tmp_path / "mappings", percent=15)
+    code, said = experiment_step()
+    assert code == 78, said
+    assert "changed within phase 1" in said
