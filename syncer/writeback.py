@@ -1,0 +1,829 @@
+"""Write-back: every finished run of a sync, its membership changes and its audit outcomes,
+appended to tables in the sync's own warehouse, so analysts join them to outcomes there.
+
+Four tables in the sync's ``writeback.schema`` (default SYNCER_WRITEBACK_SCHEMA; on SQLite,
+which has no schemas, in the warehouse file itself), created on first use:
+
+- ``syncer_runs``: one row per run, as the state database's ``syncer_runs`` has it.
+- ``syncer_membership``: the slowly-changing membership table mirrored, one row per stay;
+  the rows a run touched (entered or exited by it) replace their earlier version, by id.
+- ``syncer_membership_events``: one row per entry (``enter``) or exit (``exit``) of a run.
+- ``syncer_audit``: the run's audit events (one per record sent, with its outcome).
+
+Idempotent: everything for one run is written in one warehouse transaction that first
+deletes what that run wrote before (by run id; membership rows by id), so a run written
+twice is there once. A run's ``syncer_runs`` row is in that transaction too, so when it is
+absent nothing else of the run is there and the deletes are skipped. Only after the commit
+does the state database note the run in ``syncer_writeback``: a crash in between writes it
+again next time, which changes nothing.
+
+Pending = the sync's finished runs without a ``syncer_writeback`` row, oldest first; each
+call writes them all, so a failed write-back (warehouse down, a grant missing) is retried by
+the next run, and turning write-back on for a sync with a history writes that history.
+A failure never touches the sync's state or its run: it comes back as ``Report.error``.
+
+Rows are read from the state database in pages and loaded in bulk: COPY on PostgreSQL,
+newline-delimited JSON files read by ``read_json`` on DuckDB (its ``executemany`` is a
+round trip per row), ``executemany`` on SQLite. See docs/operations/writeback.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, create_engine, exists, make_url, select, text
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import NullPool
+
+from syncer.dist import missing_driver
+from syncer.enums import RunStatus
+from syncer.errors import ConfigError, where
+from syncer.log import get_logger
+from syncer.mapping import SyncDefinition
+from syncer.settings import Settings
+from syncer.state import runs_table, utcnow, writeback_table, writing
+
+log = get_logger("syncer.writeback")
+
+#: State rows read, and rows loaded, per round trip.
+PAGE = 10_000
+
+RUNS, MEMBERSHIP, EVENTS, AUDIT = (
+    "syncer_runs",
+    "syncer_membership",
+    "syncer_membership_events",
+    "syncer_audit",
+)
+TABLES = (RUNS, MEMBERSHIP, EVENTS, AUDIT)
+
+Columns = tuple[tuple[str, str], ...]
+#: (name, kind) per table; kinds map to each dialect's types in ``_TYPES``.
+COLUMNS: dict[str, Columns] = {
+    RUNS: (
+        ("run_id", "text"),
+        ("sync", "text"),
+        ("status", "text"),
+        ("trigger", "text"),
+        ("mode", "text"),
+        ("full_resync", "int"),
+        ("started_at", "ts"),
+        ("finished_at", "ts"),
+        ("source_rows", "int"),
+        ("added", "int"),
+        ("removed", "int"),
+        ("updated", "int"),
+        ("unchanged", "int"),
+        ("rejected", "int"),
+        ("invalid", "int"),
+        ("failed", "int"),
+        ("pending", "int"),
+        ("message", "text"),
+        ("stats", "text"),
+        ("written_at", "ts"),
+    ),
+    MEMBERSHIP: (
+        ("id", "int"),
+        ("sync", "text"),
+        ("member_key", "text"),
+        ("key", "text"),
+        ("phase", "int"),
+        ("grp", "text"),
+        ("entered_at", "ts"),
+        ("entered_run", "text"),
+        ("exited_at", "ts"),
+        ("exited_run", "text"),
+    ),
+    EVENTS: (
+        ("run_id", "text"),
+        ("sync", "text"),
+        ("membership_id", "int"),
+        ("member_key", "text"),
+        ("key", "text"),
+        ("phase", "int"),
+        ("grp", "text"),
+        ("event", "text"),
+        ("at", "ts"),
+    ),
+    AUDIT: (
+        ("run_id", "text"),
+        ("sync", "text"),
+        ("event_id", "int"),
+        ("key", "text"),
+        ("operation", "text"),
+        ("outcome", "text"),
+        ("reason", "text"),
+        ("at", "ts"),
+    ),
+}
+#: Primary keys (SQLite and PostgreSQL; DuckDB gets none: its constraints make bulk loads
+#: slow, and every write deletes before it inserts anyway).
+_KEYS = {RUNS: "run_id", MEMBERSHIP: "id"}
+_RUN_INDEXED = (EVENTS, AUDIT)
+
+_TYPES = {
+    "sqlite": {"text": "TEXT", "int": "INTEGER", "ts": "TIMESTAMP"},
+    "duckdb": {"text": "VARCHAR", "int": "BIGINT", "ts": "TIMESTAMPTZ"},
+    "postgresql": {"text": "TEXT", "int": "BIGINT", "ts": "TIMESTAMPTZ"},
+}
+
+_RUN_FIELDS = tuple(name for name, _ in COLUMNS[RUNS] if name not in ("run_id", "written_at"))
+
+
+def enabled(settings: Settings, definition: SyncDefinition) -> bool:
+    """On when the sync's ``writeback:`` block says so, else when SYNCER_WRITEBACK is true."""
+    block = definition.writeback
+    return block.enabled if block is not None else settings.writeback
+
+
+def schema_of(settings: Settings, definition: SyncDefinition) -> str:
+    block = definition.writeback
+    return (block.schema_ if block is not None else None) or settings.writeback_schema
+
+
+@dataclass(slots=True)
+class Report:
+    """What one write-back did; ``error`` says why it stopped (nothing is raised)."""
+
+    sync: str
+    runs: int = 0
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    left: int = 0  # pending runs not written (a failure or a stop came first)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "status": "failed" if self.error else "ok",
+            "runs_written": self.runs,
+            "runs_left": self.left,
+            "rows": dict(self.rows),
+            "duration_s": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+class WritebackError(Exception):
+    """A write-back that cannot go on; the message is fit for users (no keys, no URLs)."""
+
+
+def after_run(
+    settings: Settings,
+    state: Engine,
+    definition: SyncDefinition,
+    warnings: list[str],
+    stop: Callable[[], bool] = lambda: False,
+) -> Report | None:
+    """The engine's hook, still holding the sync's lease: write pending runs back if the
+    sync asks for it; a failure becomes one line in ``warnings``, never an exception."""
+    if not enabled(settings, definition):
+        return None
+    report = write_pending(settings, state, definition, stop=stop)
+    if report.error is not None:
+        warnings.append(
+            f"write-back to the warehouse failed: {report.error}; the run itself is recorded,"
+            " and write-back is tried again after the next run (or `syncer writeback`)"
+        )
+    return report
+
+
+def write_pending(
+    settings: Settings,
+    state: Engine,
+    definition: SyncDefinition,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+) -> Report:
+    """Write every pending run of the sync, oldest first, each in one transaction."""
+    name = definition.name
+    report = Report(name)
+    started = time.monotonic()
+    step = "read the state database"
+    schema = schema_of(settings, definition)
+    url: str | None = None
+    try:
+        pending = _pending_runs(state, name)
+        report.left = len(pending)
+        if pending:
+            step = "connect"
+            url = settings.warehouse(definition.source.warehouse)
+            with _open(url, schema) as target:
+                step = "prepare"
+                target.prepare()
+                for run in pending:
+                    if stop():
+                        break
+                    step = "write"
+                    counts = target.write_run(run, state)
+                    step = "mark as written in the state database"
+                    _mark_written(state, name, run["id"])
+                    report.runs += 1
+                    report.left -= 1
+                    for table, n in counts.items():
+                        report.rows[table] += n
+    except Exception as exc:  # never the run's problem: reported, retried next run
+        report.error = _reason(exc, step, schema, url)
+        log.warning(
+            "writeback.failed",
+            sync=name,
+            step=step,
+            error=type(exc).__name__,
+            reason=report.error,
+            runs_written=report.runs,
+            runs_left=report.left,
+        )
+    report.seconds = time.monotonic() - started
+    if report.runs:
+        log.info(
+            "writeback.written",
+            sync=name,
+            runs=report.runs,
+            duration_s=round(report.seconds, 3),
+            **report.rows,
+        )
+    return report
+
+
+# -- the state database side ---------------------------------------------------------------
+
+
+def _pending_runs(state: Engine, sync: str) -> list[dict[str, Any]]:
+    r, w = runs_table, writeback_table
+    columns = [r.c.id, *(r.c[name] for name in _RUN_FIELDS)]
+    query = (
+        select(*columns)
+        .where(
+            r.c.sync == sync,
+            r.c.status != RunStatus.RUNNING,
+            ~exists().where(w.c.sync == r.c.sync, w.c.run_id == r.c.id),
+        )
+        .order_by(r.c.started_at, r.c.id)
+    )
+    with state.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _mark_written(state: Engine, sync: str, run_id: str) -> None:
+    w = writeback_table
+    with state.connect() as conn, writing(conn):
+        conn.execute(w.delete().where(w.c.sync == sync, w.c.run_id == run_id))
+        conn.execute(w.insert().values(sync=sync, run_id=run_id, written_at=utcnow()))
+
+
+_MEMBERSHIP_SQL = (
+    "SELECT id, sync, member_key, key, phase, grp, entered_at, entered_run, exited_at,"
+    " exited_run FROM syncer_membership WHERE sync = :sync AND {where}"
+)
+_TOUCHED = (
+    "entered_run = :run",
+    # A stay entered and left by the same run is read once, with the first.
+    "exited_run = :run AND (entered_run IS NULL OR entered_run <> :run)",
+)
+_AUDIT_SQL = "SELECT id, key, operation, outcome, reason, at FROM syncer_events WHERE run_id = :run"
+
+
+def _pages(state: Engine, sql: str, params: dict[str, Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of ``sql`` in pages of PAGE, streamed: memory stays flat whatever the run's size."""
+    with state.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=PAGE).execute(
+            text(sql), params
+        )
+        for part in result.partitions():
+            yield [tuple(row) for row in part]
+
+
+def _membership_pages(state: Engine, sync: str, run_id: str) -> Iterator[list[tuple[Any, ...]]]:
+    for touched in _TOUCHED:
+        sql = _MEMBERSHIP_SQL.format(where=touched)
+        for page in _pages(state, sql, {"sync": sync, "run": run_id}):
+            yield [_membership_row(row) for row in page]
+
+
+def _membership_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    mid, sync, member_key, key, phase, grp, entered_at, entered_run, exited_at, exited_run = row
+    return (
+        mid,
+        sync,
+        member_key,
+        key,
+        phase,
+        grp,
+        _utc(entered_at),
+        entered_run,
+        _utc(exited_at),
+        exited_run,
+    )
+
+
+def _events_of(run_id: str, page: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The entries and exits a run made, from the membership rows it touched."""
+    events = []
+    for (
+        mid,
+        sync,
+        member_key,
+        key,
+        phase,
+        grp,
+        entered_at,
+        entered_run,
+        exited_at,
+        exited_run,
+    ) in page:
+        if entered_run == run_id:
+            events.append((run_id, sync, mid, member_key, key, phase, grp, "enter", entered_at))
+        if exited_run == run_id:
+            events.append((run_id, sync, mid, member_key, key, phase, grp, "exit", exited_at))
+    return events
+
+
+def _audit_pages(state: Engine, sync: str, run_id: str) -> Iterator[list[tuple[Any, ...]]]:
+    for page in _pages(state, _AUDIT_SQL, {"run": run_id}):
+        yield [
+            (run_id, sync, eid, key, op, outcome, reason, _utc(at))
+            for eid, key, op, outcome, reason, at in page
+        ]
+
+
+def _utc(value: Any) -> str | None:
+    """A stored timestamp as ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC. SQLite state already
+    holds that text (SQLAlchemy's format, UTC), passed on as it is; PostgreSQL gives aware
+    datetimes."""
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return str(value.strftime("%Y-%m-%d %H:%M:%S.%f"))
+
+
+def _run_row(run: dict[str, Any]) -> tuple[Any, ...]:
+    values = [run["id"]]
+    for name, kind in COLUMNS[RUNS][1:-1]:
+        value = run[name]
+        values.append(_utc(value) if kind == "ts" else value)
+    values.append(_utc(utcnow()))
+    return tuple(values)
+
+
+# -- the warehouse side ----------------------------------------------------------------------
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Target:
+    """One warehouse connection (the driver's own: bulk loads need it), per dialect."""
+
+    dialect = ""
+    mark = "?"
+
+    def __init__(self, raw: Any, schema: str | None, url: str) -> None:
+        self.raw = raw
+        self.db = raw.driver_connection
+        self.schema = schema
+        self.url = url
+
+    # helpers
+
+    def name(self, table: str) -> str:
+        return f"{_quote(self.schema)}.{_quote(table)}" if self.schema else _quote(table)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cursor = self.db.cursor()
+        try:
+            cursor.execute(sql, tuple(params))
+            return cursor.fetchall() if cursor.description else None
+        finally:
+            cursor.close()
+
+    def columns(self, table: str) -> str:
+        return ", ".join(_quote(name) for name, _ in COLUMNS[table])
+
+    def placeholders(self, table: str) -> str:
+        return ", ".join([self.mark] * len(COLUMNS[table]))
+
+    def ddl(self, table: str) -> list[str]:
+        types = _TYPES[self.dialect]
+        key = _KEYS.get(table) if self.dialect != "duckdb" else None
+        body = ", ".join(
+            f"{_quote(n)} {types[k]}" + (" NOT NULL PRIMARY KEY" if n == key else "")
+            for n, k in COLUMNS[table]
+        )
+        statements = [f"CREATE TABLE IF NOT EXISTS {self.name(table)} ({body})"]
+        if table in _RUN_INDEXED and self.dialect != "duckdb":
+            index = _quote(f"{table}_run")
+            on = f"{self.name(table)} ({_quote('run_id')})"
+            if self.dialect == "sqlite":
+                statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {on}")
+            else:
+                statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {on}")
+        return statements
+
+    # steps
+
+    def begin(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    def rollback(self) -> None:
+        self.db.rollback()
+
+    def has_table(self, table: str) -> bool:
+        raise NotImplementedError
+
+    def has_schema(self) -> bool:
+        return True
+
+    def create_schema(self) -> None:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """The schema and the tables, created where missing (each only when missing, so a
+        user granted INSERT/DELETE/SELECT on tables an admin created needs nothing more)."""
+        self.begin()
+        creating = "tables"
+        try:
+            if self.has_table("syncer_meta"):
+                where = f"schema {self.schema!r}" if self.schema else "the warehouse file"
+                raise WritebackError(
+                    f"{where} holds a syncer state database (syncer_meta): the write-back"
+                    " tables would collide with its own; point writeback.schema elsewhere"
+                )
+            if self.schema and not self.has_schema():
+                creating = "schema"
+                self.create_schema()
+                creating = "tables"
+            for table in TABLES:
+                if not self.has_table(table):
+                    for statement in self.ddl(table):
+                        self.execute(statement)
+            self.commit()
+        except BaseException as exc:
+            self.rollback()
+            if _refused(exc):
+                raise WritebackError(self.grant_needed(creating)) from None
+            raise
+
+    def grant_needed(self, creating: str) -> str:
+        """Which grant creating the schema or the tables needs (PostgreSQL's words)."""
+        user, database = _who(self.url)
+        schema = self.schema
+        if creating == "schema":
+            return (
+                f"no right to create schema {schema!r}: GRANT CREATE ON DATABASE {database}"
+                f" TO {user}, or create the schema yourself and GRANT USAGE, CREATE ON SCHEMA"
+                f" {schema} TO {user}"
+            )
+        return (
+            f"no right to create the write-back tables in schema {schema!r}: GRANT USAGE,"
+            f" CREATE ON SCHEMA {schema} TO {user} (or create them: docs/operations/writeback.md)"
+        )
+
+    def row(self, table: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row as bound: timestamps with their offset, read as UTC whatever the session's
+        TimeZone (SQLite keeps the state database's text, UTC without an offset)."""
+        return _with_offset(row, _stamp_positions(table))
+
+    def write_run(self, run: dict[str, Any], state: Engine) -> dict[str, int]:
+        """One run, in one transaction: its earlier rows out, its rows in."""
+        run_id, sync = run["id"], run["sync"]
+        counts = dict.fromkeys(TABLES, 0)
+        self.begin()
+        try:
+            seen = self.execute(
+                f"SELECT count(*) FROM {self.name(RUNS)} WHERE run_id = {self.mark}", [run_id]
+            )[0][0]
+            if seen:
+                for table in (RUNS, EVENTS, AUDIT):
+                    self.execute(
+                        f"DELETE FROM {self.name(table)} WHERE run_id = {self.mark}", [run_id]
+                    )
+            # The run's row first: on PostgreSQL its primary key makes a second writer of
+            # the same run wait, then fail, instead of writing it twice.
+            self.execute(
+                f"INSERT INTO {self.name(RUNS)} ({self.columns(RUNS)})"
+                f" VALUES ({self.placeholders(RUNS)})",
+                self.row(RUNS, _run_row(run)),
+            )
+            counts[RUNS] = 1
+            counts[MEMBERSHIP], counts[EVENTS] = self.load_membership(
+                run_id, _membership_pages(state, sync, run_id)
+            )
+            counts[AUDIT] = self.load(AUDIT, _audit_pages(state, sync, run_id))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return counts
+
+    def load_membership(
+        self, run_id: str, pages: Iterator[list[tuple[Any, ...]]]
+    ) -> tuple[int, int]:
+        """Replace the touched membership rows by id, and add the run's events."""
+        rows = events = 0
+        for page in pages:
+            self.delete_ids([row[0] for row in page])
+            rows += self.load(MEMBERSHIP, iter([page]))
+            events += self.load(EVENTS, iter([_events_of(run_id, page)]))
+        return rows, events
+
+    def delete_ids(self, ids: list[int]) -> None:
+        raise NotImplementedError
+
+    def load(self, table: str, pages: Iterator[list[tuple[Any, ...]]]) -> int:
+        raise NotImplementedError
+
+
+class _SQLite(_Target):
+    dialect = "sqlite"
+
+    def __init__(self, raw: Any, schema: str | None, url: str) -> None:
+        super().__init__(raw, None, url)  # no schemas: the tables go in the file itself
+        self.db.isolation_level = None  # transactions are ours (BEGIN IMMEDIATE)
+        self.execute("PRAGMA busy_timeout = 10000")
+
+    def begin(self) -> None:
+        self.execute("BEGIN IMMEDIATE")
+
+    def row(self, table: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return row
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.execute("ROLLBACK")
+
+    def has_table(self, table: str) -> bool:
+        found = self.execute(
+            "SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", [table]
+        )
+        return bool(found)
+
+    def delete_ids(self, ids: list[int]) -> None:
+        if ids:
+            self.execute(
+                f"DELETE FROM {self.name(MEMBERSHIP)} WHERE id IN (SELECT value FROM json_each(?))",
+                [orjson.dumps(ids).decode()],
+            )
+
+    def load(self, table: str, pages: Iterator[list[tuple[Any, ...]]]) -> int:
+        sql = (
+            f"INSERT INTO {self.name(table)} ({self.columns(table)})"
+            f" VALUES ({self.placeholders(table)})"
+        )
+        n = 0
+        for page in pages:
+            if page:
+                self.db.executemany(sql, page)
+                n += len(page)
+        return n
+
+
+def _with_offset(row: tuple[Any, ...], stamps: tuple[int, ...]) -> tuple[Any, ...]:
+    values = list(row)
+    for i in stamps:
+        if values[i] is not None:
+            values[i] += "+00:00"
+    return tuple(values)
+
+
+def _stamp_positions(table: str) -> tuple[int, ...]:
+    return tuple(i for i, (_, kind) in enumerate(COLUMNS[table]) if kind == "ts")
+
+
+class _Postgres(_Target):
+    dialect = "postgresql"
+    mark = "%s"
+
+    def has_schema(self) -> bool:
+        return bool(self.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]))
+
+    def create_schema(self) -> None:
+        self.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema or '')}")
+
+    def has_table(self, table: str) -> bool:
+        found = self.execute(
+            "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+            [self.schema, table],
+        )
+        return bool(found)
+
+    def delete_ids(self, ids: list[int]) -> None:
+        if ids:
+            self.execute(f"DELETE FROM {self.name(MEMBERSHIP)} WHERE id = ANY(%s)", [ids])
+
+    def load(self, table: str, pages: Iterator[list[tuple[Any, ...]]]) -> int:
+        stamps = _stamp_positions(table)
+        n = 0
+        cursor = self.db.cursor()
+        try:
+            for page in pages:
+                if not page:
+                    continue
+                with cursor.copy(
+                    f"COPY {self.name(table)} ({self.columns(table)}) FROM STDIN"
+                ) as copy:
+                    for row in page:
+                        copy.write_row(_with_offset(row, stamps))
+                n += len(page)
+        finally:
+            cursor.close()
+        return n
+
+
+class _DuckDB(_Target):
+    dialect = "duckdb"
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        result = self.db.execute(sql, list(params))
+        return result.fetchall() if result.description else None
+
+    def begin(self) -> None:
+        self.db.begin()
+
+    def has_schema(self) -> bool:
+        found = self.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = ?"
+            " AND catalog_name = current_database()",
+            [self.schema],
+        )
+        return bool(found)
+
+    def create_schema(self) -> None:
+        self.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema or '')}")
+
+    def has_table(self, table: str) -> bool:
+        found = self.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
+            " AND table_catalog = current_database()",
+            [self.schema or "main", table],
+        )
+        return bool(found)
+
+    def load_membership(
+        self, run_id: str, pages: Iterator[list[tuple[Any, ...]]]
+    ) -> tuple[int, int]:
+        """All touched rows into a temporary table in one read_json, then three statements:
+        old versions out, new ones in, and the events derived from them."""
+        with tempfile.TemporaryDirectory(prefix="syncer-writeback-") as tmp:
+            path = Path(tmp) / "membership.jsonl"
+            rows = _write_jsonl(path, MEMBERSHIP, pages)
+            if not rows:
+                return 0, 0
+            stage = _quote("syncer_writeback_stage")
+            self.execute(
+                f"CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM {_read(MEMBERSHIP)}",
+                [str(path)],
+            )
+        target = self.name(MEMBERSHIP)
+        self.execute(f"DELETE FROM {target} WHERE id IN (SELECT id FROM {stage})")
+        self.execute(f"INSERT INTO {target} SELECT * FROM {stage}")
+        common = "?, sync, id, member_key, key, phase, grp"
+        self.execute(
+            f"INSERT INTO {self.name(EVENTS)} ({self.columns(EVENTS)})"
+            f" SELECT {common}, 'enter', entered_at FROM {stage} WHERE entered_run = ?"
+            f" UNION ALL SELECT {common}, 'exit', exited_at FROM {stage} WHERE exited_run = ?",
+            [run_id, run_id, run_id, run_id],
+        )
+        events = self.execute(
+            f"SELECT (SELECT count(*) FROM {stage} WHERE entered_run = ?)"
+            f" + (SELECT count(*) FROM {stage} WHERE exited_run = ?)",
+            [run_id, run_id],
+        )[0][0]
+        self.execute(f"DROP TABLE {stage}")
+        return rows, int(events)
+
+    def load(self, table: str, pages: Iterator[list[tuple[Any, ...]]]) -> int:
+        with tempfile.TemporaryDirectory(prefix="syncer-writeback-") as tmp:
+            path = Path(tmp) / f"{table}.jsonl"
+            n = _write_jsonl(path, table, pages)
+            if n:
+                self.execute(
+                    f"INSERT INTO {self.name(table)} ({self.columns(table)})"
+                    f" SELECT * FROM {_read(table)}",
+                    [str(path)],
+                )
+        return n
+
+
+def _read(table: str) -> str:
+    """DuckDB's reader of a JSONL file of ``table``'s rows (the path is parameter 1)."""
+    types = _TYPES["duckdb"]
+    columns = ", ".join(f"'{n}': '{types[k]}'" for n, k in COLUMNS[table])
+    return f"read_json(?, format = 'newline_delimited', columns = {{{columns}}})"
+
+
+def _write_jsonl(path: Path, table: str, pages: Iterator[list[tuple[Any, ...]]]) -> int:
+    """Rows as JSON objects, one a line, in a file only this process can read (they hold
+    keys); timestamps with their offset so DuckDB reads them as UTC whatever its TimeZone."""
+    names = [n for n, _ in COLUMNS[table]]
+    stamps = _stamp_positions(table)
+    n = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        for page in pages:
+            out.write(
+                b"".join(
+                    orjson.dumps(dict(zip(names, _with_offset(row, stamps), strict=True))) + b"\n"
+                    for row in page
+                )
+            )
+            n += len(page)
+    return n
+
+
+_TARGETS: dict[str, type[_Target]] = {"sqlite": _SQLite, "postgresql": _Postgres, "duckdb": _DuckDB}
+
+
+@contextmanager
+def _open(url: str, schema: str) -> Iterator[_Target]:
+    """A connection of its own to the warehouse (not the read-only one syncs read with)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("warehouse URL is not a valid SQLAlchemy URL") from None
+    backend = parsed.get_backend_name()
+    cls = _TARGETS.get(backend)
+    if cls is None:
+        raise WritebackError(
+            f"write-back supports SQLite, DuckDB and PostgreSQL warehouses, not {backend}"
+        )
+    database = parsed.database or ""
+    local = backend in ("sqlite", "duckdb") and database not in ("", ":memory:")
+    if local and not Path(database).exists():
+        raise ConfigError(f"warehouse database file {database} does not exist")
+    try:
+        engine = create_engine(parsed, poolclass=NullPool)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise missing_driver(parsed, exc, "warehouse URL") from None
+    try:
+        raw = engine.raw_connection()
+        try:
+            yield cls(raw, schema, url)
+        finally:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                raw.close()
+    finally:
+        engine.dispose()
+
+
+# -- what a failure means --------------------------------------------------------------------
+
+
+def _refused(exc: BaseException) -> bool:
+    """PostgreSQL's insufficient_privilege (SQLSTATE 42501)."""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) == "42501"
+
+
+def _reason(exc: BaseException, step: str, schema: str, url: str | None) -> str:
+    """Why a write-back stopped, for a warning line and the log: the missing grant when the
+    warehouse refused one, else the driver's first line without the values it quotes."""
+    from syncer.warehouse import _db_text
+
+    if isinstance(exc, (WritebackError, ConfigError)):
+        return str(exc)
+    orig = getattr(exc, "orig", None) or exc
+    if _refused(exc):
+        user, _ = _who(url)
+        return (
+            f"no right to write the write-back tables in schema {schema!r}: GRANT USAGE ON"
+            f" SCHEMA {schema} TO {user}; GRANT SELECT, INSERT, DELETE ON ALL TABLES IN"
+            f" SCHEMA {schema} TO {user}"
+        )
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == 8:
+        return "the warehouse file is read-only for this process (write-back needs to write it)"
+    if type(orig).__module__.startswith(("sqlite3", "psycopg", "_duckdb", "duckdb")) or hasattr(
+        exc, "orig"
+    ):
+        known = " ".join([schema, *TABLES])
+        detail = _db_text(str(orig), known) or type(orig).__name__
+        if step == "connect":
+            return f"cannot connect to the warehouse: {detail}"
+        return f"{step} failed: {detail}"
+    return f"internal error ({where(exc)})"
+
+
+def _who(url: str | None) -> tuple[str, str]:
+    """The warehouse user and database, for a GRANT to copy (never the password)."""
+    try:
+        parsed = make_url(url or "")
+    except ArgumentError:
+        return "<user>", "<database>"
+    return parsed.username or "<user>", parsed.database or "<database>"
