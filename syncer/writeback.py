@@ -295,10 +295,10 @@ _AUDIT_SQL = "SELECT id, key, operation, outcome, reason, at FROM syncer_events 
 def _pages(state: Engine, sql: str, params: dict[str, Any]) -> Iterator[list[tuple[Any, ...]]]:
     """Rows of ``sql`` in pages of PAGE, streamed: memory stays flat whatever the run's size."""
     with state.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=PAGE).execute(
-            text(sql), params
-        )
-        for part in result.partitions():
+        # Result.yield_per, not the execution option alone: that hands SQLite rows back
+        # one at a time (see syncer.warehouse.stream).
+        result = conn.execution_options(stream_results=True).execute(text(sql), params)
+        for part in result.yield_per(PAGE).partitions():
             yield [tuple(row) for row in part]
 
 
@@ -817,6 +817,8 @@ def _reason(exc: BaseException, step: str, schema: str, url: str | None) -> str:
         if step == "connect":
             return f"cannot connect to the warehouse: {detail}"
         return f"{step} failed: {detail}"
+    if isinstance(exc, OSError):  # a temporary file (DuckDB's bulk load): disk full...
+        return f"{step} failed: {exc.strerror or type(exc).__name__}"
     return f"internal error ({where(exc)})"
 
 
