@@ -30,7 +30,8 @@ def writeback_command(ctx: Ctx, names: tuple[str, ...], as_json: bool) -> None:
 
     Each run is written in one transaction and at most once, so this is safe to repeat. A
     sync that is running is skipped (its run writes back when it ends). Exit 0 when every
-    pending run was written, 1 when one could not be (with the reason)."""
+    pending run was written, 1 when one could not be (with the reason), 75 when stopped by
+    SIGTERM/SIGINT between runs."""
     import threading
 
     from syncer.errors import ExitCode, LeaseHeld, SyncerError
@@ -64,7 +65,9 @@ def writeback_command(ctx: Ctx, names: tuple[str, ...], as_json: bool) -> None:
                 continue
             reports.append(report.as_dict())
     failed = [r for r in reports if r["error"]]
-    code = int(ExitCode.PROBLEMS) if failed or stop.is_set() else int(ExitCode.OK)
+    code = int(ExitCode.PROBLEMS) if failed else int(ExitCode.OK)
+    if stop.is_set():  # as `syncer prune`: run it again to finish
+        code = int(ExitCode.TEMPFAIL)
     if as_json:
         _emit_json(
             {

@@ -214,7 +214,7 @@ def write_pending(
     try:
         pending = _pending_runs(state, name)
         report.left = len(pending)
-        if pending:
+        if pending and not stop():
             step = "connect"
             url = settings.warehouse(definition.source.warehouse)
             with _open(url, schema) as target:
