@@ -80,11 +80,13 @@ class World:
             engine.dispose()
 
 
-def _world(tmp_path: Path, dialect: str, warehouse: str, schema: str | None) -> World:
+def _world(
+    tmp_path: Path, dialect: str, warehouse: str, schema: str | None, state: str | None = None
+) -> World:
     mappings = tmp_path / "mappings"
     mappings.mkdir()
     (mappings / "vip.yaml").write_text(MAPPING.format(schema=schema or "ignored_on_sqlite"))
-    state = f"sqlite:///{tmp_path / 'state.db'}"
+    state = state or f"sqlite:///{tmp_path / 'state.db'}"
     env = {
         "SYNCER_WAREHOUSE_URL": warehouse,
         "SYNCER_STATE_URL": state,
@@ -93,12 +95,14 @@ def _world(tmp_path: Path, dialect: str, warehouse: str, schema: str | None) -> 
     return World(dialect, warehouse, state, schema, env)
 
 
-@pytest.fixture(params=["sqlite", "duckdb", "postgres"])
+# "postgres-state": the state database on PostgreSQL too (its timestamps are formatted by SQL).
+@pytest.fixture(params=["sqlite", "duckdb", "postgres", "postgres-state"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
         url = request.getfixturevalue("postgres_url")
         schema = f"wb_{uuid.uuid4().hex[:10]}"
-        yield _world(tmp_path, "postgres", url, schema)
+        state = url if request.param == "postgres-state" else None
+        yield _world(tmp_path, "postgres", url, schema, state)
         admin = sa.create_engine(PG_BASE)
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
