@@ -523,7 +523,7 @@ class _Target:
             )
             counts[RUNS] = 1
             counts[MEMBERSHIP], counts[EVENTS] = self.load_membership(
-                run_id, _membership_pages(state, sync, run_id)
+                run_id, sync, _membership_pages(state, sync, run_id)
             )
             counts[AUDIT] = self.load(AUDIT, _audit_pages(state, sync, run_id))
             self.commit()
@@ -533,7 +533,7 @@ class _Target:
         return counts
 
     def load_membership(
-        self, run_id: str, pages: Iterator[list[tuple[Any, ...]]]
+        self, run_id: str, sync: str, pages: Iterator[list[tuple[Any, ...]]]
     ) -> tuple[int, int]:
         """Replace the touched membership rows by id, and add the run's events."""
         rows = events = 0
@@ -678,37 +678,33 @@ class _DuckDB(_Target):
         return bool(found)
 
     def load_membership(
-        self, run_id: str, pages: Iterator[list[tuple[Any, ...]]]
+        self, run_id: str, sync: str, pages: Iterator[list[tuple[Any, ...]]]
     ) -> tuple[int, int]:
-        """All touched rows into a temporary table in one read_json, then three statements:
-        old versions out, new ones in, and the events derived from them."""
+        """The touched rows to a file, then three statements: their old versions out, the
+        new ones in, and the run's entries and exits derived from them in the table (no
+        temporary table: DuckDB would hold it all in memory)."""
+        target = self.name(MEMBERSHIP)
         with tempfile.TemporaryDirectory(prefix="syncer-writeback-") as tmp:
-            path = Path(tmp) / "membership.jsonl"
-            rows = _write_jsonl(path, MEMBERSHIP, pages)
+            path = str(Path(tmp) / "membership.jsonl")
+            rows = _write_jsonl(Path(path), MEMBERSHIP, pages)
             if not rows:
                 return 0, 0
-            stage = _quote("syncer_writeback_stage")
+            source = _read(MEMBERSHIP)
+            self.execute(f"DELETE FROM {target} WHERE id IN (SELECT id FROM {source})", [path])
             self.execute(
-                f"CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM {_read(MEMBERSHIP)}",
-                [str(path)],
+                f"INSERT INTO {target} ({self.columns(MEMBERSHIP)}) SELECT * FROM {source}",
+                [path],
             )
-        target = self.name(MEMBERSHIP)
-        self.execute(f"DELETE FROM {target} WHERE id IN (SELECT id FROM {stage})")
-        self.execute(f"INSERT INTO {target} SELECT * FROM {stage}")
         common = "?, sync, id, member_key, key, phase, grp"
-        self.execute(
+        inserted = self.execute(
             f"INSERT INTO {self.name(EVENTS)} ({self.columns(EVENTS)})"
-            f" SELECT {common}, 'enter', entered_at FROM {stage} WHERE entered_run = ?"
-            f" UNION ALL SELECT {common}, 'exit', exited_at FROM {stage} WHERE exited_run = ?",
-            [run_id, run_id, run_id, run_id],
+            f" SELECT {common}, 'enter', entered_at FROM {target}"
+            " WHERE sync = ? AND entered_run = ?"
+            f" UNION ALL SELECT {common}, 'exit', exited_at FROM {target}"
+            " WHERE sync = ? AND exited_run = ?",
+            [run_id, sync, run_id, run_id, sync, run_id],
         )
-        events = self.execute(
-            f"SELECT (SELECT count(*) FROM {stage} WHERE entered_run = ?)"
-            f" + (SELECT count(*) FROM {stage} WHERE exited_run = ?)",
-            [run_id, run_id],
-        )[0][0]
-        self.execute(f"DROP TABLE {stage}")
-        return rows, int(events)
+        return rows, int(inserted[0][0]) if inserted else 0
 
     def load(self, table: str, pages: Iterator[list[tuple[Any, ...]]]) -> int:
         with tempfile.TemporaryDirectory(prefix="syncer-writeback-") as tmp:
