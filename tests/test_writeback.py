@@ -411,3 +411,35 @@ def test_postgres_names_the_missing_grant_and_never_the_password(postgres_url: s
             conn.execute(sa.text(f"DROP OWNED BY {role}"))
             conn.execute(sa.text(f"DROP ROLE {role}"))
         admin.dispose()
+
+
+def test_turned_on_for_a_sync_with_a_history_writes_its_old_runs(world: World) -> None:
+    mapping = Path(world.env["SYNCER_MAPPINGS_DIR"]) / "vip.yaml"
+    on = mapping.read_text()
+    mapping.write_text(on.replace("enabled: true", "enabled: false"))
+    for n in (3, 5):
+        world.segment(n)
+        code, _, out, err = world.cli("sync", "now", "vip")
+        assert code == 0, out + err
+    mapping.write_text(on)
+    world.segment(6)
+    code, doc, out, err = world.cli("sync", "now", "vip", "--json")
+    assert code == 0 and doc["runs"][0]["warnings"] == [], out + err
+    runs = world.query(f"select added from {world.table('syncer_runs')} order by started_at")
+    assert runs == [(3,), (2,), (1,)]  # oldest first, all three
+    assert world.count("syncer_audit") == 6
+
+
+def test_writeback_skips_a_sync_that_is_running(tmp_path: Path) -> None:
+    world = _world(tmp_path, "sqlite", f"sqlite:///{tmp_path / 'shop.db'}", None)
+    world.segment(2)
+    code, _, out, err = world.cli("sync", "now", "vip")
+    assert code == 0, out + err
+    world.state_rows(
+        "insert into syncer_leases (sync, holder, host, pid, acquired_at, heartbeat_at,"
+        " expires_at) values ('vip', 'other', 'elsewhere', 1, 0, 0, 9e18)"
+    )
+    code, doc, out, err = world.cli("writeback", "--json")
+    assert code == 1, out + err
+    (report,) = doc["writebacks"]
+    assert report["status"] == "running" and "already running" in report["error"]
