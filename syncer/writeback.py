@@ -10,8 +10,8 @@ which has no schemas, in the warehouse file itself), created on first use:
 - ``syncer_membership_events``: one row per entry (``enter``) or exit (``exit``) of a run.
 - ``syncer_audit``: the run's audit events (one per record sent, with its outcome).
 
-Idempotent: everything for one run is written in one warehouse transaction that first
-deletes what that run wrote before (by run id; membership rows by id), so a run written
+Idempotent: everything for one run is written in one warehouse transaction (small runs
+share one, see ``_groups``) that first deletes what that run wrote before (by run id; membership rows by id), so a run written
 twice is there once. A run's ``syncer_runs`` row is in that transaction too, so when it is
 absent nothing else of the run is there and the deletes are skipped. Only after the commit
 does the state database note the run in ``syncer_writeback``: a crash in between writes it
@@ -204,7 +204,8 @@ def write_pending(
     *,
     stop: Callable[[], bool] = lambda: False,
 ) -> Report:
-    """Write every pending run of the sync, oldest first, each in one transaction."""
+    """Write every pending run of the sync, oldest first: each run in one transaction,
+    small runs several to a transaction (see ``_groups``)."""
     name = definition.name
     report = Report(name)
     started = time.monotonic()
@@ -220,15 +221,15 @@ def write_pending(
             with _open(url, schema) as target:
                 step = "prepare"
                 target.prepare()
-                for run in pending:
+                for group in _groups(pending):
                     if stop():
                         break
                     step = "write"
-                    counts = target.write_run(run, state)
+                    counts = target.write_runs(group, state)
                     step = "mark as written in the state database"
-                    _mark_written(state, name, run["id"])
-                    report.runs += 1
-                    report.left -= 1
+                    _mark_written(state, name, [run["id"] for run in group])
+                    report.runs += len(group)
+                    report.left -= len(group)
                     for table, n in counts.items():
                         report.rows[table] += n
     except Exception as exc:  # never the run's problem: reported, retried next run
@@ -273,11 +274,36 @@ def _pending_runs(state: Engine, sync: str) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def _mark_written(state: Engine, sync: str, run_id: str) -> None:
+#: Most runs, and most of their recorded changes, written in one warehouse transaction: a
+#: commit costs a flush to disk, which dominated the catch-up of many small runs (turning
+#: write-back on for a sync with a history); a big run still has a transaction of its own.
+GROUP_RUNS = 100
+GROUP_CHANGES = 50_000
+_CHANGES = ("added", "removed", "updated", "rejected", "invalid", "failed", "pending")
+
+
+def _groups(runs: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive runs, oldest first, in groups of at most GROUP_RUNS runs and (unless one
+    run alone is bigger) GROUP_CHANGES changes by their counters."""
+    group: list[dict[str, Any]] = []
+    changes = 0
+    for run in runs:
+        size = sum(int(run.get(name) or 0) for name in _CHANGES)
+        if group and (len(group) >= GROUP_RUNS or changes + size > GROUP_CHANGES):
+            yield group
+            group, changes = [], 0
+        group.append(run)
+        changes += size
+    if group:
+        yield group
+
+
+def _mark_written(state: Engine, sync: str, run_ids: list[str]) -> None:
     w = writeback_table
+    now = utcnow()
     with state.connect() as conn, writing(conn):
-        conn.execute(w.delete().where(w.c.sync == sync, w.c.run_id == run_id))
-        conn.execute(w.insert().values(sync=sync, run_id=run_id, written_at=utcnow()))
+        conn.execute(w.delete().where(w.c.sync == sync, w.c.run_id.in_(run_ids)))
+        conn.execute(w.insert(), [{"sync": sync, "run_id": r, "written_at": now} for r in run_ids])
 
 
 _MEMBERSHIP_SQL = (
@@ -500,37 +526,40 @@ class _Target:
         which SQLite keeps as it is and PostgreSQL reads in the session's TimeZone, UTC."""
         return row
 
-    def write_run(self, run: dict[str, Any], state: Engine) -> dict[str, int]:
-        """One run, in one transaction: its earlier rows out, its rows in."""
-        run_id, sync = run["id"], run["sync"]
+    def write_runs(self, runs: list[dict[str, Any]], state: Engine) -> dict[str, int]:
+        """Runs in one transaction: each run's earlier rows out, its rows in."""
         counts = dict.fromkeys(TABLES, 0)
         self.begin()
         try:
-            seen = self.execute(
-                f"SELECT count(*) FROM {self.name(RUNS)} WHERE run_id = {self.mark}", [run_id]
-            )[0][0]
-            if seen:
-                for table in (RUNS, EVENTS, AUDIT):
-                    self.execute(
-                        f"DELETE FROM {self.name(table)} WHERE run_id = {self.mark}", [run_id]
-                    )
-            # The run's row first: on PostgreSQL its primary key makes a second writer of
-            # the same run wait, then fail, instead of writing it twice.
-            self.execute(
-                f"INSERT INTO {self.name(RUNS)} ({self.columns(RUNS)})"
-                f" VALUES ({self.placeholders(RUNS)})",
-                self.row(RUNS, _run_row(run)),
-            )
-            counts[RUNS] = 1
-            counts[MEMBERSHIP], counts[EVENTS] = self.load_membership(
-                run_id, sync, _membership_pages(state, sync, run_id)
-            )
-            counts[AUDIT] = self.load(AUDIT, _audit_pages(state, sync, run_id))
+            for run in runs:
+                self.write_run(run, state, counts)
             self.commit()
         except BaseException:
             self.rollback()
             raise
         return counts
+
+    def write_run(self, run: dict[str, Any], state: Engine, counts: dict[str, int]) -> None:
+        """One run, inside the caller's transaction; adds what it wrote to ``counts``."""
+        run_id, sync = run["id"], run["sync"]
+        seen = self.execute(
+            f"SELECT count(*) FROM {self.name(RUNS)} WHERE run_id = {self.mark}", [run_id]
+        )[0][0]
+        if seen:
+            for table in (RUNS, EVENTS, AUDIT):
+                self.execute(f"DELETE FROM {self.name(table)} WHERE run_id = {self.mark}", [run_id])
+        # The run's row first: on PostgreSQL its primary key makes a second writer of
+        # the same run wait, then fail, instead of writing it twice.
+        self.execute(
+            f"INSERT INTO {self.name(RUNS)} ({self.columns(RUNS)})"
+            f" VALUES ({self.placeholders(RUNS)})",
+            self.row(RUNS, _run_row(run)),
+        )
+        members, events = self.load_membership(run_id, sync, _membership_pages(state, sync, run_id))
+        counts[RUNS] += 1
+        counts[MEMBERSHIP] += members
+        counts[EVENTS] += events
+        counts[AUDIT] += self.load(AUDIT, _audit_pages(state, sync, run_id))
 
     def load_membership(
         self, run_id: str, sync: str, pages: Iterator[list[tuple[Any, ...]]]
