@@ -11,11 +11,11 @@ which has no schemas, in the warehouse file itself), created on first use:
 - ``syncer_audit``: the run's audit events (one per record sent, with its outcome).
 
 Idempotent: everything for one run is written in one warehouse transaction (small runs
-share one, see ``_groups``) that first deletes what that run wrote before (by run id; membership rows by id), so a run written
-twice is there once. A run's ``syncer_runs`` row is in that transaction too, so when it is
-absent nothing else of the run is there and the deletes are skipped. Only after the commit
-does the state database note the run in ``syncer_writeback``: a crash in between writes it
-again next time, which changes nothing.
+share one, see ``_groups``) that first deletes what that run wrote before (by run id;
+membership rows by id), so a run written twice is there once. A run's ``syncer_runs`` row
+is in that transaction too, so when it is absent nothing else of the run is there and the
+deletes are skipped. Only after the commit does the state database note the run in
+``syncer_writeback``: a crash in between writes it again next time, which changes nothing.
 
 Pending = the sync's finished runs without a ``syncer_writeback`` row, oldest first; each
 call writes them all, so a failed write-back (warehouse down, a grant missing) is retried by
@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -464,6 +465,9 @@ class _Target:
     def begin(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def commit(self) -> None:
         self.db.commit()
 
@@ -670,6 +674,24 @@ class _Postgres(_Target):
 
 class _DuckDB(_Target):
     dialect = "duckdb"
+    _tmp: str | None = None
+
+    @contextmanager
+    def scratch(self, table: str) -> Iterator[Path]:
+        """A file for ``table``'s rows, removed once loaded, in a directory only this user
+        can enter (they hold keys), made once per write-back: creating and removing one per
+        run cost more than the run's statements."""
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="syncer-writeback-")
+        path = Path(self._tmp) / f"{table}.jsonl"
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def row(self, table: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
         # As UTC whatever the TimeZone: SET would change it for every connection of the
@@ -713,9 +735,9 @@ class _DuckDB(_Target):
         new ones in, and the run's entries and exits derived from them in the table (no
         temporary table: DuckDB would hold it all in memory)."""
         target = self.name(MEMBERSHIP)
-        with tempfile.TemporaryDirectory(prefix="syncer-writeback-") as tmp:
-            path = str(Path(tmp) / "membership.jsonl")
-            rows = _write_jsonl(Path(path), MEMBERSHIP, pages)
+        with self.scratch("membership") as scratch:
+            path = str(scratch)
+            rows = _write_jsonl(scratch, MEMBERSHIP, pages)
             if not rows:
                 return 0, 0
             source = _read(MEMBERSHIP)
@@ -736,8 +758,7 @@ class _DuckDB(_Target):
         return rows, int(inserted[0][0]) if inserted else 0
 
     def load(self, table: str, pages: Iterator[list[tuple[Any, ...]]]) -> int:
-        with tempfile.TemporaryDirectory(prefix="syncer-writeback-") as tmp:
-            path = Path(tmp) / f"{table}.jsonl"
+        with self.scratch(table) as path:
             n = _write_jsonl(path, table, pages)
             if n:
                 self.execute(
@@ -805,9 +826,11 @@ def _open(url: str, schema: str) -> Iterator[_Target]:
         raise missing_driver(parsed, exc, "warehouse URL") from None
     try:
         raw = engine.raw_connection()
+        target = cls(raw, schema, url)
         try:
-            yield cls(raw, schema, url)
+            yield target
         finally:
+            target.close()
             with contextlib.suppress(Exception):  # closing a broken connection
                 raw.close()
     finally:
