@@ -289,6 +289,8 @@ def sync_now(
     for result in results:  # on stderr in both forms, so pipelines' logs show why
         if result.message:
             click.echo(f"{result.sync}: {result.status}: {result.message}", err=True)
+        for warning in result.warnings:
+            click.echo(f"{result.sync}: warning: {warning}", err=True)
     sys.exit(code)
 
 
@@ -596,6 +598,10 @@ cli.add_command(lists)
 from syncer.cli_prune import prune  # noqa: E402
 
 cli.add_command(prune)
+
+from syncer.cli_writeback import writeback_command  # noqa: E402
+
+cli.add_command(writeback_command)
 
 
 def main() -> None:

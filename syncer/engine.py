@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncer import audit, experiments, recorder, rejects
+from syncer import audit, experiments, recorder, rejects, writeback
 from syncer.connector import Connector, SyncContext, effective_limits
 from syncer.destinations import preview as preview_named_list
 from syncer.destinations import resent as resent_counts
@@ -181,7 +181,12 @@ class SyncEngine:
             return RunResult(None, name, RunStatus.FAILED, {}, str(failure), int(failure.exit_code))
         try:
             with run_in_progress():
-                return self._run_leased(engine, run)
+                result = self._run_leased(engine, run)
+            # Still holding the lease; a failure is a warning, never the run's (issue 16).
+            writeback.after_run(
+                self.settings, engine, sync.definition, result.warnings, stop=self.stop.is_set
+            )
+            return result
         except SQLAlchemyError as exc:
             # The state database went away mid-run: nothing unacknowledged was committed, and
             # the run row may still say running; the next run marks it interrupted.

@@ -93,6 +93,9 @@ class RunResult:
     message: str | None = None
     exit_code: int = 0
     duration_s: float = 0.0
+    #: What went wrong beside the run without changing its status or exit code (a failed
+    #: write-back to the warehouse): one line each, printed on stderr.
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +105,7 @@ class RunResult:
             "exit_code": self.exit_code,
             "duration_s": round(self.duration_s, 3),
             "message": self.message,
+            "warnings": list(self.warnings),
             **self.counts,
         }
 
