@@ -190,7 +190,146 @@ def _write_atomically(path: Path, content: str) -> None:
 # -- text ----------------------------------------------------------------------------------
 
 
-def _print(document: dict[str, Any]) -> None:
-    from syncer.lift_text import render_text
+def _pct(x: float | None, signed: bool = False) -> str:
+    return "-" if x is None else f"{x * 100:{'+' if signed else ''}.2f}%"
 
-    click.echo(render_text(document), nl=False)
+
+def _pts(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:+.2f} pt"
+
+
+def _money(x: float | None, signed: bool = False) -> str:
+    """Cents below 1,000; whole units above, so the table keeps to 80 columns."""
+    if x is None:
+        return "-"
+    return f"{x:{'+' if signed else ''},.{2 if abs(x) < 1000 else 0}f}"
+
+
+def _count(x: float | None, signed: bool = False) -> str:
+    return "-" if x is None else f"{x:{'+' if signed else ''},.0f}"
+
+
+def _ci(ci: Any, fmt: Any) -> str:
+    if not ci or ci[0] is None:
+        return "-"
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "< 0.001" if x < 0.001 else f"= {x:.3f}"
+
+
+def _print(document: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    from syncer.output import stdout, table
+
+    window = document["window_days"]
+    for n, phase in enumerate(document["phases"]):
+        if n:
+            stdout.print()
+        t, h, a = phase["treated"], phase["holdout"], phase["analysis"]
+        since = (
+            f", since {phase['started_at'][:16].replace('T', ' ')} UTC"
+            if phase["started_at"]
+            else ""
+        )
+        percent = phase["holdout_percent"]
+        stdout.print(
+            escape(
+                f"{document['sync']} phase {phase['phase']}: {percent:g}% holdout{since},"
+                f" outcomes within {window} days of entry"
+            ),
+            style="bold",
+        )
+        conv, rev = a.get("conversion"), a.get("revenue")
+        if not a.get("enough_data") or conv is None or rev is None:
+            stdout.print(
+                escape(
+                    f"Not enough data yet: {h['members']:,} held-out members with"
+                    f" {h['conversions']:,} conversions ({a.get('reason') or 'below the minimum'});"
+                    f" {t['members']:,} treated members with {t['conversions']:,} conversions."
+                )
+            )
+        else:
+            verdict = "significant" if conv["p_value"] < 0.05 else "not significant"
+            stdout.print(
+                escape(
+                    f"Treated members converted {_pct(conv['treated'])} against"
+                    f" {_pct(conv['holdout'])} held out: {_pts(conv['difference'])}"
+                    f" ({_pct(conv['relative_lift'], True)}), p {_p(conv['p_value'])}"
+                    f" ({verdict} at 5%)."
+                )
+            )
+            grid = table(
+                "",
+                "",
+                "treated",
+                "holdout",
+                "difference",
+                "95% interval",
+                "p",
+                right=("treated", "holdout", "difference", "95% interval", "p"),
+            )
+            grid.add_row("members", _count(t["members"]), _count(h["members"]), "", "", "")
+            grid.add_row(
+                "conversion",
+                _pct(conv["treated"]),
+                _pct(conv["holdout"]),
+                _pts(conv["difference"]),
+                _ci(conv["difference_ci"], lambda x: f"{x * 100:+.2f}"),
+                _p(conv["p_value"]).lstrip("= "),
+            )
+            grid.add_row(
+                "revenue/member",
+                _money(rev["treated"]),
+                _money(rev["holdout"]),
+                _money(rev["difference"], True),
+                _ci(rev["difference_ci"], lambda x: _money(x, True)),
+                _p(rev["p_value"]).lstrip("= "),
+            )
+            grid.add_row(
+                "added conversions",
+                "",
+                "",
+                _count(conv["incremental"], True),
+                _ci(conv["incremental_ci"], lambda x: _count(x, True)),
+                "",
+            )
+            grid.add_row(
+                "added revenue",
+                "",
+                "",
+                _money(rev["incremental"], True),
+                _ci(rev["incremental_ci"], lambda x: _money(x, True)),
+                "",
+            )
+            stdout.print(grid)
+            stdout.print(
+                escape(
+                    f"Relative lift: conversion {_pct(conv['relative_lift'], True)}"
+                    f" {_ci(conv['relative_lift_ci'], lambda x: _pct(x, True))}, revenue per"
+                    f" member {_pct(rev['relative_lift'], True)}"
+                    f" {_ci(rev['relative_lift_ci'], lambda x: _pct(x, True))} (95%)."
+                )
+            )
+        srm = a.get("srm") or {}
+        if srm.get("warning"):
+            stdout.print(escape(f"WARNING: {srm['warning']}"), style="bold red")
+        else:
+            stdout.print(
+                escape(
+                    f"Sample ratio: {t['members']:,} treated, {h['members']:,} held out;"
+                    f" as configured ({percent:g}%), p {_p(srm.get('p_value'))}."
+                )
+            )
+        mde = (a.get("mde") or {}).get("conversion")
+        if mde is not None:
+            stdout.print(
+                escape(
+                    f"Smallest difference this holdout detects (80% power): {mde * 100:.2f}"
+                    " points of conversion."
+                )
+            )

@@ -426,12 +426,11 @@ def _measure(
     window_days = measurement.window_days
     outcomes = errors.outcomes
     try:
-        columns = {
-            c.lower()
-            for c in conn.execute(
-                text(f"WITH outcomes AS ({outcomes}) SELECT * FROM outcomes WHERE 1 = 0")
-            )
-        }
+        probe = conn.execute(
+            text(f"WITH outcomes AS ({outcomes}) SELECT * FROM outcomes WHERE 1 = 0")
+        )
+        columns = {str(c).lower() for c in list(probe.keys())}
+        probe.close()
     except Exception as exc:
         if isinstance(exc, (ConfigError, TransientError)):
             raise

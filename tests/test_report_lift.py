@@ -211,3 +211,167 @@ def test_warehouse_tables_are_untouched(tmp_path: Path, monkeypatch: pytest.Monk
     engine = sa.create_engine(world.warehouse)
     assert sorted(sa.inspect(engine).get_table_names()) == ["orders", "segment"]
     engine.dispose()
+
+
+# -- the real CLI ---------------------------------------------------------------------------
+
+TRUE_P = {HOLDOUT: 0.05, TREATED: 0.07}
+
+
+def _planted(
+    world: World, n: int = 20_000, seed: int = 11
+) -> tuple[dict[str, tuple[str, dt.datetime]], list[tuple[str, dt.datetime, float | None]]]:
+    """``n`` members split by the real assignment (10% holdout), conversion 5% held out and
+    7% treated, lognormal order values; history and outcomes written."""
+    from syncer.holdout import Split
+
+    split = Split("vip", 1, 10.0)
+    rng = random.Random(seed)
+    first: dict[str, tuple[str, dt.datetime]] = {}
+    outcomes: list[tuple[str, dt.datetime, float | None]] = []
+    for i in range(n):
+        key = f"member{i}@shop.example"
+        grp = HOLDOUT if split.holds(key) else TREATED
+        entered = T0 + dt.timedelta(minutes=rng.randrange(0, 60 * 24 * 10))
+        first[key] = (grp, entered)
+        if rng.random() < TRUE_P[grp]:
+            for _ in range(1 + (rng.random() < 0.3)):
+                at = entered + dt.timedelta(hours=rng.uniform(0, 24 * 29))
+                outcomes.append(
+                    (key.upper() if i % 7 == 0 else key, at, round(rng.lognormvariate(3.5, 0.8), 2))
+                )
+        if rng.random() < 0.01:  # noise outside the window
+            outcomes.append((key, entered - DAY, 50.0))
+    seed_history(world.state, "vip", [(k, g, e) for k, (g, e) in first.items()])
+    write_outcomes(world.warehouse, outcomes)
+    return first, outcomes
+
+
+@pytest.fixture(params=["sqlite", "duckdb"])
+def file_world(request: pytest.FixtureRequest, tmp_path: Path) -> World:
+    world = make_world(tmp_path, request.param)
+    write_mapping(world.root / "mappings")
+    return world
+
+
+def test_report_recovers_a_planted_lift(file_world: World) -> None:
+    world = file_world
+    first, outcomes = _planted(world)
+    as_of = "2026-03-01"
+    code, doc, _, err = world.cli("report", "lift", "vip", "--as-of", as_of, "--json")
+    assert code == 0, err
+    (phase,) = doc["phases"]
+    want = expected(first, outcomes, 30, dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    for grp in (TREATED, HOLDOUT):
+        got = Totals(**phase[grp])
+        _close(got, want[grp])
+    assert doc["sync"] == "vip" and doc["connector"] == "webhook" and doc["window_days"] == 30
+    assert phase["phase"] == 1 and phase["holdout_percent"] == 10.0
+    assert len(phase["curve"]) == 30
+    assert phase["curve"][-1]["holdout_conversion"] == pytest.approx(
+        want[HOLDOUT].conversions / want[HOLDOUT].members
+    )
+    analysis = phase["analysis"]
+    assert analysis["enough_data"] is True
+    lo, hi = analysis["conversion"]["difference_ci"]
+    assert lo < TRUE_P[TREATED] - TRUE_P[HOLDOUT] < hi and lo > 0
+    assert analysis["srm"]["warning"] is None
+
+    code, _, out, err = world.cli("report", "lift", "vip", "--as-of", as_of)
+    assert code == 0, err
+    assert "vip phase 1: 10% holdout" in out
+    assert "Treated members converted" in out and "significant at 5%" in out
+    for label in (
+        "members",
+        "conversion",
+        "revenue/member",
+        "added conversions",
+        "added revenue",
+        "Sample ratio",
+        "80% power",
+    ):
+        assert label in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+    page = world.root / "out" / "lift.html"
+    page.parent.mkdir()
+    code, _, _, err = world.cli("report", "lift", "vip", "--as-of", as_of, "--html", str(page))
+    assert code == 0, err
+    body = page.read_text()
+    assert "<svg" in body and "vip" in body
+    assert 'src="http' not in body and 'href="http' not in body and "@import" not in body
+    assert [p.name for p in page.parent.iterdir()] == ["lift.html"]
+
+
+def test_not_enough_data_is_a_report(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    write_mapping(world.root / "mappings")
+    seed_history(world.state, "vip", [("a@x.io", TREATED, T0), ("b@x.io", HOLDOUT, T0)])
+    write_outcomes(world.warehouse, [("a@x.io", T0 + DAY, 5.0)])
+    code, doc, _, err = world.cli("report", "lift", "vip", "--json")
+    assert code == 0, err
+    assert doc["phases"][0]["analysis"]["enough_data"] is False
+    code, _, out, _ = world.cli("report", "lift", "vip")
+    assert code == 0 and "not enough data yet" in out.lower()
+
+
+def test_phases_newest_first_and_one_by_flag(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    write_mapping(world.root / "mappings", experiment="experiment: {holdout_percent: 20, phase: 2}")
+    seed_history(world.state, "vip", [("a@x.io", TREATED, T0), ("b@x.io", HOLDOUT, T0)])
+    seed_history(world.state, "vip", [("a@x.io", HOLDOUT, T0 + 5 * DAY)], phase=2, percent=20)
+    write_outcomes(world.warehouse, [])
+    code, doc, _, err = world.cli("report", "lift", "vip", "--json")
+    assert code == 0, err
+    assert [p["phase"] for p in doc["phases"]] == [2, 1]
+    assert [p["holdout_percent"] for p in doc["phases"]] == [20.0, 10.0]
+    code, doc, _, _ = world.cli("report", "lift", "vip", "--json", "--phase", "1")
+    assert [p["phase"] for p in doc["phases"]] == [1]
+    code, _, out, err = world.cli("report", "lift", "vip", "--phase", "3")
+    assert code == 2 and "phase 3" in err and "phases with history: 1, 2" in err
+
+
+def _bad(world: World, *args: str) -> tuple[int, str]:
+    page = world.root / "never.html"
+    code, _, out, err = world.cli("report", "lift", *args, "--html", str(page))
+    assert not page.exists()
+    return code, err
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    mappings = world.root / "mappings"
+    write_mapping(mappings)
+    write_outcomes(world.warehouse, [])
+    # Unknown sync: a usage error naming the nearest, as `sync now` does.
+    code, err = _bad(world, "vpi")
+    assert code == 2 and "'vpi'" in err and "vip?" in err
+    # No history yet.
+    code, err = _bad(world, "vip")
+    assert code == 1 and "no membership history for vip yet: run it first" in err
+    seed_history(world.state, "vip", [("a@x.io", TREATED, T0)])
+    # No measurement block: 78 naming the file.
+    write_mapping(mappings, measurement="")
+    code, err = _bad(world, "vip")
+    assert code == 78 and "vip.yaml" in err and "measurement" in err
+    # Outcomes query without a column: 78 naming the column and the field.
+    write_mapping(
+        mappings,
+        measurement="measurement:\n  outcomes: select member_key, event_at from orders",
+    )
+    code, err = _bad(world, "vip")
+    assert code == 78 and "'revenue'" in err and "measurement.outcomes" in err
+    assert "vip.yaml" in err
+    # An outcomes query the warehouse refuses: 78.
+    write_mapping(mappings, measurement="measurement:\n  outcomes: select * from nosuch")
+    code, err = _bad(world, "vip")
+    assert code == 78 and "measurement.outcomes" in err and "nosuch" in err
+    # No experiment block and no history.
+    write_mapping(mappings, name="plain", experiment="")
+    code, err = _bad(world, "plain")
+    assert code == 1 and "no membership history for plain yet" in err
+    # Warehouse unreachable: 75.
+    write_mapping(mappings)
+    world.warehouse = "postgresql+psycopg://nobody@127.0.0.1:9/none"
+    code, err = _bad(world, "vip")
+    assert code == 75 and "warehouse" in err
