@@ -109,6 +109,7 @@ def lift(
 
 def build_report(settings: Any, sync: Any, only: int | None, as_of: dt.datetime) -> dict[str, Any]:
     """The ``--json`` document (DESIGN: sync, connector, window_days, generated_at, phases)."""
+    from syncer.errors import ConfigError
     from syncer.lift import GroupTotals, LiftSettings, analyse
     from syncer.lift_query import history_phases, measure
     from syncer.state import state_engine, state_errors
@@ -138,8 +139,13 @@ def build_report(settings: Any, sync: Any, only: int | None, as_of: dt.datetime)
         percent = info.holdout_percent
         if percent is None and sync.definition.experiment is not None:
             percent = sync.definition.experiment.holdout_percent
+        if percent is None:
+            raise ConfigError(
+                f"{sync.name}: phase {info.phase} has membership history but no experiment"
+                " recorded in syncer_experiments (was the state database edited?)"
+            )
         lift_settings = LiftSettings(
-            holdout_percent=float(percent or 0.0),
+            holdout_percent=float(percent),
             min_holdout_members=measurement.min_holdout_members,
             min_holdout_conversions=measurement.min_holdout_conversions,
         )
@@ -209,10 +215,14 @@ def _count(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else f"{x:{'+' if signed else ''},.0f}"
 
 
-def _ci(ci: Any, fmt: Any) -> str:
-    if not ci or ci[0] is None:
+def _ci(value: dict[str, Any] | None, fmt: Any) -> str:
+    if not value or value.get("low") is None or value.get("high") is None:
         return "-"
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    return f"[{fmt(value['low'])}, {fmt(value['high'])}]"
+
+
+def _est(value: dict[str, Any] | None) -> float | None:
+    return None if not value else value.get("estimate")
 
 
 def _p(x: float | None) -> str:
@@ -222,6 +232,8 @@ def _p(x: float | None) -> str:
 
 
 def _print(document: dict[str, Any]) -> None:
+    """Per phase: a headline, the table, the relative lifts, the sample ratio and the MDE;
+    tables keep to 80 columns (see syncer.output.table)."""
     from rich.markup import escape
 
     from syncer.output import stdout, table
@@ -231,11 +243,8 @@ def _print(document: dict[str, Any]) -> None:
         if n:
             stdout.print()
         t, h, a = phase["treated"], phase["holdout"], phase["analysis"]
-        since = (
-            f", since {phase['started_at'][:16].replace('T', ' ')} UTC"
-            if phase["started_at"]
-            else ""
-        )
+        started = phase["started_at"]
+        since = f", since {started[:16].replace('T', ' ')} UTC" if started else ""
         percent = phase["holdout_percent"]
         stdout.print(
             escape(
@@ -244,23 +253,30 @@ def _print(document: dict[str, Any]) -> None:
             ),
             style="bold",
         )
-        conv, rev = a.get("conversion"), a.get("revenue")
-        if not a.get("enough_data") or conv is None or rev is None:
+        conv, rev = a["conversion"], a["revenue"]
+        if not a["enough_data"]:
             stdout.print(
                 escape(
-                    f"Not enough data yet: {h['members']:,} held-out members with"
-                    f" {h['conversions']:,} conversions ({a.get('reason') or 'below the minimum'});"
-                    f" {t['members']:,} treated members with {t['conversions']:,} conversions."
+                    f"{(a.get('reason') or 'not enough data yet').capitalize()}."
+                    f" So far {t['members']:,} treated members converted"
+                    f" {_pct(_est(conv['treated']))} and {h['members']:,} held out"
+                    f" {_pct(_est(conv['holdout']))}; no difference is claimed below the"
+                    " minimum (measurement.min_holdout_members, min_holdout_conversions)."
                 )
             )
         else:
-            verdict = "significant" if conv["p_value"] < 0.05 else "not significant"
+            diff = _est(conv["difference"])
+            verdict = (
+                "significant at 5%"
+                if conv["p_value"] is not None and conv["p_value"] < 0.05
+                else "not significant at 5%"
+            )
             stdout.print(
                 escape(
-                    f"Treated members converted {_pct(conv['treated'])} against"
-                    f" {_pct(conv['holdout'])} held out: {_pts(conv['difference'])}"
-                    f" ({_pct(conv['relative_lift'], True)}), p {_p(conv['p_value'])}"
-                    f" ({verdict} at 5%)."
+                    f"Treated members converted {_pct(_est(conv['treated']))} against"
+                    f" {_pct(_est(conv['holdout']))} held out: {_pts(diff)}"
+                    f" ({_pct(_est(conv['relative_lift']), True)}), p {_p(conv['p_value'])}"
+                    f" ({verdict})."
                 )
             )
             grid = table(
@@ -276,60 +292,62 @@ def _print(document: dict[str, Any]) -> None:
             grid.add_row("members", _count(t["members"]), _count(h["members"]), "", "", "")
             grid.add_row(
                 "conversion",
-                _pct(conv["treated"]),
-                _pct(conv["holdout"]),
-                _pts(conv["difference"]),
-                _ci(conv["difference_ci"], lambda x: f"{x * 100:+.2f}"),
+                _pct(_est(conv["treated"])),
+                _pct(_est(conv["holdout"])),
+                _pts(diff),
+                _ci(conv["difference"], lambda x: f"{x * 100:+.2f}"),
                 _p(conv["p_value"]).lstrip("= "),
             )
             grid.add_row(
                 "revenue/member",
-                _money(rev["treated"]),
-                _money(rev["holdout"]),
-                _money(rev["difference"], True),
-                _ci(rev["difference_ci"], lambda x: _money(x, True)),
+                _money(_est(rev["treated"])),
+                _money(_est(rev["holdout"])),
+                _money(_est(rev["difference"]), True),
+                _ci(rev["difference"], lambda x: _money(x, True)),
                 _p(rev["p_value"]).lstrip("= "),
             )
             grid.add_row(
                 "added conversions",
                 "",
                 "",
-                _count(conv["incremental"], True),
-                _ci(conv["incremental_ci"], lambda x: _count(x, True)),
+                _count(_est(conv["incremental"]), True),
+                _ci(conv["incremental"], lambda x: _count(x, True)),
                 "",
             )
             grid.add_row(
                 "added revenue",
                 "",
                 "",
-                _money(rev["incremental"], True),
-                _ci(rev["incremental_ci"], lambda x: _money(x, True)),
+                _money(_est(rev["incremental"]), True),
+                _ci(rev["incremental"], lambda x: _money(x, True)),
                 "",
             )
             stdout.print(grid)
             stdout.print(
                 escape(
-                    f"Relative lift: conversion {_pct(conv['relative_lift'], True)}"
-                    f" {_ci(conv['relative_lift_ci'], lambda x: _pct(x, True))}, revenue per"
-                    f" member {_pct(rev['relative_lift'], True)}"
-                    f" {_ci(rev['relative_lift_ci'], lambda x: _pct(x, True))} (95%)."
+                    f"Relative lift: conversion {_pct(_est(conv['relative_lift']), True)}"
+                    f" {_ci(conv['relative_lift'], lambda x: _pct(x, True))}, revenue per"
+                    f" member {_pct(_est(rev['relative_lift']), True)}"
+                    f" {_ci(rev['relative_lift'], lambda x: _pct(x, True))} (95%)."
                 )
             )
-        srm = a.get("srm") or {}
-        if srm.get("warning"):
-            stdout.print(escape(f"WARNING: {srm['warning']}"), style="bold red")
+        ratio = a["sample_ratio"]
+        if a.get("srm_warning"):
+            stdout.print(escape(f"WARNING: {a['srm_warning']}"), style="bold red")
         else:
             stdout.print(
                 escape(
-                    f"Sample ratio: {t['members']:,} treated, {h['members']:,} held out;"
-                    f" as configured ({percent:g}%), p {_p(srm.get('p_value'))}."
+                    f"Sample ratio: {t['members']:,} treated, {h['members']:,} held out, as"
+                    f" configured ({percent:g}%): p {_p(ratio.get('p_value'))}."
                 )
             )
-        mde = (a.get("mde") or {}).get("conversion")
-        if mde is not None:
+        mde = a.get("mde") or {}
+        if mde.get("conversion_absolute") is not None:
+            relative = mde.get("conversion_relative")
+            extra = f" ({relative * 100:.0f}% relative)" if relative is not None else ""
             stdout.print(
                 escape(
-                    f"Smallest difference this holdout detects (80% power): {mde * 100:.2f}"
-                    " points of conversion."
+                    "Smallest difference these groups detect (80% power):"
+                    f" {mde['conversion_absolute'] * 100:.2f} points of conversion{extra}."
                 )
             )

@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from syncer.state import experiments_table, membership_table, state_engine
 from tests.conftest import REPO, run_cli
 
-try:  # helper A's modules; until they are merged, the CLI runs with tests.lift_standin
-    import syncer.lift  # noqa: F401
+try:  # helper A's page; until it is merged, the CLI runs with tests.lift_standin's
     import syncer.lift_html  # noqa: F401
 
     HAVE_LIFT = True
@@ -27,8 +26,8 @@ except ImportError:
     HAVE_LIFT = False
 
 _SHIM = (
-    "import sys; import tests.lift_standin as s; sys.modules['syncer.lift'] = s;"
-    " sys.modules['syncer.lift_html'] = s; sys.argv[0] = 'syncer';"
+    "import sys; import tests.lift_standin as s; sys.modules['syncer.lift_html'] = s;"
+    " sys.argv[0] = 'syncer';"
     " from syncer.cli import main; main()"
 )
 
