@@ -212,25 +212,33 @@ def _upload_sqlite(conn: Connection, rows: Sequence[Member]) -> None:
 
 
 def _upload_duckdb(conn: Connection, rows: Sequence[Member]) -> None:
-    """Registered numpy columns: ~4 s per million rows where executemany takes minutes."""
+    """Registered numpy columns (times as epoch microseconds): about 2 s per million rows,
+    where executemany takes minutes."""
     import numpy as np
 
     raw: Any = conn.connection.driver_connection
-    naive = [(s.replace(tzinfo=None), e.replace(tzinfo=None)) for _, _, s, e in rows]
+    n = len(rows)
     view = {
         "member_key": np.array([r[0] for r in rows], dtype=object),
         "grp": np.array([r[1] for r in rows], dtype=object),
-        "entered_at": np.array([s for s, _ in naive], dtype="datetime64[us]"),
-        "window_end": np.array([e for _, e in naive], dtype="datetime64[us]"),
+        "entered_us": np.fromiter((_micros(r[2]) for r in rows), dtype=np.int64, count=n),
+        "end_us": np.fromiter((_micros(r[3]) for r in rows), dtype=np.int64, count=n),
     }
     raw.register("syncer_lift_upload", view)
     try:
         raw.execute(
-            f"INSERT INTO {TEMP_TABLE} SELECT member_key, grp, entered_at, window_end"
-            " FROM syncer_lift_upload"
+            f"INSERT INTO {TEMP_TABLE} SELECT member_key, grp, make_timestamp(entered_us),"
+            " make_timestamp(end_us) FROM syncer_lift_upload"
         )
     finally:
         raw.unregister("syncer_lift_upload")
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _upload_postgres(conn: Connection, rows: Sequence[Member]) -> None:
