@@ -28,7 +28,7 @@ class NoHistory(SyncerError):
 class Moment(click.ParamType):  # type: ignore[type-arg]
     """``2026-03-01`` (its midnight UTC) or an ISO 8601 date-time (UTC without a zone)."""
 
-    name = "DATE|DATETIME"
+    name = "DATE"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
