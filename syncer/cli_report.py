@@ -115,7 +115,10 @@ def build_report(settings: Any, sync: Any, only: int | None, as_of: dt.datetime)
     from syncer.state import state_engine, state_errors
 
     measurement = sync.definition.measurement
+    as_of = as_of.astimezone(dt.UTC)
     url = settings.state_url.get_secret_value()
+    if _missing_sqlite_file(url):  # state_engine would create it: a report writes nothing
+        raise NoHistory(f"no membership history for {sync.name} yet: run it first")
     with state_errors(url):
         state = state_engine(url)
         with state.connect() as conn:
@@ -173,6 +176,19 @@ def build_report(settings: Any, sync: Any, only: int | None, as_of: dt.datetime)
         "as_of": as_of.astimezone(dt.UTC).isoformat(),
         "phases": out,
     }
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # state_engine says what is wrong with it
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return False
+    return not parsed.query.get("uri") and not Path(parsed.database or "").exists()
 
 
 def _write_atomically(path: Path, content: str) -> None:

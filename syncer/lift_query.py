@@ -384,6 +384,7 @@ def measure(
 
     definition = sync.definition
     origin = str(sync.path)
+    as_of = as_of.astimezone(dt.UTC)
     measurement = definition.measurement
     if measurement is None:
         raise ConfigError(

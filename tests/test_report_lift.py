@@ -358,7 +358,11 @@ def test_bad_input(tmp_path: Path) -> None:
     # Unknown sync: a usage error naming the nearest, as `sync now` does.
     code, err = _bad(world, "vpi")
     assert code == 2 and "'vpi'" in err and "vip?" in err
-    # No history yet.
+    # No history yet: no state database at all (and none is created), then an empty one.
+    code, err = _bad(world, "vip")
+    assert code == 1 and "no membership history for vip yet: run it first" in err
+    assert not (world.root / "state.db").exists()
+    state_engine(world.state)
     code, err = _bad(world, "vip")
     assert code == 1 and "no membership history for vip yet: run it first" in err
     seed_history(world.state, "vip", [("a@x.io", TREATED, T0)])
