@@ -42,6 +42,8 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, object]:
         ("lift", Truth(p_holdout=0.05, p_treated=0.055)),
         ("a_a", Truth(p_holdout=0.05, p_treated=0.05)),
     ):
+        if args.only not in (None, label):
+            continue
         start = time.monotonic()
         sim = Calibration(
             root / label,
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, object]:
                 sim._assign(r)
             sim.outcomes(truth)
             tally.add(sim.report(), truth)
+            if (r + 1) % 50 == 0:
+                print(f"{label}: {r + 1} in {time.monotonic() - start:.0f} s", file=sys.stderr)
         done = tally.runs - tally.not_enough
         out[label] = {
             "coverage": {k: round(tally.rate(tally.covered, k), 4) for k in truth.targets()},
@@ -68,6 +72,8 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, object]:
             "seconds": round(time.monotonic() - start, 1),
         }
         print(label, json.dumps(out[label]), file=sys.stderr, flush=True)
+    if args.only not in (None, "srm"):
+        return out
     start = time.monotonic()
     sim = Calibration(
         root / "srm",
@@ -101,6 +107,7 @@ def main() -> None:
     parser.add_argument("--srm-repetitions", type=int, default=20)
     parser.add_argument("--warehouse", choices=["duckdb", "sqlite"], default="duckdb")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--only", choices=["lift", "a_a", "srm"], help="Run one part only.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args, Path(tmp))
