@@ -16,7 +16,7 @@ The methods, and what the numbers do not mean, are in docs/measurement/statistic
   ``mismatch`` (p < 0.001); ``srm_warning``: the text to show when it is, else ``None``.
 - ``conversion`` and ``revenue``, each: ``treated`` and ``holdout`` (the group's rate or revenue
   per member: ``{"estimate", "low", "high"}``), ``difference`` (treated - holdout),
-  ``relative_lift`` (treated / holdout - 1), ``incremental`` (difference × treated members:
+  ``relative_lift`` (treated / holdout - 1), ``incremental`` (difference x treated members:
   conversions or revenue the treatment brought), all ``{"estimate", "low", "high"}``, and
   ``p_value`` (two-sided, of the difference). Conversion: Wilson intervals per group, Newcombe
   (hybrid score) for the difference, pooled two-proportion z test. Revenue: t intervals per
@@ -66,11 +66,13 @@ class GroupTotals:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GroupTotals:
+        """From a row or JSON object; a NULL sum (SQL's SUM over no rows) counts as 0, and
+        Decimal (PostgreSQL's numeric) is taken as float."""
         return cls(
-            members=int(raw["members"]),
-            conversions=int(raw["conversions"]),
-            revenue=float(raw["revenue"]),
-            revenue_sq=float(raw["revenue_sq"]),
+            members=int(raw.get("members") or 0),
+            conversions=int(raw.get("conversions") or 0),
+            revenue=float(raw.get("revenue") or 0),
+            revenue_sq=float(raw.get("revenue_sq") or 0),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -220,11 +222,9 @@ def analyse(treated: GroupTotals, holdout: GroupTotals, settings: LiftSettings) 
     """Treated against holdout for one phase; never raises on sparse or degenerate data."""
     ratio = sample_ratio(treated.members, holdout.members, settings.holdout_percent / 100)
     reason = _not_enough(holdout, settings)
-    conversion_means = (_rate(treated), _rate(holdout))
-    revenue_means = (_mean(treated), _mean(holdout))
     if reason is not None:
-        conversion = MetricLift(*(Estimate(m) for m in conversion_means))
-        revenue = MetricLift(*(Estimate(m) for m in revenue_means))
+        conversion = MetricLift(Estimate(_rate(treated)), Estimate(_rate(holdout)))
+        revenue = MetricLift(Estimate(_mean(treated)), Estimate(_mean(holdout)))
     else:
         conversion = conversion_lift(treated, holdout, settings.confidence)
         revenue = revenue_lift(treated, holdout, settings.confidence)
@@ -425,7 +425,7 @@ def srm_warning(ratio: SampleRatio, treated: int, holdout: int) -> str | None:
 def minimum_detectable(
     treated: GroupTotals, holdout: GroupTotals, confidence: float, power: float = POWER
 ) -> MinimumDetectable:
-    """(z_(1-α/2) + z_power) × σ × √(1/n_t + 1/n_h), σ from the holdout: the normal
+    """(z_(1-alpha/2) + z_power) * sd * sqrt(1/n_t + 1/n_h), sd the holdout's: the normal
     approximation (statsmodels' NormalIndPower less its negligible opposite tail)."""
     from scipy.stats import norm
 
