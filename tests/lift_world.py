@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,35 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from syncer.state import experiments_table, membership_table, state_engine
-from tests.conftest import REPO, run_cli
-
-try:  # helper A's page; until it is merged, the CLI runs with tests.lift_standin's
-    import syncer.lift_html  # noqa: F401
-
-    HAVE_LIFT = True
-except ImportError:
-    HAVE_LIFT = False
-
-_SHIM = (
-    "import sys; import tests.lift_standin as s; sys.modules['syncer.lift_html'] = s;"
-    " sys.argv[0] = 'syncer';"
-    " from syncer.cli import main; main()"
-)
-
-
-def _shimmed(world: World, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCER_")}
-    env.update(world.env)
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-c", _SHIM, *args],
-        cwd=world.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
+from tests.conftest import run_cli
 
 T0 = dt.datetime(2026, 1, 1, 9, 30, tzinfo=dt.UTC)
 
@@ -239,7 +208,7 @@ class World:
         }
 
     def cli(self, *args: str) -> tuple[int, Any, str, str]:
-        proc = run_cli(*args, env=self.env, cwd=self.root) if HAVE_LIFT else _shimmed(self, args)
+        proc = run_cli(*args, env=self.env, cwd=self.root)
         document = None
         if "--json" in args and proc.stdout.strip():
             document = json.loads(proc.stdout)
