@@ -466,6 +466,10 @@ def _measure(
             conn.exec_driver_sql("PRAGMA query_only = ON")  # the outcomes query only reads
         elif dialect.name == "postgresql":
             conn.exec_driver_sql(f"ANALYZE {TEMP_TABLE}")
+            # The temporary table outlives the commit (it goes with the session); the
+            # outcomes query then runs in a read-only transaction, like source.query.
+            conn.commit()
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
     except Exception as exc:
         if isinstance(exc, (ConfigError, TransientError)):
             raise
