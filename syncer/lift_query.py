@@ -234,11 +234,9 @@ def _upload_duckdb(conn: Connection, rows: Sequence[Member]) -> None:
         raw.unregister("syncer_lift_upload")
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
 def _micros(moment: dt.datetime) -> int:
-    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+    """Microseconds since 1970 of an aware datetime; exact (a double holds 2**53 > 10**16)."""
+    return round(moment.timestamp() * 1_000_000)
 
 
 def _upload_postgres(conn: Connection, rows: Sequence[Member]) -> None:
