@@ -33,6 +33,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, select, text
@@ -449,7 +450,17 @@ def _measure(
                 f" return {', '.join(OUTCOME_COLUMNS)}; it returns {', '.join(sorted(columns))})"
             )
     raw: Any = conn.connection.driver_connection
-    try:
+
+    def warehouse(step: Callable[[], object]) -> None:
+        """One step of the upload; the warehouse's errors as TransientError (75)."""
+        try:
+            step()
+        except Exception as exc:
+            raise TransientError(
+                f"{errors.origin}: cannot upload members to the warehouse: {exc_text(exc)}"
+            ) from None
+
+    def prepare() -> None:
         if dialect.name == "sqlite":
             # The warehouse connection is query_only; the temporary table needs writes.
             conn.exec_driver_sql("PRAGMA query_only = OFF")
@@ -458,8 +469,8 @@ def _measure(
             conn.exec_driver_sql(statement)
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {TEMP_TABLE}")
         conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {TEMP_TABLE} ({dialect.temp_columns})")
-        for page in members(state, sync.name, phase, window_days, as_of, page_size):
-            dialect.upload(conn, page)
+
+    def seal() -> None:
         if dialect.name == "sqlite":
             conn.exec_driver_sql("PRAGMA query_only = ON")  # the outcomes query only reads
         elif dialect.name == "postgresql":
@@ -468,12 +479,13 @@ def _measure(
             # outcomes query then runs in a read-only transaction, like source.query.
             conn.commit()
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-    except Exception as exc:
-        if isinstance(exc, (ConfigError, TransientError)):
-            raise
-        raise TransientError(
-            f"{errors.origin}: cannot upload members to the warehouse: {exc_text(exc)}"
-        ) from None
+
+    warehouse(prepare)
+    # The state database's errors leave the loop as they are (the CLI's state_errors says
+    # what they mean); only the upload's are the warehouse's.
+    for page in members(state, sync.name, phase, window_days, as_of, page_size):
+        warehouse(partial(dialect.upload, conn, page))
+    warehouse(seal)
     try:
         rows = conn.execute(text(totals_sql(dialect, outcomes, key))).all()
         days = conn.execute(text(curve_sql(dialect, outcomes, key))).all()
