@@ -53,7 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--srm-members", type=int, default=500_000)
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="through the warehouse: the real assignment, outcome rows in DuckDB, the report's"
+        " SQL (bench/lift_e2e_calibration.py; --p, --lift and --sigma are its defaults)",
+    )
     args = parser.parse_args(argv)
+    if args.end_to_end:
+        return _end_to_end(args)
     rng = np.random.default_rng(args.seed)
     common = {"sigma": args.sigma}
     started = time.perf_counter()
@@ -98,6 +106,27 @@ def main(argv: list[str] | None = None) -> int:
     print("3% of the holdout dropped by a join bug: sample-ratio alarms")
     print(_row(f"at {args.members:,} members", dropped.srm_alarms, r, "-"))
     print(_row(f"at {args.srm_members:,} members", dropped_large.srm_alarms, r, "near 100%"))
+    return 0
+
+
+def _end_to_end(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from lift_e2e_calibration import run  # bench/, next to this file
+
+    options = argparse.Namespace(
+        repetitions=args.reps,
+        members=args.members,
+        holdout_percent=args.holdout * 100,
+        reassign_every=10,
+        srm_members=min(args.srm_members, 300_000),
+        srm_repetitions=10,
+        warehouse="duckdb",
+        seed=args.seed,
+        only=None,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(run(options, Path(tmp)), indent=2))
     return 0
 
 

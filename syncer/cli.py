@@ -603,6 +603,10 @@ from syncer.cli_writeback import writeback_command  # noqa: E402
 
 cli.add_command(writeback_command)
 
+from syncer.cli_report import report  # noqa: E402
+
+cli.add_command(report)
+
 
 def main() -> None:
     # httpx loads its own command line client (rich.progress, rich.syntax, pygments: a tenth of
