@@ -113,7 +113,7 @@ COLUMNS: dict[str, Columns] = {
         ("phase", "int"),
         ("grp", "text"),
         ("event", "text"),
-        ("at", "ts"),
+        ("occurred_at", "ts"),
     ),
     AUDIT: (
         ("run_id", "text"),
@@ -123,7 +123,7 @@ COLUMNS: dict[str, Columns] = {
         ("operation", "text"),
         ("outcome", "text"),
         ("reason", "text"),
-        ("at", "ts"),
+        ("occurred_at", "ts"),
     ),
 }
 #: Primary keys (SQLite and PostgreSQL; DuckDB gets none: its constraints make bulk loads

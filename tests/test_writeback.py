@@ -230,7 +230,7 @@ def _check_history(world: World, run_a: str, run_b: str, ids: list[int]) -> None
     )
     assert sorted(events) == sorted([(run_a, "enter", 40), (run_b, "enter", 4), (run_b, "exit", 3)])
     (at,) = world.query(
-        f"select \"at\" from {e} where run_id = :b and event = 'exit'"
+        f"select occurred_at from {e} where run_id = :b and event = 'exit'"
         " and member_key = 'member3@example.com'",
         b=run_b,
     )[0]
