@@ -105,6 +105,12 @@ def phase(warehouse: Path, state: Path, mappings: Path) -> dict[str, float | int
             "fields": {"email": "email", "first_name": "first_name", "ltv": "ltv"},
             "destination": {"connector": "accept-all"},
             "guards": {"max_remove_pct": 100},
+            # --holdout PCT: the same sync with an experiment (syncer.holdout).
+            **(
+                {"experiment": {"holdout_percent": float(os.environ["BENCH_HOLDOUT"])}}
+                if os.environ.get("BENCH_HOLDOUT")
+                else {}
+            ),
         }
     )
     sync = LoadedSync(definition, mappings / "bench.yaml", AcceptAll, ConnectorConfig())
@@ -151,9 +157,17 @@ def run_phase(warehouse: Path, state: Path, tmp: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="give the sync an experiment holding out this percent (default: none)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--floors", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.holdout is not None:
+        os.environ["BENCH_HOLDOUT"] = str(args.holdout)  # read by each child's phase()
     if args.child:
         print(json.dumps(phase(*(Path(p) for p in args.child))))
         return
