@@ -50,10 +50,10 @@ POWER = 0.8
 class GroupTotals:
     """One group's totals over a phase: what the warehouse's aggregate query returns."""
 
-    members: int
-    conversions: int
-    revenue: float
-    revenue_sq: float
+    members: int = 0
+    conversions: int = 0
+    revenue: float = 0.0
+    revenue_sq: float = 0.0
 
     def __post_init__(self) -> None:
         if self.members < 0 or not 0 <= self.conversions <= self.members:

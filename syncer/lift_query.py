@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError
 
 from syncer.errors import ConfigError, TransientError
 from syncer.holdout import HOLDOUT, TREATED
+from syncer.lift import GroupTotals
 from syncer.state import experiments_table, membership_table
 
 if TYPE_CHECKING:
@@ -53,24 +54,6 @@ GROUPS = (TREATED, HOLDOUT)
 TEMP_TABLE = "syncer_lift_members"
 PAGE_SIZE = 50_000
 _UNIX_EPOCH_JD = 2440587.5
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """One group's sufficient statistics (the same fields as ``syncer.lift.GroupTotals``)."""
-
-    members: int = 0
-    conversions: int = 0
-    revenue: float = 0.0
-    revenue_sq: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "members": self.members,
-            "conversions": self.conversions,
-            "revenue": self.revenue,
-            "revenue_sq": self.revenue_sq,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +71,8 @@ class PhaseData:
     """What the warehouse said about one phase."""
 
     phase: int
-    treated: Totals
-    holdout: Totals
+    treated: GroupTotals
+    holdout: GroupTotals
     #: Day 0 .. window_days-1: cumulative conversion rate and revenue per member per group.
     curve: list[dict[str, float | None]] = field(default_factory=list)
 
@@ -497,10 +480,10 @@ def _measure(
         if conn.in_transaction():
             conn.rollback()  # the temporary table goes with the session
     totals = {
-        grp: Totals(int(n), int(conv), float(rev or 0), float(sq or 0))
+        grp: GroupTotals(int(n), int(conv), float(rev or 0), float(sq or 0))
         for grp, n, conv, rev, sq in rows
     }
-    treated, holdout = totals.get(TREATED, Totals()), totals.get(HOLDOUT, Totals())
+    treated, holdout = totals.get(TREATED, GroupTotals()), totals.get(HOLDOUT, GroupTotals())
     return PhaseData(phase, treated, holdout, _curve(days, treated, holdout, window_days))
 
 
@@ -511,7 +494,7 @@ def exc_text(exc: BaseException) -> str:
 
 
 def _curve(
-    days: Sequence[Any], treated: Totals, holdout: Totals, window_days: int
+    days: Sequence[Any], treated: GroupTotals, holdout: GroupTotals, window_days: int
 ) -> list[dict[str, float | None]]:
     """Cumulative conversion rate and revenue per member, day 0 .. window_days-1."""
     firsts = {g: [0] * window_days for g in GROUPS}
@@ -542,7 +525,6 @@ __all__ = [
     "OUTCOME_COLUMNS",
     "Phase",
     "PhaseData",
-    "Totals",
     "curve_sql",
     "history_phases",
     "key_sql",

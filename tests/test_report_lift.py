@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from syncer.holdout import GLOBAL_HOLDOUT, HOLDOUT, TREATED
-from syncer.lift_query import Totals, measure
+from syncer.lift import GroupTotals as Totals
+from syncer.lift_query import measure
 from syncer.mapping import load_all
 from syncer.settings import load_settings
 from syncer.state import state_engine
@@ -378,6 +379,13 @@ def test_bad_input(tmp_path: Path) -> None:
     code, err = _bad(world, "vip")
     assert code == 78 and "'revenue'" in err and "measurement.outcomes" in err
     assert "vip.yaml" in err
+    # A window of 0 days: 78 naming the field and the file.
+    write_mapping(
+        mappings,
+        measurement="measurement:\n  outcomes: select 1\n  window_days: 0",
+    )
+    code, err = _bad(world, "vip")
+    assert code == 78 and "window_days" in err and "vip.yaml" in err
     # An outcomes query the warehouse refuses: 78.
     write_mapping(mappings, measurement="measurement:\n  outcomes: select * from nosuch")
     code, err = _bad(world, "vip")
