@@ -43,7 +43,7 @@ def writeback_command(ctx: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     syncs = _load(ctx, names, not names)
     chosen = [s for s in syncs if enabled(settings, s.definition)]
     if not chosen:
-        off = ", ".join(s.name for s in syncs) if names else "no sync"
+        off = ", ".join(s.name for s in syncs) if names else "every sync"
         raise SyncerError(
             f"write-back is off for {off}: turn it on with `writeback: {{enabled: true}}` in"
             " the mapping, or SYNCER_WRITEBACK=true"
