@@ -20,9 +20,11 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from syncer.errors import ConfigError
 from syncer.state import experiments_table
@@ -201,18 +203,24 @@ def check_phase(conn: Connection, sync: LoadedSync, assigned: Assignment) -> Pha
 def record_phases(
     conn: Connection, check: PhaseCheck, run_id: str | None, now: dt.datetime
 ) -> None:
-    """Record the phases this run started (in the caller's transaction)."""
+    """Record the phases this run started (in the caller's transaction). The global
+    holdout's row may be written by several syncs' first runs at once: the first one wins
+    and the others keep it (their next run checks their split against it)."""
     for row_name, split in check.starts:
-        conn.execute(
-            experiments_table.insert().values(
-                sync=row_name,
-                phase=split.phase,
-                holdout_percent=split.percent,
-                salt=split.salt,
-                started_at=now,
-                started_run=run_id,
-            )
-        )
+        values = {
+            "sync": row_name,
+            "phase": split.phase,
+            "holdout_percent": split.percent,
+            "salt": split.salt,
+            "started_at": now,
+            "started_run": run_id,
+        }
+        insert: Any
+        if conn.dialect.name == "postgresql":
+            insert = postgresql_insert(experiments_table).values(**values)
+        else:
+            insert = sqlite_insert(experiments_table).values(**values)
+        conn.execute(insert.on_conflict_do_nothing())
 
 
 def experiment_settings(sync: LoadedSync) -> dict[str, object] | None:

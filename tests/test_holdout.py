@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +115,26 @@ def test_chunks_split_by_group_keep_every_row_once(
         assert len(chunk.keys) + len(chunk.held) + len(invalid) == len(rows)
     finally:
         spill.close()
+
+
+def test_two_syncs_starting_the_global_holdout_at_once_both_succeed(tmp_path: Path) -> None:
+    """The daemon starts several syncs' first runs together: each records the global
+    holdout's phase; the first row stays and neither run fails."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from syncer.holdout import GLOBAL, PhaseCheck, record_phases
+    from syncer.state import state_engine
+
+    engine = state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    split = Split("syncer-global", 1, 5)
+    now = dt.datetime.now(dt.UTC)
+    for run in ("run-a", "run-b"):
+        with engine.begin() as conn:
+            record_phases(conn, PhaseCheck(((GLOBAL, split),), 0), run, now)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT sync, phase, started_run FROM syncer_experiments")
+        ).all()
+    assert [tuple(r) for r in rows] == [(GLOBAL, 1, "run-a")]
