@@ -201,6 +201,11 @@ def _write_atomically(path: Path, content: str) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(content)
+            # mkstemp makes the file private; a report is a page to share, as a plain
+            # ``open(path, "w")`` would have made it (the process's umask applies).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

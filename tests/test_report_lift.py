@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +315,8 @@ def test_report_recovers_a_planted_lift(file_world: World) -> None:
     assert "<svg" in body and "vip" in body
     assert 'src="http' not in body and 'href="http' not in body and "@import" not in body
     assert [p.name for p in page.parent.iterdir()] == ["lift.html"]
+    # A page to share: readable as a file written by `open()` would be, not private.
+    assert page.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_not_enough_data_is_a_report(tmp_path: Path) -> None:
@@ -399,3 +402,9 @@ def test_bad_input(tmp_path: Path) -> None:
     world.warehouse = "postgresql+psycopg://nobody@127.0.0.1:9/none"
     code, err = _bad(world, "vip")
     assert code == 75 and "warehouse" in err
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
