@@ -31,7 +31,7 @@ CHANGES = "syncer_changes"
 HELD = "syncer_held"
 _CHANGE_COLUMNS = "key, kind, rownum, hash, destination_id, old_hash, unsure"
 
-_GROUP_BY_LETTER = {"h": "holdout", "g": "global_holdout", "t": "treated"}
+_GROUP_BY_LETTER = {"h": "holdout", "g": "global_holdout"}
 
 #: The kind of a change the reject policy parked (syncer.rejects): sent by no operation.
 PARKED = "parked"

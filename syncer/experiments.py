@@ -45,8 +45,18 @@ def prepare(conn: Connection, sync: LoadedSync, settings: Settings) -> Prepared:
             f"{sync.path}: experiment.phase {assigned.phase} has ended (the sync ran without"
             f" it since); set {phases.last_phase + 1} to start a new comparison"
         )
-    full_check = new_phase or not membership.has_history(conn, name)
+    # Nobody in yet but members acknowledged: the history begins (a sync from before it),
+    # and must see every member even if the snapshot equals state.
+    full_check = new_phase or (current is None and _has_records(conn, name))
     return Prepared(assigned, phases, new_phase, full_check)
+
+
+def _has_records(conn: Connection, sync: str) -> bool:
+    """One probe of the state's primary key."""
+    row = conn.execute(
+        text("SELECT 1 FROM syncer_records WHERE sync = :sync LIMIT 1"), {"sync": sync}
+    ).first()
+    return row is not None
 
 
 def record(

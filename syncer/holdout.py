@@ -223,18 +223,6 @@ def record_phases(
         conn.execute(insert.on_conflict_do_nothing())
 
 
-def experiment_settings(sync: LoadedSync) -> dict[str, object] | None:
-    """The sync's experiment as the CLI shows it (None without one)."""
-    experiment = sync.definition.experiment
-    if experiment is None:
-        return None
-    return {
-        "holdout_percent": experiment.holdout_percent,
-        "salt": experiment.salt or sync.definition.name,
-        "phase": experiment.phase,
-    }
-
-
 def require_valid_percent(value: float) -> float:
     """0.1 to 50, in steps of 0.01 (a bucket is 0.01%)."""
     if not 0.1 <= value <= 50:

@@ -36,16 +36,6 @@ class HistoryCounts:
     exited: int = 0
 
 
-def has_history(conn: Connection, sync: str) -> bool:
-    """Whether the sync's history has begun (one probe of its key index)."""
-    if open_phase(conn, sync) is not None:
-        return True
-    row = conn.execute(
-        text("SELECT 1 FROM syncer_membership WHERE sync = :sync LIMIT 1"), {"sync": sync}
-    ).first()
-    return row is not None
-
-
 def open_phase(conn: Connection, sync: str) -> int | None:
     """The phase of the sync's open stays (None when nobody is in)."""
     row = conn.execute(
@@ -194,4 +184,4 @@ def _sha256(value: str | None) -> str | None:
     return None if value is None else hashlib.sha256(value.encode()).hexdigest()
 
 
-__all__ = ["HistoryCounts", "has_history", "open_phase", "update"]
+__all__ = ["HistoryCounts", "open_phase", "update"]

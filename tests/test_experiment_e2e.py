@@ -273,3 +273,21 @@ def test_check_reports_the_experiment_and_refuses_a_changed_split(
     code, said = experiment_step()
     assert code == 78, said
     assert "changed within phase 1" in said
+
+
+def test_history_begins_for_a_sync_synced_before_it_existed(story: Story, tmp_path: Path) -> None:
+    """A sync from before membership history: its next run records every member, even when
+    nothing changed (the no-change shortcut would stage nothing)."""
+    rows = emails(40)
+    story.segment(rows)
+    write_mapping(tmp_path / "mappings", mode="mirror")
+    assert story.cli("sync", "now", "vip")[0] == 0
+    engine = sa.create_engine(story.env["SYNCER_STATE_URL"])
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM syncer_membership"))
+    finally:
+        engine.dispose()
+    code, doc, out = story.cli("sync", "now", "vip", "--json")
+    assert code == 0 and doc["runs"][0]["added"] == 0, out
+    assert open_groups(story) == dict.fromkeys((r[0] for r in rows), "treated")
