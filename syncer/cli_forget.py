@@ -70,7 +70,9 @@ def forget_command(
     unmapped = [] if sync_names else forgetting.unmapped_syncs(engine, [s.name for s in syncs])
     found = any(h.found for h in holdings)
     if found and not yes:
-        _show_holdings(holdings, _masked(raw_key))
+        from syncer.results import mask_key
+
+        _show_holdings(holdings, mask_key(raw_key.strip(), None))
         if not click.confirm("Remove them and forget them? This cannot be undone", err=True):
             click.echo("nothing was changed", err=True)
             sys.exit(1)
@@ -130,15 +132,6 @@ def forget_command(
             err=True,
         )
     sys.exit(code)
-
-
-def _masked(raw: str) -> str:
-    """The key as ``plan`` shows sample keys: emails and phone numbers masked."""
-    from syncer.results import mask_key
-
-    text = raw.strip()
-    kind = "email" if "@" in text else "phone" if text.startswith("+") else "string"
-    return mask_key(text, kind)
 
 
 def _show_holdings(holdings: list[Any], masked: str) -> None:

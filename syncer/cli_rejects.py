@@ -64,11 +64,12 @@ def rejects(ctx: Ctx, sync_name: str | None, parked: bool, limit: int, as_json: 
 
 def _row(row: dict[str, Any], key_type: str | None) -> dict[str, Any]:
     from syncer.audit import row_dict
+    from syncer.results import mask_key
 
     out = row_dict(row)
     return {
         "sync": out["sync"],
-        "key": _mask(out["key"], key_type),
+        "key": mask_key(out["key"], key_type),
         "operation": out["operation"],
         "outcome": out["outcome"],
         "reason": out["reason"],
@@ -80,16 +81,6 @@ def _row(row: dict[str, Any], key_type: str | None) -> dict[str, Any]:
         "parked": out["parked_at"] is not None,
         "parked_at": out["parked_at"],
     }
-
-
-def _mask(key: str, key_type: str | None) -> str:
-    """As ``plan`` masks sample keys; a sync whose mapping is gone is masked like a phone
-    unless it looks like an email, since its key type is no longer known."""
-    from syncer.results import mask_key
-
-    if key_type is None:
-        return mask_key(key, "email" if "@" in key else "phone")
-    return mask_key(key, key_type)
 
 
 def _table(rows: list[dict[str, Any]], total: int) -> None:

@@ -245,7 +245,7 @@ def _forget_held(
         }.get(result.status, RunStatus.PARTIAL)
         message = result.reason
     except BaseException as exc:
-        result, status = _stopped(run, exc)
+        result, status = _stopped(run, exc, key)
         message = result.reason
     recorder.finish_run(run, status, message)
     bound.info("forget.finished", status=result.status)
@@ -253,9 +253,10 @@ def _forget_held(
     return result
 
 
-def _stopped(run: RunContext, exc: BaseException) -> tuple[Forgotten, RunStatus]:
+def _stopped(run: RunContext, exc: BaseException, key: str) -> tuple[Forgotten, RunStatus]:
     """What a removal that raised ``exc`` reports; nothing it had not committed is kept. A
-    signal (not an Exception) is recorded as an interrupted run and raised again."""
+    signal (not an Exception) is recorded as an interrupted run and raised again. The
+    vendor's text in a refusal may quote the person: masked, as ``_remove`` masks it."""
     name, connector = run.name, run.sync.connector_cls.name
     if isinstance(exc, Waiting):
         run.conn.commit()  # what settling the earlier jobs wrote
@@ -268,7 +269,8 @@ def _stopped(run: RunContext, exc: BaseException) -> tuple[Forgotten, RunStatus]
         )
     run.conn.rollback()
     if isinstance(exc, SyncerError):
-        return Forgotten(name, connector, FAILED, str(exc), int(exc.exit_code)), RunStatus.FAILED
+        why = str(exc).replace(key, mask_key(key, run.definition.source.key_type))
+        return Forgotten(name, connector, FAILED, why, int(exc.exit_code)), RunStatus.FAILED
     if not isinstance(exc, Exception):
         recorder.finish_run(run, RunStatus.INTERRUPTED, "stopped by signal or error")
         raise exc

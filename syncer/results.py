@@ -13,8 +13,12 @@ from syncer.mapping import Guards
 from syncer.runcontext import Tally
 
 
-def mask_key(key: str, key_type: str) -> str:
-    """A sample key safe to print: emails and phones are masked, ids shown as they are."""
+def mask_key(key: str, key_type: str | None) -> str:
+    """A sample key safe to print: emails and phones are masked, ids shown as they are.
+    With no key type known (a key typed on the command line, a sync whose mapping is gone),
+    anything that is not an email is masked as a phone: too much rather than too little."""
+    if key_type is None:
+        key_type = "email" if "@" in key else "phone"
     if key_type == "email" or (key_type == "string" and "@" in key):
         local, _, domain = key.partition("@")
         name, _, tld = domain.rpartition(".")

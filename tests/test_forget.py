@@ -433,3 +433,18 @@ def test_a_refusal_quoting_the_person_is_reported_masked(tmp_path: Path) -> None
         assert PERSON not in proc.stderr + proc.stdout
         messages = rows(h, "select message from syncer_runs where trigger = 'forget'")
         assert messages and not any(PERSON in (m or "") for (m,) in messages)
+
+
+def test_a_refused_batch_echoing_the_person_is_reported_masked(tmp_path: Path) -> None:
+    """A vendor whose 400 echoes the request body: however the refusal reaches forget (an
+    outcome or a raised error), the address stays out of its message, output and runs."""
+    with two_syncs(tmp_path) as (h, _news):
+        h.dest.poison_keys.add(PERSON)
+        h.dest.poison_echo = True
+
+        code, doc, proc = forget(h)
+
+        assert code != 0, proc.stderr
+        assert PERSON not in json.dumps(doc) and PERSON not in proc.stderr + proc.stdout
+        messages = rows(h, "select message from syncer_runs where trigger = 'forget'")
+        assert messages and not any(PERSON in (m or "") for (m,) in messages)
