@@ -110,7 +110,7 @@ def lift(
 def build_report(settings: Any, sync: Any, only: int | None, as_of: dt.datetime) -> dict[str, Any]:
     """The ``--json`` document (DESIGN: sync, connector, window_days, generated_at, phases)."""
     from syncer.errors import ConfigError
-    from syncer.lift import GroupTotals, LiftSettings, analyse
+    from syncer.lift import LiftSettings, analyse
     from syncer.lift_query import history_phases, measure
     from syncer.state import state_engine, state_errors
 
@@ -152,11 +152,7 @@ def build_report(settings: Any, sync: Any, only: int | None, as_of: dt.datetime)
             min_holdout_members=measurement.min_holdout_members,
             min_holdout_conversions=measurement.min_holdout_conversions,
         )
-        result = analyse(
-            GroupTotals(**data.treated.as_dict()),
-            GroupTotals(**data.holdout.as_dict()),
-            lift_settings,
-        )
+        result = analyse(data.treated, data.holdout, lift_settings)
         out.append(
             {
                 "phase": info.phase,

@@ -43,6 +43,7 @@ from syncer.errors import ConfigError, TransientError
 from syncer.holdout import HOLDOUT, TREATED
 from syncer.lift import GroupTotals
 from syncer.state import experiments_table, membership_table
+from syncer.warehouse import _clean, _short
 
 if TYPE_CHECKING:
     from syncer.mapping import LoadedSync
@@ -224,22 +225,16 @@ def _micros(moment: dt.datetime) -> int:
 
 
 def _upload_postgres(conn: Connection, rows: Sequence[Member]) -> None:
-    """COPY with psycopg 3; a plain multi-row insert with any other driver."""
+    """COPY with psycopg 3, the one PostgreSQL driver syncer declares."""
     raw: Any = conn.connection.driver_connection
-    if hasattr(raw.cursor(), "copy"):
-        with (
-            raw.cursor() as cursor,
-            cursor.copy(
-                f"COPY {TEMP_TABLE} (member_key, grp, entered_at, window_end) FROM STDIN"
-            ) as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
-        return
-    conn.execute(
-        text(f"{_insert_sql()} (:k, :g, :s, :e)"),
-        [{"k": k, "g": g, "s": s, "e": e} for k, g, s, e in rows],
-    )
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(
+            f"COPY {TEMP_TABLE} (member_key, grp, entered_at, window_end) FROM STDIN"
+        ) as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
 
 
 _DIALECTS = {
@@ -326,10 +321,6 @@ def curve_sql(dialect: _Dialect, outcomes: str, key: str) -> str:
         "  SELECT grp, MIN(day) AS day, 1 AS n, 0 AS r FROM hit GROUP BY grp, member_key\n"
         ") d GROUP BY grp, day"
     )
-
-
-def _clean(query: str) -> str:
-    return query.strip().rstrip(";").strip()
 
 
 class _Warehouse:
@@ -440,7 +431,7 @@ def _measure(
             step()
         except Exception as exc:
             raise TransientError(
-                f"{errors.origin}: cannot upload members to the warehouse: {exc_text(exc)}"
+                f"{errors.origin}: cannot upload members to the warehouse: {_short(exc)}"
             ) from None
 
     def prepare() -> None:
@@ -485,12 +476,6 @@ def _measure(
     }
     treated, holdout = totals.get(TREATED, GroupTotals()), totals.get(HOLDOUT, GroupTotals())
     return PhaseData(phase, treated, holdout, _curve(days, treated, holdout, window_days))
-
-
-def exc_text(exc: BaseException) -> str:
-    from syncer.warehouse import _short
-
-    return _short(exc)
 
 
 def _curve(
