@@ -311,33 +311,18 @@ def _print_table(verdicts: list[Verdict], webhook_url: str) -> None:
 
 
 def membership_groups(state_path: Path, sync: str) -> dict[str, str]:
-    """Member key -> group, as the engine recorded the sync's membership history ({}: none)."""
-    try:
-        with closing(sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)) as conn:
-            rows = conn.execute(
-                "SELECT member_key, grp FROM syncer_membership WHERE sync = ?", (sync,)
-            ).fetchall()
-    except sqlite3.Error:
-        return {}
+    """Member key -> group, as the engine recorded the sync's membership history."""
+    with closing(sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)) as conn:
+        rows = conn.execute(
+            "SELECT member_key, grp FROM syncer_membership WHERE sync = ?", (sync,)
+        ).fetchall()
     return {str(key): str(group) for key, group in rows}
 
 
-def held_out_members(
-    sync: DemoSync, seen: Mapping[str, int], history: Mapping[str, Mapping[str, str]]
-) -> frozenset[str]:
-    """Who of the segment the real assignment holds out of ``sync``'s destination.
-
-    Empty without an experiment, and (with a note) when the engine recorded no membership
-    history: a syncer from before holdouts sends everyone, and the check would only say so.
-    """
+def held_out_members(sync: DemoSync, seen: Mapping[str, int]) -> frozenset[str]:
+    """Who of the segment the real assignment holds out of ``sync``'s destination (none
+    without an experiment)."""
     if sync.split is None:
-        return frozenset()
-    if not history.get(sync.name):
-        _say(
-            f"note: {sync.name} has an experiment but the state holds no membership history"
-            " for it: this syncer does not apply holdouts yet, so its held-out members are"
-            " not checked."
-        )
         return frozenset()
     assigned = Assignment(sync.split)
     return frozenset(key for key in seen if assigned.group(key) == HOLDOUT)
@@ -346,8 +331,10 @@ def held_out_members(
 def check_history(sync: DemoSync, seen: Mapping[str, int], history: Mapping[str, str]) -> list[str]:
     """The engine's membership history against the demo's own account: the same members (all
     who were ever in the segment) in the groups the real assignment gives them."""
-    if sync.split is None or not history:
+    if sync.split is None:
         return []
+    if not history:
+        return [f"{sync.name}: no membership history recorded"]
     assigned = Assignment(sync.split)
     problems = []
     missing, extra = len(seen.keys() - history.keys()), len(history.keys() - seen.keys())
@@ -375,22 +362,6 @@ def run_times(state_path: Path, sync: str) -> list[datetime]:
             (sync,),
         ).fetchall()
     return [_utc(row[0]) for row in rows]
-
-
-def report_missing(env: Mapping[str, str]) -> str | None:
-    """Why this syncer cannot report on the planted orders (None: it can)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "syncer", "report", "lift", "--help"],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        return "this syncer has no `syncer report lift` command yet"
-    if "--as-of" not in proc.stdout:
-        return "`syncer report lift` has no --as-of yet, which the planted (future) orders need"
-    return None
 
 
 def _points(value: float) -> str:
@@ -508,12 +479,8 @@ def measure(
         f" treated members bought ({time.perf_counter() - started:.1f}s)."
     )
     if not membership_groups(state_path, sync.name):
-        _say(f"skipped: the lift report (no membership history for {sync.name})")
-        return True
-    missing = report_missing(env)
-    if missing is not None:
-        _say(f"skipped: the lift report: {missing}")
-        return True
+        _say(f"problem: no membership history for {sync.name}: nothing to report on")
+        return False
     # Every window has closed a day before this date; the orders lie in the future, so the
     # report is read as of then rather than now.
     as_of = ((planted.last_entry or datetime.now(UTC)) + timedelta(days=window + 1)).date()
@@ -723,7 +690,7 @@ def run_demo(
         codes.append(_run_cli(f"Sync after {days} simulated days: only changes are sent", env))
 
         history = {s.name: membership_groups(state_path, s.name) for s in syncs if s.split}
-        held_out = {s.name: held_out_members(s, first_seen[s.name], history) for s in syncs}
+        held_out = {s.name: held_out_members(s, first_seen[s.name]) for s in syncs}
         print("\n== Warehouse segments vs destinations")
         ever = {name: set(seen) for name, seen in first_seen.items()}
         verdicts = [
