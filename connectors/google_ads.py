@@ -48,7 +48,7 @@ from syncer.identifiers import SUPPORTED, Kind, identifier
 from syncer.normalize import InvalidValue
 from syncer.oauth import RefreshCredentials
 from syncer.ratelimit import RateLimit
-from syncer.rest import RestConfig, RestConnector, dig
+from syncer.rest import RestConfig, RestConnector, dig, quoted_literal
 
 DEFAULT_VERSION = "v22"
 #: Google's OAuth 2.0 token endpoint (``token_url`` overrides it); tokens live an hour.
@@ -236,9 +236,9 @@ class GoogleAdsConnector(RestConnector[GoogleAdsConfig]):
 
     def find_list(self, name: str) -> list[str]:
         """GAQL on ``user_list`` by name, every page: the ids of the lists named so."""
-        quoted = name.replace("\\", "\\\\").replace("'", "\\'")
         query = (
-            f"SELECT user_list.id, user_list.name FROM user_list WHERE user_list.name = '{quoted}'"
+            "SELECT user_list.id, user_list.name FROM user_list"
+            f" WHERE user_list.name = {quoted_literal(name)}"
         )
         body: dict[str, Any] = {"query": query}
         ids: list[str] = []

@@ -44,7 +44,7 @@ from syncer.oauth import (
     refresh_grant,
     rs256_assertion,
 )
-from syncer.rest import RestConfig, RestConnector, chunks, group_by_value
+from syncer.rest import RestConfig, RestConnector, chunks, group_by_value, quoted_literal
 from syncer.steps import Steps, apply
 
 MAX_BATCH = 200  # sObject Collections limit per request
@@ -259,7 +259,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
     def find_list(self, name: str) -> list[str]:
         """SOQL ``SELECT Id, Name FROM Campaign WHERE Name = '...'``, every page
         (``nextRecordsUrl``): the ids of the campaigns named exactly ``name``."""
-        soql = f"SELECT Id, Name FROM Campaign WHERE Name = {_soql_string(name)}"
+        soql = f"SELECT Id, Name FROM Campaign WHERE Name = {quoted_literal(name)}"
         path, params = f"{self.api}/query", {"q": soql}
         ids: list[str] = []
         while True:
@@ -385,7 +385,7 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
         cfg = self.settings
         found: dict[str, str] = {}
         for part in chunks(list(values), QUERY_CHUNK):
-            quoted = ",".join(_soql_string(v) for v in part)
+            quoted = ",".join(quoted_literal(v) for v in part)
             soql = (
                 f"SELECT Id, {cfg.external_id_field} FROM {cfg.sobject}"
                 f" WHERE {cfg.external_id_field} IN ({quoted})"
@@ -557,12 +557,6 @@ class SalesforceConnector(RestConnector[SalesforceConfig]):
             if isinstance(row, dict) and row.get("Id") and row.get(field):
                 found[str(row[field])] = str(row["Id"])
         return found
-
-
-def _soql_string(value: str) -> str:
-    """``value`` as a SOQL string literal: backslashes and quotes escaped."""
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
 
 
 def _join(parent: str, previous: str | None) -> str:

@@ -39,7 +39,7 @@ from syncer.audit import row_dict
 from syncer.connector import Connector, NamedList, SyncContext
 from syncer.diff import DiffCounts
 from syncer.errors import ConfigError, Interrupted, TransientError
-from syncer.lease import pid_alive
+from syncer.lease import process_gone
 from syncer.log import get_logger
 from syncer.mapping import LoadedSync
 from syncer.retry import guarded
@@ -254,7 +254,7 @@ def _abandoned(holder: str | None, updated_at: dt.datetime, ttl: float) -> bool:
         return True
     host, _, rest = (holder or "").partition(":")
     pid = rest.split(":", 1)[0]
-    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
+    return pid.isdigit() and process_gone(host, int(pid))
 
 
 def _claim(

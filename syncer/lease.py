@@ -40,6 +40,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """Whether a lease or claim holder ran on this host and its process is gone: its work
+    can be taken over at once, without waiting for it to expire."""
+    return host == socket.gethostname() and pid is not None and not pid_alive(pid)
+
+
 class Lease:
     """The right to run one sync; use as a context manager around the run."""
 
@@ -75,7 +81,7 @@ class Lease:
     def _stale(self, row: Any, now: float) -> bool:
         if row.expires_at < now:
             return True
-        return bool(row.host == self.host and row.pid != self.pid and not pid_alive(row.pid))
+        return row.pid != self.pid and process_gone(row.host, row.pid)
 
     def acquire(self, attempts: int = 3) -> None:
         """Take the lease or raise LeaseHeld naming the holder (host, pid, since)."""

@@ -580,3 +580,10 @@ def _need_field(model: type[BaseModel], name: str, what: str, *, secret: bool) -
     annotation = field.annotation
     if secret and annotation is not SecretStr and SecretStr not in get_args(annotation):
         raise TypeError(f"{what}: {model.__name__}.{name} must be a SecretStr")
+
+
+def quoted_literal(value: str) -> str:
+    """``value`` as a string literal of SOQL (Salesforce) or GAQL (Google Ads): in single
+    quotes, backslashes and quotes escaped."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"

@@ -7,7 +7,6 @@ so a run can neither be under way nor start in between, and either every row cha
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,7 +17,7 @@ from sqlalchemy import Connection, Engine, Table, delete, func, select, union, u
 
 from syncer.audit import row_dict
 from syncer.errors import ExitCode, Interrupted, LeaseHeld, SyncerError, TransientError
-from syncer.lease import Lease, pid_alive
+from syncer.lease import Lease, process_gone
 from syncer.log import get_logger
 from syncer.selection import near
 from syncer.state import (
@@ -93,7 +92,7 @@ def holder(conn: Connection, name: str, now: float | None = None) -> Holder | No
     if row is None:
         return None
     now = time.time() if now is None else now
-    dead = row.host == socket.gethostname() and not pid_alive(row.pid)
+    dead = process_gone(row.host, row.pid)
     live = not (row.expires_at < now or dead)
     return Holder(row.host, row.pid, row.acquired_at, row.expires_at, live)
 
