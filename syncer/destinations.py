@@ -47,6 +47,7 @@ from syncer.runcontext import RunContext
 from syncer.settings import Settings
 from syncer.state import (
     MAYBE_ABSENT,
+    as_utc,
     destinations_table,
     reading,
     records_table,
@@ -248,9 +249,7 @@ def _holder(run_id: str) -> str:
 
 def _abandoned(holder: str | None, updated_at: dt.datetime, ttl: float) -> bool:
     """A claim whose process is gone (same host, pid not alive) or silent for ``ttl`` s."""
-    if updated_at.tzinfo is None:  # SQLite hands timestamps back naive (stored as UTC)
-        updated_at = updated_at.replace(tzinfo=dt.UTC)
-    if utcnow() - updated_at > dt.timedelta(seconds=ttl):
+    if utcnow() - as_utc(updated_at) > dt.timedelta(seconds=ttl):
         return True
     host, _, rest = (holder or "").partition(":")
     pid = rest.split(":", 1)[0]

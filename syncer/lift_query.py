@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError
 from syncer.errors import ConfigError, TransientError
 from syncer.holdout import HOLDOUT, TREATED
 from syncer.lift import GroupTotals
-from syncer.state import experiments_table, membership_table
+from syncer.state import as_utc, experiments_table, membership_table
 from syncer.warehouse import _clean, _short
 
 if TYPE_CHECKING:
@@ -78,15 +78,6 @@ class PhaseData:
     curve: list[dict[str, float | None]] = field(default_factory=list)
 
 
-def utc(value: Any) -> dt.datetime:
-    """A stored timestamp as an aware UTC datetime (SQLite's come naive, in UTC)."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
-    return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
-
-
 # -- the state database ------------------------------------------------------------------
 
 
@@ -114,7 +105,7 @@ def history_phases(state: Connection, sync: str) -> list[Phase]:
                 int(phase),
                 float(row.holdout_percent) if row is not None else None,
                 row.salt if row is not None else None,
-                utc(row.started_at) if row is not None and row.started_at is not None else None,
+                as_utc(row.started_at) if row is not None and row.started_at is not None else None,
             )
         )
     return out
@@ -148,7 +139,7 @@ def members(
             if key == last:
                 continue  # a later stay of the same member: the first one counts
             last = key
-            start = utc(entered)
+            start = as_utc(entered)
             page.append((key, grp, start, min(start + window, as_of)))
             if len(page) >= page_size:
                 yield page

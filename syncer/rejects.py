@@ -26,7 +26,7 @@ from sqlalchemy import Connection, func, select, text
 
 from syncer.diff import CHANGES, STAGE, Staging, same_reason_sql, strip_row
 from syncer.mapping import RejectPolicy
-from syncer.state import CONFIRMED, rejects_table, runs_table
+from syncer.state import CONFIRMED, as_utc, rejects_table, runs_table
 
 _CHUNK = 500
 _COLUMNS = (
@@ -53,11 +53,6 @@ class Refusal(NamedTuple):
     operation: str
     outcome: str
     reason: str | None
-
-
-def aware(at: dt.datetime) -> dt.datetime:
-    """SQLite hands timestamps back without their offset; state stores UTC."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)
 
 
 def parks(policy: RejectPolicy, attempts: int, first_at: dt.datetime, now: dt.datetime) -> bool:
@@ -110,7 +105,7 @@ def _next_row(
     if old is not None and _same(old, new):
         # Counted once per run, however many of its rows (duplicates) refer to the member.
         attempts = old.attempts + (old.last_run_id != run_id)
-        first_at, first_run = aware(old.first_at), old.first_run_id
+        first_at, first_run = as_utc(old.first_at), old.first_run_id
         parked_at = old.parked_at
     else:  # a first refusal, or a new payload: judged afresh
         attempts, first_at, first_run, parked_at = 1, now, run_id, None

@@ -302,6 +302,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def as_utc(value: dt.datetime | str) -> dt.datetime:
+    """A stored timestamp (a datetime, or ISO text) as an aware UTC datetime: state stores
+    UTC, and SQLite hands it back without its offset."""
+    moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
 class BulkWriter:
     """Driver-level ``executemany`` of state rows and audit events.
 

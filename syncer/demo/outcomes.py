@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from syncer.holdout import HOLDOUT, TREATED, Assignment
+from syncer.state import as_utc
 
 #: Conversions fall inside the window with this much room at both ends, so a member's entry
 #: time may differ a little from the run time the demo dates them by (entry is written during
@@ -118,10 +119,6 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def plant_outcomes(
     shop_path: Path | str,
     entries: Mapping[str, datetime],
@@ -147,7 +144,7 @@ def plant_outcomes(
     with closing(sqlite3.connect(shop_path, isolation_level=None)) as conn:
         ids = dict(conn.execute("SELECT lower(trim(email)), customer_id FROM customers"))
         for key in sorted(entries):  # a fixed order: the draws follow the seed only
-            entered = _aware(entries[key])
+            entered = as_utc(entries[key])
             group = assignment.group(key)
             # Every member takes the same draws whatever their group, so a group's outcome
             # differs only where the planted rates do.
@@ -183,5 +180,5 @@ def plant_outcomes(
             [(next_id + i, cid, at, amount) for i, (at, cid, amount) in enumerate(orders, 1)],
         )
         conn.execute("COMMIT")
-    last = max((_aware(at) for at in entries.values()), default=None)
+    last = max((as_utc(at) for at in entries.values()), default=None)
     return PlantSummary(groups, len(orders), unknown, last)

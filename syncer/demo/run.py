@@ -35,6 +35,7 @@ from syncer.demo import shop
 from syncer.demo.outcomes import PLANTED, PlantSummary, plant_outcomes
 from syncer.demo.receiver import ReceiverServer, start_receiver
 from syncer.holdout import HOLDOUT, TREATED, Assignment, Split
+from syncer.state import as_utc
 
 CLI = ("-m", "syncer", "sync", "now", "--all")
 #: First line of a ``.env`` the demo wrote: only such a file is ever replaced by the next demo.
@@ -348,11 +349,6 @@ def check_history(sync: DemoSync, seen: Mapping[str, int], history: Mapping[str,
     return problems
 
 
-def _utc(value: Any) -> datetime:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def run_times(state_path: Path, sync: str) -> list[datetime]:
     """When each run of ``sync`` finished, oldest first: every entry is recorded by then."""
     with closing(sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)) as conn:
@@ -361,7 +357,7 @@ def run_times(state_path: Path, sync: str) -> list[datetime]:
             " ORDER BY started_at",
             (sync,),
         ).fetchall()
-    return [_utc(row[0]) for row in rows]
+    return [as_utc(row[0]) for row in rows]
 
 
 def _points(value: float) -> str:
